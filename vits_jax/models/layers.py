@@ -1,0 +1,221 @@
+"""Convolution and normalization layers shared by every VITS module.
+
+Arrays are channels-last: 1-D inputs are `[B, T, C]`, 2-D inputs `[B, H, W, C]`.
+Parameter names follow PyTorch / the official VITS so converters are name maps plus
+transposes:
+
+- plain conv: `weight`, `bias`
+- weight-normed conv (`torch.nn.utils.weight_norm`, dim=0): `weight_g`, `weight_v`, `bias`
+- spectral-normed conv: `weight` (the un-normalized `weight_orig`), `bias`, and the power
+  iteration vector `u` in the `spectral` collection.
+
+Kernel layouts (ours <- torch):
+
+- Conv1d          `[K, Cin/groups, Cout]`  <- `[Cout, Cin/groups, K]`  (transpose 2, 1, 0)
+- ConvTranspose1d `[K, Cin, Cout]`         <- `[Cin, Cout, K]`         (transpose 2, 0, 1)
+- Conv2d          `[KH, KW, Cin, Cout]`    <- `[Cout, Cin, KH, KW]`    (transpose 2, 3, 1, 0)
+
+`weight_g` is stored flat: `[Cout]` for Conv1d/Conv2d and `[Cin]` for ConvTranspose1d
+(torch's weight_norm dim=0 is the input channel axis of a transposed conv), so parameter
+counts equal PyTorch's to the unit.
+"""
+
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+Dtype = Any
+
+
+def _torch_uniform(fan_in: int):
+  """PyTorch's default conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / max(fan_in, 1) ** 0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _normalized_weight(v: jax.Array, g: jax.Array, out_axis: int) -> jax.Array:
+  """w = g * v / ||v||, the norm taken over every axis but `out_axis`."""
+  axes = tuple(a for a in range(v.ndim) if a != out_axis % v.ndim)
+  norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=axes, keepdims=True))
+  shape = [1] * v.ndim
+  shape[out_axis] = -1
+  return v * (g.reshape(shape) / norm)
+
+
+class _WeightMixin:
+  """Creates `weight` or (`weight_g`, `weight_v`) and returns the effective kernel."""
+
+  def _kernel(self, shape: Sequence[int], fan_in: int, norm_axis: int, init_std=None):
+    if init_std is None:
+      init = _torch_uniform(fan_in)
+    else:
+      init = nn.initializers.normal(init_std)
+    if not self.weight_norm:
+      return self.param("weight", init, tuple(shape))
+    v = self.param("weight_v", init, tuple(shape))
+    axes = tuple(a for a in range(len(shape)) if a != norm_axis % len(shape))
+    g = self.param("weight_g", lambda _: jnp.sqrt(jnp.sum(jnp.square(v), axis=axes)))
+    return _normalized_weight(v, g, norm_axis)
+
+
+class Conv1d(nn.Module, _WeightMixin):
+  """1-D convolution, `[B, T, Cin] -> [B, T', Cout]`, PyTorch semantics.
+
+  Attributes:
+    features: output channels.
+    kernel_size: kernel width.
+    stride, dilation, groups: as in `torch.nn.Conv1d`.
+    padding: symmetric zero padding (int) or a `(left, right)` pair.
+    use_bias: whether to add `bias`.
+    weight_norm: weight-normalized (`weight_g`, `weight_v`) instead of `weight`.
+    init_std: if set, weights are N(0, init_std) (the official `init_weights`).
+    dtype: compute dtype (params stay float32).
+  """
+  features: int
+  kernel_size: int = 1
+  stride: int = 1
+  dilation: int = 1
+  padding: Union[int, Tuple[int, int]] = 0
+  groups: int = 1
+  use_bias: bool = True
+  weight_norm: bool = False
+  init_std: Optional[float] = None
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cin = x.shape[-1]
+    fan_in = cin // self.groups * self.kernel_size
+    w = self._kernel((self.kernel_size, cin // self.groups, self.features), fan_in, -1,
+                     self.init_std)
+    pad = self.padding if isinstance(self.padding, tuple) else (self.padding, self.padding)
+    dtype = self.dtype or x.dtype
+    y = jax.lax.conv_general_dilated(
+        x.astype(dtype), w.astype(dtype), window_strides=(self.stride,), padding=[pad],
+        rhs_dilation=(self.dilation,), dimension_numbers=("NWC", "WIO", "NWC"),
+        feature_group_count=self.groups)
+    if self.use_bias:
+      b = self.param("bias", _torch_uniform(fan_in), (self.features,))
+      y = y + b.astype(dtype)
+    return y
+
+
+class ConvTranspose1d(nn.Module, _WeightMixin):
+  """Transposed 1-D convolution with `torch.nn.ConvTranspose1d` semantics.
+
+  Output length is `(T - 1) * stride - 2 * padding + kernel_size`.
+  """
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  use_bias: bool = True
+  weight_norm: bool = False
+  init_std: Optional[float] = None
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cin = x.shape[-1]
+    # torch computes fan_in of a transposed conv from weight.size(1) * k = Cout * k.
+    fan_in = self.features * self.kernel_size
+    # weight_norm(dim=0) on a torch ConvTranspose1d normalizes per *input* channel.
+    w = self._kernel((self.kernel_size, cin, self.features), fan_in, 1, self.init_std)
+    dtype = self.dtype or x.dtype
+    # A transposed conv is a conv over the stride-dilated input with a flipped kernel.
+    edge = self.kernel_size - 1 - self.padding
+    y = jax.lax.conv_general_dilated(
+        x.astype(dtype), jnp.flip(w, 0).astype(dtype), window_strides=(1,),
+        padding=[(edge, edge)], lhs_dilation=(self.stride,),
+        dimension_numbers=("NWC", "WIO", "NWC"))
+    if self.use_bias:
+      b = self.param("bias", _torch_uniform(fan_in), (self.features,))
+      y = y + b.astype(dtype)
+    return y
+
+
+class Conv2d(nn.Module, _WeightMixin):
+  """2-D convolution, `[B, H, W, Cin] -> [B, H', W', Cout]`, PyTorch semantics.
+
+  With `spectral_norm=True` the kernel is divided by its largest singular value, estimated
+  by one power iteration per call as `torch.nn.utils.spectral_norm` does in training; the
+  iteration vector `u` lives in the mutable `spectral` collection.
+  """
+  features: int
+  kernel_size: Tuple[int, int] = (1, 1)
+  stride: Tuple[int, int] = (1, 1)
+  padding: Tuple[int, int] = (0, 0)
+  groups: int = 1
+  use_bias: bool = True
+  weight_norm: bool = False
+  spectral_norm: bool = False
+  init_std: Optional[float] = None
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
+    cin = x.shape[-1]
+    kh, kw = self.kernel_size
+    fan_in = cin // self.groups * kh * kw
+    w = self._kernel((kh, kw, cin // self.groups, self.features), fan_in, -1, self.init_std)
+    if self.spectral_norm:
+      w = _spectral_normalize(self, w, update_stats)
+    dtype = self.dtype or x.dtype
+    y = jax.lax.conv_general_dilated(
+        x.astype(dtype), w.astype(dtype), window_strides=self.stride,
+        padding=[(self.padding[0],) * 2, (self.padding[1],) * 2],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+    if self.use_bias:
+      b = self.param("bias", _torch_uniform(fan_in), (self.features,))
+      y = y + b.astype(dtype)
+    return y
+
+
+def _spectral_normalize(module: nn.Module, w: jax.Array, update_stats: bool) -> jax.Array:
+  """Divides `w` by sigma_max(W) with W = w as a `[Cout, rest]` matrix (torch layout)."""
+  mat = jnp.moveaxis(w, -1, 0).reshape(w.shape[-1], -1)
+  u_var = module.variable(
+      "spectral", "u",
+      lambda: _l2n(jax.random.normal(module.make_rng("params"), (mat.shape[0],))))
+  u = u_var.value
+  v = _l2n(mat.T @ u)
+  u_new = _l2n(mat @ v)
+  if update_stats and not module.is_initializing():
+    u_var.value = jax.lax.stop_gradient(u_new)
+  u_new = jax.lax.stop_gradient(u_new)
+  v = jax.lax.stop_gradient(_l2n(mat.T @ u_new))
+  sigma = u_new @ (mat @ v)
+  return w / sigma
+
+
+def _l2n(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  return x / jnp.maximum(jnp.linalg.norm(x), eps)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the channel axis with the official parameter names `gamma`, `beta`."""
+  eps: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    gamma = self.param("gamma", nn.initializers.ones, (c,))
+    beta = self.param("beta", nn.initializers.zeros, (c,))
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * gamma + beta).astype(x.dtype)
+
+
+def count_params(tree, collection: str = "params") -> int:
+  """Number of scalars in a param pytree (or in `tree[collection]` if present)."""
+  if isinstance(tree, dict) and collection in tree:
+    tree = tree[collection]
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))

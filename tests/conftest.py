@@ -1,0 +1,13 @@
+"""Shared pytest setup: CPU only, float32 matmuls, no network."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax  # noqa: E402
+
+# Parity tests compare against float32 references; XLA's default CPU matmul precision is
+# already full float32, but make it explicit so a TPU/GPU default never leaks in.
+jax.config.update("jax_default_matmul_precision", "highest")

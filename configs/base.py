@@ -1,0 +1,108 @@
+"""Shared defaults: the official jaywalnut310/vits `configs/ljs_base.json` hyperparameters.
+
+Every other config starts from `get_config()` here and overrides a few fields. Sections mirror
+the official hparams JSON (`data`, `model`, `train`) plus `loss` (loss weights, keyed like the
+metrics they produce) and `discriminator` (size knobs for the MPD; defaults = official).
+
+Launch (same defaults as `ljs_base.py`):
+
+    python train.py --config configs/base.py --workdir runs/ljs_base
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(arg=None):
+  """Returns the LJSpeech base config (official `ljs_base.json`).
+
+  Args:
+    arg: unused; accepted so `--config configs/base.py:anything` does not fail.
+  """
+  del arg
+  config = ml_collections.ConfigDict()
+
+  config.data = ml_collections.ConfigDict(dict(
+      dir='',                      # prepared data dir written by data_prep/prepare.py
+      frontend='vits',             # 'vits' (official symbols + espeak) | 'piper'
+      text_cleaners=['english_cleaners2'],
+      cleaned_text=True,
+      add_blank=True,
+      max_wav_value=32768.0,
+      sampling_rate=22050,
+      filter_length=1024,
+      hop_length=256,
+      win_length=1024,
+      n_mel_channels=80,
+      mel_fmin=0.0,
+      # None means sampling_rate / 2 (librosa's default); typed so a flag can set a number.
+      mel_fmax=config_dict.placeholder(float),
+      n_speakers=0,
+  ))
+
+  config.model = ml_collections.ConfigDict(dict(
+      inter_channels=192,
+      hidden_channels=192,
+      filter_channels=768,
+      n_heads=2,
+      n_layers=6,
+      kernel_size=3,
+      p_dropout=0.1,
+      resblock='1',
+      resblock_kernel_sizes=[3, 7, 11],
+      resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+      upsample_rates=[8, 8, 2, 2],
+      upsample_initial_channel=512,
+      upsample_kernel_sizes=[16, 16, 4, 4],
+      n_layers_q=3,
+      use_spectral_norm=False,
+      gin_channels=0,
+      use_sdp=True,
+      n_vocab=178,                 # len(official text/symbols.py)
+      dtype='float32',             # compute dtype; 'bfloat16' on TPU. Params stay float32.
+  ))
+  # One number for both sections: overriding data.n_speakers (or model.n_speakers) moves both.
+  config.model.n_speakers = config.data.get_ref('n_speakers')
+
+  config.train = ml_collections.ConfigDict(dict(
+      # Official hps.train keys.
+      log_interval=200,
+      eval_interval=1000,
+      seed=1234,
+      epochs=20000,
+      learning_rate=2e-4,
+      betas=(0.8, 0.99),
+      eps=1e-9,
+      batch_size=64,
+      fp16_run=True,               # official value, ignored here: precision is model.dtype
+      lr_decay=0.999875,           # per epoch
+      segment_size=8192,           # samples
+      init_lr_ratio=1,
+      warmup_epochs=0,
+      c_mel=45,
+      c_kl=1.0,
+      # Ours.
+      num_steps=800_000,           # the paper trains 800k steps
+      log_every=200,
+      eval_every=1000,
+      checkpoint_every=1000,
+      max_to_keep=5,
+      init_from='',                # checkpoint/voice to warm-start from
+      weight_decay=0.01,           # torch.optim.AdamW's default, as in the official code
+  ))
+
+  config.loss = ml_collections.ConfigDict(dict(
+      mel=45.0,
+      kl=1.0,
+      dur=1.0,
+      fm=1.0,
+      adv=1.0,
+  ))
+
+  # The official MPD is fixed (periods 2,3,5,7,11; 46.7M params). `channel_div` divides every
+  # conv width so tiny configs can train on a CPU; 1 = official.
+  config.discriminator = ml_collections.ConfigDict(dict(
+      periods=(2, 3, 5, 7, 11),
+      channel_div=1,
+  ))
+  return config

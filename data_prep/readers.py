@@ -1,0 +1,204 @@
+"""Readers that turn a corpus on disk into a list of clips to prepare.
+
+Each reader returns `Clip`s in a deterministic (sorted) order. A reader does not open audio
+files: decoding, resampling and phonemization happen in `data_prep/process.py`, in parallel.
+Rows a reader can already tell are unusable (a metadata line without fields, a transcript
+without audio) come back as clips with `skip` set, so they are counted and listed like the
+rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+# The speaker name of single-speaker corpora (LJSpeech): one entry in the speaker map.
+SINGLE_SPEAKER = "ljspeech"
+
+
+@dataclasses.dataclass
+class Clip:
+  """One row of a corpus.
+
+  Attributes:
+    clip_id: unique id ('LJ001-0001', 'p225_001').
+    speaker: speaker name (SINGLE_SPEAKER for single-speaker corpora).
+    text: the transcript to phonemize; None when the corpus has none for this clip.
+    path: audio file, or None when the samples are given in `audio`.
+    audio: [T] or [T, C] samples (TFDS), or None.
+    audio_rate: sampling rate of `audio`.
+    skip: reason code when the reader already knows the clip is unusable.
+    detail: human-readable detail for `skip`.
+  """
+  clip_id: str
+  speaker: str
+  text: str | None
+  path: str | None = None
+  audio: np.ndarray | None = None
+  audio_rate: int | None = None
+  skip: str | None = None
+  detail: str = ""
+
+
+def read_ljspeech(src: str) -> list[Clip]:
+  """Reads the LJSpeech-1.1 layout: `metadata.csv` (`id|text|normalized`) and `wavs/ID.wav`.
+
+  The normalized column is used (numbers and abbreviations spelled out); a two-column file
+  (some LJSpeech-style corpora) falls back to the text column.
+
+  Args:
+    src: the corpus root (the folder holding metadata.csv).
+
+  Returns:
+    One `Clip` per metadata row, in file order.
+
+  Raises:
+    FileNotFoundError: src or metadata.csv missing.
+  """
+  meta = os.path.join(src, "metadata.csv")
+  if not os.path.isfile(meta):
+    raise FileNotFoundError(f"{meta} not found (expected the LJSpeech-1.1 layout)")
+  clips = []
+  with open(meta, encoding="utf-8-sig") as f:
+    for lineno, line in enumerate(f, 1):
+      line = line.rstrip("\r\n")
+      if not line.strip():
+        continue
+      # LJSpeech quotes freely inside the text; '|' is the only separator, so no csv module.
+      fields = line.split("|")
+      clip_id = fields[0].strip()
+      if len(fields) < 2 or not clip_id:
+        clips.append(Clip(clip_id or f"line{lineno}", SINGLE_SPEAKER, None,
+                          skip="malformed metadata",
+                          detail=f"metadata.csv line {lineno} has no '|' fields"))
+        continue
+      text = fields[2] if len(fields) > 2 else fields[1]
+      clips.append(Clip(clip_id, SINGLE_SPEAKER, text.strip(),
+                        path=os.path.join(src, "wavs", clip_id + ".wav")))
+  return clips
+
+
+def read_vctk(src: str, mic: str = "mic1") -> list[Clip]:
+  """Reads the VCTK-Corpus-0.92 layout.
+
+  Audio: `wav48_silence_trimmed/pXXX/pXXX_NNN_{mic}.flac` (the other microphone is ignored);
+  the older `wav48/pXXX/pXXX_NNN.wav` layout is read when the 0.92 folder is absent.
+  Transcripts: `txt/pXXX/pXXX_NNN.txt`. Audio without a transcript (all of p315 in 0.92) and
+  transcripts without audio become skipped clips.
+
+  Args:
+    src: the corpus root.
+    mic: 'mic1' or 'mic2'.
+
+  Returns:
+    Clips sorted by clip id.
+
+  Raises:
+    FileNotFoundError: no audio folder under src.
+  """
+  if mic not in ("mic1", "mic2"):
+    raise ValueError(f"mic must be mic1 or mic2, got {mic!r}")
+  audio_root = os.path.join(src, "wav48_silence_trimmed")
+  suffix, ext = f"_{mic}", ".flac"
+  if not os.path.isdir(audio_root):
+    audio_root, suffix, ext = os.path.join(src, "wav48"), "", ".wav"
+    if not os.path.isdir(audio_root):
+      raise FileNotFoundError(
+          f"neither {src}/wav48_silence_trimmed nor {src}/wav48 exists (expected the "
+          "VCTK-Corpus-0.92 layout)")
+  txt_root = os.path.join(src, "txt")
+
+  audio: dict[str, tuple[str, str]] = {}  # clip id -> (speaker, path)
+  for speaker in sorted(os.listdir(audio_root)):
+    sdir = os.path.join(audio_root, speaker)
+    if not os.path.isdir(sdir):
+      continue
+    for name in os.listdir(sdir):
+      if name.endswith(suffix + ext):
+        audio[name[:-len(suffix + ext)]] = (speaker, os.path.join(sdir, name))
+
+  texts: dict[str, tuple[str, str]] = {}  # clip id -> (speaker, path)
+  if os.path.isdir(txt_root):
+    for speaker in sorted(os.listdir(txt_root)):
+      sdir = os.path.join(txt_root, speaker)
+      if not os.path.isdir(sdir):
+        continue
+      for name in os.listdir(sdir):
+        if name.endswith(".txt"):
+          texts[name[:-4]] = (speaker, os.path.join(sdir, name))
+
+  clips = []
+  for clip_id in sorted(set(audio) | set(texts)):
+    if clip_id not in texts:
+      speaker, path = audio[clip_id]
+      clips.append(Clip(clip_id, speaker, None, path=path, skip="no transcript",
+                        detail=f"no txt/{speaker}/{clip_id}.txt"))
+    elif clip_id not in audio:
+      speaker, _ = texts[clip_id]
+      clips.append(Clip(clip_id, speaker, None, skip="missing audio",
+                        detail=f"no {mic} audio for {clip_id}"))
+    else:
+      speaker, path = audio[clip_id]
+      with open(texts[clip_id][1], encoding="utf-8", errors="replace") as f:
+        clips.append(Clip(clip_id, speaker, f.read().strip(), path=path))
+  return clips
+
+
+def clips_from_examples(examples, dataset: str, speaker_names=None) -> list[Clip]:
+  """Turns TFDS-style examples into clips (the TFDS reader's testable core).
+
+  Args:
+    examples: iterable of dicts with numpy values as `tfds.as_numpy` yields them:
+      'id' (str/bytes), 'speech' (int16 or float [T] or [T, C]), 'text' (str/bytes),
+      'text_normalized' (ljspeech only; preferred over 'text'), 'speaker' (vctk only:
+      a ClassLabel int, or a name).
+    dataset: 'ljspeech' or 'vctk'.
+    speaker_names: for vctk, the ClassLabel names that map an int 'speaker' to a name.
+
+  Returns:
+    Clips with samples in memory (`audio`, `audio_rate`), sorted by clip id.
+  """
+  rate = {"ljspeech": 22050, "vctk": 48000}[dataset]
+  clips = []
+  for ex in examples:
+    clip_id = _to_str(ex["id"])
+    text = ex.get("text_normalized") if dataset == "ljspeech" else None
+    if text is None or not _to_str(text).strip():
+      text = ex.get("text")
+    text = None if text is None else _to_str(text).strip()
+    speaker = SINGLE_SPEAKER
+    if dataset == "vctk":
+      speaker = ex.get("speaker", "")
+      if isinstance(speaker, (int, np.integer)) and speaker_names is not None:
+        speaker = speaker_names[int(speaker)]
+      speaker = _to_str(speaker) if not isinstance(speaker, (int, np.integer)) else str(speaker)
+      # The VCTK builder stores an empty text where the transcript is missing (p315).
+      if not text:
+        clips.append(Clip(clip_id, speaker, None, skip="no transcript",
+                          detail="TFDS example has an empty text"))
+        continue
+    clips.append(Clip(clip_id, speaker, text, audio=np.asarray(ex["speech"]),
+                      audio_rate=int(ex.get("sample_rate", rate))))
+  clips.sort(key=lambda c: c.clip_id)
+  return clips
+
+
+def _to_str(value: Any) -> str:
+  if isinstance(value, bytes):
+    return value.decode("utf-8", errors="replace")
+  if isinstance(value, np.ndarray) and value.ndim == 0:
+    return _to_str(value.item())
+  return str(value)
+
+
+def speaker_map(clips: list[Clip]) -> dict[str, int]:
+  """Speaker name -> id, in sorted name order, over speakers that have a usable clip.
+
+  Speakers whose every clip is already known to be unusable (no transcript) get no id, so
+  VCTK-0.92's 110 folders give the official 109 speakers.
+  """
+  names = sorted({c.speaker for c in clips if c.skip is None})
+  return {name: i for i, name in enumerate(names)}

@@ -1,0 +1,161 @@
+"""The on-disk format of prepared data: records, shard names, the manifest and its checks.
+
+A prepared directory (written by `data_prep/prepare.py`) holds, per split (`train`,
+`validation`):
+
+    {split}-00000-of-00003.array_record   ArrayRecord shards; one msgpack record per clip
+    {split}-lengths.npy                   int32 [N, 2]: (n_tokens, n_samples) per record,
+                                          in the shards' concatenated order
+    manifest.json                         written last; names every file with its size and
+                                          sha256, so a reader can tell a complete file from a
+                                          half-written or replaced one
+
+A record is a msgpack map (msgpack ships with flax) whose arrays are raw little-endian
+bytes, so decoding is two `np.frombuffer` calls and no copy of the audio:
+
+    id       str    clip id (e.g. 'LJ001-0001', 'p225_001')
+    speaker  str    speaker name ('ljspeech' for LJSpeech)
+    sid      int    speaker id (index into manifest['speakers'])
+    text     str    the transcript that was phonemized
+    tokens   bytes  int32 token ids from the text frontend
+    audio    bytes  int16 mono PCM at manifest['sample_rate']
+
+This module imports neither jax nor grain, so the data-prep CLI stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import msgpack
+import numpy as np
+
+FORMAT = "vits_jax.prepared/1"
+MANIFEST = "manifest.json"
+SPLITS = ("train", "validation")
+
+
+def encode_record(clip_id: str, speaker: str, sid: int, text: str, tokens, audio) -> bytes:
+  """Serializes one clip.
+
+  Args:
+    clip_id: clip id.
+    speaker: speaker name.
+    sid: integer speaker id.
+    text: transcript.
+    tokens: [T_text] integer token ids.
+    audio: [T_audio] int16 PCM.
+
+  Returns:
+    The record bytes.
+  """
+  audio = np.asarray(audio)
+  if audio.dtype != np.int16 or audio.ndim != 1:
+    raise ValueError(f"audio must be 1-D int16, got {audio.dtype} {audio.shape}")
+  return msgpack.packb({
+      "id": clip_id,
+      "speaker": speaker,
+      "sid": int(sid),
+      "text": text,
+      "tokens": np.asarray(tokens, dtype="<i4").tobytes(),
+      "audio": audio.astype("<i2", copy=False).tobytes(),
+  })
+
+
+def decode_record(data: bytes) -> dict[str, Any]:
+  """Inverse of `encode_record`: tokens as int32 [T_text], audio as int16 [T_audio]."""
+  rec = msgpack.unpackb(data)
+  rec["tokens"] = np.frombuffer(rec["tokens"], dtype="<i4")
+  rec["audio"] = np.frombuffer(rec["audio"], dtype="<i2")
+  return rec
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+  return f"{split}-{index:05d}-of-{count:05d}.array_record"
+
+
+def lengths_name(split: str) -> str:
+  return f"{split}-lengths.npy"
+
+
+def sha256_file(path: str, chunk: int = 1 << 22) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    while block := f.read(chunk):
+      h.update(block)
+  return h.hexdigest()
+
+
+def file_entry(path: str) -> dict[str, Any]:
+  """What the manifest records about a finished file: its name, size and checksum."""
+  return {"file": os.path.basename(path), "bytes": os.path.getsize(path),
+          "sha256": sha256_file(path)}
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes JSON to a temporary name, fsyncs, then renames: readers see all or nothing."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1, ensure_ascii=False)
+    f.write("\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def manifest_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+  """Every file entry the manifest vouches for (shards and length tables)."""
+  entries = []
+  for split in manifest["splits"].values():
+    entries.extend(split["shards"])
+    entries.append(split["lengths"])
+  return entries
+
+
+def load_manifest(data_dir: str, checksums: bool = False) -> dict[str, Any]:
+  """Reads `data_dir/manifest.json` and checks that every file it names is complete.
+
+  Args:
+    data_dir: a directory written by `data_prep/prepare.py`.
+    checksums: also compare sha256 (reads every byte); sizes are always compared.
+
+  Returns:
+    The manifest dict.
+
+  Raises:
+    FileNotFoundError: no manifest (never prepared, or a run was interrupted).
+    ValueError: the manifest is not ours, or a file is missing, truncated or changed.
+  """
+  path = os.path.join(data_dir, MANIFEST)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"{path} not found: run data_prep/prepare.py --out {data_dir} (an interrupted run "
+        "leaves no manifest)")
+  with open(path, encoding="utf-8") as f:
+    try:
+      manifest = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not valid JSON ({e}); re-run data_prep/prepare.py") from None
+  if manifest.get("format") != FORMAT:
+    raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+  for entry in manifest_files(manifest):
+    problem = check_file(data_dir, entry, checksums)
+    if problem:
+      raise ValueError(f"{problem}; re-run data_prep/prepare.py --out {data_dir}")
+  return manifest
+
+
+def check_file(data_dir: str, entry: dict[str, Any], checksums: bool) -> str | None:
+  """Returns why `entry`'s file cannot be trusted, or None when it matches the manifest."""
+  fpath = os.path.join(data_dir, entry["file"])
+  if not os.path.isfile(fpath):
+    return f"{fpath} is missing"
+  size = os.path.getsize(fpath)
+  if size != entry["bytes"]:
+    return f"{fpath} has {size} bytes, the manifest says {entry['bytes']}"
+  if checksums and sha256_file(fpath) != entry["sha256"]:
+    return f"{fpath} does not match its sha256 in the manifest"
+  return None

@@ -1,0 +1,214 @@
+"""The grain input pipeline over prepared shards (vits_jax/data).
+
+The prepared directories here are written directly with data_prep's shard writer and random
+clips (no phonemizer needed: the loader only sees token ids and samples).
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from data_prep import writer
+from vits_jax.data import buckets as buckets_lib
+from vits_jax.data import loader, records
+
+
+def _write_prepared(out, n_train=37, n_val=7, n_speakers=3, seed=0, shard_bytes=40_000):
+  """Random clips (1..60 tokens, 500..9000 samples) in several small shards per split."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(out, exist_ok=True)
+  clips = {}
+  splits = {}
+  for split, n in (("train", n_train), ("validation", n_val)):
+    w = writer.SplitWriter(str(out), split, shard_bytes)
+    for i in range(n):
+      n_samples = int(rng.integers(500, 9000))
+      # Text length loosely follows audio length, as in speech.
+      n_tok = int(np.clip(n_samples // 150 + rng.integers(-5, 6), 1, 70))
+      tokens = rng.integers(1, 100, n_tok).astype(np.int32)
+      audio = rng.integers(-32768, 32767, n_samples).astype(np.int16)
+      clip_id = f"{split}_{i:03d}"
+      sid = int(rng.integers(0, n_speakers))
+      w.add(clip_id, f"s{sid}", sid, f"text {i}", tokens, audio)
+      clips[clip_id] = (tokens, audio, sid)
+    splits[split] = w.finish()
+  manifest = {"format": records.FORMAT, "splits": splits,
+              "counts": {"train": n_train, "validation": n_val}}
+  records.write_json_atomic(os.path.join(out, records.MANIFEST), manifest)
+  return clips
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  out = tmp_path_factory.mktemp("prepared")
+  clips = _write_prepared(out)
+  return str(out), clips
+
+
+def _train(data_dir, **kw):
+  kw = {"batch_size": 4, "seed": 0, "process_index": 0, "process_count": 1,
+        "audio_multiple": 512, **kw}
+  return loader.make_train_loader(data_dir, **kw)
+
+
+def _row_ids(batch, clips):
+  """Identifies each row of a batch by matching its audio against the clips."""
+  by_key = {(len(a), int(a[0]), int(a[-1])): cid for cid, (_, a, _) in clips.items()}
+  ids = []
+  for row, n in zip(batch["audio"], batch["audio_lengths"]):
+    pcm = np.round(row[:n] * 32768).astype(np.int64)
+    ids.append(by_key[(int(n), int(pcm[0]), int(pcm[-1]))])
+  return ids
+
+
+def test_batches_hold_the_records_padded(prepared):
+  data_dir, clips = prepared
+  ld = _train(data_dir)
+  assert ld.dataset.__len__() > 10**12  # streams forever by default
+  for i in range(5):
+    batch = ld.dataset[i]
+    assert set(batch) == {"text", "text_lengths", "audio", "audio_lengths", "sid", "weight"}
+    assert batch["text"].dtype == np.int32 and batch["audio"].dtype == np.float32
+    assert (batch["text"].shape[1], batch["audio"].shape[1]) in ld.buckets
+    for b, cid in enumerate(_row_ids(batch, clips)):
+      tokens, audio, sid = clips[cid]
+      n_t, n_a = batch["text_lengths"][b], batch["audio_lengths"][b]
+      np.testing.assert_array_equal(batch["text"][b, :n_t], tokens)
+      assert not batch["text"][b, n_t:].any() and not batch["audio"][b, n_a:].any()
+      np.testing.assert_array_equal(batch["audio"][b, :n_a], audio.astype(np.float32) / 32768)
+      assert batch["sid"][b] == sid and n_a == len(audio)
+
+
+def test_same_seed_same_batches_in_same_order(prepared):
+  data_dir, _ = prepared
+  per_epoch = _train(data_dir).batches_per_epoch
+  n = 2 * per_epoch + 3  # crosses two epoch boundaries
+
+  def run(seed):
+    it = iter(_train(data_dir, seed=seed))
+    return [next(it) for _ in range(n)]
+
+  a, b, c = run(7), run(7), run(8)
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  assert any(not np.array_equal(x["audio_lengths"], y["audio_lengths"]) for x, y in zip(a, c))
+  # Epochs are reshuffled: epoch 1 is not a replay of epoch 0.
+  assert any(not np.array_equal(a[i]["audio_lengths"], a[i + per_epoch]["audio_lengths"])
+             for i in range(per_epoch))
+
+
+def test_epoch_uses_each_clip_once_and_never_mixes_buckets(prepared):
+  data_dir, clips = prepared
+  ld = _train(data_dir)
+  n_train = sum(cid.startswith("train") for cid in clips)
+  assert ld.batches_per_epoch == n_train // 4 and ld.excluded == 0
+  seen = []
+  for i in range(ld.batches_per_epoch):
+    batch = ld.dataset[i]
+    t_max, a_max = batch["text"].shape[1], batch["audio"].shape[1]
+    assert (t_max, a_max) in ld.buckets
+    assert batch["text_lengths"].max() <= t_max and batch["audio_lengths"].max() <= a_max
+    seen += _row_ids(batch, clips)
+  assert len(seen) == len(set(seen)) == ld.batches_per_epoch * 4
+  assert n_train - len(seen) < 4  # only the last remainder is left out
+
+
+def test_iterator_state_restores_the_exact_stream(prepared):
+  data_dir, _ = prepared
+  ld = _train(data_dir, num_threads=3, prefetch=5)
+  it = iter(ld)
+  k = ld.batches_per_epoch + 2
+  for _ in range(k):
+    next(it)
+  state = it.get_state()
+  assert ld.position(state) == (1, 2)
+  expected = [next(it) for _ in range(4)]
+  resumed = _train(data_dir, num_threads=1, prefetch=2).iterator(state)  # a fresh process
+  for want in expected:
+    got = next(resumed)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_hosts_read_disjoint_halves_of_the_same_global_batches(prepared):
+  data_dir, clips = prepared
+  single = _train(data_dir, batch_size=4)
+  hosts = [_train(data_dir, batch_size=4, process_index=p, process_count=2) for p in (0, 1)]
+  assert hosts[0].host_batch_size == 2
+  for i in range(single.batches_per_epoch + 1):
+    whole = single.dataset[i]
+    parts = [h.dataset[i] for h in hosts]
+    assert parts[0]["audio"].shape == parts[1]["audio"].shape == (2, whole["audio"].shape[1])
+    ids = _row_ids(parts[0], clips) + _row_ids(parts[1], clips)
+    assert ids == _row_ids(whole, clips)
+  with pytest.raises(ValueError, match="multiple"):
+    _train(data_dir, batch_size=3, process_index=0, process_count=2)
+
+
+def test_eval_loader_covers_every_clip_once_in_a_fixed_order(prepared):
+  data_dir, clips = prepared
+  train = _train(data_dir)
+  ev = loader.make_eval_loader(data_dir, 4, buckets=train.buckets, process_index=0,
+                               process_count=1, audio_multiple=512)
+  first = list(ev)
+  second = list(ev)
+  real = []
+  for a, b in zip(first, second):
+    np.testing.assert_array_equal(a["audio"], b["audio"])
+    ids = _row_ids(a, clips)
+    real += [cid for cid, w in zip(ids, a["weight"]) if w == 1]
+  val_ids = sorted(cid for cid in clips if cid.startswith("validation"))
+  assert sorted(real) == val_ids and len(real) == len(set(real))
+  assert sum(float(b["weight"].sum()) for b in first) == len(val_ids)
+  assert len(first) == len(ev) and len(ev) >= -(-len(val_ids) // 4)
+
+
+def test_default_buckets_hold_every_clip_and_grow():
+  rng = np.random.default_rng(1)
+  lengths = np.stack([rng.integers(1, 200, 500), rng.integers(1000, 300_000, 500)], 1)
+  bks = buckets_lib.default_buckets(lengths, num_buckets=4, audio_multiple=256,
+                                    min_audio_len=8192)
+  assert 1 <= len(bks) <= 4
+  assert all(a % 256 == 0 and a >= 8192 for _, a in bks)
+  ids = buckets_lib.assign_buckets(lengths, bks)
+  assert (ids >= 0).all()
+  for (t, a), b in zip(lengths, ids):  # the smallest bucket that fits
+    assert t <= bks[b][0] and a <= bks[b][1]
+    assert b == 0 or t > bks[b - 1][0] or a > bks[b - 1][1]
+
+
+def test_user_buckets_are_validated_and_oversized_clips_excluded(prepared):
+  data_dir, _ = prepared
+  with pytest.raises(ValueError, match="grow"):
+    _train(data_dir, buckets=[(64, 8192), (32, 4096)])
+  ld = _train(data_dir, buckets=[(40, 4096), (80, 6144)])
+  lengths = loader.PreparedSplit(data_dir).lengths
+  too_big = int(((lengths[:, 0] > 80) | (lengths[:, 1] > 6144)).sum())
+  assert too_big > 0 and ld.excluded == too_big
+  for i in range(ld.batches_per_epoch):
+    assert ld.dataset[i]["audio"].shape[1] in (4096, 6144)
+
+
+def test_truncated_or_missing_files_are_not_trusted(tmp_path):
+  _write_prepared(tmp_path, n_train=9, n_val=2)
+  manifest = records.load_manifest(str(tmp_path), checksums=True)
+  shard = os.path.join(tmp_path, manifest["splits"]["train"]["shards"][0]["file"])
+  with open(shard, "r+b") as f:
+    f.truncate(os.path.getsize(shard) - 10)
+  with pytest.raises(ValueError, match="bytes"):
+    _train(str(tmp_path))
+  # Same size, different bytes: only the checksum notices.
+  _write_prepared(tmp_path, n_train=9, n_val=2)
+  with open(shard, "r+b") as f:
+    f.seek(100)
+    byte = f.read(1)
+    f.seek(100)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  _train(str(tmp_path))  # sizes match
+  with pytest.raises(ValueError, match="sha256"):
+    _train(str(tmp_path), checksums=True)
+  os.remove(os.path.join(tmp_path, records.MANIFEST))
+  with pytest.raises(FileNotFoundError, match="prepare.py"):
+    _train(str(tmp_path))

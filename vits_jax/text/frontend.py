@@ -1,0 +1,214 @@
+"""Text frontends: text -> token ids a VITS model was trained on.
+
+* `VitsFrontend` ('vits'): the official VITS pipeline for training new voices -- cleaners
+  (default `english_cleaners2`: espeak-ng phonemes through phonemizer), the official
+  178-symbol table, and `add_blank` (a 0 between all ids and at both ends).
+* `PiperFrontend` ('piper'): Piper voices -- espeak-ng phonemes per sentence as
+  piper-phonemize gives them, mapped with the voice's own `phoneme_id_map`.
+
+Both drop characters the voice cannot say (with one `UnknownCharactersWarning` per text) and
+raise `ValueError` for text with nothing to say.
+"""
+
+import logging
+import unicodedata
+
+from vits_jax.text import chars, piper, sentences, symbols
+from vits_jax.text import cleaners as cleaners_lib
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def intersperse(ids, item):
+  """`[item, ids[0], item, ids[1], ..., item]` (the official `commons.intersperse`)."""
+  out = [item] * (2 * len(ids) + 1)
+  out[1::2] = ids
+  return out
+
+
+def _check_text(text):
+  if not isinstance(text, str):
+    raise ValueError(f'text must be a string, got {type(text).__name__}')
+  if not text.strip():
+    raise ValueError('text is empty')
+
+
+class Frontend:
+  """Text -> ids for one voice.
+
+  Attributes:
+    name: 'vits' or 'piper'.
+    n_vocab: number of token ids (embedding rows).
+  """
+
+  name = ''
+  n_vocab = 0
+
+  def text_to_ids(self, text):
+    """Ids of `text` as one utterance, ready for the model.
+
+    Raises:
+      ValueError: the text is empty, or nothing sayable is left of it.
+    """
+    raise NotImplementedError
+
+  def split_sentences(self, text):
+    """Sentences of `text`, for synthesizing long text piece by piece."""
+    raise NotImplementedError
+
+  def text_to_sentence_ids(self, text):
+    """Ids per sentence of `text` (empty sentences left out); prefer this for long text.
+
+    Raises:
+      ValueError: the text is empty, or nothing sayable is left of it.
+    """
+    out = []
+    for sentence in self.split_sentences(text):
+      try:
+        out.append(self.text_to_ids(sentence))
+      except ValueError:
+        continue  # e.g. a sentence of only dropped characters
+    if not out:
+      raise ValueError(f'text has nothing to say (empty after cleaning): {text[:50]!r}')
+    return out
+
+
+class VitsFrontend(Frontend):
+  """The official VITS text pipeline.
+
+  Args:
+    cleaners: cleaner names run in order (see `cleaners.CLEANERS`).
+    add_blank: put blank id 0 between all ids and at both ends (official `add_blank`).
+    max_sentence_chars: `split_sentences` cuts longer sentences at clauses or spaces.
+  """
+
+  name = 'vits'
+
+  def __init__(self, cleaners=('english_cleaners2',), add_blank=True, max_sentence_chars=400):
+    if isinstance(cleaners, str):
+      cleaners = [cleaners]
+    for c in cleaners:
+      if c not in cleaners_lib.CLEANERS:
+        raise ValueError(f'unknown cleaner {c!r}; known: {", ".join(sorted(cleaners_lib.CLEANERS))}')
+    self.cleaners = list(cleaners)
+    self.add_blank = bool(add_blank)
+    self.max_sentence_chars = max_sentence_chars
+    self.symbols = symbols.SYMBOLS
+    self.n_vocab = len(self.symbols)
+    self._transliterate = any(c != 'basic_cleaners' for c in self.cleaners)
+
+  def _can_say(self, char):
+    if char.isspace():
+      return True
+    if self._transliterate:
+      return cleaners_lib.to_ascii(char) is not None
+    return char.lower() in symbols.SYMBOL_TO_ID
+
+  def clean(self, text):
+    """The cleaned text (phonemes for english_cleaners2) before it becomes ids."""
+    _check_text(text)
+    text = chars.drop_unknown(text, self._can_say)
+    if not text.strip():
+      raise ValueError('text is empty after dropping characters the voice cannot say')
+    return cleaners_lib.clean(text, self.cleaners)
+
+  def cleaned_to_ids(self, cleaned):
+    """Ids of already cleaned text (no blanks); symbols outside the table are skipped."""
+    ids, missing = [], set()
+    for s in cleaned:
+      if s in symbols.SYMBOL_TO_ID:
+        ids.append(symbols.SYMBOL_TO_ID[s])
+      else:
+        missing.add(s)
+    if missing:
+      _LOGGER.debug('symbols not in the VITS table skipped: %s', sorted(missing))
+    return ids
+
+  def text_to_ids(self, text):
+    ids = self.cleaned_to_ids(self.clean(text))
+    # Punctuation and spaces alone say nothing.
+    if all(i <= symbols.SPACE_ID for i in ids):
+      raise ValueError(f'text has nothing to say (empty after cleaning): {text[:50]!r}')
+    return intersperse(ids, 0) if self.add_blank else ids
+
+  def ids_to_text(self, ids):
+    """Symbols of `ids` (blanks included if present), e.g. to check a round trip."""
+    return ''.join(symbols.ID_TO_SYMBOL[i] for i in ids)
+
+  def split_sentences(self, text):
+    return sentences.split_sentences(text, max_chars=self.max_sentence_chars)
+
+
+class PiperFrontend(Frontend):
+  """The frontend of a Piper voice, from its `.onnx.json` config.
+
+  Args:
+    config: the parsed `.onnx.json` (uses `phoneme_id_map`, `phoneme_type`, `espeak.voice`,
+      `num_symbols`).
+
+  Raises:
+    ValueError: the config lacks what is needed, or names an unsupported phoneme type.
+  """
+
+  name = 'piper'
+
+  def __init__(self, config):
+    if not isinstance(config, dict) or 'phoneme_id_map' not in config:
+      raise ValueError('a Piper config (.onnx.json) with a phoneme_id_map is needed')
+    self.id_map = {p: list(ids) for p, ids in config['phoneme_id_map'].items()}
+    for special in (piper.BOS, piper.EOS, piper.PAD):
+      if special not in self.id_map:
+        raise ValueError(f'the phoneme_id_map has no {special!r}')
+    self.phoneme_type = config.get('phoneme_type', 'espeak')
+    if self.phoneme_type not in ('espeak', 'text'):
+      raise ValueError(f'unsupported Piper phoneme_type {self.phoneme_type!r}')
+    self.voice = (config.get('espeak') or {}).get('voice', 'en-us')
+    max_id = max(i for ids in self.id_map.values() for i in ids)
+    self.n_vocab = max(int(config.get('num_symbols', 0)), max_id + 1)
+    scripts = chars.allowed_scripts(self.voice)
+    self._can_say = lambda char: chars.espeak_can_say(char, scripts)
+
+  def phonemize(self, text):
+    """Phonemes per sentence (sentences may be empty), exactly as piper-phonemize splits."""
+    _check_text(text)
+    text = chars.drop_unknown(text, self._can_say)
+    if self.phoneme_type == 'text':
+      # piper-phonemize's phonemize_codepoints: casefold, NFD, one sentence.
+      return [list(unicodedata.normalize('NFD', text.casefold()))]
+    if self.voice == 'ar':
+      module = piper.piper_phonemize_module()
+      if module is not None:
+        text = module.tashkeel_run(text)  # Arabic diacritization, as piper does
+    return piper.phonemize(text, self.voice)
+
+  def phonemes_to_ids(self, phonemes):
+    """Piper ids of one sentence: BOS PAD (phoneme PAD)* EOS."""
+    return piper.phonemes_to_ids(phonemes, self.id_map)
+
+  def _sayable(self, phonemes):
+    return any(p in self.id_map and not p.isspace() and not unicodedata.category(p)[0] == 'P'
+               for p in phonemes)
+
+  def text_to_sentence_ids(self, text):
+    """Piper's ids per sentence, as piper synthesizes them (empty sentences left out)."""
+    out = [self.phonemes_to_ids(s) for s in self.phonemize(text) if self._sayable(s)]
+    if not out:
+      raise ValueError(f'text has nothing to say (empty after phonemization): {text[:50]!r}')
+    return out
+
+  def text_to_ids(self, text):
+    """Ids of `text` as one utterance: its sentences' phonemes joined, as piper's training
+    data was prepared. Equals `text_to_sentence_ids(text)[0]` for one sentence."""
+    phonemes = [p for s in self.phonemize(text) for p in s]
+    if not self._sayable(phonemes):
+      raise ValueError(f'text has nothing to say (empty after phonemization): {text[:50]!r}')
+    return self.phonemes_to_ids(phonemes)
+
+  def split_sentences(self, text):
+    """Sentences where espeak-ng ends them (each `text_to_ids(s)` matches piper's sentence
+    ids, apart from rare cases where context crosses the boundary)."""
+    _check_text(text)
+    if self.phoneme_type == 'text':
+      return [text.strip()]
+    text = chars.drop_unknown(text, self._can_say)
+    return piper.split_sentences(text, self.voice)

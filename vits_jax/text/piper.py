@@ -1,0 +1,203 @@
+"""Piper's text frontend: espeak-ng phonemes per sentence, then the voice's phoneme/id map.
+
+Piper voices were trained on the ids `piper-phonemize` gives, so that is what we use where it
+installs (its wheels stop at Python 3.11). It phonemizes with its own espeak-ng build, one
+clause at a time, and after each clause appends the punctuation that ended it ('.', '?', '!',
+', ', ': ', '; '); a sentence-ending clause closes the sentence. Phonemes are NFD-decomposed
+code points, and '(en)'-style language-switch flags are removed.
+
+Without `piper-phonemize` we run the same loop on espeakng-loader's espeak-ng. That library
+lacks the call that reports the clause terminator, so we read it off the text each clause
+consumed (`_terminator`). Its dictionaries are a newer espeak-ng than piper's, so some words
+come out differently: ids may differ from what the voice was trained with.
+"""
+
+import functools
+import logging
+import os
+import unicodedata
+
+from vits_jax.text import espeak
+
+_LOGGER = logging.getLogger(__name__)
+
+BOS, EOS, PAD = '^', '$', '_'
+
+# Set to 1 to use the espeakng-loader fallback even where piper-phonemize imports.
+FORCE_FALLBACK_ENV = 'VITS_JAX_PIPER_FALLBACK'
+
+# What piper appends after a clause, by the espeak-ng clause type of its last punctuation.
+# Types marked "optional space" in espeak-ng (fullwidth/CJK marks, ¡ ¿, danda, ...) and the
+# ellipsis carry extra flag bits that piper's comparison does not match, so nothing is added.
+_APPENDED = {'period': '.', 'question': '?', 'exclamation': '!', 'comma': ', ',
+             'colon': ': ', 'semicolon': '; '}
+_SENTENCE_TYPES = ('period', 'question', 'exclamation', 'period_opt', 'question_opt',
+                   'exclamation_opt', 'eof', 'paragraph')
+# espeak-ng's clause type of common punctuation (espeak-ng-data PropList + readclause.c).
+_CLAUSE_TYPE = {
+    '.': 'period', '۔': 'period', '።': 'period',
+    '։': 'period_opt', '।': 'period_opt', '॥': 'period_opt', '。': 'period_opt',
+    '．': 'period_opt', '｡': 'period_opt',
+    '?': 'question', '؟': 'question', '፧': 'question', '？': 'question_opt',
+    '!': 'exclamation', '‼': 'exclamation', '！': 'exclamation_opt',
+    ',': 'comma', '،': 'comma', '፣': 'comma', '、': 'comma_opt', '，': 'comma_opt',
+    '､': 'comma_opt',
+    ':': 'colon', '፥': 'colon', '：': 'colon_opt',
+    ';': 'semicolon', '\u0387': 'semicolon', '؛': 'semicolon', '፤': 'semicolon', '–': 'semicolon',
+    '—': 'semicolon', '；': 'semicolon_opt', '¡': 'semicolon_opt', '¿': 'semicolon_opt',
+    '…': 'ellipsis',
+}
+_CLOSERS = set('"\'”’»›)]}')
+
+
+@functools.lru_cache(maxsize=None)
+def piper_phonemize_module():
+  """`piper_phonemize`, or None where it is missing or the fallback is forced."""
+  if os.environ.get(FORCE_FALLBACK_ENV, '') not in ('', '0'):
+    return None
+  try:
+    import piper_phonemize
+  except ImportError:
+    return None
+  return piper_phonemize
+
+
+@functools.lru_cache(maxsize=None)
+def _announce_fallback():
+  _LOGGER.warning(
+      'piper-phonemize is not available (it needs Python <= 3.11); phonemizing with '
+      'espeakng-loader\'s espeak-ng %s instead, which may give other phonemes than the voice '
+      'was trained with on some words.', espeak.espeak_version())
+
+
+def _terminator(consumed, last):
+  """espeak-ng's clause type for a clause that consumed `consumed`.
+
+  The clause ends at its punctuation; espeak-ng has also read the whitespace after it and
+  usually one look-ahead character, and closing quotes/brackets may sit in between.
+  """
+  text = consumed
+  if not last and text and not text[-1].isspace():
+    # Drop the look-ahead character, unless the clause ended right at a closer/punctuation.
+    stripped = text[:-1]
+    if stripped and (stripped[-1].isspace() or stripped[-1] in _CLOSERS
+                     or stripped[-1] in _CLAUSE_TYPE):
+      text = stripped
+  trailing = text[len(text.rstrip()):]
+  text = text.rstrip()
+  while text and text[-1] in _CLOSERS:
+    text = text[:-1]
+  end = len(text)
+  while end and text[end - 1] in _CLAUSE_TYPE:
+    end -= 1
+  run = text[end:]
+  if trailing.count('\n') >= 2 and (run or not last):
+    return 'paragraph'
+  if run.startswith('..') or '…' in run[:1]:
+    return 'ellipsis'
+  if run:
+    # espeak-ng takes the first of a run like '?!' or '!!!'.
+    return _CLAUSE_TYPE[run[0]]
+  return 'eof' if last else 'none'
+
+
+def phonemize_fallback(text, voice, clause_phonemizer=None):
+  """Piper's `phonemize_espeak(text, voice)` rebuilt on espeakng-loader's espeak-ng.
+
+  Args:
+    text: any text.
+    voice: espeak-ng voice name.
+    clause_phonemizer: an `espeak.ClausePhonemizer` for `voice` on another espeak-ng build
+      (tests run the loop on piper's own library); default: espeakng-loader's.
+
+  Returns:
+    list of sentences, each a list of phonemes (single code points).
+  """
+  sentences, current = [], None
+  clause_phonemizer = clause_phonemizer or espeak.clause_phonemizer(voice)
+  for clause in clause_phonemizer.clauses(text):
+    if current is None:
+      current = []
+      sentences.append(current)
+    current.extend(_remove_language_flags(unicodedata.normalize('NFD', clause.phonemes)))
+    kind = _terminator(clause.consumed, clause.last)
+    current.extend(_APPENDED.get(kind, ''))
+    if kind in _SENTENCE_TYPES:
+      current = None
+  return sentences
+
+
+def _remove_language_flags(phonemes):
+  out, in_flag = [], False
+  for p in phonemes:
+    if in_flag:
+      in_flag = p != ')'
+    elif p == '(':
+      in_flag = True
+    else:
+      out.append(p)
+  return out
+
+
+def phonemize(text, voice):
+  """Sentences of phonemes for `text`, as piper-phonemize gives them (or the fallback).
+
+  Args:
+    text: any text.
+    voice: espeak-ng voice of the Piper voice (`config['espeak']['voice']`).
+
+  Returns:
+    list of sentences, each a list of phonemes (single code points); a sentence may be empty.
+  """
+  module = piper_phonemize_module()
+  if module is None:
+    _announce_fallback()
+    return phonemize_fallback(text, voice)
+  return module.phonemize_espeak(text, voice)
+
+
+def phonemes_to_ids(phonemes, id_map):
+  """Piper ids: BOS, PAD, then every phoneme followed by PAD, then EOS.
+
+  This is piper-phonemize's `phonemes_to_ids` (what piper's training and its C++ runtime use;
+  piper's Python runtime omits the PAD after BOS). Phonemes missing from the map are skipped.
+
+  Args:
+    phonemes: list of phoneme strings.
+    id_map: the voice's `phoneme_id_map` (phoneme -> list of ids).
+
+  Returns:
+    list of int ids.
+  """
+  pad = id_map[PAD]
+  ids = list(id_map[BOS]) + list(pad)
+  for p in phonemes:
+    if p in id_map:
+      ids.extend(id_map[p])
+      ids.extend(pad)
+  ids.extend(id_map[EOS])
+  return ids
+
+
+def split_sentences(text, voice):
+  """Cuts `text` where espeak-ng (espeakng-loader's build) ends sentences.
+
+  Returns:
+    list of stripped, non-empty sentence texts.
+  """
+  out, current = [], ''
+  for clause in espeak.clause_phonemizer(voice).clauses(text):
+    consumed = clause.consumed
+    # A clause usually consumes the first character of the next one: cut after the last
+    # whitespace when a single character follows it.
+    space = max(consumed.rfind(c) for c in ' \t\n\r\f\v')
+    own, ahead = consumed, ''
+    if not clause.last and space >= 0 and len(consumed) - space - 1 == 1:
+      own, ahead = consumed[:space + 1], consumed[space + 1:]
+    current += own
+    if _terminator(clause.consumed, clause.last) in _SENTENCE_TYPES:
+      out.append(current)
+      current = ''
+    current += ahead
+  out.append(current)
+  return [s.strip() for s in out if s.strip()]

@@ -1,0 +1,69 @@
+"""Splitting long text into sentences (for the VITS frontend; Piper voices use espeak-ng's).
+
+Rules follow espeak-ng's sentence ends, so both frontends cut text in similar places: a run
+of '.', '!', '?' or '…' (closing quotes and brackets may follow) ends a sentence when
+whitespace follows and the next word does not start in lowercase; a full stop after a known
+abbreviation ("Dr.", "Mrs.") or a lone initial does not. A blank line always ends one.
+Sentences longer than `max_chars` are cut again at clause punctuation, then at spaces.
+"""
+
+import re
+
+_ABBREVIATIONS = frozenset(
+    'mr mrs ms dr drs st co jr sr maj gen rev lt hon sgt capt esq ltd col ft prof vs etc '
+    'no mt inc jan feb mar apr jun jul aug sep sept oct nov dec e.g i.e'.split())
+
+_END_RE = re.compile(r'([.!?…]+)(["\'”’»)\]]*)(\s+)')
+_CLAUSE_RE = re.compile(r'[,;:—–]\s+')
+
+
+def _ends_sentence(text, match):
+  rest = text[match.end():]
+  if rest[:1].islower() and '\n\n' not in match.group(3):
+    return False
+  if match.group(1) == '.':
+    word = text[:match.start()].rsplit(None, 1)[-1] if text[:match.start()].strip() else ''
+    word = word.lstrip('"\'“‘«([').lower()
+    if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
+      return False
+  return True
+
+
+def _cut_long(sentence, max_chars):
+  """Cuts `sentence` into pieces of at most `max_chars` at clause marks, else at spaces."""
+  pieces = []
+  while len(sentence) > max_chars:
+    window = sentence[:max_chars + 1]
+    cuts = [m.end() for m in _CLAUSE_RE.finditer(window)]
+    if not cuts or cuts[-1] < max_chars // 4:
+      cuts = [m.end() for m in re.finditer(r'\s+', window)]
+    cut = cuts[-1] if cuts else max_chars
+    pieces.append(sentence[:cut].strip())
+    sentence = sentence[cut:].strip()
+  if sentence:
+    pieces.append(sentence)
+  return pieces
+
+
+def split_sentences(text, max_chars=None):
+  """Splits `text` into sentences.
+
+  Args:
+    text: any text.
+    max_chars: if set, longer sentences are cut into pieces of at most this many characters.
+
+  Returns:
+    list of non-empty, stripped sentences, in order.
+  """
+  sentences, start = [], 0
+  for match in _END_RE.finditer(text):
+    if match.end() < len(text) and ('\n\n' in match.group(3) or _ends_sentence(text, match)):
+      sentences.append(text[start:match.end()].strip())
+      start = match.end()
+  sentences.append(text[start:].strip())
+  # A blank line ends a sentence even without punctuation.
+  sentences = [p.strip() for s in sentences for p in re.split(r'\n\s*\n', s)]
+  sentences = [' '.join(s.split()) for s in sentences if s.strip()]
+  if max_chars:
+    sentences = [p for s in sentences for p in _cut_long(s, max_chars)]
+  return sentences

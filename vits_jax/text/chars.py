@@ -4,11 +4,17 @@ espeak-ng reads emoji by their names ("grinning face") and spells letters of scr
 does not know ("Chinese letter", "hebrew shin"), which is never what a user wants from a TTS
 voice. So before phonemization we drop emoji, control and private-use characters, and letters
 of scripts other than Latin, Greek and the voice's own. Text without such characters passes
-unchanged, so Piper ids stay identical to piper-phonemize's.
+unchanged (but for invisible format characters such as soft hyphens, which are removed), so
+Piper ids stay identical to piper-phonemize's.
 """
 
+import os
+import re
+import sys
 import unicodedata
 import warnings
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class UnknownCharactersWarning(UserWarning):
@@ -84,11 +90,27 @@ def espeak_can_say(char, scripts):
   return True
 
 
+def _caller_stacklevel():
+  # Point the warning at the first frame outside vits_jax (the user's call).
+  frame, level = sys._getframe(2), 2
+  while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+    frame, level = frame.f_back, level + 1
+  return level
+
+
+def _join_gap(match):
+  before, after, rest = match.group(1), match.group(2), match.string[match.end():]
+  if not rest or unicodedata.category(rest[0])[0] == 'P':
+    return ''  # "pizza 🍕." -> "pizza.", not "pizza ."
+  return before or after or ' '  # "I❤NY" -> "I NY": neighbours stay separate words
+
+
 def drop_unknown(text, can_say):
   """Removes the characters `can_say(char)` rejects, warning once which ones.
 
-  Each run of dropped characters becomes one space (so neighbours stay separate words);
-  invisible format characters (zero-width space, soft hyphen, BOM) are removed silently.
+  A run of dropped characters leaves one space between the words around it (none before
+  punctuation or at the end); invisible format characters (zero-width space, soft hyphen,
+  BOM) are removed silently.
 
   Args:
     text: input text.
@@ -97,23 +119,20 @@ def drop_unknown(text, can_say):
   Returns:
     the text without the characters; `text` itself if nothing was dropped.
   """
-  out, dropped, in_run = [], [], False
+  out, dropped = [], []
   for char in text:
     if unicodedata.category(char) == 'Cf' and not is_emoji(char):
       continue
     if can_say(char):
       out.append(char)
-      in_run = False
     else:
       if char not in dropped:
         dropped.append(char)
-      if not in_run:
-        out.append(' ')
-      in_run = True
+      out.append('\x00')
   if not dropped:
     return ''.join(out)
   shown = ' '.join(f'{c!r} (U+{ord(c):04X})' for c in dropped[:10])
   more = f' and {len(dropped) - 10} more' if len(dropped) > 10 else ''
   warnings.warn(f'dropped characters the voice cannot say: {shown}{more}',
-                UnknownCharactersWarning, stacklevel=3)
-  return ''.join(out)
+                UnknownCharactersWarning, stacklevel=_caller_stacklevel())
+  return re.sub(r'(\s*)\x00+(\s*)', _join_gap, ''.join(out))

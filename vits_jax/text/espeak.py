@@ -145,18 +145,21 @@ class ClausePhonemizer:
     voice: espeak-ng voice name, e.g. 'en-us'.
     library: path of a libespeak-ng; default: espeakng-loader's.
     data_path: its espeak-ng-data folder; default: espeakng-loader's.
+    mnemonics: output espeak-ng's ASCII phoneme names instead of IPA.
+    separator: a character put between the phonemes of a word; default none.
 
   Raises:
     ValueError: the voice does not exist in this espeak-ng.
   """
 
-  def __init__(self, voice, library=None, data_path=None):
+  def __init__(self, voice, library=None, data_path=None, mnemonics=False, separator=None):
     from phonemizer.backend.espeak.api import EspeakAPI
 
     if library is None or data_path is None:
       default_library, default_data = configure_phonemizer()
       library, data_path = library or default_library, data_path or default_data
     self.voice = voice
+    self._mode = (0 if mnemonics else _PHONEME_MODE_IPA) | (ord(separator) << 8 if separator else 0)
     self._api = EspeakAPI(library, data_path)
     self._lock = threading.Lock()
     if self._api.set_voice_by_name(voice.encode('utf-8')) != 0:
@@ -179,7 +182,7 @@ class ClausePhonemizer:
     with self._lock:
       while pointer.contents.value is not None:
         before = len(pointer.contents.value)
-        phonemes = self._api.text_to_phonemes(pointer, _TEXT_MODE_AUTO, _PHONEME_MODE_IPA)
+        phonemes = self._api.text_to_phonemes(pointer, _TEXT_MODE_AUTO, self._mode)
         rest = pointer.contents.value
         after = 0 if rest is None else len(rest)
         start = len(data) - before
@@ -191,6 +194,6 @@ class ClausePhonemizer:
 
 
 @functools.lru_cache(maxsize=None)
-def clause_phonemizer(voice):
-  """A cached `ClausePhonemizer` for `voice` on espeakng-loader's espeak-ng."""
-  return ClausePhonemizer(voice)
+def clause_phonemizer(voice, mnemonics=False, separator=None):
+  """A cached `ClausePhonemizer` on espeakng-loader's espeak-ng."""
+  return ClausePhonemizer(voice, mnemonics=mnemonics, separator=separator)

@@ -145,6 +145,8 @@ class PiperFrontend(Frontend):
   Args:
     config: the parsed `.onnx.json` (uses `phoneme_id_map`, `phoneme_type`, `espeak.voice`,
       `num_symbols`).
+    fallback: True to phonemize with espeakng-loader's espeak-ng even where piper-phonemize
+      is installed; default: only where it is not (or env `VITS_JAX_PIPER_FALLBACK=1`).
 
   Raises:
     ValueError: the config lacks what is needed, or names an unsupported phoneme type.
@@ -152,7 +154,7 @@ class PiperFrontend(Frontend):
 
   name = 'piper'
 
-  def __init__(self, config):
+  def __init__(self, config, fallback=None):
     if not isinstance(config, dict) or 'phoneme_id_map' not in config:
       raise ValueError('a Piper config (.onnx.json) with a phoneme_id_map is needed')
     self.id_map = {p: list(ids) for p, ids in config['phoneme_id_map'].items()}
@@ -167,6 +169,12 @@ class PiperFrontend(Frontend):
     self.n_vocab = max(int(config.get('num_symbols', 0)), max_id + 1)
     scripts = chars.allowed_scripts(self.voice)
     self._can_say = lambda char: chars.espeak_can_say(char, scripts)
+    self.fallback = fallback
+
+  @property
+  def uses_fallback(self):
+    """True if phonemes come from espeakng-loader's espeak-ng, not piper-phonemize."""
+    return bool(self.fallback) or piper.piper_phonemize_module() is None
 
   def phonemize(self, text):
     """Phonemes per sentence (sentences may be empty), exactly as piper-phonemize splits."""
@@ -175,11 +183,9 @@ class PiperFrontend(Frontend):
     if self.phoneme_type == 'text':
       # piper-phonemize's phonemize_codepoints: casefold, NFD, one sentence.
       return [list(unicodedata.normalize('NFD', text.casefold()))]
-    if self.voice == 'ar':
-      module = piper.piper_phonemize_module()
-      if module is not None:
-        text = module.tashkeel_run(text)  # Arabic diacritization, as piper does
-    return piper.phonemize(text, self.voice)
+    if self.voice == 'ar' and not self.uses_fallback:
+      text = piper.piper_phonemize_module().tashkeel_run(text)  # diacritics, as piper does
+    return piper.phonemize(text, self.voice, fallback=self.uses_fallback)
 
   def phonemes_to_ids(self, phonemes):
     """Piper ids of one sentence: BOS PAD (phoneme PAD)* EOS."""
@@ -212,3 +218,8 @@ class PiperFrontend(Frontend):
       return [text.strip()]
     text = chars.drop_unknown(text, self._can_say)
     return piper.split_sentences(text, self.voice)
+
+  def __repr__(self):
+    source = 'espeakng-loader fallback' if self.uses_fallback else 'piper-phonemize'
+    return f'PiperFrontend(voice={self.voice!r}, n_vocab={self.n_vocab}, {source})'
+

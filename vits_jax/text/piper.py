@@ -12,6 +12,7 @@ consumed (`_terminator`). Its dictionaries are a newer espeak-ng than piper's, s
 come out differently: ids may differ from what the voice was trained with.
 """
 
+import dataclasses
 import functools
 import logging
 import os
@@ -49,17 +50,29 @@ _CLAUSE_TYPE = {
 }
 _CLOSERS = set('"\'”’»›)]}')
 
+# Phonemes whose IPA espeak-ng changed after the build piper-phonemize ships (1.52-dev):
+# voice -> {espeak-ng phoneme name: (IPA now, IPA in piper's build)}. en-US 'o@' (four,
+# more, course) became 'ɔː' with the horse-hoarse merger (espeak-ng 5b01dd86, in 1.52.0): it
+# was 68 of 68 differences on 400 LJSpeech-style sentences. German short 'y' (fünf) became
+# 'ʏ' (c5170748).
+_OLD_IPA = {'en-us': {'o@': ('ɔː', 'oː')}, 'de': {'y': ('ʏ', 'y')}}
+_SEP = '\u00a6'  # between phonemes while aligning IPA with phoneme names
+
 
 @functools.lru_cache(maxsize=None)
-def piper_phonemize_module():
-  """`piper_phonemize`, or None where it is missing or the fallback is forced."""
-  if os.environ.get(FORCE_FALLBACK_ENV, '') not in ('', '0'):
-    return None
+def _import_piper_phonemize():
   try:
     import piper_phonemize
   except ImportError:
     return None
   return piper_phonemize
+
+
+def piper_phonemize_module():
+  """`piper_phonemize`, or None where it is missing or `FORCE_FALLBACK_ENV` is set."""
+  if os.environ.get(FORCE_FALLBACK_ENV, '') not in ('', '0'):
+    return None
+  return _import_piper_phonemize()
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,8 +127,18 @@ def phonemize_fallback(text, voice, clause_phonemizer=None):
     list of sentences, each a list of phonemes (single code points).
   """
   sentences, current = [], None
-  clause_phonemizer = clause_phonemizer or espeak.clause_phonemizer(voice)
-  for clause in clause_phonemizer.clauses(text):
+  old_ipa = _OLD_IPA.get(voice.lower()) if clause_phonemizer is None else None
+  if old_ipa:
+    clauses = espeak.clause_phonemizer(voice, separator=_SEP).clauses(text)
+    names = espeak.clause_phonemizer(voice, mnemonics=True, separator=_SEP).clauses(text)
+    if len(names) == len(clauses):
+      for clause, named in zip(clauses, names):
+        clause.phonemes = _restore_old_ipa(clause.phonemes, named.phonemes, old_ipa)
+    else:
+      clauses = [dataclasses.replace(c, phonemes=c.phonemes.replace(_SEP, '')) for c in clauses]
+  else:
+    clauses = (clause_phonemizer or espeak.clause_phonemizer(voice)).clauses(text)
+  for clause in clauses:
     if current is None:
       current = []
       sentences.append(current)
@@ -125,6 +148,32 @@ def phonemize_fallback(text, voice, clause_phonemizer=None):
     if kind in _SENTENCE_TYPES:
       current = None
   return sentences
+
+
+def _restore_old_ipa(ipa, names, old_ipa):
+  """Puts back piper's IPA for phonemes espeak-ng renders differently now.
+
+  Args:
+    ipa: a clause in IPA, words split by ' ', phonemes by `_SEP`.
+    names: the same clause as espeak-ng phoneme names, split the same way.
+    old_ipa: {phoneme name: (IPA now, old IPA)}.
+
+  Returns:
+    the clause in IPA without separators.
+  """
+  ipa_words, name_words = ipa.split(' '), names.split(' ')
+  if len(ipa_words) != len(name_words):
+    return ipa.replace(_SEP, '')
+  words = []
+  for ipa_word, name_word in zip(ipa_words, name_words):
+    phonemes, phoneme_names = ipa_word.split(_SEP), name_word.split(_SEP)
+    if len(phonemes) == len(phoneme_names):
+      for i, name in enumerate(phoneme_names):
+        fix = old_ipa.get(name.lstrip("',"))
+        if fix:
+          phonemes[i] = phonemes[i].replace(*fix)
+    words.append(''.join(phonemes))
+  return ' '.join(words)
 
 
 def _remove_language_flags(phonemes):
@@ -139,17 +188,19 @@ def _remove_language_flags(phonemes):
   return out
 
 
-def phonemize(text, voice):
+def phonemize(text, voice, fallback=None):
   """Sentences of phonemes for `text`, as piper-phonemize gives them (or the fallback).
 
   Args:
     text: any text.
     voice: espeak-ng voice of the Piper voice (`config['espeak']['voice']`).
+    fallback: True to use espeakng-loader's espeak-ng; default: only where piper-phonemize
+      is missing (or `FORCE_FALLBACK_ENV` is set).
 
   Returns:
     list of sentences, each a list of phonemes (single code points); a sentence may be empty.
   """
-  module = piper_phonemize_module()
+  module = None if fallback else piper_phonemize_module()
   if module is None:
     _announce_fallback()
     return phonemize_fallback(text, voice)

@@ -1,9 +1,10 @@
 """Splitting long text into sentences (for the VITS frontend; Piper voices use espeak-ng's).
 
 Rules follow espeak-ng's sentence ends, so both frontends cut text in similar places: a run
-of '.', '!', '?' or '…' (closing quotes and brackets may follow) ends a sentence when
-whitespace follows and the next word does not start in lowercase; a full stop after a known
-abbreviation ("Dr.", "Mrs.") or a lone initial does not. A blank line always ends one.
+of '.', '!' or '?' (closing quotes and brackets may follow) ends a sentence when whitespace
+follows; a full stop does not when the next word starts in lowercase, or after a known
+abbreviation ("Dr.", "Mrs.") or a lone initial. An ellipsis does not end a sentence (as in
+espeak-ng); a blank line always does.
 Sentences longer than `max_chars` are cut again at clause punctuation, then at spaces.
 """
 
@@ -13,15 +14,16 @@ _ABBREVIATIONS = frozenset(
     'mr mrs ms dr drs st co jr sr maj gen rev lt hon sgt capt esq ltd col ft prof vs etc '
     'no mt inc jan feb mar apr jun jul aug sep sept oct nov dec e.g i.e'.split())
 
-_END_RE = re.compile(r'([.!?…]+)(["\'”’»)\]]*)(\s+)')
+_END_RE = re.compile(r'([.!?]+)(["\'”’»)\]]*)(\s+)')
 _CLAUSE_RE = re.compile(r'[,;:—–]\s+')
 
 
 def _ends_sentence(text, match):
-  rest = text[match.end():]
-  if rest[:1].islower() and '\n\n' not in match.group(3):
-    return False
+  if '\n\n' in match.group(3):
+    return True
   if match.group(1) == '.':
+    if text[match.end():][:1].islower():
+      return False
     word = text[:match.start()].rsplit(None, 1)[-1] if text[:match.start()].strip() else ''
     word = word.lstrip('"\'“‘«([').lower()
     if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
@@ -57,7 +59,9 @@ def split_sentences(text, max_chars=None):
   """
   sentences, start = [], 0
   for match in _END_RE.finditer(text):
-    if match.end() < len(text) and ('\n\n' in match.group(3) or _ends_sentence(text, match)):
+    if match.group(1).startswith('..'):
+      continue  # an ellipsis
+    if match.end() < len(text) and _ends_sentence(text, match):
       sentences.append(text[start:match.end()].strip())
       start = match.end()
   sentences.append(text[start:].strip())

@@ -57,7 +57,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="vits: official symbols + espeak-ng; piper: a Piper voice's ids")
   p.add_argument("--voice-config", default=None,
                  help="Piper voice .onnx.json for --frontend piper (default: the joe voice)")
-  p.add_argument("--sample-rate", type=int, default=22050)
+  p.add_argument("--cleaners", default="english_cleaners2",
+                 help="comma-separated cleaners for --frontend vits (config.data.text_cleaners)")
+  p.add_argument("--add-blank", action=argparse.BooleanOptionalAction, default=True,
+                 help="blank id between tokens for --frontend vits (config.data.add_blank)")
+  p.add_argument("--sample-rate", type=int, default=None,
+                 help="target rate (default: 22050, or the Piper voice's rate)")
   p.add_argument("--val-size", type=int, default=100, help="validation clips")
   p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)),
                  help="processes for decoding/resampling/phonemization")
@@ -79,10 +84,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def settings_of(args: argparse.Namespace) -> process.Settings:
-  kwargs = ()
+  rate = args.sample_rate
   if args.frontend == "piper":
-    kwargs = (("config_path", args.voice_config or _default_voice_config()),)
-  return process.Settings(sample_rate=args.sample_rate, min_seconds=args.min_seconds,
+    voice_config = os.path.abspath(args.voice_config or _default_voice_config())
+    kwargs = (("voice_config", voice_config),)
+    if rate is None:
+      rate = _voice_rate(voice_config)
+  else:
+    cleaners = tuple(c.strip() for c in args.cleaners.split(",") if c.strip())
+    kwargs = (("add_blank", bool(args.add_blank)), ("cleaners", cleaners))
+  rate = rate or 22050
+  if rate <= 0:
+    raise PrepareError(f"--sample-rate must be positive, got {rate}")
+  return process.Settings(sample_rate=rate, min_seconds=args.min_seconds,
                           max_seconds=args.max_seconds, max_tokens=args.max_tokens,
                           frontend=args.frontend, frontend_kwargs=kwargs)
 
@@ -93,6 +107,14 @@ def _default_voice_config() -> str:
              "en_US-joe-medium.onnx.json")
 
 
+def _voice_rate(path: str) -> int | None:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return int(json.load(f)["audio"]["sample_rate"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise PrepareError(f"--voice-config {path}: {e}") from None
+
+
 def fingerprint(args: argparse.Namespace, settings: process.Settings) -> dict[str, Any]:
   """Everything that changes the output; equal fingerprints mean a re-run can be skipped."""
   return {
@@ -100,7 +122,7 @@ def fingerprint(args: argparse.Namespace, settings: process.Settings) -> dict[st
       "source": f"tfds:{args.data_dir}" if args.tfds else os.path.abspath(args.src),
       "mic": args.mic if args.dataset == "vctk" else None,
       "frontend": settings.frontend,
-      "frontend_options": settings.frontend_options(),
+      "frontend_options": _jsonable(settings.frontend_options()),
       "sample_rate": settings.sample_rate,
       "min_seconds": settings.min_seconds,
       "max_seconds": settings.max_seconds,
@@ -109,6 +131,11 @@ def fingerprint(args: argparse.Namespace, settings: process.Settings) -> dict[st
       "seed": args.seed,
       "speaker_map": os.path.abspath(args.speaker_map) if args.speaker_map else None,
   }
+
+
+def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
+  # Tuples become lists, so a fingerprint equals its JSON round trip.
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
 def read_clips(args: argparse.Namespace) -> list[readers.Clip]:
@@ -128,12 +155,21 @@ def read_clips(args: argparse.Namespace) -> list[readers.Clip]:
     raise PrepareError(str(e)) from None
 
 
-def pick_validation(clips: list[readers.Clip], val_size: int, seed: int) -> set[str]:
-  """Seeded choice of validation clip ids among the clips not already known to be bad."""
+def rank_validation(clips: list[readers.Clip], val_size: int,
+                    seed: int) -> tuple[list[str], int]:
+  """Seeded validation candidates, best first, and how many validation clips to keep.
+
+  Twice as many candidates as needed are ranked, so that when some of them turn out to be
+  bad (a corrupt file is only found when decoded) the next ones take their place.
+
+  Returns:
+    (candidate clip ids in rank order, number of validation clips wanted).
+  """
   candidates = [c.clip_id for c in clips if c.skip is None and c.text]
   n = min(val_size, len(candidates) // 2)  # never let validation take most of the data
   rng = np.random.default_rng(seed)
-  return {candidates[i] for i in rng.choice(len(candidates), size=n, replace=False)}
+  order = rng.permutation(len(candidates))[:min(2 * n, len(candidates))]
+  return [candidates[i] for i in order], n
 
 
 def load_speaker_map(path: str) -> dict[str, int]:
@@ -176,8 +212,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     except (ValueError, FileNotFoundError, KeyError):
       old = None  # damaged or foreign: rebuild below
     if old is not None and old.get("settings") == fp:
-      old["_reused"] = True
-      return old
+      return {**old, "_reused": True, "seconds": round(time.time() - start, 2)}
   # From here on the directory is invalid until the new manifest lands: remove the old one
   # first so a crash part-way can never pair it with new shards.
   if os.path.exists(manifest_path):
@@ -189,7 +224,8 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
   if not clips:
     raise PrepareError(f"no clips found in {args.src or args.data_dir}")
   speakers = load_speaker_map(args.speaker_map) if args.speaker_map else readers.speaker_map(clips)
-  val_ids = pick_validation(clips, args.val_size, args.seed)
+  ranked, n_val = rank_validation(clips, args.val_size, args.seed)
+  ranked_set = set(ranked)
 
   # The frontend must load before any work starts, so a bad --voice-config is one error line.
   try:
@@ -200,6 +236,9 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
   shard_bytes = int(args.shard_mb * 2**20)
   writers = {s: writer.SplitWriter(args.out, s, shard_bytes) for s in records.SPLITS}
   skipped = []
+  held = {}  # processed validation candidates, until we know which of them are good
+  add = lambda split, r: writers[split].add(r["id"], r["speaker"], speakers[r["speaker"]],
+                                            r["text"], r["tokens"], r["audio"])
   try:
     for res in _results(clips, settings, args.workers):
       if "skip" not in res and res["speaker"] not in speakers:
@@ -207,15 +246,22 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
                "detail": f"{res['speaker']!r} is not in --speaker-map"}
       if "skip" in res:
         skipped.append({"id": res["id"], "reason": res["skip"], "detail": res["detail"]})
-        continue
-      split = "validation" if res["id"] in val_ids else "train"
-      writers[split].add(res["id"], res["speaker"], speakers[res["speaker"]], res["text"],
-                         res["tokens"], res["audio"])
+      elif res["id"] in ranked_set:
+        held[res["id"]] = res
+      else:
+        add("train", res)
+    good = [cid for cid in ranked if cid in held]
+    # Validation never takes more than half of what survived.
+    n_val = min(n_val, (len(good) + len(writers["train"].lengths)) // 2)
+    for cid in good[:n_val]:
+      add("validation", held[cid])
+    for cid in sorted(good[n_val:]):
+      add("train", held[cid])
     if not writers["train"].lengths:
-      kept = len(writers["validation"].lengths)
+      reasons = collections.Counter(s["reason"] for s in skipped).most_common()
       raise PrepareError(
-          f"no usable training clips ({len(skipped)} of {len(clips)} skipped, {kept} in "
-          f"validation); see the reasons with --workers 1 or check --src")
+          f"no usable clips in {args.src or args.data_dir}: all {len(clips)} skipped ("
+          + ", ".join(f"{r} {n}" for r, n in reasons) + ")")
     splits = {s: w.finish() for s, w in writers.items()}
   except BaseException:
     for w in writers.values():
@@ -233,7 +279,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
       "settings": fp,
       "sample_rate": rate,
       "frontend": {"kind": settings.frontend, "n_vocab": n_vocab,
-                   **settings.frontend_options()},
+                   **_jsonable(settings.frontend_options())},
       "speakers": speakers,
       "n_speakers": (max(speakers.values()) + 1) if args.dataset == "vctk" else 0,
       "hours": round(sum(w.samples for w in writers.values()) / rate / 3600, 4),
@@ -261,7 +307,7 @@ def _remove_unlisted_shards(out: str, manifest: dict[str, Any]) -> None:
 def summary(manifest: dict[str, Any], out: str) -> str:
   c = manifest["counts"]
   reasons = ", ".join(f"{k} {v}" for k, v in c["skipped_by_reason"].items())
-  verb = "already prepared" if manifest.get("_reused") else "prepared"
+  verb = "already prepared (verified)" if manifest.get("_reused") else "prepared"
   return (f"{verb} {c['kept']} clips (train {c['train']}, validation {c['validation']}, "
           f"{manifest['hours']:.2f} h at {manifest['sample_rate']} Hz, "
           f"{len(manifest['speakers'])} speaker(s)) in {out}; skipped {c['skipped']}"

@@ -50,8 +50,24 @@ def init_worker(settings: Settings) -> None:
 
 
 def make_frontend(settings: Settings):
+  """The real text frontend (`vits_jax.text.get_frontend`) that `settings` names.
+
+  'vits' takes `cleaners` and `add_blank`; 'piper' takes `voice_config`, the path of a
+  voice's .onnx.json (read here, so settings stay small and hashable).
+  """
+  import json  # pylint: disable=import-outside-toplevel
+  import warnings  # pylint: disable=import-outside-toplevel
   from vits_jax import text  # pylint: disable=import-outside-toplevel
-  return text.get_frontend(settings.frontend, **settings.frontend_options())
+  # Dropped characters are expected in real corpora; the skip list reports clips that lose
+  # everything, and one warning per clip would bury the summary.
+  warnings.filterwarnings("ignore", category=text.UnknownCharactersWarning)
+  opts = settings.frontend_options()
+  if settings.frontend == "piper":
+    with open(opts["voice_config"], encoding="utf-8") as f:
+      return text.get_frontend("piper", config=json.load(f))
+  return text.get_frontend(settings.frontend, cleaners=list(opts.get("cleaners",
+                                                                      ["english_cleaners2"])),
+                           add_blank=bool(opts.get("add_blank", True)))
 
 
 def load_audio(path: str) -> tuple[np.ndarray, int]:

@@ -1,0 +1,304 @@
+"""data_prep/prepare.py on tiny corpora built here: synthetic tones with short transcripts,
+plus the broken rows real corpora have (corrupt, empty and missing audio, empty transcripts,
+transcripts of symbols the frontend drops). Uses the real 'vits' and 'piper' frontends.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import types
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+
+from data_prep import prepare, process, readers, tfds_reader
+from vits_jax.data import loader, records
+from vits_jax.text import get_frontend
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXTS = ["The cat sat on the mat.", "A quick brown fox.", "Hello there, old friend.",
+         "It was a bright cold day.", "Numbers are spelled out.", "She sells sea shells."]
+
+
+def _tone(seconds, rate, freq=440.0, channels=1):
+  t = np.arange(int(seconds * rate)) / rate
+  wav = 0.5 * np.sin(2 * np.pi * freq * t).astype(np.float32)
+  return np.stack([wav, 0.5 * wav], 1) if channels == 2 else wav
+
+
+def _ljspeech(root, rate=16000):
+  """Six good clips (one stereo) and six bad rows, LJSpeech-1.1 layout."""
+  os.makedirs(os.path.join(root, "wavs"))
+  rows = []
+  for i, text in enumerate(TEXTS, 1):
+    cid = f"LJ-{i:04d}"
+    sf.write(os.path.join(root, "wavs", cid + ".wav"),
+             _tone(0.6 + 0.1 * i, rate, 200.0 + 100 * i, channels=2 if i == 6 else 1), rate,
+             subtype="PCM_16")
+    rows.append(f"{cid}|{text.upper()}|{text}")
+  with open(os.path.join(root, "wavs", "LJ-0007.wav"), "wb") as f:
+    f.write(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk" + bytes(range(40)))  # corrupt
+  open(os.path.join(root, "wavs", "LJ-0008.wav"), "wb").close()  # empty
+  for cid in ("LJ-0010", "LJ-0011", "LJ-0012"):
+    seconds = 0.1 if cid == "LJ-0012" else 1.0
+    sf.write(os.path.join(root, "wavs", cid + ".wav"), _tone(seconds, rate), rate)
+  rows += ["LJ-0007|Corrupt file.|Corrupt file.",
+           "LJ-0008|Empty file.|Empty file.",
+           "LJ-0009|Missing file.|Missing file.",       # no wav at all
+           "LJ-0010||",                                 # empty transcript
+           "LJ-0011|\u266a \U0001F600 \u266a|\u266a \U0001F600 \u266a",  # only dropped symbols
+           "LJ-0012|Too short.|Too short."]
+  with open(os.path.join(root, "metadata.csv"), "w", encoding="utf-8") as f:
+    f.write("\n".join(rows) + "\n")
+
+
+BAD = {"LJ-0007": "unreadable audio", "LJ-0008": "empty audio file",
+       "LJ-0009": "missing audio", "LJ-0010": "empty transcript",
+       "LJ-0011": "no speakable text", "LJ-0012": "too short"}
+
+
+@pytest.fixture(scope="module")
+def ljs_src(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("LJSpeech-1.1"))
+  _ljspeech(root)
+  return root
+
+
+def _run(capsys, *argv):
+  rc = prepare.main([str(a) for a in argv])
+  out, err = capsys.readouterr()
+  return rc, out, err
+
+
+def _all_records(out_dir):
+  recs = {}
+  for split in records.SPLITS:
+    data = loader.PreparedSplit(out_dir, split)
+    for rec in data.read(range(len(data))):
+      recs[rec["id"]] = (split, rec)
+  return recs
+
+
+def test_ljspeech_bad_rows_are_skipped_counted_and_listed(ljs_src, tmp_path, capsys):
+  out = tmp_path / "ljs"
+  rc, stdout, _ = _run(capsys, "--dataset", "ljspeech", "--src", ljs_src, "--out", out,
+                       "--workers", 1, "--val-size", 2)
+  assert rc == 0
+  assert len(stdout.strip().splitlines()) == 1 and stdout.startswith("prepared 6 clips")
+  manifest = records.load_manifest(str(out), checksums=True)
+  assert {s["id"]: s["reason"] for s in manifest["skipped"]} == BAD
+  assert manifest["counts"]["skipped_by_reason"] == {r: 1 for r in BAD.values()}
+  counts = {k: manifest["counts"][k] for k in ("rows", "kept", "skipped", "train", "validation")}
+  assert counts == {"rows": 12, "kept": 6, "skipped": 6, "train": 4, "validation": 2}
+  assert manifest["speakers"] == {"ljspeech": 0} and manifest["sample_rate"] == 22050
+  assert manifest["frontend"]["kind"] == "vits" and manifest["frontend"]["n_vocab"] == 178
+
+  frontend = get_frontend("vits")
+  recs = _all_records(str(out))
+  assert sorted(recs) == [f"LJ-{i:04d}" for i in range(1, 7)]
+  for i, text in enumerate(TEXTS, 1):
+    _, rec = recs[f"LJ-{i:04d}"]
+    assert rec["text"] == text  # the normalized column
+    np.testing.assert_array_equal(rec["tokens"], frontend.text_to_ids(text))
+    src, rate = sf.read(os.path.join(ljs_src, "wavs", f"LJ-{i:04d}.wav"), dtype="float32",
+                        always_2d=True)
+    mono = src.mean(1)
+    want = process.to_int16(librosa.resample(mono, orig_sr=rate, target_sr=22050,
+                                             res_type="soxr_hq"))
+    np.testing.assert_array_equal(rec["audio"], want)
+    # Independent of the resampler: the tone's frequency survives at the new rate.
+    spectrum = np.abs(np.fft.rfft(rec["audio"].astype(np.float64)))
+    peak_hz = np.argmax(spectrum) * 22050 / len(rec["audio"])
+    assert abs(peak_hz - (200.0 + 100 * i)) < 3.0
+
+
+def test_rerun_verifies_and_a_damaged_shard_forces_a_rebuild(ljs_src, tmp_path, capsys):
+  out = str(tmp_path / "ljs")
+  argv = ["--dataset", "ljspeech", "--src", ljs_src, "--out", out, "--workers", 1,
+          "--val-size", 2]
+  assert _run(capsys, *argv)[0] == 0
+  first = records.load_manifest(out)
+  rc, stdout, _ = _run(capsys, *argv)
+  assert rc == 0 and stdout.startswith("already prepared")
+  shard = os.path.join(out, first["splits"]["train"]["shards"][0]["file"])
+  with open(shard, "r+b") as f:  # same size, one byte flipped: only sha256 notices
+    f.seek(200)
+    b = f.read(1)
+    f.seek(200)
+    f.write(bytes([b[0] ^ 1]))
+  rc, stdout, _ = _run(capsys, *argv)
+  assert rc == 0 and stdout.startswith("prepared")
+  again = records.load_manifest(out, checksums=True)
+  assert records.manifest_files(again) == records.manifest_files(first)  # deterministic
+  # Different settings are a different dataset: rebuilt, not reused.
+  rc, stdout, _ = _run(capsys, *argv[:-1], 3)
+  assert rc == 0 and stdout.startswith("prepared") and "validation 3" in stdout
+
+
+def test_interrupted_run_leaves_nothing_trusted(ljs_src, tmp_path, capsys, monkeypatch):
+  out = str(tmp_path / "ljs")
+  argv = ["--dataset", "ljspeech", "--src", ljs_src, "--out", out, "--workers", 1,
+          "--val-size", 2]
+  assert _run(capsys, *argv)[0] == 0
+  calls = []
+
+  def crash(self, *args):
+    calls.append(1)
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    return original(self, *args)
+
+  original = prepare.writer.SplitWriter.add
+  monkeypatch.setattr(prepare.writer.SplitWriter, "add", crash)
+  with pytest.raises(KeyboardInterrupt):
+    prepare.main([str(a) for a in argv] + ["--force"])
+  assert not os.path.exists(os.path.join(out, records.MANIFEST))
+  assert not [n for n in os.listdir(out) if ".tmp-" in n]
+  with pytest.raises(FileNotFoundError):
+    loader.make_train_loader(out, 2, 0, process_index=0, process_count=1)
+
+
+def test_vctk_layout_speakers_mics_and_missing_text(tmp_path, capsys):
+  src = tmp_path / "VCTK-Corpus-0.92"
+  for spk, n in (("p226", 3), ("p225", 3), ("p315", 2)):  # p315: audio but no text
+    os.makedirs(src / "wav48_silence_trimmed" / spk)
+    if spk != "p315":
+      os.makedirs(src / "txt" / spk)
+    for i in range(1, n + 1):
+      cid = f"{spk}_{i:03d}"
+      for mic in ("mic1", "mic2"):
+        sf.write(src / "wav48_silence_trimmed" / spk / f"{cid}_{mic}.flac",
+                 _tone(0.7, 48000, 300.0 if mic == "mic1" else 1200.0), 48000)
+      if spk != "p315":
+        (src / "txt" / spk / f"{cid}.txt").write_text(TEXTS[i] + "\n")
+  (src / "txt" / "p226" / "p226_009.txt").write_text("No audio for this one.\n")
+  out = tmp_path / "vctk"
+  rc, stdout, _ = _run(capsys, "--dataset", "vctk", "--src", src, "--out", out,
+                       "--workers", 1, "--val-size", 1)
+  assert rc == 0, stdout
+  manifest = records.load_manifest(str(out))
+  assert manifest["speakers"] == {"p225": 0, "p226": 1} and manifest["n_speakers"] == 2
+  assert {s["id"]: s["reason"] for s in manifest["skipped"]} == {
+      "p226_009": "missing audio", "p315_001": "no transcript", "p315_002": "no transcript"}
+  recs = _all_records(str(out))
+  assert len(recs) == 6 and sum(s == "validation" for s, _ in recs.values()) == 1
+  for cid, (_, rec) in recs.items():
+    assert rec["sid"] == manifest["speakers"][cid[:4]] and rec["speaker"] == cid[:4]
+    assert len(rec["audio"]) == round(0.7 * 22050)
+    spectrum = np.abs(np.fft.rfft(rec["audio"].astype(np.float64)))
+    assert abs(np.argmax(spectrum) * 22050 / len(rec["audio"]) - 300.0) < 3.0  # mic1 only
+
+
+def test_workers_give_identical_shards(ljs_src, tmp_path, capsys):
+  outs = []
+  for workers in (1, 2):
+    out = str(tmp_path / f"w{workers}")
+    assert _run(capsys, "--dataset", "ljspeech", "--src", ljs_src, "--out", out,
+                "--workers", workers, "--val-size", 2)[0] == 0
+    outs.append(records.load_manifest(out))
+  assert records.manifest_files(outs[0]) == records.manifest_files(outs[1])
+  assert outs[0]["skipped"] == outs[1]["skipped"]
+
+
+def test_piper_frontend_and_length_filters(ljs_src, tmp_path, capsys):
+  out = str(tmp_path / "piper")
+  rc, stdout, _ = _run(capsys, "--dataset", "ljspeech", "--src", ljs_src, "--out", out,
+                       "--workers", 1, "--val-size", 0, "--frontend", "piper",
+                       "--max-seconds", 1.0, "--max-tokens", 52)
+  assert rc == 0, stdout
+  manifest = records.load_manifest(out)
+  voice = manifest["frontend"]["voice_config"]
+  with open(voice, encoding="utf-8") as f:
+    frontend = get_frontend("piper", config=json.load(f))
+  assert manifest["frontend"]["n_vocab"] == frontend.n_vocab
+  n_ids = [len(frontend.text_to_ids(t)) for t in TEXTS]
+  reasons = {s["id"]: s["reason"] for s in manifest["skipped"]}
+  for i, n in enumerate(n_ids, 1):  # clip i lasts 0.6 + 0.1 i seconds
+    want = ("too many tokens" if n > 52 else "too long" if i > 4 else None)
+    assert reasons.get(f"LJ-{i:04d}") == want, (i, n)
+  recs = _all_records(out)
+  assert len(recs) == sum(n <= 52 and i <= 4 for i, n in enumerate(n_ids, 1)) > 0
+  for _, rec in recs.values():
+    np.testing.assert_array_equal(rec["tokens"], frontend.text_to_ids(rec["text"]))
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path):
+  def cli(*argv):
+    return subprocess.run([sys.executable, os.path.join(REPO, "data_prep", "prepare.py"),
+                           *map(str, argv)], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+
+  res = cli("--dataset", "ljspeech", "--src", tmp_path / "nope", "--out", tmp_path / "o")
+  assert res.returncode == 2 and res.stderr.strip().count("\n") == 0
+  assert res.stderr.startswith("error: ") and "nope" in res.stderr
+  bad = tmp_path / "bad"
+  os.makedirs(bad / "wavs")
+  (bad / "metadata.csv").write_text("X-1|Missing.|Missing.\nX-2||\n")
+  res = cli("--dataset", "ljspeech", "--src", bad, "--out", tmp_path / "o", "--workers", 1)
+  assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+  assert "missing audio 1" in res.stderr and "empty transcript 1" in res.stderr
+  assert not os.path.exists(tmp_path / "o" / records.MANIFEST)
+
+
+class _FakeBuilder:
+  """What data_prep uses of a tfds builder, over in-memory examples."""
+
+  def __init__(self, examples, speaker_names=None, data_source=True):
+    self.examples, self.prepared, self.data_source = examples, False, data_source
+    feats = {"speaker": types.SimpleNamespace(names=speaker_names)} if speaker_names else {}
+    self.info = types.SimpleNamespace(features=feats)
+
+  def download_and_prepare(self):
+    self.prepared = True
+
+  def as_data_source(self, split):
+    assert split == "train" and self.prepared
+    if not self.data_source:
+      raise NotImplementedError("prepared as tfrecord")
+    return self.examples
+
+
+def _fake_tfds(monkeypatch, builders):
+  module = types.ModuleType("tensorflow_datasets")
+  module.builder = lambda name, data_dir=None: builders[name]
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", module)
+
+
+def test_tfds_path_with_a_fake_tfds(tmp_path, capsys, monkeypatch):
+  rate = 48000
+  names = ["p225", "p226", "p315"]
+  examples = [
+      {"id": f"{names[s]}_{i:03d}", "speaker": s, "text": TEXTS[i].encode() if s != 2 else b"",
+       "speech": (_tone(0.8, rate) * 32767).astype(np.int16), "gender": 0, "accent": 0}
+      for s in range(3) for i in range(3)]
+  _fake_tfds(monkeypatch, {"vctk/mic1": _FakeBuilder(examples, names)})
+  out = str(tmp_path / "tfds_vctk")
+  rc, stdout, _ = _run(capsys, "--dataset", "vctk", "--tfds", "--data-dir", tmp_path,
+                       "--out", out, "--workers", 1, "--val-size", 1)
+  assert rc == 0, stdout
+  manifest = records.load_manifest(out)
+  assert manifest["speakers"] == {"p225": 0, "p226": 1}
+  assert sorted(s["id"] for s in manifest["skipped"]) == ["p315_000", "p315_001", "p315_002"]
+  recs = _all_records(out)
+  assert len(recs) == 6 and all(len(r["audio"]) == round(0.8 * 22050) for _, r in recs.values())
+
+  # ljspeech: text_normalized preferred; bytes ids decoded.
+  clips = readers.clips_from_examples(
+      [{"id": b"LJ001-0001", "text": b"Mr. Smith", "text_normalized": b"Mister Smith",
+        "speech": np.zeros(10, np.int16)}], "ljspeech")
+  assert (clips[0].clip_id, clips[0].text, clips[0].audio_rate) == ("LJ001-0001",
+                                                                     "Mister Smith", 22050)
+
+
+def test_tfds_missing_is_one_clear_error(tmp_path, capsys, monkeypatch):
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
+  rc, _, err = _run(capsys, "--dataset", "ljspeech", "--tfds", "--out", tmp_path / "o")
+  assert rc == 2 and err.strip() == "error: " + tfds_reader.MISSING
+  # A TFRecord-prepared builder needs TensorFlow, which is not installed here.
+  _fake_tfds(monkeypatch, {"ljspeech": _FakeBuilder([], data_source=False)})
+  monkeypatch.setitem(sys.modules, "tensorflow", None)
+  rc, _, err = _run(capsys, "--dataset", "ljspeech", "--tfds", "--out", tmp_path / "o")
+  assert rc == 2 and "tensorflow" in err and err.count("\n") == 1

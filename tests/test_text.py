@@ -146,8 +146,10 @@ def test_vits_split_sentences(vits):
   long = ', '.join(['word'] * 200) + '.'
   pieces = sentences.split_sentences(long, max_chars=100)
   assert all(len(p) <= 100 for p in pieces) and ' '.join(pieces) == long
-  with pytest.warns(text_lib.UnknownCharactersWarning):
-    ids = vits.text_to_sentence_ids('One. Two! 😀')
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    ids = vits.text_to_sentence_ids('One 😀. Two! ... 🍕')
+  assert len(caught) == 1  # one warning for the whole text
   assert ids == [vits.text_to_ids('One.'), vits.text_to_ids('Two!')]
 
 
@@ -285,3 +287,14 @@ def test_fallback_flag_and_sentence_split(fixture):
 ])
 def test_clause_terminator_from_consumed_text(consumed, last, kind):
   assert piper._terminator(consumed, last) == kind
+
+
+def test_piper_cuts_overlong_sentences(fixture):
+  frontend = _piper(fixture, 'en-us')
+  text = ', '.join(['one two three'] * 40) + ' and ' + ' '.join(['more'] * 60)
+  (whole,) = frontend.text_to_sentence_ids(text, max_phonemes=None)
+  pieces = frontend.text_to_sentence_ids(text, max_phonemes=120)
+  assert len(pieces) > 3 and all(len(p) <= 2 * 120 + 3 for p in pieces)
+  # The cut pieces hold the same phonemes, in order.
+  inner = [i for p in pieces for i in p[2:-1:2]]
+  assert inner == whole[2:-1:2]

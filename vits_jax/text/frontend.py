@@ -62,15 +62,7 @@ class Frontend:
     Raises:
       ValueError: the text is empty, or nothing sayable is left of it.
     """
-    out = []
-    for sentence in self.split_sentences(text):
-      try:
-        out.append(self.text_to_ids(sentence))
-      except ValueError:
-        continue  # e.g. a sentence of only dropped characters
-    if not out:
-      raise ValueError(f'text has nothing to say (empty after cleaning): {text[:50]!r}')
-    return out
+    raise NotImplementedError
 
 
 class VitsFrontend(Frontend):
@@ -89,7 +81,8 @@ class VitsFrontend(Frontend):
       cleaners = [cleaners]
     for c in cleaners:
       if c not in cleaners_lib.CLEANERS:
-        raise ValueError(f'unknown cleaner {c!r}; known: {", ".join(sorted(cleaners_lib.CLEANERS))}')
+        known = ', '.join(sorted(cleaners_lib.CLEANERS))
+        raise ValueError(f'unknown cleaner {c!r}; known: {known}')
     self.cleaners = list(cleaners)
     self.add_blank = bool(add_blank)
     self.max_sentence_chars = max_sentence_chars
@@ -104,13 +97,16 @@ class VitsFrontend(Frontend):
       return cleaners_lib.to_ascii(char) is not None
     return char.lower() in symbols.SYMBOL_TO_ID
 
-  def clean(self, text):
-    """The cleaned text (phonemes for english_cleaners2) before it becomes ids."""
+  def _filter(self, text):
     _check_text(text)
     text = chars.drop_unknown(text, self._can_say)
     if not text.strip():
       raise ValueError('text is empty after dropping characters the voice cannot say')
-    return cleaners_lib.clean(text, self.cleaners)
+    return text
+
+  def clean(self, text):
+    """The cleaned text (phonemes for english_cleaners2) before it becomes ids."""
+    return cleaners_lib.clean(self._filter(text), self.cleaners)
 
   def cleaned_to_ids(self, cleaned):
     """Ids of already cleaned text (no blanks); symbols outside the table are skipped."""
@@ -124,12 +120,26 @@ class VitsFrontend(Frontend):
       _LOGGER.debug('symbols not in the VITS table skipped: %s', sorted(missing))
     return ids
 
-  def text_to_ids(self, text):
-    ids = self.cleaned_to_ids(self.clean(text))
+  def _filtered_to_ids(self, text):
+    ids = self.cleaned_to_ids(cleaners_lib.clean(text, self.cleaners))
     # Punctuation and spaces alone say nothing.
     if all(i <= symbols.SPACE_ID for i in ids):
       raise ValueError(f'text has nothing to say (empty after cleaning): {text[:50]!r}')
     return intersperse(ids, 0) if self.add_blank else ids
+
+  def text_to_ids(self, text):
+    return self._filtered_to_ids(self._filter(text))
+
+  def text_to_sentence_ids(self, text):
+    out = []
+    for sentence in self.split_sentences(self._filter(text)):  # one warning for the text
+      try:
+        out.append(self._filtered_to_ids(sentence))
+      except ValueError:
+        continue  # e.g. '...' alone
+    if not out:
+      raise ValueError(f'text has nothing to say (empty after cleaning): {text[:50]!r}')
+    return out
 
   def ids_to_text(self, ids):
     """Symbols of `ids` (blanks included if present), e.g. to check a round trip."""
@@ -137,6 +147,21 @@ class VitsFrontend(Frontend):
 
   def split_sentences(self, text):
     return sentences.split_sentences(text, max_chars=self.max_sentence_chars)
+
+
+def _cut_phonemes(phonemes, max_phonemes):
+  """Cuts a phoneme list into pieces of at most `max_phonemes`, after ', ' / '; ' / ': '
+  where possible, else after a space."""
+  pieces = []
+  while len(phonemes) > max_phonemes:
+    window = phonemes[:max_phonemes]
+    spaces = [i + 1 for i, p in enumerate(window) if p == ' ']
+    clauses = [i for i in spaces if i >= 2 and window[i - 2] in ',;:']
+    cuts = clauses if clauses and clauses[-1] > max_phonemes // 4 else spaces
+    cut = cuts[-1] if cuts else max_phonemes
+    pieces.append(phonemes[:cut])
+    phonemes = phonemes[cut:]
+  return pieces + [phonemes]
 
 
 class PiperFrontend(Frontend):
@@ -195,9 +220,19 @@ class PiperFrontend(Frontend):
     return any(p in self.id_map and not p.isspace() and not unicodedata.category(p)[0] == 'P'
                for p in phonemes)
 
-  def text_to_sentence_ids(self, text):
-    """Piper's ids per sentence, as piper synthesizes them (empty sentences left out)."""
-    out = [self.phonemes_to_ids(s) for s in self.phonemize(text) if self._sayable(s)]
+  def text_to_sentence_ids(self, text, max_phonemes=500):
+    """Piper's ids per sentence, as piper synthesizes them (empty sentences left out).
+
+    Args:
+      text: any text.
+      max_phonemes: a sentence with more phonemes (about 40 s of speech; text without
+        punctuation) is cut at its last clause mark or word space before the limit. None:
+        never cut.
+    """
+    pieces = []
+    for s in self.phonemize(text):
+      pieces.extend(_cut_phonemes(s, max_phonemes) if max_phonemes else [s])
+    out = [self.phonemes_to_ids(s) for s in pieces if self._sayable(s)]
     if not out:
       raise ValueError(f'text has nothing to say (empty after phonemization): {text[:50]!r}')
     return out

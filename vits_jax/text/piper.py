@@ -6,10 +6,13 @@ clause at a time, and after each clause appends the punctuation that ended it ('
 ', ', ': ', '; '); a sentence-ending clause closes the sentence. Phonemes are NFD-decomposed
 code points, and '(en)'-style language-switch flags are removed.
 
-Without `piper-phonemize` we run the same loop on espeakng-loader's espeak-ng. That library
-lacks the call that reports the clause terminator, so we read it off the text each clause
-consumed (`_terminator`). Its dictionaries are a newer espeak-ng than piper's, so some words
-come out differently: ids may differ from what the voice was trained with.
+Without `piper-phonemize` we run the same loop on espeakng-loader's espeak-ng (1.52.0).
+That library lacks the call that reports the clause terminator, so we read it off the text
+each clause consumed (`_terminator`); on piper's own espeak-ng this reproduces
+piper-phonemize exactly (tests). The newer build renders a few phonemes differently; we put
+back piper's IPA for the ones we know (`_OLD_IPA`), found by aligning the IPA with espeak-ng's
+phoneme names. Measured: identical ids on 77/77 fixture texts and 819/819 English sentences
+(LJSpeech, VCTK, prose), but other words or languages may still differ.
 """
 
 import dataclasses
@@ -106,7 +109,7 @@ def _terminator(consumed, last):
   run = text[end:]
   if trailing.count('\n') >= 2 and (run or not last):
     return 'paragraph'
-  if run.startswith('..') or '…' in run[:1]:
+  if run.startswith('..') or run.startswith('…'):
     return 'ellipsis'
   if run:
     # espeak-ng takes the first of a run like '?!' or '!!!'.
@@ -169,7 +172,7 @@ def _restore_old_ipa(ipa, names, old_ipa):
     phonemes, phoneme_names = ipa_word.split(_SEP), name_word.split(_SEP)
     if len(phonemes) == len(phoneme_names):
       for i, name in enumerate(phoneme_names):
-        fix = old_ipa.get(name.lstrip("',"))
+        fix = old_ipa.get(name.lstrip("',%="))  # without stress marks
         if fix:
           phonemes[i] = phonemes[i].replace(*fix)
     words.append(''.join(phonemes))

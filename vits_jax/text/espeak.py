@@ -17,10 +17,10 @@ and a lock.
 import dataclasses
 import functools
 import logging
+import os
 import re
 import threading
 
-_LOGGER = logging.getLogger(__name__)
 
 # espeak_TextToPhonemes arguments: espeakCHARS_AUTO (UTF-8 for valid UTF-8, what piper passes)
 # and phoneme mode bit 1 = IPA, with no separator between phonemes.
@@ -45,6 +45,8 @@ def configure_phonemizer():
   library, data = espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
   EspeakWrapper.set_library(library)
   EspeakWrapper.set_data_path(data)
+  # For anything else in the process that initializes espeak-ng without a data path.
+  os.environ.setdefault('ESPEAK_DATA_PATH', data)
   return library, data
 
 

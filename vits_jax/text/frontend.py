@@ -10,6 +10,7 @@ Both drop characters the voice cannot say (with one `UnknownCharactersWarning` p
 raise `ValueError` for text with nothing to say.
 """
 
+import functools
 import logging
 import unicodedata
 
@@ -192,8 +193,8 @@ class PiperFrontend(Frontend):
     self.voice = (config.get('espeak') or {}).get('voice', 'en-us')
     max_id = max(i for ids in self.id_map.values() for i in ids)
     self.n_vocab = max(int(config.get('num_symbols', 0)), max_id + 1)
-    scripts = chars.allowed_scripts(self.voice)
-    self._can_say = lambda char: chars.espeak_can_say(char, scripts)
+    self._can_say = functools.partial(chars.espeak_can_say,
+                                      scripts=frozenset(chars.allowed_scripts(self.voice)))
     self.fallback = fallback
 
   @property

@@ -173,8 +173,8 @@ def clips_from_examples(examples, dataset: str, speaker_names=None) -> list[Clip
     if dataset == "vctk":
       speaker = ex.get("speaker", "")
       if isinstance(speaker, (int, np.integer)) and speaker_names is not None:
-        speaker = speaker_names[int(speaker)]
-      speaker = _to_str(speaker) if not isinstance(speaker, (int, np.integer)) else str(speaker)
+        speaker = speaker_names[int(speaker)]  # a ClassLabel index
+      speaker = _to_str(speaker)
       # The VCTK builder stores an empty text where the transcript is missing (p315).
       if not text:
         clips.append(Clip(clip_id, speaker, None, skip="no transcript",

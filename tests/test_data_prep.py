@@ -191,6 +191,17 @@ def test_vctk_layout_speakers_mics_and_missing_text(tmp_path, capsys):
     spectrum = np.abs(np.fft.rfft(rec["audio"].astype(np.float64)))
     assert abs(np.argmax(spectrum) * 22050 / len(rec["audio"]) - 300.0) < 3.0  # mic1 only
 
+  # A given speaker map (e.g. the one a checkpoint was trained with) replaces sorted order;
+  # speakers it does not name are skipped.
+  (tmp_path / "map.json").write_text(json.dumps({"p226": 7}))
+  rc, _, _ = _run(capsys, "--dataset", "vctk", "--src", src, "--out", out, "--workers", 1,
+                  "--val-size", 1, "--speaker-map", tmp_path / "map.json")
+  assert rc == 0
+  manifest = records.load_manifest(str(out))
+  assert manifest["speakers"] == {"p226": 7} and manifest["n_speakers"] == 8
+  assert [s["reason"] for s in manifest["skipped"]].count("unknown speaker") == 3
+  assert {r["sid"] for _, r in _all_records(str(out)).values()} == {7}
+
 
 def test_workers_give_identical_shards(ljs_src, tmp_path, capsys):
   outs = []
@@ -302,3 +313,12 @@ def test_tfds_missing_is_one_clear_error(tmp_path, capsys, monkeypatch):
   monkeypatch.setitem(sys.modules, "tensorflow", None)
   rc, _, err = _run(capsys, "--dataset", "ljspeech", "--tfds", "--out", tmp_path / "o")
   assert rc == 2 and "tensorflow" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("n,rate,target", [(12345, 16000, 22050), (7, 44100, 22050),
+                                           (100001, 48000, 22050), (999, 22050, 16000)])
+def test_resample_equals_librosa_soxr_hq(n, rate, target):
+  x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+  np.testing.assert_array_equal(
+      process.resample(x, rate, target),
+      librosa.resample(x, orig_sr=rate, target_sr=target, res_type="soxr_hq"))

@@ -80,6 +80,15 @@ def test_batches_hold_the_records_padded(prepared):
       assert batch["sid"][b] == sid and n_a == len(audio)
 
 
+def test_host_share_defaults_to_jax_process(prepared):
+  data_dir, _ = prepared
+  default = loader.make_train_loader(data_dir, 4, 0, audio_multiple=512)  # jax: 1 process
+  explicit = _train(data_dir)
+  assert default.host_batch_size == 4
+  for key, value in explicit.dataset[3].items():
+    np.testing.assert_array_equal(default.dataset[3][key], value)
+
+
 def test_same_seed_same_batches_in_same_order(prepared):
   data_dir, _ = prepared
   per_epoch = _train(data_dir).batches_per_epoch

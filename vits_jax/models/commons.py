@@ -57,7 +57,9 @@ def slice_segments(x: jax.Array, ids_str: jax.Array, segment_size: int) -> jax.A
   Returns:
     [B, segment_size, C].
   """
-  ids = jnp.clip(ids_str, 0, max(x.shape[1] - segment_size, 0))
+  if x.shape[1] < segment_size:  # too short for one window: zero-pad (as masked frames)
+    x = jnp.pad(x, ((0, 0), (0, segment_size - x.shape[1]), (0, 0)))
+  ids = jnp.clip(ids_str, 0, x.shape[1] - segment_size)
   return jax.vmap(
       lambda xb, i: jax.lax.dynamic_slice_in_dim(xb, i, segment_size, axis=0))(x, ids)
 

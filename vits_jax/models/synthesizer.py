@@ -251,6 +251,31 @@ class SynthesizerTrn(nn.Module):
     return o_hat, y_mask, (z, z_p, z_hat)
 
 
+def init_params(model: SynthesizerTrn, rng: jax.Array):
+  """Randomly initialized params (`variables['params']`) of every submodule.
+
+  Runs the training forward once on a dummy batch (jitted), so all of enc_p, enc_q, flow,
+  dp, dec and emb_g are created.
+  """
+  t_y = max(model.segment_size, 8)
+  x, x_lengths = jnp.ones((1, 4), jnp.int32), jnp.array([4])
+  y, y_lengths = jnp.zeros((1, t_y, model.spec_channels)), jnp.array([t_y])
+  sid = jnp.zeros((1,), jnp.int32) if model.n_speakers > 1 else None
+
+  def init(rng):
+    keys = jax.random.split(rng, 4)
+    rngs = dict(zip(("params", "noise", "slice", "dropout"), keys))
+    return model.init(rngs, x, x_lengths, y, y_lengths, sid, train=False,
+                      maximum_path=lambda value, mask: mask)["params"]
+
+  return jax.jit(init)(rng)
+
+
+def param_shapes(model: SynthesizerTrn):
+  """`jax.ShapeDtypeStruct` pytree of the params, without allocating or computing them."""
+  return jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+
+
 def build_synthesizer(config, **overrides) -> SynthesizerTrn:
   """SynthesizerTrn from a full config (`data`, `model`, `train` sections).
 

@@ -45,8 +45,7 @@ class PrepareError(Exception):
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
-      prog="prepare.py", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      prog="prepare.py", description=__doc__.split("\n\n")[0])
   p.add_argument("--dataset", required=True, choices=["ljspeech", "vctk"])
   p.add_argument("--src", help="corpus root on disk (LJSpeech-1.1/ or VCTK-Corpus-0.92/)")
   p.add_argument("--out", required=True, help="output directory")
@@ -58,24 +57,32 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--voice-config", default=None,
                  help="Piper voice .onnx.json for --frontend piper (default: the joe voice)")
   p.add_argument("--cleaners", default="english_cleaners2",
-                 help="comma-separated cleaners for --frontend vits (config.data.text_cleaners)")
+                 help="comma-separated cleaners for --frontend vits, as "
+                      "config.data.text_cleaners (default: %(default)s)")
   p.add_argument("--add-blank", action=argparse.BooleanOptionalAction, default=True,
-                 help="blank id between tokens for --frontend vits (config.data.add_blank)")
+                 help="blank id between tokens for --frontend vits, as config.data.add_blank "
+                      "(default: on)")
   p.add_argument("--sample-rate", type=int, default=None,
                  help="target rate (default: 22050, or the Piper voice's rate)")
-  p.add_argument("--val-size", type=int, default=100, help="validation clips")
+  p.add_argument("--val-size", type=int, default=100,
+                 help="validation clips (default: %(default)s; at most half)")
   p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)),
-                 help="processes for decoding/resampling/phonemization")
-  p.add_argument("--min-seconds", type=float, default=0.5)
-  p.add_argument("--max-seconds", type=float, default=20.0)
+                 help="processes for decoding/resampling/phonemization "
+                      "(default: all cores)")
+  p.add_argument("--min-seconds", type=float, default=0.5, help="(default: %(default)s)")
+  p.add_argument("--max-seconds", type=float, default=20.0, help="(default: %(default)s)")
   p.add_argument("--max-tokens", type=int, default=400,
-                 help="skip clips with more token ids (blanks included)")
-  p.add_argument("--mic", choices=["mic1", "mic2"], default="mic1", help="VCTK microphone")
+                 help="skip clips with more token ids, blanks included (default: "
+                      "%(default)s)")
+  p.add_argument("--mic", choices=["mic1", "mic2"], default="mic1",
+                 help="VCTK microphone (default: mic1)")
   p.add_argument("--speaker-map", default=None,
                  help="JSON {speaker: id} to use instead of sorted order (e.g. to fine-tune "
                       "a checkpoint trained with another map)")
-  p.add_argument("--seed", type=int, default=1234, help="seed of the validation pick")
-  p.add_argument("--shard-mb", type=float, default=256.0, help="target shard size")
+  p.add_argument("--seed", type=int, default=1234,
+                 help="seed of the validation pick (default: %(default)s)")
+  p.add_argument("--shard-mb", type=float, default=256.0,
+                 help="target shard size (default: %(default)s)")
   p.add_argument("--force", action="store_true", help="rebuild even if --out is complete")
   args = p.parse_args(argv)
   if not args.tfds and not args.src:
@@ -129,6 +136,7 @@ def fingerprint(args: argparse.Namespace, settings: process.Settings) -> dict[st
       "max_tokens": settings.max_tokens,
       "val_size": args.val_size,
       "seed": args.seed,
+      "shard_mb": args.shard_mb,
       "speaker_map": os.path.abspath(args.speaker_map) if args.speaker_map else None,
   }
 
@@ -217,8 +225,9 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
   # first so a crash part-way can never pair it with new shards.
   if os.path.exists(manifest_path):
     os.remove(manifest_path)
-  for stale in glob.glob(os.path.join(args.out, ".*.tmp-*")):
-    os.remove(stale)
+  for split in records.SPLITS:  # temporaries of an interrupted run (ours only)
+    for stale in glob.glob(os.path.join(args.out, f".{split}-*.tmp-*")):
+      os.remove(stale)
 
   clips = read_clips(args)
   if not clips:
@@ -299,9 +308,10 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
 def _remove_unlisted_shards(out: str, manifest: dict[str, Any]) -> None:
   """Deletes shards of an earlier run that the new manifest does not name."""
   keep = {e["file"] for e in records.manifest_files(manifest)}
-  for path in glob.glob(os.path.join(out, "*.array_record")):
-    if os.path.basename(path) not in keep:
-      os.remove(path)
+  for split in records.SPLITS:
+    for path in glob.glob(os.path.join(out, f"{split}-*-of-*.array_record")):
+      if os.path.basename(path) not in keep:
+        os.remove(path)
 
 
 def summary(manifest: dict[str, Any], out: str) -> str:

@@ -133,9 +133,18 @@ def test_rerun_verifies_and_a_damaged_shard_forces_a_rebuild(ljs_src, tmp_path, 
   assert rc == 0 and stdout.startswith("prepared")
   again = records.load_manifest(out, checksums=True)
   assert records.manifest_files(again) == records.manifest_files(first)  # deterministic
-  # Different settings are a different dataset: rebuilt, not reused.
+  # Different settings are a different dataset: rebuilt, not reused; here many small
+  # shards, whose records read back the same.
+  rc, stdout, _ = _run(capsys, *argv, "--shard-mb", 0.02)
+  assert rc == 0 and stdout.startswith("prepared")
+  many = records.load_manifest(out)
+  assert len(many["splits"]["train"]["shards"]) == 4  # one clip each
+  assert _all_records(out).keys() == {f"LJ-{i:04d}" for i in range(1, 7)}
   rc, stdout, _ = _run(capsys, *argv[:-1], 3)
   assert rc == 0 and stdout.startswith("prepared") and "validation 3" in stdout
+  # The small shards of the previous run are gone; only the manifest's files remain.
+  assert sorted(n for n in os.listdir(out) if n != records.MANIFEST) == sorted(
+      e["file"] for e in records.manifest_files(records.load_manifest(out)))
 
 
 def test_interrupted_run_leaves_nothing_trusted(ljs_src, tmp_path, capsys, monkeypatch):

@@ -1,13 +1,15 @@
 """Reads the TFDS `ljspeech` and `vctk` builders (an optional extra).
 
-TFDS's own builders download the corpora and prepare them as TFRecords; reading TFRecords
-(`tfds.load` / `tfds.as_numpy`) goes through tf.data, so this path needs both
-`tensorflow-datasets` and TensorFlow (`pip install tensorflow-datasets tensorflow-cpu`).
-Neither is in requirements.txt: users who have the corpora on disk never need them. A builder
-prepared with `file_format='array_record'` could be read without TensorFlow through
-`tfds.data_source`; we try that first.
+Does it need TensorFlow? The `vctk` builder lists and reads files with `tf.io.gfile` while
+preparing, and TFDS prepares TFRecords by default, which only tf.data reads back. We ask TFDS
+for ArrayRecord output and read it with `as_data_source` (no TensorFlow) where that works, and
+fall back to `as_dataset` + `tfds.as_numpy` (TensorFlow) for an existing TFRecord copy. In
+practice: `pip install tensorflow-datasets tensorflow-cpu`. Neither is in requirements.txt:
+users with the corpora on disk never need them.
 
-The examples are handed to `readers.clips_from_examples`, the part the tests exercise.
+The examples are handed to `readers.clips_from_examples`, the part the tests exercise. All
+samples are held in memory (int16: about 4 GB for LJSpeech, 13 GB for VCTK mic1), which a TPU
+VM affords; preparing from the extracted folders (--src) streams instead.
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ def read_tfds(dataset: str, data_dir: str | None, download: bool = True,
   name = "ljspeech" if dataset == "ljspeech" else f"vctk/{mic}"
   builder = tfds.builder(name, data_dir=data_dir)
   if download:
-    builder.download_and_prepare()
+    try:
+      # ArrayRecord output can be read back without TensorFlow (tfds >= 4.9).
+      builder.download_and_prepare(file_format="array_record")
+    except TypeError:  # an older tfds without file_format
+      builder.download_and_prepare()
   speaker_names = None
   if dataset == "vctk":
     speaker_names = builder.info.features["speaker"].names

@@ -271,7 +271,8 @@ class _FakeBuilder:
     feats = {"speaker": types.SimpleNamespace(names=speaker_names)} if speaker_names else {}
     self.info = types.SimpleNamespace(features=feats)
 
-  def download_and_prepare(self):
+  def download_and_prepare(self, file_format=None):
+    assert file_format == "array_record"
     self.prepared = True
 
   def as_data_source(self, split):

@@ -10,6 +10,7 @@ import pytest
 from flax import traverse_util
 
 from configs import base, tiny
+from vits_jax.convert import torch_names
 from vits_jax.models import discriminators as D
 from vits_jax.models.layers import count_params
 
@@ -39,25 +40,23 @@ def _torch_shape(path, shape, siblings):
   return tuple(shape)
 
 
-def _to_ours(leaf, arr):
-  if leaf in ("weight", "weight_v"):
-    return arr.transpose(2, 1, 0) if arr.ndim == 3 else arr.transpose(2, 3, 1, 0)
-  return arr.reshape(-1)
-
-
-def synthetic_params(model):
-  """Our params filled with the fixture's torch-name-derived weights."""
+def torch_state_dict(model):
+  """The fixture's torch-name-derived weights for `model`, as an official-name state dict."""
   gen = _load_fixture_module().synthetic_weight
   flat = traverse_util.flatten_dict(_abstract_params(model)["params"])
-  out = {}
+  state = {}
   for path, sds in flat.items():
     siblings = {p[-1]: v for p, v in flat.items() if p[:-1] == path[:-1]}
     torch_name = ".".join(part.replace("_", ".") if part.startswith(("discriminators_", "convs_"))
                           else part for part in path)
-    arr = gen(torch_name, _torch_shape(path, sds.shape, siblings))
-    out[path] = _to_ours(path[-1], arr)
-    assert out[path].shape == sds.shape, path
-  return {"params": traverse_util.unflatten_dict(out)}
+    state[torch_name] = gen(torch_name, _torch_shape(path, sds.shape, siblings))
+  return state
+
+
+def synthetic_params(model):
+  """Our params, converted from `torch_state_dict` by the official-name converter."""
+  like = _abstract_params(model)["params"]
+  return {"params": torch_names.torch_to_flax(torch_state_dict(model), like=like)}
 
 
 def np_variables(model, *args, seed=0):
@@ -135,6 +134,18 @@ def test_matches_official_torch_network():
         assert ours.shape == ref.shape, key
         worst = max(worst, np.max(np.abs(np.asarray(ours) - ref)) / np.max(np.abs(ref)))
   assert worst < 1e-4, worst
+
+
+def test_official_names_round_trip():
+  """flax_to_torch gives back exactly the official names, layouts and values."""
+  model = D.MultiPeriodDiscriminator()
+  state = torch_state_dict(model)
+  assert "discriminators.0.convs.4.weight_v" in state
+  assert state["discriminators.5.conv_post.weight_g"].shape == (1, 1, 1, 1)
+  back = torch_names.flax_to_torch(synthetic_params(model)["params"])
+  assert set(back) == set(state)
+  for k, v in state.items():
+    np.testing.assert_array_equal(back[k], v, err_msg=k)
 
 
 def test_period_fold_and_reflect_pad():

@@ -99,14 +99,12 @@ class EpochPlanner:
     bucket_ids: int [N] from `assign_buckets` (-1 = excluded).
     num_buckets: len(buckets).
     global_batch: clips per batch across all hosts.
-    seed: shuffle seed.
-    shuffle: False gives a fixed order (clips in index order, batches bucket by bucket).
+    seed: shuffle seed (non-negative); epoch e draws from (seed, e).
   """
 
-  def __init__(self, bucket_ids: np.ndarray, num_buckets: int, global_batch: int, seed: int,
-               shuffle: bool = True):
+  def __init__(self, bucket_ids: np.ndarray, num_buckets: int, global_batch: int, seed: int):
     self.members = [np.flatnonzero(bucket_ids == b) for b in range(num_buckets)]
-    self.global_batch, self.seed, self.shuffle = global_batch, seed, shuffle
+    self.global_batch, self.seed = global_batch, seed
     n = sum(len(m) for m in self.members)
     self.batches_per_epoch = n // global_batch
     self._lock = threading.Lock()
@@ -123,14 +121,12 @@ class EpochPlanner:
     rows, which = [], []
     carry = np.zeros(0, dtype=np.int64)
     for b, members in enumerate(self.members):
-      pool = np.concatenate([carry, rng.permutation(members) if self.shuffle else members])
+      pool = np.concatenate([carry, rng.permutation(members)])
       n_full = len(pool) // bsz
       rows.extend(pool[:n_full * bsz].reshape(n_full, bsz))
       which.extend([b] * n_full)
       carry = pool[n_full * bsz:]
     rows = np.asarray(rows, dtype=np.int64).reshape(-1, bsz)
     which = np.asarray(which, dtype=np.int64)
-    if self.shuffle:
-      order = rng.permutation(len(rows))
-      rows, which = rows[order], which[order]
-    return rows, which
+    order = rng.permutation(len(rows))
+    return rows[order], which[order]

@@ -183,7 +183,7 @@ def make_train_loader(data_dir: str, batch_size: int, seed: int, *, buckets=None
   bks = _resolve_buckets(split.lengths, buckets, num_buckets, text_multiple, audio_multiple,
                          min_audio_len)
   ids = buckets_lib.assign_buckets(split.lengths, bks)
-  planner = buckets_lib.EpochPlanner(ids, len(bks), batch_size, seed, shuffle=True)
+  planner = buckets_lib.EpochPlanner(ids, len(bks), batch_size, seed)
   per_epoch = planner.batches_per_epoch
   if per_epoch == 0:
     raise ValueError(f"{data_dir}: {int((ids >= 0).sum())} training clips fit the buckets, "

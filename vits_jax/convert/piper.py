@@ -276,6 +276,9 @@ def _hyperparameters(sd, attrs, voice_config, where) -> Dict[str, Any]:
   else:
     n_speakers, gin = 1, 0
   json_speakers = int(voice_config.get("num_speakers", n_speakers))
+  if json_speakers > 1 and "emb_g.weight" not in sd:
+    raise ValueError(f"{where}: unsupported Piper graph, missing emb_g.weight (the JSON "
+                     f"config says {json_speakers} speakers)")
   if json_speakers != n_speakers:
     raise ValueError(f"{where}: the JSON config says {json_speakers} speakers but the graph "
                      f"has {n_speakers}")

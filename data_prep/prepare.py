@@ -39,6 +39,11 @@ from data_prep import process, readers, writer  # pylint: disable=wrong-import-p
 from vits_jax.data import records  # pylint: disable=wrong-import-position
 
 
+# A worker process costs a few seconds to start (imports, espeak); a clip costs ~5-20 ms. Below
+# about this many clips per worker, starting one more does not pay.
+CLIPS_PER_WORKER = 1000
+
+
 class PrepareError(Exception):
   """A user-facing failure: printed as one `error:` line, exit status 2."""
 
@@ -66,9 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="target rate (default: 22050, or the Piper voice's rate)")
   p.add_argument("--val-size", type=int, default=100,
                  help="validation clips (default: %(default)s; at most half)")
-  p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)),
-                 help="processes for decoding/resampling/phonemization "
-                      "(default: all cores)")
+  p.add_argument("--workers", type=int, default=None,
+                 help="processes for decoding/resampling/phonemization (default: one per "
+                      f"{CLIPS_PER_WORKER} clips, at most one per core)")
   p.add_argument("--min-seconds", type=float, default=0.5, help="(default: %(default)s)")
   p.add_argument("--max-seconds", type=float, default=20.0, help="(default: %(default)s)")
   p.add_argument("--max-tokens", type=int, default=400,
@@ -233,6 +238,9 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
   if not clips:
     raise PrepareError(f"no clips found in {args.src or args.data_dir}")
   speakers = load_speaker_map(args.speaker_map) if args.speaker_map else readers.speaker_map(clips)
+  workers = args.workers
+  if workers is None:
+    workers = min(os.cpu_count() or 1, -(-len(clips) // CLIPS_PER_WORKER))
   ranked, n_val = rank_validation(clips, args.val_size, args.seed)
   ranked_set = set(ranked)
 
@@ -249,7 +257,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
   add = lambda split, r: writers[split].add(r["id"], r["speaker"], speakers[r["speaker"]],
                                             r["text"], r["tokens"], r["audio"])
   try:
-    for res in _results(clips, settings, args.workers):
+    for res in _results(clips, settings, workers):
       if "skip" not in res and res["speaker"] not in speakers:
         res = {**res, "skip": "unknown speaker",
                "detail": f"{res['speaker']!r} is not in --speaker-map"}
@@ -298,6 +306,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
                  "skipped_by_reason": dict(sorted(reasons.items()))},
       "splits": splits,
       "skipped": skipped,
+      "workers": workers,
       "seconds": round(time.time() - start, 2),
   }
   records.write_json_atomic(manifest_path, manifest)

@@ -15,7 +15,11 @@ How it is laid out (all static shapes, one compiled loop for any T):
   bit per cell, whether the previous row scored strictly higher one token to the left
   (`V[y-1, x] < V[y-1, x-1]`, the official backtrack test), packed 8 frames to a byte.
 - Backtrack: a `fori_loop` over frames in reverse carrying the token index per item; each step
-  gathers one bit per item. The path is then a one-hot of the index per frame.
+  gathers one byte per item from its frame group's `[B, T_text]` bytes. The path is then the
+  one-hot of each frame's token.
+
+Scratch memory is T_frames * T_text / 8 bytes per item for the bits plus a few rows, against
+4 bytes per cell for the path itself.
 
 The DP rows are computed over the whole `[B, T_text]` rectangle, not the official band of
 reachable cells, which vectorizes across a batch of different lengths; the result is the same
@@ -55,7 +59,7 @@ def maximum_path(value: jax.Array, mask: jax.Array) -> jax.Array:
   if value.ndim != 3 or value.shape != mask.shape:
     raise ValueError(
         f"value and mask must both be [B, T_frames, T_text], got {value.shape} and {mask.shape}")
-  batch, t_frames, t_text = value.shape
+  _, t_frames, t_text = value.shape
   v = lax.stop_gradient(value).astype(jnp.float32)
   mask = lax.stop_gradient(mask)
   t_y = jnp.sum(mask[:, :, 0] > 0, axis=1, dtype=jnp.int32)
@@ -90,8 +94,8 @@ def _forward_bits(v: jax.Array) -> jax.Array:
     byte = jnp.where(shift == 0, jnp.uint8(0), old) | (left_higher.astype(jnp.uint8) << shift)
     bits = lax.dynamic_update_index_in_dim(bits, byte, y // _WORD, axis=1)
     # V[y, x] = value[y, x] + max(V[y-1, x-1], V[y-1, x]), with the official boundary values:
-    # from "before the first token" only frame 0 may start (0, else -1e9), and the diagonal
-    # cell x == y cannot stay on its token (it would have skipped one).
+    # coming from "before the first token" scores 0 at frame 0 and -1e9 after it, and the
+    # diagonal cell x == y cannot come from the same token (frame y-1 cannot be on token y).
     first = jnp.where(y == 0, jnp.float32(0.0), neg)
     from_left = jnp.concatenate([jnp.broadcast_to(first, (batch, 1)), prev[:, :-1]], axis=1)
     from_same = jnp.where(xs == y, neg, prev)
@@ -116,22 +120,25 @@ def _backtrack(bits: jax.Array, t_y: jax.Array, t_x: jax.Array, t_frames: int) -
     token: [B, T_frames] int32, the token of each frame on the path, -1 where there is none.
   """
   batch = bits.shape[0]
-  items = jnp.arange(batch)
   has_path = (t_x >= 1) & (t_x <= t_y)
 
   def step(i, carry):
     index, token = carry
     y = t_frames - 1 - i
     on_path = has_path & (y < t_y)
-    token = lax.dynamic_update_index_in_dim(token, jnp.where(on_path, index, -1), y, axis=1)
-    byte = bits[items, y // _WORD, jnp.maximum(index, 0)]
+    token = lax.dynamic_update_index_in_dim(token, jnp.where(on_path, index, -1), y, axis=0)
+    # Slice this frame group's bytes first: a gather straight from the whole bit array is
+    # costed as big enough to split across threads on CPU, a thread hop per frame.
+    group = lax.dynamic_index_in_dim(bits, y // _WORD, axis=1, keepdims=False)  # [B, T_text]
+    byte = jnp.take_along_axis(group, jnp.maximum(index, 0)[:, None], axis=1)[:, 0]
     left_higher = ((byte >> (y % _WORD).astype(jnp.uint8)) & 1).astype(bool)
     move = on_path & (index != 0) & ((index == y) | left_higher)
     return index - move.astype(jnp.int32), token
 
-  init = (t_x - 1, jnp.full((batch, t_frames), -1, jnp.int32))
+  # Frame-major token rows, so each step writes one contiguous row.
+  init = (t_x - 1, jnp.full((t_frames, batch), -1, jnp.int32))
   _, token = lax.fori_loop(0, t_frames, step, init)
-  return token
+  return token.T
 
 
 def maximum_path_numba(value, mask):

@@ -37,8 +37,24 @@ DEFAULT_VOICE = "joe"
 TEXT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
 # Sentences longer than this many ids are cut at word boundaries (attention is quadratic).
 MAX_IDS = TEXT_BUCKETS[-1]
+# Frame buckets per octave of length: more = less padding, more programs to compile.
+FRAME_STEPS_PER_OCTAVE = 8
 # Bound on batch * frames per call, to keep decoder activations at a few hundred MB.
 MAX_BATCH_FRAMES = 8192
+
+
+def _lazy_jit(fn, static_argnames=()):
+  """`jax.jit(fn)`, built on first call so importing this module does not import jax."""
+  compiled = []
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    if not compiled:
+      import jax
+      compiled.append(jax.jit(fn, static_argnames=static_argnames))
+    return compiled[0](*args, **kwargs)
+
+  return call
 
 
 def text_bucket(n: int) -> int:
@@ -49,11 +65,14 @@ def text_bucket(n: int) -> int:
   return -(-n // TEXT_BUCKETS[-1]) * TEXT_BUCKETS[-1]
 
 
-def frame_bucket(n: int) -> int:
-  """`n` rounded up to one of 8 sizes per octave (>= 32): at most 12.5% padding."""
+def frame_bucket(n: int, steps_per_octave: Optional[int] = None) -> int:
+  """`n` rounded up to one of `FRAME_STEPS_PER_OCTAVE` (8) sizes per octave, at least 32:
+  at most 12.5% padding with 8 steps."""
+  steps = steps_per_octave or FRAME_STEPS_PER_OCTAVE
   if n <= 32:
     return 32
-  step = 2 ** (math.floor(math.log2(n - 1)) - 3)
+  octave = 2 ** math.floor(math.log2(n - 1))
+  step = max(1, octave // steps)
   return -(-n // step) * step
 
 
@@ -92,9 +111,23 @@ class Voice:
     self.speaker_names = dict(speaker_names or {})
     self.name = name
     self.hop_length = int(np.prod(model.upsample_rates))
-    self.trace_count = 0  # number of programs traced (tests assert no retrace)
-    self._lengths = jax.jit(self._lengths_impl)
-    self._infer = jax.jit(self._infer_impl, static_argnames=("max_len",))
+
+  @property
+  def trace_count(self) -> int:
+    """Programs traced so far for this voice's model (tests assert no retrace)."""
+    return _TRACES.get(self.model, 0)
+
+  @property
+  def programs_used(self) -> int:
+    """Distinct (program, shape bucket) pairs this voice's model has run: after warm-up,
+    `trace_count` must not grow beyond it."""
+    return len(_SHAPES.get(self.model, ()))
+
+  def _lengths(self, *args):
+    return _lengths_jit(self.model, *args)
+
+  def _infer(self, *args, max_len):
+    return _infer_jit(self.model, *args, max_len=max_len)
 
   def __repr__(self):
     return (f"Voice({self.name!r}, sample_rate={self.sample_rate}, "
@@ -265,6 +298,7 @@ class Voice:
   def _split_by_frames(self, group, ids_list, seeds, speaker_id, scales, key):
     """Runs `group` (sorted by length), in sub-batches of at most MAX_BATCH_FRAMES."""
     x, lengths, sid, item_seeds = self._arrays(group, ids_list, seeds, speaker_id)
+    _SHAPES.setdefault(self.model, set()).add(("lengths", x.shape, sid is None))
     frames = np.asarray(self._lengths(self.params, x, lengths, sid, scales, item_seeds, key))
     frames = frames[:len(group)]
     f_bucket = frame_bucket(int(frames.max()))
@@ -273,25 +307,39 @@ class Voice:
       yield from self._split_by_frames(group[:half], ids_list, seeds, speaker_id, scales, key)
       yield from self._split_by_frames(group[half:], ids_list, seeds, speaker_id, scales, key)
       return
+    _SHAPES.setdefault(self.model, set()).add(("infer", x.shape, sid is None, f_bucket))
     o = np.asarray(self._infer(self.params, x, lengths, sid, scales, item_seeds, key,
                                max_len=f_bucket))
     yield [(i, o[r, :int(frames[r]) * self.hop_length, 0].copy())
            for r, i in enumerate(group)]
 
-  # ----------------------------------------------------------------- jitted parts
-  def _lengths_impl(self, params, x, lengths, sid, scales, seeds, key):
-    """Frames each item will have (the `infer` duration step alone)."""
-    self.trace_count += 1
-    return self.model.apply({"params": params}, x, lengths, sid, scales[2], scales[1], seeds,
-                            method=_predict_frames, rngs={"noise": key})
+# ------------------------------------------------------------------- jitted parts
+# Module-level and keyed on the (hashable) model, so every Voice of the same architecture
+# shares compiled programs.
+_TRACES: Dict[Any, int] = {}
+_SHAPES: Dict[Any, set] = {}  # shape buckets each model ran with
 
-  def _infer_impl(self, params, x, lengths, sid, scales, seeds, key, max_len):
-    self.trace_count += 1
-    o, _, _, _ = self.model.apply(
-        {"params": params}, x, lengths, sid=sid, noise_scale=scales[0],
-        length_scale=scales[2], noise_scale_w=scales[1], max_len=max_len, seeds=seeds,
-        method="infer", rngs={"noise": key})
-    return o
+
+def _count_trace(model):
+  _TRACES[model] = _TRACES.get(model, 0) + 1
+
+
+@functools.partial(_lazy_jit, static_argnames=("model",))
+def _lengths_jit(model, params, x, lengths, sid, scales, seeds, key):
+  """Frames each item will have (the `infer` duration step alone)."""
+  _count_trace(model)
+  return model.apply({"params": params}, x, lengths, sid, scales[2], scales[1], seeds,
+                     method=_predict_frames, rngs={"noise": key})
+
+
+@functools.partial(_lazy_jit, static_argnames=("model", "max_len"))
+def _infer_jit(model, params, x, lengths, sid, scales, seeds, key, max_len):
+  _count_trace(model)
+  o, _, _, _ = model.apply(
+      {"params": params}, x, lengths, sid=sid, noise_scale=scales[0], length_scale=scales[2],
+      noise_scale_w=scales[1], max_len=max_len, seeds=seeds, method="infer",
+      rngs={"noise": key})
+  return o
 
 
 def _predict_frames(model, x, x_lengths, sid, length_scale, noise_scale_w, seeds):
@@ -435,9 +483,71 @@ def load_official_voice(checkpoint: Union[str, os.PathLike],
 
 
 def load_hf_voice(folder: Union[str, os.PathLike]) -> Voice:
-  """An HF `VitsModel` folder (`config.json` + `model.safetensors`), e.g. MMS-TTS."""
+  """An HF `VitsModel` folder (config.json, model.safetensors, vocab.json), e.g. MMS-TTS."""
   from vits_jax.convert import hf
-  return hf.load_voice(folder)
+  from vits_jax.models.synthesizer import build_synthesizer
+  config, variables = hf.load_hf(str(folder))
+  frontend = HfTokenizerFrontend(folder)
+  return Voice(build_synthesizer(config), variables["params"], frontend,
+               config.data.sampling_rate, name=Path(folder).name)
+
+
+class HfTokenizerFrontend:
+  """Text -> ids as transformers' `VitsTokenizer` does for MMS-TTS voices (no phonemizer):
+  lowercase, keep only vocabulary characters, blank id 0 between them (`add_blank`)."""
+
+  def __init__(self, folder: Union[str, os.PathLike]):
+    import json
+    folder = Path(folder)
+    vocab_path = folder / "vocab.json"
+    if not vocab_path.is_file():
+      raise FileNotFoundError(f"HF voice {folder} has no vocab.json (its tokenizer)")
+    self.vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+    tok_path = folder / "tokenizer_config.json"
+    tok = json.loads(tok_path.read_text(encoding="utf-8")) if tok_path.is_file() else {}
+    if tok.get("phonemize", False) or tok.get("is_uroman", False):
+      raise ValueError(f"HF voice {folder}: tokenizers that phonemize or romanize (uroman) "
+                       "are not supported")
+    self.add_blank = bool(tok.get("add_blank", True))
+    self.normalize = bool(tok.get("normalize", True))
+
+  def text_to_ids(self, text: str) -> List[int]:
+    if not isinstance(text, str) or not text.strip():
+      raise ValueError("text is empty")
+    if self.normalize:
+      # VitsTokenizer keeps vocabulary entries as written and lowercases everything else.
+      words = sorted(self.vocab, key=len, reverse=True)
+      out, i = [], 0
+      while i < len(text):
+        w = next((w for w in words if w and text.startswith(w, i)), None)
+        out.append(w if w is not None else text[i].lower())
+        i += len(w) if w is not None else 1
+      text = "".join(c for c in "".join(out) if c in self.vocab).strip()
+    ids = [self.vocab[c] for c in text if c in self.vocab]
+    if not "".join(c for c in text if c in self.vocab).strip():
+      raise ValueError(f"text has nothing to say for this voice: {text[:50]!r}")
+    if self.add_blank:
+      blanks = [0] * (2 * len(ids) + 1)
+      blanks[1::2] = ids
+      ids = blanks
+    return ids
+
+  def split_sentences(self, text: str) -> List[str]:
+    from vits_jax.text import sentences
+    return sentences.split_sentences(text, max_chars=400)
+
+  def text_to_sentence_ids(self, text: str) -> List[List[int]]:
+    if not isinstance(text, str) or not text.strip():
+      raise ValueError("text is empty")
+    out = []
+    for sentence in self.split_sentences(text):
+      try:
+        out.append(self.text_to_ids(sentence))
+      except ValueError:
+        continue
+    if not out:
+      raise ValueError(f"text has nothing to say for this voice: {text[:50]!r}")
+    return out
 
 
 def load_workdir(workdir: Union[str, os.PathLike], step: Optional[int] = None) -> Voice:

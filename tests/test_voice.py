@@ -1,0 +1,213 @@
+"""Voice API: loading every source, batching, buckets, validation, long text.
+
+Uses the tiny Piper exports (tests/fixtures/make_piper_tiny.py; same frontend as the bundled
+voice, fast to run) and fixtures in the official and HF formats.
+"""
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vits_jax import load_voice
+from vits_jax import voice as voice_lib
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MULTI = FIXTURES / "piper_tiny_multi.onnx"
+HIGH = FIXTURES / "piper_tiny_high.onnx"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def coarse_buckets():
+  """Coarse buckets (frames: powers of two >= 256; ids: 64, 256, 2048) so the tests here
+  compile few programs. Outputs do not depend on buckets (everything is masked), which
+  test_batch_equals_alone checks across batch and frame buckets."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(voice_lib, "frame_bucket", lambda n, steps=None: max(256, 1 << (n - 1).bit_length()))
+    mp.setattr(voice_lib, "TEXT_BUCKETS", (64, 256, 2048))
+    yield
+
+
+@pytest.fixture(scope="module")
+def multi():
+  return load_voice(MULTI)
+
+
+_TEXT_BUCKETS, _FRAME_BUCKET = voice_lib.TEXT_BUCKETS, voice_lib.frame_bucket
+
+
+def test_buckets(monkeypatch):
+  monkeypatch.setattr(voice_lib, "TEXT_BUCKETS", _TEXT_BUCKETS)
+  monkeypatch.setattr(voice_lib, "frame_bucket", _FRAME_BUCKET)
+  assert [voice_lib.text_bucket(n) for n in (1, 32, 33, 600, 2048, 2049)] == [
+      32, 32, 64, 1024, 2048, 4096]
+  assert [voice_lib.batch_bucket(n) for n in (1, 2, 3, 5, 16)] == [1, 2, 4, 8, 16]
+  prev = 0
+  for n in range(1, 5000):
+    b = voice_lib.frame_bucket(n, 8)
+    assert n <= b and b >= prev and (n <= 32 or b <= n * 1.125)
+    prev = b
+  # 8 sizes per octave: few distinct programs for many lengths.
+  assert len({voice_lib.frame_bucket(n, 8) for n in range(257, 513)}) == 8
+  assert {voice_lib.frame_bucket(n, 1) for n in range(257, 513)} == {512}
+
+
+def test_batch_equals_alone(multi):
+  texts = ["Hello there.", "A second utterance. It has two!", "Short one?"]
+  kw = dict(speaker="bob", noise_scale=0.667, noise_scale_w=0.8, seed=3)
+  batch = multi.synthesize_batch(texts, **kw)
+  for text, audio in zip(texts, batch):
+    alone = multi.synthesize(text, **kw)
+    assert audio.dtype == np.float32 and audio.shape == alone.shape
+    np.testing.assert_allclose(audio, alone, atol=1e-5)
+  # Noise is seeded: same seed same audio, another seed other audio.
+  again = multi.synthesize(texts[0], **kw)
+  np.testing.assert_array_equal(again, multi.synthesize(texts[0], **kw))
+  other = multi.synthesize(texts[0], **dict(kw, seed=4))
+  assert other.shape != again.shape or np.abs(other - again).max() > 1e-3
+
+
+def test_one_trace_per_bucket(multi):
+  """Programs are traced once per shape bucket, never per sentence."""
+  texts = ["One sentence here.", "Another sentence there.", "Third one.",
+           "A fourth, longer one."]
+  used, traced = multi.programs_used, multi.trace_count
+  for _ in range(2):
+    for k, text in enumerate(texts):
+      multi.synthesize(text, speaker=k % 3, seed=k)
+    multi.synthesize_batch(texts[:2], speaker=1)
+    if _ == 0:
+      warm = multi.trace_count
+  assert multi.trace_count == warm  # the second round traced nothing
+  assert multi.trace_count - traced == multi.programs_used - used <= 4
+
+
+def test_speakers_and_scales(multi):
+  assert multi.num_speakers == 3 and multi.sample_rate == 16000
+  assert multi.speaker_id("carol") == 2 and multi.speaker_id("1") == 1
+  assert multi.speaker_id(None) == 0
+  for bad in (3, -1, "7", "nobody"):
+    with pytest.raises(ValueError):
+      multi.speaker_id(bad)
+  single = load_voice(HIGH)
+  assert single.num_speakers == 1 and single.speaker_id(None) is None
+  with pytest.raises(ValueError, match="single speaker"):
+    single.synthesize("Hi.", speaker=0)
+  for kw in (dict(length_scale=0.0), dict(length_scale=-1.0), dict(noise_scale=-0.1),
+             dict(noise_scale_w=float("nan"))):
+    with pytest.raises(ValueError):
+      multi.synthesize("Hi.", **kw)
+
+
+def test_text_validation(multi):
+  for text in ("", "   ", "😀 🎉"):
+    with pytest.raises(ValueError):
+      multi.synthesize(text)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    audio = multi.synthesize("Hello 😀 world 你好.")
+  assert audio.size > 0 and any("😀" in str(w.message) for w in caught)
+
+
+def test_long_paragraph(multi):
+  # 48 sentences of ~105 characters: three full batches of 16 in one ids bucket.
+  sentence = ("The committee met on Tuesday, and after a long discussion about the budget, "
+              "it decided to wait one more week. ")
+  paragraph = sentence * 48
+  assert len(paragraph) >= 5000
+  sentences = multi.text_to_sentence_ids(paragraph)
+  assert len(sentences) == 48
+  run_on = " ".join(["word"] * 700)  # ~3500 characters, no sentence end
+  pieces = multi.text_to_sentence_ids(run_on)
+  assert len(pieces) >= 2 and all(len(p) <= voice_lib.MAX_IDS for p in pieces)
+  audio = multi.synthesize(paragraph, noise_scale=0.0, noise_scale_w=0.0)
+  parts = multi.synthesize_ids(sentences, 0, noise_scale=0.0, noise_scale_w=0.0)
+  # Sentences are joined directly (no silence), in order.
+  np.testing.assert_allclose(audio, np.concatenate(parts), atol=1e-5)
+  gap = multi.synthesize("One. Two.", sentence_silence=0.25, noise_scale=0.0,
+                         noise_scale_w=0.0)
+  plain = multi.synthesize("One. Two.", noise_scale=0.0, noise_scale_w=0.0)
+  assert gap.size == plain.size + 4000
+
+
+def _ids(voice):
+  rng = np.random.RandomState(5)
+  return [list(rng.randint(1, 150, n)) for n in (9, 30)]
+
+
+def test_official_checkpoint_matches_piper(multi):
+  """official_tiny holds piper_tiny_multi's weights in official G_*.pth format."""
+  folder = FIXTURES / "official_tiny"
+  for source in (folder, folder / "G_7.pth"):
+    official = load_voice(source)
+    assert official.num_speakers == 3 and official.sample_rate == 16000
+    assert official.frontend.name == "vits"
+    ids = _ids(official)
+    got = official.synthesize_ids(ids, 1, noise_scale=0.0, noise_scale_w=0.0)
+    want = multi.synthesize_ids(ids, 1, noise_scale=0.0, noise_scale_w=0.0)
+    for g, w in zip(got, want):
+      np.testing.assert_array_equal(g, w)
+
+
+def test_torch_free_checkpoint_reader_matches_state_dict():
+  from vits_jax.convert.official_pth import load_official_checkpoint
+  from vits_jax.convert.piper import load_piper
+  sd, step = load_official_checkpoint(FIXTURES / "official_tiny" / "G_7.pth")
+  ref = load_piper(MULTI).state_dict
+  assert step == 7 and set(sd) == set(ref)
+  for k in ref:
+    np.testing.assert_array_equal(sd[k], ref[k])
+
+
+def test_hf_voice_matches_transformers():
+  folder = FIXTURES / "hf_tiny"
+  hf = load_voice(folder)
+  golden = np.load(folder / "golden.npz")
+  for k, text in enumerate(golden["texts"]):
+    ids = hf.frontend.text_to_ids(str(text))
+    assert ids == golden[f"ids_{k}"].tolist()
+    audio = hf.synthesize_ids([ids], noise_scale=0.0, noise_scale_w=0.0)[0]
+    assert audio.shape == golden[f"wav_{k}"].shape
+    assert np.abs(audio - golden[f"wav_{k}"]).max() <= 1e-3
+
+
+def test_workdir_latest_checkpoint(tmp_path, multi):
+  import orbax.checkpoint as ocp
+  from configs import presets
+  from vits_jax.convert import piper
+  config = presets.get_config("medium")
+  config.model.update({k: v for k, v in piper.load_piper(MULTI).model.items()
+                       if k in config.model and k != "n_speakers"})
+  config.data.n_speakers = 3
+  config.data.sampling_rate = 16000
+  (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+  ckpt = ocp.PyTreeCheckpointer()
+  zeros = {"generator": _zeros_like(multi.params)}
+  ckpt.save(tmp_path / "checkpoints" / "5" / "state", {"params": zeros, "step": 5})
+  ckpt.save(tmp_path / "checkpoints" / "12" / "state",
+            {"params": {"generator": multi.params}, "step": 12})
+  voice = load_voice(tmp_path)
+  assert voice.num_speakers == 3 and voice.sample_rate == 16000
+  ids = _ids(voice)
+  got = voice.synthesize_ids(ids, 2, noise_scale=0.0, noise_scale_w=0.0)
+  want = multi.synthesize_ids(ids, 2, noise_scale=0.0, noise_scale_w=0.0)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)
+
+
+def _zeros_like(tree):
+  import jax
+  return jax.tree_util.tree_map(lambda a: np.zeros(np.shape(a), np.float32), tree)
+
+
+def test_load_voice_errors(tmp_path):
+  with pytest.raises(FileNotFoundError):
+    load_voice(tmp_path / "missing.onnx")
+  text = tmp_path / "notes.txt"
+  text.write_text("hello")
+  with pytest.raises(ValueError):
+    load_voice(text)
+  with pytest.raises(ValueError):
+    load_voice(tmp_path)  # a folder with no voice in it

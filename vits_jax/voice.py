@@ -123,11 +123,6 @@ class Voice:
     `trace_count` must not grow beyond it."""
     return len(_SHAPES.get(self.model, ()))
 
-  def _lengths(self, *args):
-    return _lengths_jit(self.model, *args)
-
-  def _infer(self, *args, max_len):
-    return _infer_jit(self.model, *args, max_len=max_len)
 
   def __repr__(self):
     return (f"Voice({self.name!r}, sample_rate={self.sample_rate}, "
@@ -296,26 +291,67 @@ class Voice:
     return x, lengths, sid, np.asarray([seeds[i] for i in rows], np.int32)
 
   def _split_by_frames(self, group, ids_list, seeds, speaker_id, scales, key):
-    """Runs `group` (sorted by length), in sub-batches of at most MAX_BATCH_FRAMES."""
+    """Runs `group` (sorted by length): encode, pick the frame bucket, decode (in halves
+    while batch * frames exceeds MAX_BATCH_FRAMES)."""
     x, lengths, sid, item_seeds = self._arrays(group, ids_list, seeds, speaker_id)
-    _SHAPES.setdefault(self.model, set()).add(("lengths", x.shape, sid is None))
-    frames = np.asarray(self._lengths(self.params, x, lengths, sid, scales, item_seeds, key))
-    frames = frames[:len(group)]
-    f_bucket = frame_bucket(int(frames.max()))
-    if len(group) > 1 and batch_bucket(len(group)) * f_bucket > MAX_BATCH_FRAMES:
-      half = len(group) // 2
-      yield from self._split_by_frames(group[:half], ids_list, seeds, speaker_id, scales, key)
-      yield from self._split_by_frames(group[half:], ids_list, seeds, speaker_id, scales, key)
+    self._note(("encode", x.shape, sid is None))
+    m_p, logs_p, w_ceil = (np.asarray(a) for a in _encode_jit(
+        self.model, self.params, x, lengths, sid, scales, item_seeds, key))
+    frames = np.maximum(w_ceil.sum(axis=1), 1).astype(np.int64)
+    yield from self._decode(list(range(len(group))), group, m_p, logs_p, w_ceil, frames, sid,
+                            item_seeds, scales, key)
+
+  def _decode(self, rows, group, m_p, logs_p, w_ceil, frames, sid, seeds, scales, key):
+    f_bucket = frame_bucket(int(frames[rows].max()))
+    if len(rows) > 1 and batch_bucket(len(rows)) * f_bucket > MAX_BATCH_FRAMES:
+      half = len(rows) // 2
+      for part in (rows[:half], rows[half:]):
+        yield from self._decode(part, group, m_p, logs_p, w_ceil, frames, sid, seeds, scales,
+                                key)
       return
-    _SHAPES.setdefault(self.model, set()).add(("infer", x.shape, sid is None, f_bucket))
-    o = np.asarray(self._infer(self.params, x, lengths, sid, scales, item_seeds, key,
-                               max_len=f_bucket))
-    yield [(i, o[r, :int(frames[r]) * self.hop_length, 0].copy())
-           for r, i in enumerate(group)]
+    b = batch_bucket(len(rows))
+    padded = rows + [rows[0]] * (b - len(rows))
+    m_y, logs_y = expand_to_frames(m_p[padded], logs_p[padded], w_ceil[padded], f_bucket)
+    sid_b = None if sid is None else sid[padded]
+    self._note(("decode", m_y.shape, sid is None))
+    o = np.asarray(_decode_jit(self.model, self.params, m_y, logs_y,
+                               frames[padded].astype(np.int32), sid_b, seeds[padded], scales,
+                               key))
+    yield [(group[r], o[k, :int(frames[r]) * self.hop_length, 0].copy())
+           for k, r in enumerate(rows) if r < len(group)]
+
+  def _note(self, shape_key):
+    _SHAPES.setdefault(self.model, set()).add(shape_key)
+
+
+def expand_to_frames(m_p: np.ndarray, logs_p: np.ndarray, w_ceil: np.ndarray, n_frames: int):
+  """Repeats each token's prior statistics for its duration (the hard alignment path).
+
+  Args:
+    m_p, logs_p: [B, T_x, C] per token; w_ceil: [B, T_x] integer durations (0 past the end).
+    n_frames: frames to produce (a bucket >= every item's total duration).
+
+  Returns:
+    ([B, n_frames, C], [B, n_frames, C]), zero past each item's total duration; equal to
+    `einsum('byx,bxc->byc', generate_path(w_ceil), m_p)` of the official `infer`.
+  """
+  b, _, c = m_p.shape
+  m_y = np.zeros((b, n_frames, c), np.float32)
+  logs_y = np.zeros((b, n_frames, c), np.float32)
+  for i in range(b):
+    token = np.repeat(np.arange(w_ceil.shape[1]), w_ceil[i].astype(np.int64))[:n_frames]
+    m_y[i, :token.size] = m_p[i, token]
+    logs_y[i, :token.size] = logs_p[i, token]
+  return m_y, logs_y
+
 
 # ------------------------------------------------------------------- jitted parts
-# Module-level and keyed on the (hashable) model, so every Voice of the same architecture
-# shares compiled programs.
+# `SynthesizerTrn.infer` in two programs: `_encode` (text encoder + duration predictor, per
+# ids bucket) and `_decode` (prior sample + flow + decoder, per frame bucket), with the
+# alignment expansion on the host in between. So the encoder runs once per sentence, and
+# the two programs compile per bucket of their own size instead of per (ids, frames) pair.
+# `tests/test_voice.py` checks this equals `model.infer`. Module-level and keyed on the
+# (hashable) model, so every Voice of the same architecture shares compiled programs.
 _TRACES: Dict[Any, int] = {}
 _SHAPES: Dict[Any, set] = {}  # shape buckets each model ran with
 
@@ -325,30 +361,30 @@ def _count_trace(model):
 
 
 @functools.partial(_lazy_jit, static_argnames=("model",))
-def _lengths_jit(model, params, x, lengths, sid, scales, seeds, key):
-  """Frames each item will have (the `infer` duration step alone)."""
+def _encode_jit(model, params, x, lengths, sid, scales, seeds, key):
   _count_trace(model)
   return model.apply({"params": params}, x, lengths, sid, scales[2], scales[1], seeds,
-                     method=_predict_frames, rngs={"noise": key})
+                     method=_encode, rngs={"noise": key})
 
 
-@functools.partial(_lazy_jit, static_argnames=("model", "max_len"))
-def _infer_jit(model, params, x, lengths, sid, scales, seeds, key, max_len):
+@functools.partial(_lazy_jit, static_argnames=("model",))
+def _decode_jit(model, params, m_y, logs_y, y_lengths, sid, seeds, scales, key):
+  import jax
   _count_trace(model)
-  o, _, _, _ = model.apply(
-      {"params": params}, x, lengths, sid=sid, noise_scale=scales[0], length_scale=scales[2],
-      noise_scale_w=scales[1], max_len=max_len, seeds=seeds, method="infer",
-      rngs={"noise": key})
-  return o
+  return model.apply({"params": params}, m_y, logs_y, y_lengths, sid, scales[0], seeds,
+                     method=_decode, rngs={"noise": jax.random.fold_in(key, 1)})
 
 
-def _predict_frames(model, x, x_lengths, sid, length_scale, noise_scale_w, seeds):
-  """Number of frames `SynthesizerTrn.infer` decodes per item: the same computation as its
-  duration step (text encoder, duration predictor with the same per-item noise, ceil)."""
+def _encode(model, x, x_lengths, sid, length_scale, noise_scale_w, seeds):
+  """First half of `infer`: prior statistics per token and integer durations.
+
+  Returns:
+    (m_p [B, T_x, C], logs_p [B, T_x, C], w_ceil [B, T_x] float, 0 past each length).
+  """
   import jax.numpy as jnp
   from vits_jax.models import commons
-  b, t_x = x.shape
-  h, _, _, x_mask = model.enc_p(x, x_lengths)
+  t_x = x.shape[1]
+  h, m_p, logs_p, x_mask = model.enc_p(x, x_lengths)
   g = model._speaker(sid)
   if model.use_sdp:
     noise = commons.per_item_normal(model.make_rng("noise"), seeds, (t_x, 2))
@@ -356,7 +392,20 @@ def _predict_frames(model, x, x_lengths, sid, length_scale, noise_scale_w, seeds
   else:
     logw = model.dp(h, x_mask, g=g)
   w_ceil = jnp.ceil(jnp.exp(logw) * x_mask * length_scale)
-  return jnp.maximum(jnp.sum(w_ceil, axis=(1, 2)), 1).astype(jnp.int32)
+  return m_p, logs_p, w_ceil[..., 0]
+
+
+def _decode(model, m_y, logs_y, y_lengths, sid, noise_scale, seeds):
+  """Second half of `infer` on frame-expanded prior statistics: [B, F, C] -> [B, F*hop, 1]."""
+  import jax.numpy as jnp
+  from vits_jax.models import commons
+  n_frames, channels = m_y.shape[1:]
+  y_mask = commons.sequence_mask(y_lengths, n_frames)[..., None].astype(jnp.float32)
+  g = model._speaker(sid)
+  eps = commons.per_item_normal(model.make_rng("noise"), seeds, (n_frames, channels))
+  z_p = m_y + eps * jnp.exp(logs_y) * noise_scale
+  z, _ = model.flow(z_p, y_mask, g=g, reverse=True)
+  return model.dec(z * y_mask, g=g, x_mask=y_mask)
 
 
 class _ProgressCounter:

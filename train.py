@@ -1,0 +1,56 @@
+"""Trains VITS: parses flags and hands over to `vits_jax.training.train_and_evaluate`.
+
+    python train.py --config configs/vctk.py --workdir runs/vctk
+    python train.py --config configs/tiny.py --workdir runs/tiny \
+        --config.data.dir=data/ljs --config.train.num_steps=5000
+
+Any config field can be overridden with `--config.<section>.<key>=value`. A run restarted with
+the same workdir resumes from its latest checkpoint; SIGTERM saves a checkpoint and exits 0.
+On a multi-host TPU/GPU cluster the processes find each other automatically
+(`jax.distributed.initialize()`); elsewhere pass `--coordinator_address`, `--num_processes`
+and `--process_id` (or the JAX_* environment variables), e.g. two CPU processes on one machine:
+
+    python train.py ... --coordinator_address=localhost:12345 --num_processes=2 --process_id=0
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _CONFIG.value is None or not _WORKDIR.value:
+    print("error: --config and --workdir are required", file=sys.stderr)
+    sys.exit(2)
+
+  # Imported here so `--help` and flag errors stay fast and never touch a device.
+  from vits_jax import training
+  from vits_jax.training import parallel
+
+  try:
+    # Must run before anything touches a JAX device.
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except training.NonFiniteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except (ValueError, FileNotFoundError) as e:
+    # User mistakes (bad data dir, init_from, config values) are raised with a clear message.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

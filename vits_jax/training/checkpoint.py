@@ -1,0 +1,172 @@
+"""Checkpoints: orbax `CheckpointManager` in `workdir/checkpoints`, saved asynchronously.
+
+Each checkpoint `workdir/checkpoints/<step>/` holds three items:
+
+    state/    the `TrainState` as a nested dict (`flax.serialization.to_state_dict`):
+              state['params']['generator'] is the SynthesizerTrn 'params' collection,
+              state['params']['discriminator'] the MPD's, plus opt_state, rng, step, ...
+    data/     the input pipeline's position, one JSON file per process
+              (`process_<i>-of-<n>.json`), so every host resumes its own stream
+    config/   the full config as JSON (also written to `workdir/config.json`)
+
+Restoring the state and the data position (the per-step RNG is `fold_in(rng, step)`) makes a
+resumed run continue exactly as if it had never stopped. `load_generator_params` reads just
+what inference needs.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Optional
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from vits_jax.training import state as state_lib
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class DataStateHandler(ocp.CheckpointHandler):
+  """Saves a JSON-serializable input-pipeline state per process (each host reads its own)."""
+
+  def save(self, directory: epath.Path, args: "DataStateSave"):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / _process_file()).write_text(json.dumps(args.state))
+
+  def restore(self, directory: epath.Path, args: Optional["DataStateRestore"] = None):
+    path = directory / _process_file()
+    if not path.exists():
+      raise ValueError(f"{path} is missing: the checkpoint was written by a run with a "
+                       "different number of processes")
+    return json.loads(path.read_text())
+
+  def metadata(self, directory: epath.Path):
+    return None
+
+  def structure(self, directory):
+    return None
+
+  def finalize(self, directory):
+    pass
+
+  def close(self):
+    pass
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+  state: Any
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+  pass
+
+
+def _process_file() -> str:
+  return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+class Checkpointer:
+  """Saves and restores (train state, data position, config) under `workdir/checkpoints`."""
+
+  def __init__(self, workdir: str, max_to_keep: int):
+    self.directory = epath.Path(workdir).absolute() / CHECKPOINT_DIR
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": DataStateHandler(),
+                       "config": ocp.JsonCheckpointHandler()})
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: state_lib.TrainState, data_state: Any,
+           config: ml_collections.ConfigDict) -> bool:
+    """Starts an asynchronous save; returns False (and saves nothing) if params are not finite.
+
+    `data_state` must be a snapshot taken now (it is written before this returns).
+    """
+    if not bool(jax.jit(state_lib.tree_all_finite)(state.params)):
+      logging.error("step %d: params are not finite; checkpoint not saved", step)
+      return False
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+        data=DataStateSave(data_state),
+        config=ocp.args.JsonSave(config.to_dict())), force=True)
+    return True
+
+  def restore(self, step: int, abstract_state: state_lib.TrainState):
+    """Restores checkpoint `step` onto the shardings of `abstract_state`.
+
+    Args:
+      step: checkpoint step.
+      abstract_state: `TrainState` of `jax.ShapeDtypeStruct`s with shardings attached.
+
+    Returns:
+      (TrainState, data_state).
+    """
+    target = flax.serialization.to_state_dict(abstract_state)
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), data=DataStateRestore()))
+    state = flax.serialization.from_state_dict(abstract_state, restored["state"])
+    return state, restored["data"]
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def load_generator_params(workdir: str, step: Optional[int] = None):
+  """Reads what inference needs from a training workdir.
+
+  Args:
+    workdir: a `train.py --workdir`.
+    step: checkpoint step; default the latest.
+
+  Returns:
+    (config ConfigDict, generator params pytree of numpy arrays, step).
+
+  Raises:
+    FileNotFoundError: no checkpoint in `workdir`.
+  """
+  directory = epath.Path(workdir).absolute() / CHECKPOINT_DIR
+  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) \
+      if directory.exists() else []
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f"no checkpoint for step {step} in {directory} (have {steps})")
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+    meta = ckptr.metadata(directory / str(step) / "state")
+    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+    gen_meta = tree["params"]["generator"]
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), gen_meta)
+    restored = ckptr.restore(
+        directory / str(step) / "state",
+        args=ocp.args.PyTreeRestore(item={"params": {"generator": target}},
+                                    partial_restore=True))
+  params = jax.tree_util.tree_map(np.asarray, restored["params"]["generator"])
+  config_path = directory / str(step) / "config" / "metadata"
+  config_file = epath.Path(workdir) / "config.json"
+  if config_file.exists():
+    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+  else:
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  return config, params, step

@@ -1,0 +1,251 @@
+"""`train_and_evaluate(config, workdir)`: the whole training run, one story top to bottom.
+
+mesh -> input -> models -> state (fresh, warm-started or restored) -> jitted step -> loop
+(log, evaluate, checkpoint, preemption, non-finite guard).
+"""
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vits_jax.training import checkpoint as checkpoint_lib
+from vits_jax.training import evaluation
+from vits_jax.training import input_pipeline
+from vits_jax.training import metrics as metrics_lib
+from vits_jax.training import parallel
+from vits_jax.training import state as state_lib
+from vits_jax.training import step as step_lib
+from vits_jax.training import warm_start
+
+CONFIG_FILE = "config.json"
+# Consecutive non-finite steps after which training stops (config.train.max_nonfinite_steps).
+DEFAULT_MAX_NONFINITE = 10
+
+
+class NonFiniteError(RuntimeError):
+  """Training stopped after too many consecutive non-finite steps."""
+
+
+def build_models(config: ml_collections.ConfigDict):
+  """(SynthesizerTrn, MultiPeriodDiscriminator) for `config`."""
+  from vits_jax.models.discriminators import build_discriminator
+  from vits_jax.models.synthesizer import build_synthesizer
+  return build_synthesizer(config), build_discriminator(config)
+
+
+def init_variables(config, generator, discriminator, rng: jax.Array):
+  """Initial (generator, discriminator) variables; shapes don't depend on the dummy inputs."""
+  hop = int(config.data.hop_length)
+  segment = int(config.train.segment_size)
+  frames = segment // hop
+  spec_channels = int(config.data.filter_length) // 2 + 1
+  k_g, k_d, k_drop, k_noise, k_slice = jax.random.split(rng, 5)
+  x = jnp.ones((1, 8), jnp.int32)
+  sid = jnp.zeros((1,), jnp.int32) if int(config.model.n_speakers) > 0 else None
+  gen_vars = generator.init(
+      {"params": k_g, "dropout": k_drop, "noise": k_noise, "slice": k_slice},
+      x, jnp.array([8], jnp.int32), jnp.zeros((1, frames, spec_channels)),
+      jnp.array([frames], jnp.int32), sid, train=True)
+  y = jnp.zeros((1, segment, 1))
+  disc_vars = discriminator.init({"params": k_d}, y, y)
+  return gen_vars, disc_vars
+
+
+def check_config(config: ml_collections.ConfigDict):
+  """Raises ValueError on settings that cannot train."""
+  t, d = config.train, config.data
+  if int(t.segment_size) % int(d.hop_length):
+    raise ValueError(f"train.segment_size={t.segment_size} must be a multiple of "
+                     f"data.hop_length={d.hop_length}")
+  for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
+    if int(t[key]) <= 0:
+      raise ValueError(f"train.{key} must be positive, got {t[key]}")
+  if not d.dir:
+    raise ValueError("config.data.dir is not set: pass --config.data.dir=<dir written by "
+                     "data_prep/prepare.py>")
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks at step boundaries.
+
+  With several processes, JAX's preemption service (which listens to SIGTERM itself) picks
+  one step at which every process saves, so they write the same checkpoint.
+  """
+
+  def __init__(self):
+    self.multi_process = parallel.is_distributed() and jax.process_count() > 1
+    self._flag = threading.Event()
+    self._previous = None
+    if not self.multi_process and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
+
+  def reached(self, step: int) -> bool:
+    if self.multi_process:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._flag.is_set()
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       step_hook=None) -> Optional[state_lib.TrainState]:
+  """Trains (or resumes) the run in `workdir` until `config.train.num_steps`.
+
+  Args:
+    config: full config (configs/*.py).
+    workdir: run directory (checkpoints, metrics.jsonl, TensorBoard events, config.json).
+    step_hook: optional `f(train_step) -> train_step` applied before jit (tests count
+      traces with it).
+
+  Returns:
+    The final train state.
+
+  Raises:
+    ValueError / FileNotFoundError: bad config, data dir or init_from.
+    NonFiniteError: too many consecutive non-finite steps.
+  """
+  check_config(config)
+  t = config.train
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  # --- Mesh ------------------------------------------------------------------------------
+  mesh = parallel.make_mesh()
+  repl = parallel.replicated(mesh)
+  local_batch = parallel.local_batch_size(int(t.batch_size))
+
+  # --- Input -----------------------------------------------------------------------------
+  train_data = input_pipeline.TrainInput(config, local_batch)
+  val_batch = input_pipeline.validation_batch(config)
+
+  # --- Models, optimizers, state ---------------------------------------------------------
+  generator, discriminator = build_models(config)
+  tx_g, tx_d = state_lib.make_optimizer(t), state_lib.make_optimizer(t)
+  lr_fn = state_lib.learning_rate_fn(t, train_data.steps_per_epoch)
+
+  def init_state(rng):
+    gen_vars, disc_vars = init_variables(config, generator, discriminator, rng)
+    return state_lib.create_train_state(jax.random.fold_in(rng, 1), gen_vars, disc_vars,
+                                        tx_g, tx_d)
+
+  rng = jax.random.PRNGKey(int(t.seed))
+  abstract = jax.eval_shape(init_state, rng)
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
+  state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, abstract)
+
+  ckpt = checkpoint_lib.Checkpointer(workdir, int(t.max_to_keep))
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, data_state = ckpt.restore(latest, abstract)
+    train_data.set_state(data_state)
+    logging.info("resumed from %s at step %d", ckpt.directory, latest)
+  else:
+    state = jax.jit(init_state, out_shardings=state_sharding)(rng)
+    if t.init_from:
+      state = warm_start.warm_start(state, t.init_from, config, repl)
+  if is_main:
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+      json.dump(config.to_dict(), f, indent=2, default=str)
+
+  # --- Update step -----------------------------------------------------------------------
+  step_fn = step_lib.make_train_step(config, generator, discriminator, tx_g, tx_d, lr_fn)
+  if step_hook is not None:
+    step_fn = step_hook(step_fn)
+  batch_sharding = parallel.batch_sharding(mesh)
+  train_step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
+                       out_shardings=(state_sharding, repl), donate_argnums=0)
+  evaluator = evaluation.Evaluator(config, generator, val_batch, mesh) \
+      if val_batch is not None else None
+
+  # --- Loop ------------------------------------------------------------------------------
+  step = int(state.step)
+  num_steps = int(t.num_steps)
+  max_nonfinite = int(t.get("max_nonfinite_steps", DEFAULT_MAX_NONFINITE))
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main,
+                                    resume_step=step if latest is not None else None)
+  preemption = _Preemption()
+  progress = _progress_bar(is_main, step, num_steps)
+  devices = jax.device_count()
+  last_saved = latest
+  pending = None   # (step, metrics) of the previous step: read after the next is dispatched
+  interval_start, interval_steps = time.perf_counter(), 0
+  try:
+    if evaluator is not None and step == 0 and latest is None:
+      evaluator.run_and_log(state.params["generator"], step, writer)
+    while step < num_steps:
+      batch = parallel.global_batch(next(train_data), mesh)
+      state, metrics = train_step(state, batch)
+      step += 1
+      interval_steps += 1
+      progress.update(1)
+
+      # The non-finite guard reads the previous step, so the host never waits on this one.
+      if pending is not None:
+        _check_nonfinite(*pending, max_nonfinite, last_saved)
+      pending = (step, metrics)
+
+      if step % int(t.log_every) == 0 or step == num_steps:
+        host = jax.device_get(metrics)
+        elapsed = time.perf_counter() - interval_start
+        scalars = dict(host, steps_per_sec=interval_steps / max(elapsed, 1e-9), devices=devices)
+        writer.write_scalars(step, scalars)
+        progress.set_postfix({"g": f"{float(host['loss/g/total']):.3f}",
+                              "d": f"{float(host['loss/d/total']):.3f}",
+                              "mel": f"{float(host['loss/g/mel']):.3f}"}, refresh=False)
+        interval_start, interval_steps = time.perf_counter(), 0
+
+      if evaluator is not None and step % int(t.eval_every) == 0:
+        evaluator.run_and_log(state.params["generator"], step, writer)
+        interval_start, interval_steps = time.perf_counter(), 0
+
+      preempted = preemption.reached(step)
+      if step % int(t.checkpoint_every) == 0 or step == num_steps or preempted:
+        _check_nonfinite(*pending, max_nonfinite, last_saved)
+        pending = None
+        if ckpt.save(step, state, train_data.get_state(), config):
+          last_saved = step
+      if preempted:
+        logging.warning("SIGTERM: saved step %d, exiting", step)
+        if is_main:
+          progress.write(f"preempted: checkpoint saved at step {step}")
+        break
+  finally:
+    ckpt.close()
+    writer.close()
+    progress.close()
+    preemption.close()
+    train_data.close()
+  return state
+
+
+def _check_nonfinite(step: int, metrics: dict, max_nonfinite: int, last_saved):
+  streak = int(metrics["nonfinite/streak"])
+  if streak == 0:
+    return
+  logging.warning("step %d: non-finite loss or gradients, update skipped (%d in a row)",
+                  step, streak)
+  if streak >= max_nonfinite:
+    raise NonFiniteError(
+        f"training stopped at step {step}: {streak} non-finite steps in a row (steps "
+        f"{step - streak + 1}..{step} skipped); last checkpoint: "
+        f"{'none' if last_saved is None else f'step {last_saved}'}")
+
+
+def _progress_bar(enabled: bool, step: int, total: int):
+  from tqdm import tqdm
+  return tqdm(initial=step, total=total, disable=not enabled, unit="step",
+              dynamic_ncols=True, smoothing=0.1)

@@ -1,0 +1,139 @@
+"""Training logs: `metrics.jsonl`, TensorBoard events, plots. Written by process 0 only.
+
+`workdir/metrics.jsonl` gets one JSON object per logged step (`step`, `loss/...`,
+`grad_norm/...`, `lr`, `steps_per_sec`, `devices`, ...); the TensorBoard event files in the
+workdir get the same scalars plus the evaluation images and audio.
+"""
+
+import json
+import os
+from typing import Mapping, Optional
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricWriter:
+  """Appends scalars to metrics.jsonl and TensorBoard; images and audio to TensorBoard.
+
+  Args:
+    workdir: the run directory.
+    enabled: False on every process but 0 (then every call is a no-op).
+    resume_step: when resuming, rows logged after this step by the interrupted run are
+      dropped from metrics.jsonl, so the file reads as one uninterrupted run.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: Optional[int] = None):
+    self.enabled = enabled
+    self._tb = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, METRICS_FILE)
+    if resume_step is not None and os.path.exists(self.path):
+      _truncate_after(self.path, resume_step)
+    self._file = open(self.path, "a")
+    from tensorboardX import SummaryWriter  # heavy import; process 0 only
+    self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]):
+    if not self.enabled:
+      return
+    row = {"step": int(step)}
+    row.update({k: _to_python(v) for k, v in scalars.items()})
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+    for k, v in row.items():
+      if k != "step" and isinstance(v, (int, float)):
+        self._tb.add_scalar(k, v, step)
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]):
+    """images: name -> [H, W, 3] uint8."""
+    if not self.enabled:
+      return
+    for k, v in images.items():
+      self._tb.add_image(k, v, step, dataformats="HWC")
+
+  def write_audios(self, step: int, audios: Mapping[str, np.ndarray], sample_rate: int):
+    """audios: name -> [T] float in [-1, 1]."""
+    if not self.enabled:
+      return
+    for k, v in audios.items():
+      self._tb.add_audio(k, np.clip(np.asarray(v, np.float32), -1, 1), step,
+                         sample_rate=sample_rate)
+
+  def flush(self):
+    if self.enabled:
+      self._file.flush()
+      self._tb.flush()
+
+  def close(self):
+    if self.enabled:
+      self._file.close()
+      self._tb.close()
+      self.enabled = False
+
+
+def _to_python(v):
+  v = np.asarray(v)
+  if v.dtype.kind in "iub":
+    return int(v)
+  f = float(v)
+  # JSON has no NaN/Inf; keep them readable as strings rather than writing invalid JSON.
+  return f if np.isfinite(f) else str(f)
+
+
+def _truncate_after(path: str, step: int):
+  with open(path) as f:
+    rows = [line for line in f if line.strip()]
+  keep = [line for line in rows if json.loads(line).get("step", 0) <= step]
+  if len(keep) != len(rows):
+    with open(path, "w") as f:
+      f.writelines(keep)
+
+
+def read_metrics(workdir: str) -> list:
+  """All rows of `workdir/metrics.jsonl` as dicts."""
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_spectrogram(spec: np.ndarray) -> np.ndarray:
+  """[T, n_mels] log-mel -> [H, W, 3] uint8 image (time on x)."""
+  fig, ax = _figure((10, 2.5))
+  im = ax.imshow(np.asarray(spec, np.float32).T, aspect="auto", origin="lower",
+                 interpolation="none")
+  fig.colorbar(im, ax=ax)
+  ax.set_xlabel("frames")
+  ax.set_ylabel("channels")
+  return _render(fig)
+
+
+def plot_alignment(attn: np.ndarray, title: str = "") -> np.ndarray:
+  """[T_frames, T_text] alignment -> [H, W, 3] uint8 image (text on y, frames on x)."""
+  fig, ax = _figure((6, 4))
+  im = ax.imshow(np.asarray(attn, np.float32).T, aspect="auto", origin="lower",
+                 interpolation="none")
+  fig.colorbar(im, ax=ax)
+  ax.set_xlabel("decoder frames")
+  ax.set_ylabel("text tokens")
+  if title:
+    ax.set_title(title)
+  return _render(fig)
+
+
+def _figure(size):
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=size, dpi=80)
+  return fig, fig.add_subplot(1, 1, 1)
+
+
+def _render(fig) -> np.ndarray:
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  canvas = FigureCanvasAgg(fig)
+  fig.tight_layout()
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -1,0 +1,94 @@
+"""Data parallelism: one 1-D mesh over every device of every host (DESIGN.md, decision 2).
+
+The train state is replicated; each batch is split along its first axis over the `data` axis,
+so XLA averages gradients with an all-reduce. Each host loads only its own rows
+(`global_batch // process_count`) and `global_batch` assembles them into one global array.
+"""
+
+from typing import Mapping, Optional
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None) -> None:
+  """Joins a multi-process run when there is one; a no-op for a single process.
+
+  With explicit arguments (or JAX_COORDINATOR_ADDRESS set) they are used as given; otherwise
+  JAX's cluster auto-detection (Cloud TPU, SLURM, Open MPI, ...) decides, and finding no
+  cluster means a plain single-process run. Must be called before any JAX computation.
+  """
+  if num_processes is not None and num_processes > 1 or coordinator_address:
+    if coordinator_address is None or num_processes is None or process_id is None:
+      raise ValueError("--coordinator_address, --num_processes and --process_id go together")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    return
+  try:
+    jax.distributed.initialize()
+  except (ValueError, RuntimeError):
+    # No coordinator and no cluster detected: a single-process run.
+    pass
+
+
+def is_distributed() -> bool:
+  """Whether `jax.distributed.initialize()` has connected this process to others."""
+  from jax._src import distributed  # the public API has no query for this
+  return distributed.global_state.client is not None
+
+
+def make_mesh() -> Mesh:
+  """A 1-D mesh named `data` over all devices of all processes."""
+  return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P("data"))
+
+
+def local_batch_size(global_batch_size: int) -> int:
+  """Rows of each global batch this process loads; checks the batch splits evenly."""
+  n_dev, n_proc = jax.device_count(), jax.process_count()
+  if global_batch_size % n_dev:
+    raise ValueError(f"train.batch_size={global_batch_size} must be a multiple of the number "
+                     f"of devices ({n_dev})")
+  return global_batch_size // n_proc
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
+  """Assembles each host's rows into global arrays sharded over `data`.
+
+  Args:
+    local: this process's rows, every array `[global_batch / process_count, ...]`.
+    mesh: the data mesh.
+
+  Returns:
+    The same keys as global `jax.Array`s of `[global_batch, ...]`.
+  """
+  local = {k: np.asarray(v) for k, v in local.items()}
+  if jax.process_count() > 1:
+    local = _pad_to_common_shape(local)
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def _pad_to_common_shape(local: dict) -> dict:
+  """Zero-pads each array to the largest shape any process has (hosts may pick different
+  length buckets for the same step; the masks make the extra padding inert)."""
+  from jax.experimental import multihost_utils
+  keys = sorted(local)
+  dims = np.concatenate([np.asarray(local[k].shape, np.int64) for k in keys])
+  dims = np.max(multihost_utils.process_allgather(dims), axis=0)
+  out, i = {}, 0
+  for k in keys:
+    v = local[k]
+    target = dims[i:i + v.ndim]
+    i += v.ndim
+    out[k] = np.pad(v, [(0, int(t) - s) for s, t in zip(v.shape, target)])
+  return out

@@ -1,0 +1,178 @@
+"""One VITS training step: update the discriminator, then the generator, as the official
+`train.py` does, in a single jitted function.
+
+Per step (the official order):
+  1. Spectrograms of the batch's audio, computed on device.
+  2. Generator forward (MAS inside, under stop_gradient): a random window of `segment_size`
+     samples is decoded; `y_hat` [B, segment_size, 1].
+  3. Discriminator update on (real window, y_hat detached): LSGAN loss.
+  4. Generator update against the *updated* discriminator: LSGAN + feature matching + mel L1
+     on the window + KL + duration NLL, weighted by `config.loss`.
+
+The generator's forward pass runs once: `jax.vjp` keeps it for step 4, so the cost is one G
+forward + backward and two D forward/backward passes, like the PyTorch code.
+
+A step whose losses, gradients or new params are not all finite changes nothing but the step
+counter and the non-finite counters (the caller stops after several in a row).
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from vits_jax import audio
+from vits_jax import losses
+from vits_jax.models import commons
+from vits_jax.training import state as state_lib
+
+Batch = dict
+
+
+def waveform(batch: Batch, data: ml_collections.ConfigDict) -> jax.Array:
+  """The batch's audio as float `[B, T]` in [-1, 1] (shards store int16)."""
+  wav = batch["audio"]
+  if jnp.issubdtype(wav.dtype, jnp.integer):
+    wav = wav.astype(jnp.float32) / data.max_wav_value
+  return wav.astype(jnp.float32)
+
+
+def step_rngs(rng: jax.Array, step: jax.Array) -> dict:
+  """The named RNG streams of step `step`: fold_in(rng, step) split three ways."""
+  keys = jax.random.split(jax.random.fold_in(rng, step), 3)
+  return {"dropout": keys[0], "noise": keys[1], "slice": keys[2]}
+
+
+def _with_lr(opt_state, lr):
+  hparams = dict(opt_state.hyperparams)
+  hparams["learning_rate"] = jnp.asarray(lr, jnp.asarray(hparams["learning_rate"]).dtype)
+  return opt_state._replace(hyperparams=hparams)
+
+
+def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
+                    tx_g: optax.GradientTransformation, tx_d: optax.GradientTransformation,
+                    lr_fn: Callable) -> Callable:
+  """Builds `train_step(state, batch) -> (state, metrics)` (not yet jitted).
+
+  Args:
+    config: the full config.
+    generator: a `SynthesizerTrn`.
+    discriminator: a `MultiPeriodDiscriminator`.
+    tx_g, tx_d: optimizers from `state.make_optimizer`.
+    lr_fn: step -> learning rate.
+
+  The batch holds `text` int32 [B, T_text], `text_lengths` [B], `audio` int16 [B, T_audio],
+  `audio_lengths` [B] and, for multi-speaker configs, `sid` [B].
+  """
+  data = config.data
+  hop = int(data.hop_length)
+  segment = int(config.train.segment_size)
+  segment_frames = segment // hop
+  w = config.loss
+  weights = {k: float(w[k]) for k in ("mel", "kl", "dur", "fm", "adv")}
+  multi_speaker = int(config.model.n_speakers) > 1
+
+  def d_apply(d_params, d_state, y, y_hat):
+    """MPD scores; returns (outputs, new non-param collections)."""
+    if d_state:
+      return discriminator.apply({"params": d_params, **d_state}, y, y_hat,
+                                 update_stats=True, mutable=list(d_state))
+    return discriminator.apply({"params": d_params}, y, y_hat), d_state
+
+  def train_step(state: state_lib.TrainState, batch: Batch):
+    rngs = step_rngs(state.rng, state.step)
+    lr = lr_fn(state.step)
+    wav = waveform(batch, data)
+    wav_lengths = batch["audio_lengths"]
+    spec = audio.spectrogram_from_config(wav, data, wav_lengths)      # [B, T_frames, F]
+    spec_lengths = wav_lengths // hop
+    x, x_lengths = batch["text"], batch["text_lengths"]
+    sid = batch["sid"] if multi_speaker else None
+    g_params = state.params["generator"]
+    d_params = state.params["discriminator"]
+    d_state = state.model_state["discriminator"]
+
+    # --- Generator forward (kept for the G update) ---------------------------------------
+    def g_forward(params):
+      (y_hat, l_length, attn, ids_slice, _, z_mask,
+       (_, z_p, m_p, logs_p, _, logs_q)) = generator.apply(
+           {"params": params}, x, x_lengths, spec, spec_lengths, sid, train=True, rngs=rngs)
+      return (y_hat, l_length, z_p, logs_q, m_p, logs_p), (attn, ids_slice, z_mask)
+
+    g_out, g_vjp, (attn, ids_slice, z_mask) = jax.vjp(g_forward, g_params, has_aux=True)
+    mel = audio.spec_to_mel_from_config(spec, data)
+    y_mel = commons.slice_segments(mel, ids_slice, segment_frames)
+    y = commons.slice_segments(wav[..., None], ids_slice * hop, segment)   # [B, segment, 1]
+
+    # --- Discriminator update --------------------------------------------------------------
+    y_hat_detached = jax.lax.stop_gradient(g_out[0]).astype(jnp.float32)
+
+    def d_loss_fn(params):
+      (d_real, d_fake, _, _), new_d_state = d_apply(params, d_state, y, y_hat_detached)
+      loss, real_losses, fake_losses = losses.discriminator_loss(d_real, d_fake)
+      return loss, (new_d_state, sum(real_losses), sum(fake_losses))
+
+    (loss_d, (d_state_after_d, loss_d_real, loss_d_fake)), d_grads = jax.value_and_grad(
+        d_loss_fn, has_aux=True)(d_params)
+    d_updates, d_opt = tx_d.update(
+        d_grads, _with_lr(state.opt_state["discriminator"], lr), d_params)
+    new_d_params = optax.apply_updates(d_params, d_updates)
+
+    # --- Generator update (against the updated discriminator) -----------------------------
+    def g_loss_fn(outs):
+      y_hat, l_length, z_p, logs_q, m_p, logs_p = outs
+      y_hat = y_hat.astype(jnp.float32)
+      y_hat_mel = audio.mel_from_config(y_hat[..., 0], data)
+      (_, d_fake, fmap_real, fmap_fake), new_state = d_apply(
+          new_d_params, d_state_after_d, y, y_hat)
+      terms = {
+          "mel": jnp.mean(jnp.abs(y_mel - y_hat_mel)),
+          "kl": losses.kl_loss(z_p.astype(jnp.float32), logs_q.astype(jnp.float32),
+                               m_p.astype(jnp.float32), logs_p.astype(jnp.float32), z_mask),
+          "dur": jnp.sum(l_length.astype(jnp.float32)),
+          "fm": losses.feature_loss(fmap_real, fmap_fake),
+          "adv": losses.generator_loss(d_fake)[0],
+      }
+      total = sum(weights[k] * v for k, v in terms.items())
+      return total, (terms, new_state)
+
+    (loss_g, (g_terms, d_state_after_g)), out_grads = jax.value_and_grad(
+        g_loss_fn, has_aux=True)(g_out)
+    (g_grads,) = g_vjp(out_grads)
+    g_updates, g_opt = tx_g.update(
+        g_grads, _with_lr(state.opt_state["generator"], lr), g_params)
+    new_g_params = optax.apply_updates(g_params, g_updates)
+
+    # --- Skip the whole update if anything is non-finite ---------------------------------
+    new_params = {"generator": new_g_params, "discriminator": new_d_params}
+    ok = (jnp.isfinite(loss_d) & jnp.isfinite(loss_g)
+          & state_lib.tree_all_finite((d_grads, g_grads, new_params)))
+    keep = lambda new, old: jax.tree_util.tree_map(
+        lambda a, b: jnp.where(ok, a, b), new, old)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        model_state=keep({"discriminator": d_state_after_g}, state.model_state),
+        opt_state=keep({"generator": g_opt, "discriminator": d_opt}, state.opt_state),
+        nonfinite_streak=jnp.where(ok, 0, state.nonfinite_streak + 1),
+        nonfinite_total=state.nonfinite_total + jnp.where(ok, 0, 1),
+    )
+
+    metrics = {
+        "loss/d/total": loss_d,
+        "loss/d/real": loss_d_real,
+        "loss/d/fake": loss_d_fake,
+        "loss/g/total": loss_g,
+        **{f"loss/g/{k}": v for k, v in g_terms.items()},
+        "grad_norm/d": optax.global_norm(d_grads),
+        "grad_norm/g": optax.global_norm(g_grads),
+        "lr": lr,
+        "nonfinite/skipped": jnp.logical_not(ok).astype(jnp.int32),
+        "nonfinite/streak": new_state.nonfinite_streak,
+        "nonfinite/total": new_state.nonfinite_total,
+    }
+    return new_state, metrics
+
+  return train_step

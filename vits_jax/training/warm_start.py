@@ -1,0 +1,88 @@
+"""Fine-tuning: initialize the generator from an existing voice (`config.train.init_from`).
+
+Accepted sources:
+  - a training workdir of this project (its latest checkpoint),
+  - a Piper voice (`voice.onnx` with `voice.onnx.json` beside it),
+  - an official jaywalnut310/vits generator checkpoint (`G_*.pth`).
+
+Every generator parameter the source has is copied; those it lacks (a Piper export has no
+posterior encoder `enc_q` and no `dp.post_*` flows) keep their fresh initialization, and the
+discriminator and optimizer states always start fresh. A parameter with a different shape is
+an error that names it: the config's model section must describe the source's architecture.
+"""
+
+import logging
+import os
+from typing import Any, Dict, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+from vits_jax.training import state as state_lib
+
+
+def load_source_params(path: str) -> Tuple[Dict[str, Any], str]:
+  """Generator params (flax layout) of `path` and a short description of the source."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"train.init_from: {path} does not exist")
+  if os.path.isdir(path):
+    from vits_jax.training.checkpoint import load_generator_params
+    _, params, step = load_generator_params(path)
+    return params, f"workdir {path} (step {step})"
+  from vits_jax.convert import torch_names
+  if path.endswith(".onnx"):
+    from vits_jax.convert.piper import load_piper
+    state_dict = load_piper(path).state_dict
+    kind = "Piper voice"
+  elif path.endswith((".pth", ".pt")):
+    from vits_jax.convert.official_pth import load_official_checkpoint
+    state_dict, _ = load_official_checkpoint(path)
+    kind = "official checkpoint"
+  else:
+    raise ValueError(f"train.init_from: {path} is not a workdir, Piper .onnx voice or "
+                     "official G_*.pth checkpoint")
+  return torch_names.torch_to_flax(state_dict), f"{kind} {path}"
+
+
+def merge_params(target: Dict[str, Any], source: Dict[str, Any],
+                 source_name: str) -> Tuple[Dict[str, Any], int, int]:
+  """Copies `source` leaves into `target` where the paths match.
+
+  Returns:
+    (merged params, number copied, number kept from `target`).
+
+  Raises:
+    ValueError: a shared parameter has a different shape, or nothing matches.
+  """
+  flat_t = traverse_util.flatten_dict(target, sep="/")
+  flat_s = traverse_util.flatten_dict(source, sep="/")
+  mismatched = [f"{k}: model {tuple(np.shape(flat_t[k]))} vs source "
+                f"{tuple(np.shape(flat_s[k]))}"
+                for k in sorted(flat_t) if k in flat_s
+                and tuple(np.shape(flat_t[k])) != tuple(np.shape(flat_s[k]))]
+  if mismatched:
+    more = f" (and {len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
+    raise ValueError(f"train.init_from: {source_name} does not match config.model: "
+                     f"{'; '.join(mismatched[:3])}{more}")
+  copied = [k for k in flat_t if k in flat_s]
+  if not copied:
+    raise ValueError(f"train.init_from: {source_name} shares no parameter with the model")
+  merged = {k: np.asarray(flat_s[k], np.asarray(flat_t[k]).dtype) if k in flat_s else v
+            for k, v in flat_t.items()}
+  return traverse_util.unflatten_dict(merged, sep="/"), len(copied), len(flat_t) - len(copied)
+
+
+def warm_start(state: state_lib.TrainState, path: str, config: ml_collections.ConfigDict,
+               sharding) -> state_lib.TrainState:
+  """`state` with its generator params taken from `path` where it has them."""
+  source, name = load_source_params(path)
+  target = jax.device_get(state.params["generator"])
+  merged, copied, kept = merge_params(target, source, name)
+  logging.info("init_from %s: %d generator tensors copied, %d freshly initialized",
+               name, copied, kept)
+  if jax.process_index() == 0:
+    print(f"init_from {name}: {copied} generator tensors copied, {kept} fresh")
+  merged = jax.device_put(merged, sharding)
+  return state.replace(params={**state.params, "generator": merged})

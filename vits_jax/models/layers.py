@@ -128,16 +128,37 @@ class ConvTranspose1d(nn.Module, _WeightMixin):
     # weight_norm(dim=0) on a torch ConvTranspose1d normalizes per *input* channel.
     w = self._kernel((self.kernel_size, cin, self.features), fan_in, 1, self.init_std)
     dtype = self.dtype or x.dtype
-    # A transposed conv is a conv over the stride-dilated input with a flipped kernel.
-    edge = self.kernel_size - 1 - self.padding
-    y = jax.lax.conv_general_dilated(
-        x.astype(dtype), jnp.flip(w, 0).astype(dtype), window_strides=(1,),
-        padding=[(edge, edge)], lhs_dilation=(self.stride,),
-        dimension_numbers=("NWC", "WIO", "NWC"))
+    y = _conv_transpose_polyphase(x.astype(dtype), w.astype(dtype), self.stride, self.padding)
     if self.use_bias:
       b = self.param("bias", _torch_uniform(fan_in), (self.features,))
       y = y + b.astype(dtype)
     return y
+
+
+def _conv_transpose_polyphase(x: jax.Array, w: jax.Array, stride: int, padding: int):
+  """torch's ConvTranspose1d as one ordinary conv, without a zero-stuffed input.
+
+  Output sample `j` with `j + padding = q * stride + r` is `sum_l x[q - l] @ w[l * stride + r]`,
+  so a conv with `ceil(K / stride)` taps and `stride * Cout` outputs (phase r in block r),
+  reshaped to time, gives all phases at once: `stride` times fewer multiply-adds than a conv
+  over the stride-dilated input (`lhs_dilation`), same result.
+
+  Args:
+    x: [B, T, Cin]; w: [K, Cin, Cout] (our layout); stride, padding: as in torch.
+
+  Returns:
+    [B, (T - 1) * stride - 2 * padding + K, Cout].
+  """
+  k, cin, cout = w.shape
+  taps = -(-k // stride)
+  w = jnp.pad(w, ((0, taps * stride - k), (0, 0), (0, 0)))
+  w = w.reshape(taps, stride, cin, cout).transpose(0, 2, 1, 3).reshape(taps, cin, stride * cout)
+  y = jax.lax.conv_general_dilated(
+      x, jnp.flip(w, 0), window_strides=(1,), padding=[(taps - 1, taps - 1)],
+      dimension_numbers=("NWC", "WIO", "NWC"))
+  b, t = x.shape[:2]
+  y = y.reshape(b, (t + taps - 1) * stride, cout)
+  return y[:, padding:padding + (t - 1) * stride - 2 * padding + k]
 
 
 class Conv2d(nn.Module, _WeightMixin):

@@ -11,8 +11,12 @@ On a multi-host TPU/GPU cluster the processes find each other automatically
 and `--process_id` (or the JAX_* environment variables), e.g. two CPU processes on one machine:
 
     python train.py ... --coordinator_address=localhost:12345 --num_processes=2 --process_id=0
+
+Compiled programs are cached in ~/.cache/vits_jax/xla (set VITS_JAX_XLA_CACHE= to disable), so
+a restarted run skips most of its compilation.
 """
 
+import os
 import sys
 
 from absl import app
@@ -28,6 +32,16 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
 
 
+def _enable_compilation_cache():
+  cache = os.environ.get("VITS_JAX_XLA_CACHE",
+                         os.path.join(os.path.expanduser("~"), ".cache", "vits_jax", "xla"))
+  if not cache:
+    return
+  import jax
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -39,6 +53,7 @@ def main(argv):
   from vits_jax import training
   from vits_jax.training import parallel
 
+  _enable_compilation_cache()
   try:
     # Must run before anything touches a JAX device.
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -53,4 +68,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Orbax and JAX log every checkpoint step at INFO; --verbosity=0 shows them.
+  flags.FLAGS.set_default("verbosity", -1)
   app.run(main)

@@ -152,9 +152,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if latest is not None:
     state, data_state = ckpt.restore(latest, abstract)
     train_data.set_state(data_state)
-    logging.info("resumed from %s at step %d", ckpt.directory, latest)
+    if is_main:
+      print(f"resuming from step {latest} ({ckpt.directory})", flush=True)
   else:
-    state = jax.jit(init_state, out_shardings=state_sharding)(rng)
+    # Initialization runs once: on CPU, skip LLVM's optimizations, which cost more than the
+    # program ever runs (hundreds of small random-init kernels).
+    options = ({"xla_backend_optimization_level": 0}
+               if jax.default_backend() == "cpu" else None)
+    state = jax.jit(init_state, out_shardings=state_sharding, compiler_options=options)(rng)
     if t.init_from:
       state = warm_start.warm_start(state, t.init_from, config, repl)
   if is_main:
@@ -165,8 +170,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step_fn = step_lib.make_train_step(config, generator, discriminator, tx_g, tx_d, lr_fn)
   if step_hook is not None:
     step_fn = step_hook(step_fn)
+  traces = [0]
+
+  def counted_step(state, batch):
+    traces[0] += 1      # runs only when jit traces: once per distinct batch shape
+    return step_fn(state, batch)
   batch_sharding = parallel.batch_sharding(mesh)
-  train_step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
+  train_step = jax.jit(counted_step, in_shardings=(state_sharding, batch_sharding),
                        out_shardings=(state_sharding, repl), donate_argnums=0)
   evaluator = evaluation.Evaluator(config, generator, val_batch, mesh) \
       if val_batch is not None else None
@@ -184,7 +194,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   pending = None   # (step, metrics) of the previous step: read after the next is dispatched
   interval_start, interval_steps = time.perf_counter(), 0
   try:
-    if evaluator is not None and step == 0 and latest is None:
+    # A reference point before any update (fresh runs that will evaluate at all).
+    if evaluator is not None and step == 0 and latest is None and \
+        int(t.eval_every) <= num_steps:
       evaluator.run_and_log(state.params["generator"], step, writer)
     while step < num_steps:
       batch = parallel.global_batch(next(train_data), mesh)
@@ -202,6 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         host = jax.device_get(metrics)
         elapsed = time.perf_counter() - interval_start
         scalars = dict(host, steps_per_sec=interval_steps / max(elapsed, 1e-9), devices=devices)
+        # One trace per distinct batch shape (length bucket); more means recompiles.
+        scalars["jit/train_step_traces"] = traces[0]
         writer.write_scalars(step, scalars)
         progress.set_postfix({"g": f"{float(host['loss/g/total']):.3f}",
                               "d": f"{float(host['loss/d/total']):.3f}",

@@ -128,10 +128,10 @@ def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
       (_, d_fake, fmap_real, fmap_fake), new_state = d_apply(
           new_d_params, d_state_after_d, y, y_hat)
       terms = {
-          "mel": jnp.mean(jnp.abs(y_mel - y_hat_mel)),
+          "mel": losses.mel_loss(y_mel, y_hat_mel),
           "kl": losses.kl_loss(z_p.astype(jnp.float32), logs_q.astype(jnp.float32),
                                m_p.astype(jnp.float32), logs_p.astype(jnp.float32), z_mask),
-          "dur": jnp.sum(l_length.astype(jnp.float32)),
+          "dur": losses.duration_loss(l_length),
           "fm": losses.feature_loss(fmap_real, fmap_fake),
           "adv": losses.generator_loss(d_fake)[0],
       }
@@ -146,9 +146,11 @@ def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
     new_g_params = optax.apply_updates(g_params, g_updates)
 
     # --- Skip the whole update if anything is non-finite ---------------------------------
-    new_params = {"generator": new_g_params, "discriminator": new_d_params}
+    # A global norm is finite iff every gradient element is; AdamW then keeps params finite.
+    grad_norm_d, grad_norm_g = optax.global_norm(d_grads), optax.global_norm(g_grads)
     ok = (jnp.isfinite(loss_d) & jnp.isfinite(loss_g)
-          & state_lib.tree_all_finite((d_grads, g_grads, new_params)))
+          & jnp.isfinite(grad_norm_d) & jnp.isfinite(grad_norm_g))
+    new_params = {"generator": new_g_params, "discriminator": new_d_params}
     keep = lambda new, old: jax.tree_util.tree_map(
         lambda a, b: jnp.where(ok, a, b), new, old)
     new_state = state.replace(
@@ -166,8 +168,8 @@ def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
         "loss/d/fake": loss_d_fake,
         "loss/g/total": loss_g,
         **{f"loss/g/{k}": v for k, v in g_terms.items()},
-        "grad_norm/d": optax.global_norm(d_grads),
-        "grad_norm/g": optax.global_norm(g_grads),
+        "grad_norm/d": grad_norm_d,
+        "grad_norm/g": grad_norm_g,
         "lr": lr,
         "nonfinite/skipped": jnp.logical_not(ok).astype(jnp.int32),
         "nonfinite/streak": new_state.nonfinite_streak,

@@ -7,6 +7,7 @@ workdir get the same scalars plus the evaluation images and audio.
 
 import json
 import os
+import time
 from typing import Mapping, Optional
 
 import numpy as np
@@ -42,10 +43,11 @@ class MetricWriter:
       return
     row = {"step": int(step)}
     row.update({k: _to_python(v) for k, v in scalars.items()})
+    row["time"] = time.time()   # wall clock, for curves over time (not sent to TensorBoard)
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
     for k, v in row.items():
-      if k != "step" and isinstance(v, (int, float)):
+      if k not in ("step", "time") and isinstance(v, (int, float)):
         self._tb.add_scalar(k, v, step)
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]):
@@ -124,8 +126,8 @@ def plot_alignment(attn: np.ndarray, title: str = "") -> np.ndarray:
 
 
 def _figure(size):
-  import matplotlib
-  matplotlib.use("Agg")
+  # A bare Figure rendered by FigureCanvasAgg needs no pyplot backend; `matplotlib.use("Agg")`
+  # here would switch a notebook that trains in-process away from its inline plots.
   from matplotlib.figure import Figure
   fig = Figure(figsize=size, dpi=80)
   return fig, fig.add_subplot(1, 1, 1)

@@ -1,0 +1,345 @@
+"""Training: the jitted D+G step, and `train.py` runs on a synthetic corpus.
+
+The CLI runs use `tests/train_config.py` (the real VITS modules at micro widths) in
+subprocesses that share an XLA cache (see train_utils.py): the first run compiles the step
+once, the others reuse it.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import train_utils as tu
+from vits_jax.models import commons
+from vits_jax.training import loop
+from vits_jax.training import state as state_lib
+from vits_jax.training import step as step_lib
+from vits_jax.training import warm_start
+
+PIPER_MULTI = tu.REPO / "tests" / "fixtures" / "piper_tiny_multi.onnx"
+PIPER_HIGH = tu.REPO / "tests" / "fixtures" / "piper_tiny_high.onnx"
+EVAL = ("--config.train.eval_every=2",)
+
+
+# --- The step on a stand-in model (cheap to compile) ---------------------------------------
+
+class _FakeSynth(nn.Module):
+  """Stand-in with SynthesizerTrn's training interface and outputs."""
+  segment_frames: int = 4
+  hop: int = 256
+
+  @nn.compact
+  def __call__(self, x, x_lengths, y, y_lengths, sid=None, *, train=True):
+    b, t_y = y.shape[0], y.shape[1]
+    x_mask = commons.sequence_mask(x_lengths, x.shape[1])[..., None].astype(jnp.float32)
+    y_mask = commons.sequence_mask(y_lengths, t_y)[..., None].astype(jnp.float32)
+    h = nn.Embed(10, 8)(x) * x_mask
+    z = nn.Dense(8)(jnp.log(y)) * y_mask
+    m_p = jnp.broadcast_to(jnp.mean(h, axis=1, keepdims=True), z.shape)
+    logs_p = 0.1 * m_p
+    z_p = nn.Dense(8)(z)
+    ids = jax.random.randint(self.make_rng("slice"), (b,), 0, t_y - self.segment_frames)
+    o = jnp.tanh(nn.Dense(self.hop)(commons.slice_segments(z, ids, self.segment_frames)))
+    o = o.reshape(b, self.segment_frames * self.hop, 1)
+    o = nn.Dropout(0.1, deterministic=not train)(o, rng=self.make_rng("dropout"))
+    l_length = jnp.sum(h ** 2, axis=(1, 2)) / jnp.sum(x_mask)
+    attn = jnp.zeros((b, t_y, x.shape[1]))
+    return o, l_length, attn, ids, x_mask, y_mask, (z, z_p, m_p, logs_p, z, 0.1 * z)
+
+
+class _FakeDisc(nn.Module):
+  """Stand-in with MultiPeriodDiscriminator's interface: two 'discriminators'."""
+
+  @nn.compact
+  def __call__(self, y, y_hat):
+    both = jnp.concatenate([y, y_hat], 0)
+    outs, fmaps = [], []
+    for i in range(2):
+      f = nn.tanh(nn.Dense(4, name=f"d{i}_0")(both.reshape(both.shape[0], -1, 32)))
+      outs.append(nn.Dense(1, name=f"d{i}_1")(f)[..., 0])
+      fmaps.append([f])
+    b = y.shape[0]
+    return ([o[:b] for o in outs], [o[b:] for o in outs],
+            [[f[:b] for f in fm] for fm in fmaps], [[f[b:] for f in fm] for fm in fmaps])
+
+
+def _fake_setup():
+  config = tu_config()
+  config.train.segment_size = 4 * 256
+  gen, disc = _FakeSynth(), _FakeDisc()
+  tx_g, tx_d = state_lib.make_optimizer(config.train), state_lib.make_optimizer(config.train)
+  lr_fn = state_lib.learning_rate_fn(config.train, 10)
+  rng = jax.random.PRNGKey(0)
+  batch = _batch(np.random.default_rng(0))
+  spec = jnp.ones((2, 12, 513))
+  gv = gen.init({"params": rng, "slice": rng, "dropout": rng}, batch["text"],
+                batch["text_lengths"], spec, jnp.array([12, 10]))
+  dv = disc.init(rng, jnp.zeros((2, 1024, 1)), jnp.zeros((2, 1024, 1)))
+  state = state_lib.create_train_state(jax.random.PRNGKey(1), gv, dv, tx_g, tx_d)
+  return config, gen, disc, tx_g, tx_d, lr_fn, state
+
+
+def tu_config():
+  sys.path.insert(0, str(tu.REPO / "tests"))
+  import train_config
+  return train_config.get_config()
+
+
+def _batch(rng, nan=False):
+  audio = (0.1 * rng.standard_normal((2, 12 * 256))).astype(np.float32)
+  if nan:
+    audio[0, 100] = np.nan
+  return {"text": jnp.asarray(rng.integers(1, 10, (2, 6)), jnp.int32),
+          "text_lengths": jnp.array([6, 4], jnp.int32), "audio": jnp.asarray(audio),
+          "audio_lengths": jnp.array([12 * 256, 10 * 256], jnp.int32),
+          "sid": jnp.zeros((2,), jnp.int32)}
+
+
+def test_step_updates_skips_nonfinite_and_never_retraces():
+  config, gen, disc, tx_g, tx_d, lr_fn, state = _fake_setup()
+  config.model.n_speakers = 0
+  step = jax.jit(chex.assert_max_traces(
+      step_lib.make_train_step(config, gen, disc, tx_g, tx_d, lr_fn), n=1))
+  rng = np.random.default_rng(1)
+  params0 = jax.device_get(state.params)
+
+  state, m = step(state, _batch(rng))
+  assert int(m["nonfinite/skipped"]) == 0
+  assert all(np.isfinite(float(v)) for k, v in m.items() if k.startswith("loss/"))
+  params1 = jax.device_get(state.params)
+  for part in ("generator", "discriminator"):
+    changed = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b),
+                                     params0[part], params1[part])
+    assert all(jax.tree_util.tree_leaves(changed)), part
+
+  # A NaN in the audio: nothing but the counters and the step moves.
+  opt1 = jax.device_get(state.opt_state)
+  state, m = step(state, _batch(rng, nan=True))
+  assert int(m["nonfinite/skipped"]) == 1 and int(m["nonfinite/streak"]) == 1
+  chex.assert_trees_all_equal(jax.device_get(state.params), params1)
+  chex.assert_trees_all_equal(jax.device_get(state.opt_state), opt1)
+  assert int(state.step) == 2
+
+  state, m = step(state, _batch(rng))   # same shapes: must not retrace
+  assert int(m["nonfinite/streak"]) == 0 and int(m["nonfinite/total"]) == 1
+
+
+def test_step_equals_two_phase_reference():
+  """D is updated first; G's loss uses the updated D (official train.py order)."""
+  config, gen, disc, tx_g, tx_d, lr_fn, state = _fake_setup()
+  config.model.n_speakers = 0
+  batch = _batch(np.random.default_rng(2))
+  new_state, _ = jax.jit(step_lib.make_train_step(config, gen, disc, tx_g, tx_d, lr_fn))(
+      state, batch)
+
+  from vits_jax import audio, losses
+  data, w = config.data, config.loss
+  rngs = step_lib.step_rngs(state.rng, state.step)
+  wav = step_lib.waveform(batch, data)
+  spec = audio.spectrogram_from_config(wav, data, batch["audio_lengths"])
+
+  def g_out(gp):
+    return gen.apply({"params": gp}, batch["text"], batch["text_lengths"], spec,
+                     batch["audio_lengths"] // 256, train=True, rngs=rngs)
+
+  gp, dp = state.params["generator"], state.params["discriminator"]
+  y_hat, l_length, _, ids, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = g_out(gp)
+  y = commons.slice_segments(wav[..., None], ids * 256, 1024)
+
+  def d_loss(p):
+    r, g, _, _ = disc.apply({"params": p}, y, jax.lax.stop_gradient(y_hat))
+    return losses.discriminator_loss(r, g)[0]
+
+  def with_lr(s):
+    return step_lib._with_lr(s, lr_fn(0))  # pylint: disable=protected-access
+
+  upd, _ = tx_d.update(jax.grad(d_loss)(dp), with_lr(state.opt_state["discriminator"]), dp)
+  dp_new = jax.tree_util.tree_map(lambda a, b: a + b, dp, upd)
+
+  def g_loss(p):
+    y_hat, l_length, _, ids, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = g_out(p)
+    y_mel = commons.slice_segments(audio.spec_to_mel_from_config(spec, data), ids, 4)
+    _, d_g, f_r, f_g = disc.apply({"params": dp_new}, y, y_hat)
+    return (w.mel * losses.mel_loss(y_mel, audio.mel_from_config(y_hat[..., 0], data))
+            + w.kl * losses.kl_loss(z_p, logs_q, m_p, logs_p, z_mask)
+            + w.dur * jnp.sum(l_length) + w.fm * losses.feature_loss(f_r, f_g)
+            + w.adv * losses.generator_loss(d_g)[0])
+
+  upd, _ = tx_g.update(jax.grad(g_loss)(gp), with_lr(state.opt_state["generator"]), gp)
+  gp_new = jax.tree_util.tree_map(lambda a, b: a + b, gp, upd)
+  chex.assert_trees_all_close(new_state.params["discriminator"], dp_new, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(new_state.params["generator"], gp_new, rtol=1e-4, atol=1e-6)
+
+
+def test_learning_rate_decays_once_per_epoch_like_official():
+  train = ml_collections.ConfigDict(dict(learning_rate=2e-4, lr_decay=0.999875))
+  lr = state_lib.learning_rate_fn(train, steps_per_epoch=7)
+  # torch ExponentialLR stepped after every epoch: epoch e (0-based) runs at lr * decay**e.
+  for step in (0, 6, 7, 13, 14, 700):
+    np.testing.assert_allclose(float(lr(step)), 2e-4 * 0.999875 ** (step // 7), rtol=1e-6)
+
+
+def test_nonfinite_streak_stops_with_the_step():
+  loop._check_nonfinite(5, {"nonfinite/streak": 0}, 3, None)  # pylint: disable=protected-access
+  loop._check_nonfinite(5, {"nonfinite/streak": 2}, 3, None)  # pylint: disable=protected-access
+  with pytest.raises(loop.NonFiniteError, match=r"step 7: 3 non-finite steps in a row "
+                     r"\(steps 5\.\.7 skipped\); last checkpoint: step 4"):
+    loop._check_nonfinite(7, {"nonfinite/streak": 3}, 3, 4)  # pylint: disable=protected-access
+
+
+def test_merge_params_copies_matches_and_names_mismatches():
+  target = {"enc_p": {"w": np.zeros((2, 3))}, "enc_q": {"w": np.zeros(4)}}
+  merged, copied, kept = warm_start.merge_params(target, {"enc_p": {"w": np.ones((2, 3))}},
+                                                 "voice x")
+  assert (copied, kept) == (1, 1)
+  np.testing.assert_array_equal(merged["enc_p"]["w"], np.ones((2, 3)))
+  with pytest.raises(ValueError, match=r"voice x does not match config.model: "
+                     r"enc_p/w: model \(2, 3\) vs source \(3, 3\)"):
+    warm_start.merge_params(target, {"enc_p": {"w": np.ones((3, 3))}}, "voice x")
+
+
+# --- train.py runs --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("train_data")
+  return tu.prepare(tu.make_corpus(root / "corpus"), root / "prepared")
+
+
+@pytest.fixture(scope="module")
+def run_a(data_dir, tmp_path_factory):
+  """4 uninterrupted steps, checkpoints at 2 and 4, validation at 0, 2 and 4."""
+  workdir = tmp_path_factory.mktemp("run_a")
+  tu.run_train(workdir, data_dir, *EVAL)
+  return workdir
+
+
+def test_run_logs_checkpoints_and_learns_nothing_nonfinite(run_a):
+  rows = tu.train_rows(run_a)
+  assert sorted(rows) == [1, 2, 3, 4]
+  for row in rows.values():
+    for key in ("loss/d/total", "loss/d/real", "loss/d/fake", "loss/g/total", "loss/g/mel",
+                "loss/g/kl", "loss/g/dur", "loss/g/fm", "loss/g/adv", "grad_norm/g",
+                "grad_norm/d", "lr", "steps_per_sec"):
+      assert np.isfinite(row[key]), (key, row)
+    assert row["devices"] == 1 and row["nonfinite/total"] == 0
+  # One length bucket in the corpus: the step was traced (compiled) once in 4 steps.
+  assert rows[4]["jit/train_step_traces"] == 1
+  config = json.loads((run_a / "config.json").read_text())
+  assert config["train"]["num_steps"] == 4 and config["model"]["n_speakers"] == 3
+  assert sorted(int(p.name) for p in (run_a / "checkpoints").iterdir()) == [2, 4]
+  assert list(run_a.glob("events.out.tfevents.*"))
+  val = {r["step"]: r for r in tu.metrics(run_a) if "val/mel_l1" in r}
+  assert sorted(val) == [0, 2, 4]
+  for r in val.values():
+    assert np.isfinite(r["val/mel_l1"]) and r["val/mel_l1"] > 0
+    assert -1 <= r["val/diagonality"] <= 1 and 0 <= r["val/diag_band"] <= 1
+    assert r["val/len_ratio"] > 0
+  p2, p4 = tu.checkpoint_params(run_a, 2), tu.checkpoint_params(run_a, 4)
+  for part in ("generator", "discriminator"):
+    diffs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda a, b: float(np.max(np.abs(a - b))), p2[part], p4[part]))
+    assert min(diffs) > 0, part      # every tensor moved between step 2 and 4
+
+
+def test_resume_continues_bitwise(run_a, data_dir, tmp_path):
+  tu.run_train(tmp_path, data_dir, "--config.train.num_steps=2", *EVAL)
+  proc = tu.run_train(tmp_path, data_dir, *EVAL)
+  assert "resuming from step 2" in proc.stdout
+  rows, ref = tu.train_rows(tmp_path), tu.train_rows(run_a)
+  assert [r["step"] for r in tu.metrics(tmp_path)] == [r["step"] for r in tu.metrics(run_a)]
+  for step in (1, 2, 3, 4):
+    assert tu.losses(rows[step]) == tu.losses(ref[step]), step
+  chex.assert_trees_all_equal(tu.checkpoint_params(tmp_path, 4), tu.checkpoint_params(run_a, 4))
+
+
+def test_two_devices_match_one(run_a, data_dir, tmp_path):
+  tu.run_train(tmp_path, data_dir, "--config.train.num_steps=2",
+               env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  rows, ref = tu.train_rows(tmp_path), tu.train_rows(run_a)
+  assert rows[2]["devices"] == 2
+  for step in (1, 2):
+    got, want = tu.losses(rows[step]), tu.losses(ref[step])
+    assert got.keys() == want.keys()
+    for k in want:
+      np.testing.assert_allclose(got[k], want[k], rtol=2e-5, err_msg=f"{k} step {step}")
+
+
+def test_sigterm_saves_and_exits_zero(data_dir, tmp_path):
+  proc = subprocess.Popen(
+      tu.train_cmd(tmp_path, data_dir, "--config.train.num_steps=100000",
+                   "--config.train.checkpoint_every=100000",
+                   "--config.train.eval_every=1000000"),
+      cwd=tu.REPO, env=tu._env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,  # pylint: disable=protected-access
+      text=True)
+  try:
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+      if (tmp_path / "metrics.jsonl").exists() and tu.train_rows(tmp_path):
+        break
+      time.sleep(1)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, err[-3000:]
+  saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir()]
+  assert len(saved) == 1 and saved[0] >= max(tu.train_rows(tmp_path))
+
+
+def test_init_from_piper_voice(data_dir, tmp_path):
+  from vits_jax.convert import piper, torch_names
+  lr = tu_config().train.learning_rate
+  proc = tu.run_train(tmp_path, data_dir, f"--config.train.init_from={PIPER_MULTI}",
+                      "--config.train.num_steps=1", "--config.train.checkpoint_every=1")
+  assert "generator tensors copied" in proc.stdout
+  voice = torch_names.torch_to_flax(piper.load_piper(PIPER_MULTI).state_dict)
+  trained = tu.checkpoint_params(tmp_path, 1)["generator"]
+  flat_v = dict(jax.tree_util.tree_flatten_with_path(voice)[0])
+  flat_t = dict(jax.tree_util.tree_flatten_with_path(trained)[0])
+  shared = set(flat_v) & set(flat_t)
+  assert len(shared) > 100 and any("enc_q" in str(k) for k in set(flat_t) - shared)
+  for k in shared:
+    # One AdamW step moves a parameter by at most ~lr (plus weight decay).
+    np.testing.assert_allclose(flat_t[k], flat_v[k], atol=1.5 * lr, rtol=2 * lr,
+                               err_msg=str(k))
+
+
+def test_init_from_other_architecture_is_a_clear_error(data_dir, tmp_path):
+  proc = tu.run_train(tmp_path, data_dir, f"--config.train.init_from={PIPER_HIGH}",
+                      check=False)
+  assert proc.returncode == 2
+  assert "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: train.init_from:") and "does not match config.model" in last
+
+
+def test_bad_data_dir_is_a_clear_error(tmp_path):
+  proc = tu.run_train(tmp_path / "w", tmp_path / "missing", check=False, timeout=300)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_infer_cli_speaks_with_the_trained_workdir(run_a, tmp_path):
+  out = tmp_path / "out.wav"
+  proc = subprocess.run(
+      [sys.executable, str(tu.REPO / "infer.py"), "--voice", str(run_a), "--speaker", "1",
+       "--text", "Hello world.", "--out", str(out)],
+      cwd=tu.REPO, env=tu._env(), capture_output=True, text=True, timeout=600)  # pylint: disable=protected-access
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  import soundfile as sf
+  wav, sr = sf.read(out)
+  assert sr == 22050 and len(wav) > 256 and np.all(np.isfinite(wav))

@@ -60,10 +60,10 @@ def main():
   import onnxruntime as ort
   import jax
   from vits_jax import load_voice
-  from vits_jax import voice as voice_lib
+  from vits_jax import synthesis
 
   voice = load_voice(args.voice)
-  onnx_path = voice_lib.Path(str(_onnx_path(args.voice)))
+  onnx_path = _onnx_path(args.voice)
   opts = ort.SessionOptions()
   opts.intra_op_num_threads = args.threads
   opts.inter_op_num_threads = 1
@@ -89,7 +89,7 @@ def main():
   seconds = audio.size / sr
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, onnxruntime {ort.__version__}, "
         f"{args.threads} threads each; sentence: {len(ids)} ids, {seconds:.2f} s of audio "
-        f"(frame bucket {voice_lib.frame_bucket(audio.size // voice.hop_length)} for "
+        f"(frame bucket {synthesis.frame_bucket(audio.size // voice.hop_length)} for "
         f"{audio.size // voice.hop_length} frames); first call incl. compile {compile_s:.1f} s")
 
   t_jax, t_ort = [], []

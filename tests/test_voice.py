@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from vits_jax import load_voice
+from vits_jax import synthesis
 from vits_jax import voice as voice_lib
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -25,8 +26,9 @@ def coarse_buckets():
   compile few programs. Outputs do not depend on buckets (everything is masked), which
   test_batch_equals_alone checks across batch and frame buckets."""
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(voice_lib, "frame_bucket", lambda n, steps=None: max(256, 1 << (n - 1).bit_length()))
-    mp.setattr(voice_lib, "TEXT_BUCKETS", (64, 256, 2048))
+    mp.setattr(synthesis, "frame_bucket",
+               lambda n, steps=None: max(256, 1 << (n - 1).bit_length()))
+    mp.setattr(synthesis, "TEXT_BUCKETS", (64, 256, 2048))
     yield
 
 
@@ -35,32 +37,32 @@ def multi():
   return load_voice(MULTI)
 
 
-_TEXT_BUCKETS, _FRAME_BUCKET = voice_lib.TEXT_BUCKETS, voice_lib.frame_bucket
+_TEXT_BUCKETS, _FRAME_BUCKET = synthesis.TEXT_BUCKETS, synthesis.frame_bucket
 
 
 def test_buckets(monkeypatch):
-  monkeypatch.setattr(voice_lib, "TEXT_BUCKETS", _TEXT_BUCKETS)
-  monkeypatch.setattr(voice_lib, "frame_bucket", _FRAME_BUCKET)
-  assert [voice_lib.text_bucket(n) for n in (1, 32, 33, 600, 2048, 2049)] == [
+  monkeypatch.setattr(synthesis, "TEXT_BUCKETS", _TEXT_BUCKETS)
+  monkeypatch.setattr(synthesis, "frame_bucket", _FRAME_BUCKET)
+  assert [synthesis.text_bucket(n) for n in (1, 32, 33, 600, 2048, 2049)] == [
       32, 32, 64, 640, 2048, 4096]
-  assert [voice_lib.batch_bucket(n) for n in (1, 2, 3, 5, 16)] == [1, 2, 4, 8, 16]
+  assert [synthesis.batch_bucket(n) for n in (1, 2, 3, 5, 16)] == [1, 2, 4, 8, 16]
   prev = 0
   for n in range(1, 5000):
-    b = voice_lib.frame_bucket(n, 8)
+    b = synthesis.frame_bucket(n, 8)
     assert n <= b and b >= prev and (n <= 32 or b <= n * 1.125)
     prev = b
   # 8 sizes per octave: few distinct programs for many lengths.
-  assert len({voice_lib.frame_bucket(n, 8) for n in range(257, 513)}) == 8
-  assert {voice_lib.frame_bucket(n, 1) for n in range(257, 513)} == {512}
+  assert len({synthesis.frame_bucket(n, 8) for n in range(257, 513)}) == 8
+  assert {synthesis.frame_bucket(n, 1) for n in range(257, 513)} == {512}
   # Decoder batches: a partition, power-of-two sizes, similar lengths, bounded size.
   frames = np.random.RandomState(0).randint(1, 900, 50)
-  groups = voice_lib._decode_groups(frames, 16)
+  groups = synthesis.decode_groups(frames, 16)
   assert sorted(i for g in groups for i in g) == list(range(50))
   for g in groups:
-    bucket = voice_lib.frame_bucket(int(frames[g].max()))
-    assert len(g) & (len(g) - 1) == 0 and len(g) * bucket <= voice_lib.MAX_BATCH_FRAMES
-    assert all(f >= 0.75 * bucket or voice_lib.frame_bucket(int(f)) == bucket for f in frames[g])
-  assert voice_lib._decode_groups(np.array([10, 5, 3]), 16) == [[0, 1], [2]]
+    bucket = synthesis.frame_bucket(int(frames[g].max()))
+    assert len(g) & (len(g) - 1) == 0 and len(g) * bucket <= synthesis.MAX_BATCH_FRAMES
+    assert all(f >= 0.75 * bucket or synthesis.frame_bucket(int(f)) == bucket for f in frames[g])
+  assert synthesis.decode_groups(np.array([10, 5, 3]), 16) == [[0, 1], [2]]
 
 
 def test_batch_equals_alone(multi):

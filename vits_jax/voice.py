@@ -11,18 +11,14 @@ A voice is a `SynthesizerTrn`, its params and its text frontend. Sources:
 - an HF `VitsModel` folder (`config.json` + weights);
 - an official `G_*.pth` (with the run's `config.json` beside it), or a folder holding them.
 
-Synthesis is batched and jit-compiled per shape bucket, so a long text or a file of lines
-compiles a handful of programs, not one per sentence: ids are padded to a text bucket
-(32, 64, ..., 2048), the batch to a power of two, and the frames to one of 8 sizes per
-octave. Durations are predicted first (a cheap jitted call) to pick the frame bucket, then
-the whole `infer` runs for that bucket. Each sentence draws its noise from
-(`seed`, its index in its utterance) only, so its audio is the same alone or in any batch.
-Long text is split into sentences; their audio is concatenated directly, as Piper does
-(`sentence_silence` adds a pause).
+Synthesis is batched and jit-compiled per shape bucket (`vits_jax.synthesis`), so a long
+text or a file of lines compiles a handful of programs, not one per sentence. Each sentence
+draws its noise from (`seed`, its index in its utterance) only, so its audio is the same
+alone or in any batch. Long text is split into sentences; their audio is concatenated
+directly, as Piper does (`sentence_silence` adds a pause).
 """
 
 import dataclasses
-import functools
 import logging
 import math
 import os
@@ -31,57 +27,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from vits_jax import synthesis
+
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_VOICE = "joe"
-# Ids buckets: 4 per octave from 128 (the text encoder's cost grows with the padded length).
-TEXT_BUCKETS = (32, 64, 96) + tuple(
-    o * k // 4 for o in (128, 256, 512, 1024) for k in range(4, 8)) + (2048,)
 # Sentences longer than this many ids are cut at word boundaries (attention is quadratic).
-MAX_IDS = TEXT_BUCKETS[-1]
-# Frame buckets per octave of length: more = less padding, more programs to compile.
-FRAME_STEPS_PER_OCTAVE = 8
-# A decoder batch only holds items within this fraction of its longest one's frame bucket.
-MAX_DECODE_PADDING = 0.25
-# Bound on batch * frames per call, to keep decoder activations at a few hundred MB.
-MAX_BATCH_FRAMES = 8192
-
-
-def _lazy_jit(fn, static_argnames=()):
-  """`jax.jit(fn)`, built on first call so importing this module does not import jax."""
-  compiled = []
-
-  @functools.wraps(fn)
-  def call(*args, **kwargs):
-    if not compiled:
-      import jax
-      compiled.append(jax.jit(fn, static_argnames=static_argnames))
-    return compiled[0](*args, **kwargs)
-
-  return call
-
-
-def text_bucket(n: int) -> int:
-  """Smallest text bucket holding `n` ids (multiples of the largest beyond it)."""
-  for b in TEXT_BUCKETS:
-    if n <= b:
-      return b
-  return -(-n // TEXT_BUCKETS[-1]) * TEXT_BUCKETS[-1]
-
-
-def frame_bucket(n: int, steps_per_octave: Optional[int] = None) -> int:
-  """`n` rounded up to one of `FRAME_STEPS_PER_OCTAVE` (8) sizes per octave, at least 32:
-  at most 12.5% padding with 8 steps."""
-  steps = steps_per_octave or FRAME_STEPS_PER_OCTAVE
-  if n <= 32:
-    return 32
-  octave = 2 ** math.floor(math.log2(n - 1))
-  step = max(1, octave // steps)
-  return -(-n // step) * step
-
-
-def batch_bucket(n: int) -> int:
-  return 1 << max(0, (n - 1).bit_length())
+MAX_IDS = 2048
 
 
 @dataclasses.dataclass
@@ -119,13 +71,13 @@ class Voice:
   @property
   def trace_count(self) -> int:
     """Programs traced so far for this voice's model (tests assert no retrace)."""
-    return _TRACES.get(self.model, 0)
+    return synthesis.trace_count(self.model)
 
   @property
   def programs_used(self) -> int:
     """Distinct (program, shape bucket) pairs this voice's model has run: after warm-up,
     `trace_count` must not grow beyond it."""
-    return len(_SHAPES.get(self.model, ()))
+    return synthesis.programs_used(self.model)
 
 
   def __repr__(self):
@@ -258,176 +210,13 @@ class Voice:
       speaker_id: validated speaker id or None.
       seeds: per-sentence noise seeds (default all 0); the noise key is `PRNGKey(seed)`.
       batch_size: most sentences per call.
+      progress_items, progress: sentences per utterance, and a callback told of each
+        finished utterance.
     """
-    import jax
-    import jax.numpy as jnp
-    n = len(ids_list)
-    seeds = [0] * n if seeds is None else list(seeds)
-    for ids in ids_list:
-      if len(ids) == 0:
-        raise ValueError("empty id sequence")
-    key = jax.random.PRNGKey(seed)
-    scales = (jnp.float32(noise_scale), jnp.float32(noise_scale_w), jnp.float32(length_scale))
-    out: List[Optional[np.ndarray]] = [None] * n
-    order = sorted(range(n), key=lambda i: len(ids_list[i]))
-    done_utts = _ProgressCounter(progress_items, progress)
-    batch_size = max(1, int(batch_size))
-    start = 0
-    while start < n:
-      group = order[start:start + batch_size]
-      start += len(group)
-      for chunk in self._split_by_frames(group, ids_list, seeds, speaker_id, scales, key):
-        for i, wav in chunk:
-          out[i] = wav
-          done_utts.done(i)
-    return out  # type: ignore[return-value]
-
-  def _arrays(self, group, ids_list, seeds, speaker_id):
-    t = text_bucket(max(len(ids_list[i]) for i in group))
-    b = batch_bucket(len(group))
-    rows = group + [group[0]] * (b - len(group))  # pad the batch with copies
-    x = np.zeros((b, t), np.int32)
-    lengths = np.zeros((b,), np.int32)
-    for r, i in enumerate(rows):
-      x[r, :len(ids_list[i])] = ids_list[i]
-      lengths[r] = len(ids_list[i])
-    sid = None if speaker_id is None else np.full((b,), speaker_id, np.int32)
-    return x, lengths, sid, np.asarray([seeds[i] for i in rows], np.int32)
-
-  def _split_by_frames(self, group, ids_list, seeds, speaker_id, scales, key):
-    """Runs `group` (sorted by length): encode all, then decode in batches of similar
-    length (`_decode_groups`)."""
-    x, lengths, sid, item_seeds = self._arrays(group, ids_list, seeds, speaker_id)
-    self._note(("encode", x.shape, sid is None))
-    m_p, logs_p, w_ceil = (np.asarray(a) for a in _encode_jit(
-        self.model, self.params, x, lengths, sid, scales, item_seeds, key))
-    frames = np.maximum(w_ceil.sum(axis=1), 1).astype(np.int64)
-    for rows in _decode_groups(frames[:len(group)], len(group)):
-      yield self._decode(rows, group, m_p, logs_p, w_ceil, frames, sid, item_seeds, scales,
-                         key)
-
-  def _decode(self, rows, group, m_p, logs_p, w_ceil, frames, sid, seeds, scales, key):
-    f_bucket = frame_bucket(int(frames[rows].max()))
-    b = batch_bucket(len(rows))
-    padded = rows + [rows[0]] * (b - len(rows))
-    m_y, logs_y = expand_to_frames(m_p[padded], logs_p[padded], w_ceil[padded], f_bucket)
-    sid_b = None if sid is None else sid[padded]
-    self._note(("decode", m_y.shape, sid is None))
-    o = np.asarray(_decode_jit(self.model, self.params, m_y, logs_y,
-                               frames[padded].astype(np.int32), sid_b, seeds[padded], scales,
-                               key))
-    return [(group[r], o[k, :int(frames[r]) * self.hop_length, 0].copy())
-            for k, r in enumerate(rows)]
-
-  def _note(self, shape_key):
-    _SHAPES.setdefault(self.model, set()).add(shape_key)
-
-
-def _decode_groups(frames: np.ndarray, max_batch: int) -> List[List[int]]:
-  """Splits items into decoder batches of similar length.
-
-  Longest first: a batch takes the longest item left and the next ones whose frames are
-  within MAX_DECODE_PADDING of its frame bucket (or in the same bucket), at most
-  `max_batch` and MAX_BATCH_FRAMES in total, and
-  a power-of-two count of them (so no batch rows are wasted on padding copies).
-  """
-  order = sorted(range(len(frames)), key=lambda i: -frames[i])
-  groups = []
-  while order:
-    longest = frame_bucket(int(frames[order[0]]))
-    fits = order[:1] + [i for i in order[1:max_batch]
-                        if frames[i] >= (1 - MAX_DECODE_PADDING) * longest
-                        or frame_bucket(int(frames[i])) == longest]
-    n = max(1, min(len(fits), MAX_BATCH_FRAMES // longest))
-    n = 1 << (n.bit_length() - 1)
-    groups.append(fits[:n])
-    taken = set(fits[:n])
-    order = [i for i in order if i not in taken]
-  return groups
-
-
-def expand_to_frames(m_p: np.ndarray, logs_p: np.ndarray, w_ceil: np.ndarray, n_frames: int):
-  """Repeats each token's prior statistics for its duration (the hard alignment path).
-
-  Args:
-    m_p, logs_p: [B, T_x, C] per token; w_ceil: [B, T_x] integer durations (0 past the end).
-    n_frames: frames to produce (a bucket >= every item's total duration).
-
-  Returns:
-    ([B, n_frames, C], [B, n_frames, C]), zero past each item's total duration; equal to
-    `einsum('byx,bxc->byc', generate_path(w_ceil), m_p)` of the official `infer`.
-  """
-  b, _, c = m_p.shape
-  m_y = np.zeros((b, n_frames, c), np.float32)
-  logs_y = np.zeros((b, n_frames, c), np.float32)
-  for i in range(b):
-    token = np.repeat(np.arange(w_ceil.shape[1]), w_ceil[i].astype(np.int64))[:n_frames]
-    m_y[i, :token.size] = m_p[i, token]
-    logs_y[i, :token.size] = logs_p[i, token]
-  return m_y, logs_y
-
-
-# ------------------------------------------------------------------- jitted parts
-# `SynthesizerTrn.infer` in two programs: `_encode` (text encoder + duration predictor, per
-# ids bucket) and `_decode` (prior sample + flow + decoder, per frame bucket), with the
-# alignment expansion on the host in between. So the encoder runs once per sentence, and
-# the two programs compile per bucket of their own size instead of per (ids, frames) pair.
-# `tests/test_voice.py` checks this equals `model.infer`. Module-level and keyed on the
-# (hashable) model, so every Voice of the same architecture shares compiled programs.
-_TRACES: Dict[Any, int] = {}
-_SHAPES: Dict[Any, set] = {}  # shape buckets each model ran with
-
-
-def _count_trace(model):
-  _TRACES[model] = _TRACES.get(model, 0) + 1
-
-
-@functools.partial(_lazy_jit, static_argnames=("model",))
-def _encode_jit(model, params, x, lengths, sid, scales, seeds, key):
-  _count_trace(model)
-  return model.apply({"params": params}, x, lengths, sid, scales[2], scales[1], seeds,
-                     method=_encode, rngs={"noise": key})
-
-
-@functools.partial(_lazy_jit, static_argnames=("model",))
-def _decode_jit(model, params, m_y, logs_y, y_lengths, sid, seeds, scales, key):
-  import jax
-  _count_trace(model)
-  return model.apply({"params": params}, m_y, logs_y, y_lengths, sid, scales[0], seeds,
-                     method=_decode, rngs={"noise": jax.random.fold_in(key, 1)})
-
-
-def _encode(model, x, x_lengths, sid, length_scale, noise_scale_w, seeds):
-  """First half of `infer`: prior statistics per token and integer durations.
-
-  Returns:
-    (m_p [B, T_x, C], logs_p [B, T_x, C], w_ceil [B, T_x] float, 0 past each length).
-  """
-  import jax.numpy as jnp
-  from vits_jax.models import commons
-  t_x = x.shape[1]
-  h, m_p, logs_p, x_mask = model.enc_p(x, x_lengths)
-  g = model._speaker(sid)
-  if model.use_sdp:
-    noise = commons.per_item_normal(model.make_rng("noise"), seeds, (t_x, 2))
-    logw = model.dp(h, x_mask, g=g, reverse=True, noise_scale=noise_scale_w, noise=noise)
-  else:
-    logw = model.dp(h, x_mask, g=g)
-  w_ceil = jnp.ceil(jnp.exp(logw) * x_mask * length_scale)
-  return m_p, logs_p, w_ceil[..., 0]
-
-
-def _decode(model, m_y, logs_y, y_lengths, sid, noise_scale, seeds):
-  """Second half of `infer` on frame-expanded prior statistics: [B, F, C] -> [B, F*hop, 1]."""
-  import jax.numpy as jnp
-  from vits_jax.models import commons
-  n_frames, channels = m_y.shape[1:]
-  y_mask = commons.sequence_mask(y_lengths, n_frames)[..., None].astype(jnp.float32)
-  g = model._speaker(sid)
-  eps = commons.per_item_normal(model.make_rng("noise"), seeds, (n_frames, channels))
-  z_p = m_y + eps * jnp.exp(logs_y) * noise_scale
-  z, _ = model.flow(z_p, y_mask, g=g, reverse=True)
-  return model.dec(z * y_mask, g=g, x_mask=y_mask)
+    counter = _ProgressCounter(progress_items, progress)
+    return synthesis.synthesize_ids(
+        self.model, self.params, ids_list, speaker_id, noise_scale, noise_scale_w,
+        length_scale, seed, seeds, batch_size, on_done=counter.done)
 
 
 class _ProgressCounter:

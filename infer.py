@@ -128,11 +128,19 @@ def _write(sf, path, audio, sample_rate):
 
 def main(argv=None):
   args = parse_args(argv)
-  warnings.formatwarning = lambda msg, category, *a, **k: f"warning: {msg}\n"
-  try:
-    run(args)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  # Record warnings ourselves so they reach stderr as one `warning:` line each, also when
+  # the caller (a notebook, pytest) has installed its own warning handler.
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("default")
+    try:
+      run(args)
+      error = None
+    except (ValueError, FileNotFoundError) as e:
+      error = e
+  for w in caught:
+    print(f"warning: {w.message}", file=sys.stderr)
+  if error is not None:
+    print(f"error: {error}", file=sys.stderr)
     return 2
   return 0
 

@@ -54,15 +54,17 @@ def test_buckets(monkeypatch):
   # 8 sizes per octave: few distinct programs for many lengths.
   assert len({synthesis.frame_bucket(n, 8) for n in range(257, 513)}) == 8
   assert {synthesis.frame_bucket(n, 1) for n in range(257, 513)} == {512}
-  # Decoder batches: a partition, power-of-two sizes, similar lengths, bounded size.
+  # Batches: a partition, power-of-two sizes, similar lengths, bounded size.
   frames = np.random.RandomState(0).randint(1, 900, 50)
-  groups = synthesis.decode_groups(frames, 16)
+  groups = synthesis.similar_groups(frames, synthesis.frame_bucket, 16, 8192, 0.25)
   assert sorted(i for g in groups for i in g) == list(range(50))
   for g in groups:
     bucket = synthesis.frame_bucket(int(frames[g].max()))
-    assert len(g) & (len(g) - 1) == 0 and len(g) * bucket <= synthesis.MAX_BATCH_FRAMES
-    assert all(f >= 0.75 * bucket or synthesis.frame_bucket(int(f)) == bucket for f in frames[g])
-  assert synthesis.decode_groups(np.array([10, 5, 3]), 16) == [[0, 1], [2]]
+    assert len(g) & (len(g) - 1) == 0 and len(g) * bucket <= 8192
+    assert all(f >= 0.75 * bucket or synthesis.frame_bucket(int(f)) == bucket
+               for f in frames[g])
+  assert synthesis.similar_groups(np.array([10, 5, 3]), synthesis.frame_bucket, 16) == [
+      [0, 1], [2]]
 
 
 def test_batch_equals_alone(multi):

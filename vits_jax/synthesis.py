@@ -30,10 +30,14 @@ TEXT_BUCKETS = (32, 64, 96) + tuple(
 MAX_IDS = TEXT_BUCKETS[-1]
 # Frame buckets per octave of length: more = less padding, more programs to compile.
 FRAME_STEPS_PER_OCTAVE = 8
-# A decoder batch only holds items within this fraction of its longest one's frame bucket.
+# A batch only holds items within this fraction of its longest one's bucket (decoder; the
+# cheaper encoder tolerates more padding for fewer calls).
 MAX_DECODE_PADDING = 0.25
-# Bound on batch * frames per call, to keep decoder activations at a few hundred MB.
-MAX_BATCH_FRAMES = 8192
+MAX_ENCODE_PADDING = 0.5
+# Bound on batch * frames per decoder call. On CPU, big batches only add memory traffic (the
+# convs already fill the cores at batch 1), so they stay small there.
+MAX_BATCH_FRAMES = {"cpu": 2048}
+MAX_BATCH_FRAMES_DEFAULT = 16384
 
 
 def _lazy_jit(fn, static_argnames=()):
@@ -104,12 +108,9 @@ def synthesize_ids(model, params, ids_list: Sequence[Sequence[int]],
   key = jax.random.PRNGKey(seed)
   scales = (jnp.float32(noise_scale), jnp.float32(noise_scale_w), jnp.float32(length_scale))
   out: List[Optional[np.ndarray]] = [None] * n
-  order = sorted(range(n), key=lambda i: len(ids_list[i]))
-  batch_size = max(1, int(batch_size))
-  start = 0
-  while start < n:
-    group = order[start:start + batch_size]
-    start += len(group)
+  lengths = np.asarray([len(ids) for ids in ids_list])
+  for group in similar_groups(lengths, text_bucket, max(1, int(batch_size)),
+                              max_padding=MAX_ENCODE_PADDING):
     for chunk in _run_group(model, params, group, ids_list, seeds, speaker_id, scales,
                             key):
       for i, wav in chunk:
@@ -145,15 +146,18 @@ def _arrays(group, ids_list, seeds, speaker_id):
 
 
 def _run_group(model, params, group, ids_list, seeds, speaker_id, scales, key):
-  """Runs `group` (sorted by length): encode all, then decode in batches of similar
-  length (`decode_groups`). Yields lists of (index, waveform)."""
+  """Encodes `group`, then decodes it in batches of similar length (`similar_groups`).
+  Yields lists of (index, waveform)."""
   x, lengths, sid, item_seeds = _arrays(group, ids_list, seeds, speaker_id)
   _note(model, ("encode", x.shape, sid is None))
   m_p, logs_p, w_ceil = (np.asarray(a) for a in _encode_jit(
       model, params, x, lengths, sid, scales, item_seeds, key))
   frames = np.maximum(w_ceil.sum(axis=1), 1).astype(np.int64)
   hop = int(np.prod(model.upsample_rates))
-  for rows in decode_groups(frames[:len(group)], len(group)):
+  max_frames = MAX_BATCH_FRAMES.get(jax_backend(), MAX_BATCH_FRAMES_DEFAULT)
+  for part in similar_groups(frames[:len(group)], frame_bucket, len(group), max_frames,
+                             MAX_DECODE_PADDING):
+    rows = list(part)
     yield _decode_rows(model, params, rows, group, m_p, logs_p, w_ceil, frames, sid,
                        item_seeds, scales, key, hop)
 
@@ -177,27 +181,37 @@ def _note(model, shape_key):
   _SHAPES.setdefault(model, set()).add(shape_key)
 
 
-def decode_groups(frames: np.ndarray, max_batch: int) -> List[List[int]]:
-  """Splits items into decoder batches of similar length.
+def similar_groups(lengths: np.ndarray, bucket: Callable[[int], int], max_batch: int,
+                   max_total: Optional[int] = None,
+                   max_padding: float = MAX_DECODE_PADDING) -> List[List[int]]:
+  """Splits items into batches of similar length.
 
-  Longest first: a batch takes the longest item left and the next ones whose frames are
-  within MAX_DECODE_PADDING of its frame bucket (or in the same bucket), at most
-  `max_batch` and MAX_BATCH_FRAMES in total, and a power-of-two count of them (so no batch
-  rows are wasted on padding copies).
+  Longest first: a batch takes the longest item left, whose `bucket` sets the padded
+  length, and the next ones in the same bucket or within `max_padding` of it; at most
+  `max_batch` items and `max_total` padded positions, and a power-of-two count of them (so
+  no batch rows are wasted on padding copies).
+
+  Returns:
+    lists of item indices, covering every item once.
   """
-  order = sorted(range(len(frames)), key=lambda i: -frames[i])
+  order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
   groups = []
   while order:
-    longest = frame_bucket(int(frames[order[0]]))
+    longest = bucket(int(lengths[order[0]]))
     fits = order[:1] + [i for i in order[1:max_batch]
-                        if frames[i] >= (1 - MAX_DECODE_PADDING) * longest
-                        or frame_bucket(int(frames[i])) == longest]
-    n = max(1, min(len(fits), MAX_BATCH_FRAMES // longest))
+                        if lengths[i] >= (1 - max_padding) * longest
+                        or bucket(int(lengths[i])) == longest]
+    n = len(fits) if max_total is None else max(1, min(len(fits), max_total // longest))
     n = 1 << (n.bit_length() - 1)
     groups.append(fits[:n])
     taken = set(fits[:n])
     order = [i for i in order if i not in taken]
   return groups
+
+
+def jax_backend() -> str:
+  import jax
+  return jax.default_backend()
 
 
 def expand_to_frames(m_p: np.ndarray, logs_p: np.ndarray, w_ceil: np.ndarray, n_frames: int):

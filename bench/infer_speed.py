@@ -108,19 +108,23 @@ def main():
         f"ratios; min/min {t_jax.min() / t_ort.min():.2f}x)")
 
   ids_list = [s for text in BATCH_SENTENCES for s in voice.text_to_sentence_ids(text)]
-  total = None
-  print(f"\nbatch throughput over {len(ids_list)} sentences (seconds of audio per second):")
+  total = sum(run_ort(i).size for i in ids_list) / sr
+  print(f"\nbatch throughput over {len(ids_list)} sentences, {total:.1f} s of audio (seconds "
+        "of audio per second; median of 3, each jax run followed by an onnxruntime one):")
+  ort_rates = []
   for b in (1, 4, 16):
     run_jax(ids_list, b)  # compile this batch size's buckets
-    t = time.perf_counter()
-    out = run_jax(ids_list, b)
-    dt = time.perf_counter() - t
-    total = sum(a.size for a in out) / sr
-    print(f"  vits_jax batch {b:2d}: {total / dt:7.1f}  ({total:.1f} s in {dt:.2f} s)")
-  t = time.perf_counter()
-  ort_total = sum(run_ort(i).size for i in ids_list) / sr
-  dt = time.perf_counter() - t
-  print(f"  onnxruntime, one by one: {ort_total / dt:7.1f}  ({ort_total:.1f} s in {dt:.2f} s)")
+    rates = []
+    for _ in range(3):
+      t = time.perf_counter()
+      run_jax(ids_list, b)
+      rates.append(total / (time.perf_counter() - t))
+      t = time.perf_counter()
+      for i in ids_list:
+        run_ort(i)
+      ort_rates.append(total / (time.perf_counter() - t))
+    print(f"  vits_jax batch {b:2d}: {np.median(rates):7.1f}   (onnxruntime one by one, "
+          f"same moments: {np.median(ort_rates[-3:]):7.1f})")
 
 
 def _onnx_path(voice):

@@ -155,7 +155,7 @@ def test_synthesis_facts(executed):
   assert s["alignment_one_token_per_frame"] and s["alignment_monotonic"]
   # The Voice API and a direct model.infer call are the same computation.
   assert s["infer_vs_synthesize_max_abs"] is not None
-  assert s["infer_vs_synthesize_max_abs"] < 1e-4
+  assert s["infer_vs_synthesize_max_abs"] < 1e-3
   assert s["deterministic_noise0"]
   lengths = s["batch_seconds"]
   for fast, default, slow in zip(lengths["fast (length_scale 0.8)"], lengths["default"],

@@ -21,6 +21,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -43,6 +44,9 @@ def _enable_compilation_cache():
 
 
 def main(argv):
+  if not flags.FLAGS["verbosity"].present:
+    # Orbax and JAX log every checkpoint step at INFO; --verbosity=0 shows them.
+    logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _CONFIG.value is None or not _WORKDIR.value:
@@ -68,6 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # Orbax and JAX log every checkpoint step at INFO; --verbosity=0 shows them.
-  flags.FLAGS.set_default("verbosity", -1)
   app.run(main)

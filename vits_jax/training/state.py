@@ -89,9 +89,3 @@ def create_train_state(rng: jax.Array, gen_variables: Pytree, disc_variables: Py
       nonfinite_total=jnp.zeros((), jnp.int32),
   )
 
-
-def tree_all_finite(tree: Pytree) -> jax.Array:
-  """True iff every float leaf of `tree` is finite (a bool scalar)."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)

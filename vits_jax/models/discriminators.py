@@ -46,10 +46,8 @@ class _SpectralConv1d(nn.Module):
                    (self.kernel_size, cin // self.groups, self.features))
     w = layers._spectral_normalize(self, w, update_stats)
     dtype = self.dtype or x.dtype
-    y = jax.lax.conv_general_dilated(
-        x.astype(dtype), w.astype(dtype), window_strides=(self.stride,),
-        padding=[(self.padding, self.padding)], dimension_numbers=("NWC", "WIO", "NWC"),
-        feature_group_count=self.groups)
+    y = layers.conv_time(x.astype(dtype), w.astype(dtype), self.stride,
+                         padding=(self.padding, self.padding), groups=self.groups)
     b = self.param("bias", layers._torch_uniform(fan_in), (self.features,))
     return y + b.astype(dtype)
 

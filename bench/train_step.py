@@ -8,7 +8,11 @@ LSGAN + feature matching, mel L1) on random tokens and noise audio of fixed shap
 (default 121 tokens, 300 frames = 76800 samples, as the PyTorch reference below).
 
 Reference (the official jaywalnut310/vits train step, PyTorch fp32, 2 CPU threads, measured
-on this machine with the same config and shapes): 3.45 s/step. Prints our time and the ratio.
+on this machine with the same config and shapes): 3.45 s/step. Prints our time and the ratio
+(only for that config and those shapes), and the minor page faults per step: XLA:CPU
+allocates its temporaries afresh every step, and on Linux touching them costs ~0.4 M page
+faults per ljs_base step; `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (set before Python starts)
+cuts that to a few thousand.
 """
 
 import argparse
@@ -76,23 +80,32 @@ def main():
   state, m = compiled(state, batch)          # warm-up
   jax.block_until_ready(m)
   times = []
+  faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(args.steps):
     t0 = time.perf_counter()
     state, m = compiled(state, batch)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) // args.steps
   step_s = float(np.median(times))
+  is_reference = (os.path.basename(args.config) == "ljs_base.py" and b == 2
+                  and args.tokens == 121 and args.frames == 300)
   rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
   print(f"config {args.config}  dtype {config.model.dtype}  batch {b}  tokens {args.tokens}  "
         f"frames {args.frames}  device {jax.devices()[0].device_kind} x{jax.device_count()}")
   print(f"init {t_init:.1f} s   compile {t_compile:.1f} s")
-  print(f"{'':24s}{'s/step':>10s}{'vs torch':>10s}")
-  print(f"{'vits_jax (median of %d)' % args.steps:24s}{step_s:10.3f}"
-        f"{step_s / TORCH_REFERENCE_S:9.2f}x")
-  print(f"{'official PyTorch (ref)':24s}{TORCH_REFERENCE_S:10.3f}{1.0:9.2f}x")
-  print(f"steps/s {1 / step_s:.2f}   all step times: "
-        + " ".join(f"{t:.3f}" for t in times))
+  if is_reference:
+    print(f"{'':24s}{'s/step':>10s}{'vs torch':>10s}")
+    print(f"{'vits_jax (median of %d)' % args.steps:24s}{step_s:10.3f}"
+          f"{step_s / TORCH_REFERENCE_S:9.2f}x")
+    print(f"{'official PyTorch (ref)':24s}{TORCH_REFERENCE_S:10.3f}{1.0:9.2f}x")
+  else:
+    print(f"vits_jax (median of {args.steps}) {step_s:.3f} s/step (no PyTorch reference for "
+          "this config/shape; it is ljs_base, batch 2, 121 tokens, 300 frames)")
+  print(f"steps/s {1 / step_s:.2f}   minor page faults/step {faults}   "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+  print("all step times: " + " ".join(f"{t:.3f}" for t in times))
   if mem is not None:
     print(f"XLA step memory: temp {mem.temp_size_in_bytes / 2**30:.2f} GiB, "
           f"args {mem.argument_size_in_bytes / 2**30:.2f} GiB, "

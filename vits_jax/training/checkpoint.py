@@ -162,8 +162,11 @@ def load_generator_params(workdir: str, step: Optional[int] = None):
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), gen_meta)
     restored = ckptr.restore(
         directory / str(step) / "state",
-        args=ocp.args.PyTreeRestore(item={"params": {"generator": target}},
-                                    partial_restore=True))
+        args=ocp.args.PyTreeRestore(
+            item={"params": {"generator": target}},
+            restore_args=ocp.checkpoint_utils.construct_restore_args(
+                {"params": {"generator": target}}),
+            partial_restore=True))
   params = jax.tree_util.tree_map(np.asarray, restored["params"]["generator"])
   config_path = directory / str(step) / "config" / "metadata"
   config_file = epath.Path(workdir) / "config.json"

@@ -99,8 +99,13 @@ def checkpoint_params(workdir: Path, step: int) -> dict:
   """The full `params` ({'generator', 'discriminator'}) of a checkpoint, as numpy."""
   import orbax.checkpoint as ocp
   path = workdir / "checkpoints" / str(step) / "state"
+  import jax
+  import numpy as np
   with ocp.PyTreeCheckpointer() as ckptr:
-    tree = ckptr.restore(path)
+    meta = ckptr.metadata(path)
+    meta = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+    as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+    tree = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
   return tree["params"]
 
 

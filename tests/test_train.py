@@ -343,3 +343,41 @@ def test_infer_cli_speaks_with_the_trained_workdir(run_a, tmp_path):
   import soundfile as sf
   wav, sr = sf.read(out)
   assert sr == 22050 and len(wav) > 256 and np.all(np.isfinite(wav))
+
+
+def test_bfloat16_step_tracks_float32():
+  """`model.dtype=bfloat16` (the TPU setting): same init, same batch, one real step; params
+  and optimizer state stay float32, every loss is finite and near the float32 step's."""
+  results = {}
+  for dtype in ("float32", "bfloat16"):
+    config = tu_config()
+    config.model.dtype = dtype
+    config.train.segment_size = 2048
+    gen, disc = loop.build_models(config)
+    tx_g, tx_d = state_lib.make_optimizer(config.train), state_lib.make_optimizer(config.train)
+
+    def init(rng, config=config, gen=gen, disc=disc, tx_g=tx_g, tx_d=tx_d):
+      gv, dv = loop.init_variables(config, gen, disc, rng)
+      return state_lib.create_train_state(rng, gv, dv, tx_g, tx_d)
+
+    state = jax.jit(init)(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    batch = {"text": jnp.asarray(rng.integers(1, 40, (2, 24)), jnp.int32),
+             "text_lengths": jnp.array([24, 17], jnp.int32),
+             "audio": jnp.asarray(rng.integers(-4000, 4000, (2, 40 * 256)), jnp.int16),
+             "audio_lengths": jnp.array([40 * 256, 33 * 256], jnp.int32),
+             "sid": jnp.array([0, 2], jnp.int32)}
+    step = jax.jit(step_lib.make_train_step(config, gen, disc, tx_g, tx_d,
+                                            state_lib.learning_rate_fn(config.train, 10)))
+    state, metrics = step(state, batch)
+    results[dtype] = (state, jax.device_get(metrics))
+  state16, m16 = results["bfloat16"]
+  _, m32 = results["float32"]
+  dtypes = {x.dtype for x in jax.tree_util.tree_leaves((state16.params, state16.opt_state))
+            if jnp.issubdtype(x.dtype, jnp.floating)}
+  assert dtypes == {jnp.dtype(jnp.float32)}, dtypes
+  assert int(m16["nonfinite/total"]) == 0
+  for k in ("loss/d/total", "loss/g/mel", "loss/g/kl", "loss/g/dur", "loss/g/fm",
+            "loss/g/adv", "loss/g/total"):
+    a, b = float(m16[k]), float(m32[k])
+    assert np.isfinite(a) and abs(a - b) <= 0.05 * abs(b) + 0.05, (k, a, b)

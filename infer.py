@@ -53,19 +53,6 @@ def _read_lines(path):
   return lines
 
 
-def _enable_compilation_cache():
-  cache = os.environ.get("VITS_JAX_XLA_CACHE",
-                         os.path.join(os.path.expanduser("~"), ".cache", "vits_jax", "xla"))
-  if not cache:
-    return
-  import jax
-  try:
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  except Exception:  # an older/newer jax without these options: run uncached
-    pass
-
-
 def run(args):
   """Synthesizes as `args` say; raises ValueError/FileNotFoundError for bad input."""
   if args.text is not None and args.out_dir:
@@ -90,7 +77,8 @@ def run(args):
     if not os.path.isdir(parent):
       raise FileNotFoundError(f"output folder does not exist: {parent}")
 
-  _enable_compilation_cache()
+  from vits_jax import xla_cache
+  xla_cache.enable()
   import soundfile as sf
   from tqdm import tqdm
   from vits_jax.voice import load_voice

@@ -16,7 +16,6 @@ Compiled programs are cached in ~/.cache/vits_jax/xla (set VITS_JAX_XLA_CACHE= t
 a restarted run skips most of its compilation.
 """
 
-import os
 import sys
 
 from absl import app
@@ -33,16 +32,6 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
 
 
-def _enable_compilation_cache():
-  cache = os.environ.get("VITS_JAX_XLA_CACHE",
-                         os.path.join(os.path.expanduser("~"), ".cache", "vits_jax", "xla"))
-  if not cache:
-    return
-  import jax
-  jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # Orbax and JAX log every checkpoint step at INFO; --verbosity=0 shows them.
@@ -55,9 +44,10 @@ def main(argv):
 
   # Imported here so `--help` and flag errors stay fast and never touch a device.
   from vits_jax import training
+  from vits_jax import xla_cache
   from vits_jax.training import parallel
 
-  _enable_compilation_cache()
+  xla_cache.enable()
   try:
     # Must run before anything touches a JAX device.
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -35,6 +35,8 @@ def main():
   p.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
   p.add_argument("--dtype", default=None, help="override config.model.dtype")
   args = p.parse_args()
+  if not os.path.isfile(args.config):
+    p.error(f"config file not found: {args.config}")
 
   import jax
   import jax.numpy as jnp
@@ -49,14 +51,9 @@ def main():
   gen, disc = loop.build_models(config)
   tx_g, tx_d = state_lib.make_optimizer(config.train), state_lib.make_optimizer(config.train)
 
-  def init(rng):
-    gv, dv = loop.init_variables(config, gen, disc, rng)
-    return state_lib.create_train_state(rng, gv, dv, tx_g, tx_d)
-
+  init = loop.make_init_state(config, gen, disc, tx_g, tx_d)
   t0 = time.perf_counter()
-  state = jax.jit(init, compiler_options=(
-      {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None))(
-          jax.random.PRNGKey(0))
+  state = jax.jit(init, compiler_options=loop.init_compiler_options())(jax.random.PRNGKey(0))
   jax.block_until_ready(state)
   t_init = time.perf_counter() - t0
 

@@ -355,11 +355,7 @@ def test_bfloat16_step_tracks_float32():
     config.train.segment_size = 2048
     gen, disc = loop.build_models(config)
     tx_g, tx_d = state_lib.make_optimizer(config.train), state_lib.make_optimizer(config.train)
-
-    def init(rng, config=config, gen=gen, disc=disc, tx_g=tx_g, tx_d=tx_d):
-      gv, dv = loop.init_variables(config, gen, disc, rng)
-      return state_lib.create_train_state(rng, gv, dv, tx_g, tx_d)
-
+    init = loop.make_init_state(config, gen, disc, tx_g, tx_d)
     state = jax.jit(init)(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     batch = {"text": jnp.asarray(rng.integers(1, 40, (2, 24)), jnp.int32),

@@ -26,12 +26,8 @@ def test_full_size_config_runs_two_steps_at_batch_2(get_config):
   gen, disc = loop.build_models(config)
   tx_g, tx_d = state_lib.make_optimizer(config.train), state_lib.make_optimizer(config.train)
 
-  def init(rng):
-    gv, dv = loop.init_variables(config, gen, disc, rng)
-    return state_lib.create_train_state(rng, gv, dv, tx_g, tx_d)
-
-  state = jax.jit(init, compiler_options={"xla_backend_optimization_level": 0})(
-      jax.random.PRNGKey(0))
+  init = loop.make_init_state(config, gen, disc, tx_g, tx_d)
+  state = jax.jit(init, compiler_options=loop.init_compiler_options())(jax.random.PRNGKey(0))
   before = jax.device_get(state.params)
   rng = np.random.default_rng(0)
   hop, frames, tokens = config.data.hop_length, 120, 60

@@ -60,6 +60,24 @@ def init_variables(config, generator, discriminator, rng: jax.Array):
   return gen_vars, disc_vars
 
 
+def make_init_state(config, generator, discriminator, tx_g, tx_d):
+  """`rng -> TrainState`: fresh generator and discriminator, optimizer states (not jitted)."""
+
+  def init_state(rng):
+    gen_vars, disc_vars = init_variables(config, generator, discriminator, rng)
+    return state_lib.create_train_state(jax.random.fold_in(rng, 1), gen_vars, disc_vars,
+                                        tx_g, tx_d)
+
+  return init_state
+
+
+def init_compiler_options() -> Optional[dict]:
+  """XLA options for jitting `make_init_state`'s function, which runs once: on CPU, skip
+  LLVM's optimizations, which cost more than the program ever runs (hundreds of small
+  random-init kernels)."""
+  return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+
+
 def check_config(config: ml_collections.ConfigDict):
   """Raises ValueError on settings that cannot train."""
   t, d = config.train, config.data
@@ -136,11 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tx_g, tx_d = state_lib.make_optimizer(t), state_lib.make_optimizer(t)
   lr_fn = state_lib.learning_rate_fn(t, train_data.steps_per_epoch)
 
-  def init_state(rng):
-    gen_vars, disc_vars = init_variables(config, generator, discriminator, rng)
-    return state_lib.create_train_state(jax.random.fold_in(rng, 1), gen_vars, disc_vars,
-                                        tx_g, tx_d)
-
+  init_state = make_init_state(config, generator, discriminator, tx_g, tx_d)
   rng = jax.random.PRNGKey(int(t.seed))
   abstract = jax.eval_shape(init_state, rng)
   abstract = jax.tree_util.tree_map(
@@ -155,11 +169,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if is_main:
       print(f"resuming from step {latest} ({ckpt.directory})", flush=True)
   else:
-    # Initialization runs once: on CPU, skip LLVM's optimizations, which cost more than the
-    # program ever runs (hundreds of small random-init kernels).
-    options = ({"xla_backend_optimization_level": 0}
-               if jax.default_backend() == "cpu" else None)
-    state = jax.jit(init_state, out_shardings=state_sharding, compiler_options=options)(rng)
+    state = jax.jit(init_state, out_shardings=state_sharding,
+                    compiler_options=init_compiler_options())(rng)
     if t.init_from:
       state = warm_start.warm_start(state, t.init_from, config, repl)
   if is_main:

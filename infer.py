@@ -5,8 +5,13 @@
     cat lines.txt | python infer.py --input - --out-dir wavs/
 
 `--input` takes one utterance per line (blank lines are skipped) and writes 0001.wav,
-0002.wav, ... in input order. `--voice` is 'joe' (bundled), a Piper .onnx, a training
-workdir, an HF VitsModel folder or an official G_*.pth. Output is 16-bit PCM WAV.
+0002.wav, ... in input order, each as soon as it is done. `--voice` is 'joe' (bundled), a
+Piper .onnx, a training workdir, an HF VitsModel folder or an official G_*.pth. Output is
+16-bit PCM; `--output-raw` streams it to stdout as it is synthesized:
+
+    python infer.py --text "Hello there." --output-raw | aplay -r 22050 -f S16_LE -c 1
+    python infer.py --voice vctk.onnx --convert in.wav --source-speaker 3 --speaker 12 --out out.wav
+
 Compiled programs are cached in ~/.cache/vits_jax/xla (set VITS_JAX_XLA_CACHE= to disable),
 so later runs start faster.
 """
@@ -23,10 +28,18 @@ def parse_args(argv=None):
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--text", help="text to speak (several sentences are fine)")
   src.add_argument("--input", help="file with one utterance per line, '-' for stdin")
-  p.add_argument("--out", help="output WAV for --text (default out.wav)")
+  src.add_argument("--convert", metavar="IN.wav",
+                   help="voice conversion: re-speak this recording as --speaker "
+                        "(multi-speaker voices; give --source-speaker)")
+  p.add_argument("--out", help="output audio file for --text / --convert (default out.wav; "
+                               ".wav, .flac or .ogg)")
   p.add_argument("--out-dir", help="output folder for --input (0001.wav, 0002.wav, ...)")
+  p.add_argument("--output-raw", action="store_true",
+                 help="write 16-bit mono PCM to stdout as audio is ready (for aplay/sox)")
   p.add_argument("--voice", default="joe", help="voice name or path (default: joe)")
   p.add_argument("--speaker", default=None, help="speaker id or name (multi-speaker voices)")
+  p.add_argument("--source-speaker", default=None,
+                 help="speaker id or name of the --convert recording")
   p.add_argument("--noise-scale", type=float, default=0.667, help="prior noise (default 0.667)")
   p.add_argument("--noise-scale-w", type=float, default=0.8,
                  help="duration noise (default 0.8)")
@@ -34,9 +47,13 @@ def parse_args(argv=None):
                  help="speaking time multiplier, > 1 is slower (default 1.0)")
   p.add_argument("--sentence-silence", type=float, default=0.0,
                  help="seconds of silence between sentences (default 0)")
-  p.add_argument("--batch-size", type=int, default=16, help="sentences per model call")
+  p.add_argument("--batch-size", type=int, default=16,
+                 help="sentences per model call for --input (--text streams one at a time)")
   p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
   return p.parse_args(argv)
+
+
+_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 
 
 def _read_lines(path):
@@ -45,22 +62,30 @@ def _read_lines(path):
   else:
     if not os.path.isfile(path):
       raise FileNotFoundError(f"input file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-      lines = f.read().splitlines()
+    try:
+      with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
   lines = [line.strip() for line in lines if line.strip()]
   if not lines:
     raise ValueError(f"no text in {'stdin' if path == '-' else path}")
   return lines
 
 
-def run(args):
-  """Synthesizes as `args` say; raises ValueError/FileNotFoundError for bad input."""
-  if args.text is not None and args.out_dir:
+def _check_args(args):
+  if args.out_dir and args.input is None:
     raise ValueError("--out-dir goes with --input; use --out for --text")
   if args.input is not None and args.out:
     raise ValueError("--out goes with --text; use --out-dir for --input")
-  if args.input is not None and not args.out_dir:
-    raise ValueError("--input needs --out-dir")
+  if args.output_raw and (args.out or args.out_dir):
+    raise ValueError("--output-raw writes to stdout: leave out --out and --out-dir")
+  if args.input is not None and not args.out_dir and not args.output_raw:
+    raise ValueError("--input needs --out-dir (or --output-raw)")
+  if args.convert is not None and args.output_raw:
+    raise ValueError("--convert writes a file: use --out")
+  if args.convert is None and args.source_speaker is not None:
+    raise ValueError("--source-speaker goes with --convert")
   if not args.length_scale > 0:
     raise ValueError(f"--length-scale must be positive, got {args.length_scale}")
   if args.noise_scale < 0 or args.noise_scale_w < 0:
@@ -71,47 +96,131 @@ def run(args):
     raise ValueError("--sentence-silence must be >= 0")
   if args.text is not None and not args.text.strip():
     raise ValueError("text is empty")
-  texts = [args.text] if args.text is not None else _read_lines(args.input)
-  if args.out:
-    parent = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(parent):
-      raise FileNotFoundError(f"output folder does not exist: {parent}")
+  if args.output_raw:
+    return
+  if args.out_dir:
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+      raise ValueError(f"--out-dir {args.out_dir} exists and is not a folder")
+    return
+  out = args.out or "out.wav"
+  suffix = os.path.splitext(out)[1].lower()
+  if suffix not in _FORMATS:
+    raise ValueError(f"--out {out}: unknown audio format {suffix or '(no suffix)'!r} "
+                     f"(use {', '.join(_FORMATS)})")
+  parent = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(parent):
+    raise FileNotFoundError(f"output folder does not exist: {parent}")
+  if os.path.isdir(out):
+    raise ValueError(f"--out {out} is a folder")
+  if not os.access(parent, os.W_OK) or (os.path.exists(out) and not os.access(out, os.W_OK)):
+    raise ValueError(f"--out {out} cannot be written (permission denied)")
+
+
+def run(args):
+  """Synthesizes as `args` say; raises ValueError/FileNotFoundError for bad input."""
+  _check_args(args)
+  texts = None
+  if args.input is not None:
+    texts = _read_lines(args.input)
+  if args.convert is not None and not os.path.isfile(args.convert):
+    raise FileNotFoundError(f"--convert recording not found: {args.convert}")
 
   from vits_jax import xla_cache
   xla_cache.enable()
-  import soundfile as sf
-  from tqdm import tqdm
+  if texts is not None and _in_cluster():
+    from vits_jax.training import parallel
+    parallel.initialize_distributed()
   from vits_jax.voice import load_voice
 
   voice = load_voice(args.voice)
   speaker = voice.speaker_id(args.speaker)
-  kwargs = dict(speaker=speaker, noise_scale=args.noise_scale,
-                noise_scale_w=args.noise_scale_w, length_scale=args.length_scale,
-                seed=args.seed, batch_size=args.batch_size,
-                sentence_silence=args.sentence_silence)
-  if args.text is not None:
-    out = args.out or "out.wav"
-    audio = voice.synthesize_batch(texts, **kwargs)[0]
-    _write(sf, out, audio, voice.sample_rate)
-    print(f"wrote {out} ({len(audio) / voice.sample_rate:.2f} s)", file=sys.stderr)
+  knobs = dict(speaker=speaker, noise_scale=args.noise_scale,
+               noise_scale_w=args.noise_scale_w, length_scale=args.length_scale,
+               seed=args.seed, sentence_silence=args.sentence_silence)
+  if args.convert is not None:
+    return _convert(args, voice)
+  if args.output_raw:
+    for text in ([args.text] if texts is None else texts):
+      for chunk in voice.stream(text, **knobs):
+        sys.stdout.buffer.write(_pcm16(chunk).tobytes())
+        sys.stdout.buffer.flush()
     return
+  if texts is None:
+    return _text_to_file(args, voice, knobs)
+  _lines_to_files(args, voice, knobs, texts)
+
+
+def _in_cluster() -> bool:
+  """Whether this looks like one host of a multi-host job (TPU slice, SLURM, explicit
+  coordinator): then --input lines are split among the hosts."""
+  env = os.environ
+  return bool(env.get("JAX_COORDINATOR_ADDRESS")
+              or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+              or int(env.get("SLURM_NTASKS", "1") or 1) > 1)
+
+
+def _pcm16(audio):
+  import numpy as np
+  return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
+
+
+def _open_out(path, sample_rate):
+  import soundfile as sf
+  fmt = _FORMATS[os.path.splitext(path)[1].lower()]
+  subtype = "VORBIS" if fmt == "OGG" else "PCM_16"
+  try:
+    return sf.SoundFile(path, "w", samplerate=sample_rate, channels=1, format=fmt,
+                        subtype=subtype)
+  except (OSError, RuntimeError) as e:
+    raise ValueError(f"cannot write {path}: {e}") from None
+
+
+def _text_to_file(args, voice, knobs):
+  """One --text to --out, written window by window (memory stays flat for long texts):
+  the same stream as --output-raw, so the file holds exactly the bytes it would print."""
+  out = args.out or "out.wav"
+  samples = 0
+  with _open_out(out, voice.sample_rate) as f:
+    for chunk in voice.stream(args.text, **knobs):
+      f.write(_pcm16(chunk))
+      samples += len(chunk)
+  print(f"wrote {out} ({samples / voice.sample_rate:.2f} s)", file=sys.stderr)
+
+
+def _lines_to_files(args, voice, knobs, texts):
+  """--input lines to numbered files, each written as soon as its audio is complete. On a
+  multi-host run each process takes every process_count-th line and writes its files."""
+  from tqdm import tqdm
+  from vits_jax import synthesis
   os.makedirs(args.out_dir, exist_ok=True)
   width = max(4, len(str(len(texts))))
-  # Whole batches at a time keep memory bounded for long input files.
-  chunk = max(args.batch_size * 4, 64)
-  with tqdm(total=len(texts), unit="utt", disable=len(texts) < 2, file=sys.stderr) as bar:
-    for start in range(0, len(texts), chunk):
-      audios = voice.synthesize_batch(texts[start:start + chunk], progress=bar.update,
-                                      **kwargs)
-      for k, audio in enumerate(audios):
-        _write(sf, os.path.join(args.out_dir, f"{start + k + 1:0{width}d}.wav"), audio,
-               voice.sample_rate)
-  print(f"wrote {len(texts)} files to {args.out_dir}", file=sys.stderr)
+  index, count = synthesis.process_share()
+  mine = list(range(index, len(texts), count))
+  with tqdm(total=len(mine), unit="utt", disable=len(mine) < 2, file=sys.stderr) as bar:
+    for k, (audio, _) in zip(mine, voice.iter_batch([texts[i] for i in mine],
+                                                    batch_size=args.batch_size, **knobs)):
+      path = os.path.join(args.out_dir, f"{k + 1:0{width}d}.wav")
+      with _open_out(path, voice.sample_rate) as f:
+        f.write(_pcm16(audio))
+      bar.update(1)
+  where = f" (process {index} of {count})" if count > 1 else ""
+  print(f"wrote {len(mine)} files to {args.out_dir}{where}", file=sys.stderr)
 
 
-def _write(sf, path, audio, sample_rate):
-  import numpy as np
-  sf.write(path, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
+def _convert(args, voice):
+  import soundfile as sf
+  if args.speaker is None or args.source_speaker is None:
+    raise ValueError("--convert needs --source-speaker and --speaker (the target)")
+  try:
+    audio, rate = sf.read(args.convert, dtype="float32", always_2d=True)
+  except (RuntimeError, sf.LibsndfileError) as e:
+    raise ValueError(f"cannot read {args.convert}: {e}") from None
+  out = args.out or "out.wav"
+  converted = voice.convert(audio.mean(axis=1), rate, args.source_speaker, args.speaker,
+                            seed=args.seed)
+  with _open_out(out, voice.sample_rate) as f:
+    f.write(_pcm16(converted))
+  print(f"wrote {out} ({len(converted) / voice.sample_rate:.2f} s)", file=sys.stderr)
 
 
 def main(argv=None):

@@ -89,8 +89,8 @@ def main():
   seconds = audio.size / sr
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, onnxruntime {ort.__version__}, "
         f"{args.threads} threads each; sentence: {len(ids)} ids, {seconds:.2f} s of audio "
-        f"(frame bucket {synthesis.frame_bucket(audio.size // voice.hop_length)} for "
-        f"{audio.size // voice.hop_length} frames); first call incl. compile {compile_s:.1f} s")
+        f"({audio.size // voice.hop_length} frames, {synthesis.plan_for(voice.model)}); first "
+        f"call incl. compile {compile_s:.1f} s")
 
   t_jax, t_ort = [], []
   for _ in range(args.runs):

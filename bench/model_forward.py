@@ -62,20 +62,20 @@ def _jitted_infer(model, params, x, lengths, length_scale, max_len):
   """infer with traced zero noise scales (so the noise draws are part of the program)."""
   @jax.jit
   def run(params, x, lengths, scales):
-    o, _, y_mask, _ = model.apply({"params": params}, x, lengths, noise_scale=scales[0],
-                                  noise_scale_w=scales[1], length_scale=scales[2],
-                                  max_len=max_len, method="infer",
-                                  rngs={"noise": jax.random.PRNGKey(0)})
-    return o, jnp.sum(y_mask, axis=(1, 2))
+    o, aux = model.apply({"params": params}, x, lengths, noise_scale=scales[0],
+                         noise_scale_w=scales[1], length_scale=scales[2],
+                         max_len=max_len, method="infer",
+                         rngs={"noise": jax.random.PRNGKey(0)})
+    return o, jnp.sum(aux["y_mask"], axis=(1, 2))
 
   scales = jnp.array([0.0, 0.0, length_scale], jnp.float32)
   return lambda: jax.block_until_ready(run(params, x, lengths, scales))
 
 
 def _frames(model, params, x, lengths, length_scale):
-  _, _, y_mask, _ = model.apply({"params": params}, x, lengths, noise_scale=0.0,
-                                noise_scale_w=0.0, length_scale=length_scale, method="infer")
-  return int(y_mask.sum())
+  _, aux = model.apply({"params": params}, x, lengths, noise_scale=0.0,
+                       noise_scale_w=0.0, length_scale=length_scale, method="infer")
+  return int(aux["y_mask"].sum())
 
 
 def bench_hf(label, hf_kwargs, tokens, repeats):

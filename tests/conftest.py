@@ -5,6 +5,10 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One persistent compile cache for every test process of a run (and later runs): entries are
+# keyed by a hash of the program, so a stale entry is never used for another program.
+os.environ.setdefault("VITS_JAX_XLA_CACHE", os.path.join(
+    __import__("tempfile").gettempdir(), "vits_jax_test_xla_cache"))
 
 import jax  # noqa: E402
 

@@ -143,8 +143,9 @@ def test_infer_noise_off(name):
   """Full synthesis of a padded batch; each item matches the reference run alone."""
   model, variables, d = load(name)
   sid = d.get("sid")
-  o, _, y_mask, _ = model.apply(variables, d["enc/ids"], d["enc/lengths"], sid=sid,
-                                noise_scale=0.0, noise_scale_w=0.0, method="infer")
+  o, aux = model.apply(variables, d["enc/ids"], d["enc/lengths"], sid=sid,
+                       noise_scale=0.0, noise_scale_w=0.0, method="infer")
+  y_mask = aux["y_mask"]
   hop = model.hop_length
   for b in range(2):
     n = int(d[f"infer/len{b}"])
@@ -196,7 +197,7 @@ def test_load_hf_folder(tmp_path):
   from vits_jax.models.synthesizer import build_synthesizer
   model = build_synthesizer(config)
   n = int(data["infer/len0"])
-  o, *_ = model.apply(variables, data["enc/ids"][:1], data["enc/lengths"][:1],
+  o, _ = model.apply(variables, data["enc/ids"][:1], data["enc/lengths"][:1],
                       noise_scale=0.0, noise_scale_w=0.0, method="infer")
   _check(o[0, :n, 0], data["infer/o0"][:n])
 

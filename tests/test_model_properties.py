@@ -136,12 +136,14 @@ def test_infer_batch_equals_items_alone(use_sdp, n_speakers):
   seeds = np.array([11, 5, 3], np.int32)
   sid = np.array([2, 0, 1], np.int32) if n_speakers else None
   kw = dict(noise_scale=0.667, noise_scale_w=0.8, length_scale=1.3)
-  o, attn, y_mask, _ = _infer(model, variables, x, lengths, seeds, sid=sid, **kw)
+  o, aux = _infer(model, variables, x, lengths, seeds, sid=sid, **kw)
+  attn, y_mask = aux["attn"], aux["y_mask"]
   hop = model.hop_length
   for b in range(3):
     item = slice(b, b + 1)
-    o1, _, ym1, _ = _infer(model, variables, x[item, :lengths[b]], lengths[item], seeds[item],
-                           sid=None if sid is None else sid[item], **kw)
+    o1, aux1 = _infer(model, variables, x[item, :lengths[b]], lengths[item], seeds[item],
+                      sid=None if sid is None else sid[item], **kw)
+    ym1 = aux1["y_mask"]
     n = int(ym1.sum())
     assert int(y_mask[b].sum()) == n
     np.testing.assert_allclose(o[b, :n * hop], o1[0, :n * hop], atol=2e-5)
@@ -169,15 +171,15 @@ def test_infer_jit_static_max_len_no_retrace():
   model, variables = small_model()
   x, lengths = jnp.array([[3, 5, 7, 9, 11, 2]], jnp.int32), jnp.array([6])
   kw = dict(noise_scale=0.5, noise_scale_w=0.5)
-  eager, _, y_mask, _ = _infer(model, variables, x, lengths, np.array([4]), **kw)
-  n = int(y_mask.sum())
+  eager, aux = _infer(model, variables, x, lengths, np.array([4]), **kw)
+  n = int(aux["y_mask"].sum())
 
   @jax.jit
   @chex.assert_max_traces(n=1)
   def synth(variables, x, lengths, seeds):
     return _infer(model, variables, x, lengths, seeds, max_len=n + 5, **kw)
 
-  o, _, ym, _ = synth(variables, x, lengths, jnp.array([4]))
+  o, _ = synth(variables, x, lengths, jnp.array([4]))
   assert o.shape == (1, (n + 5) * model.hop_length, 1)
   np.testing.assert_allclose(o[:, :eager.shape[1]], eager, atol=2e-5)
   assert np.all(np.asarray(o[:, eager.shape[1]:]) == 0)
@@ -199,11 +201,13 @@ def test_training_forward_and_gradients():
 
   def loss(params):
     out = model.apply({"params": params}, x, x_lengths, y, y_lengths, sid, rngs=rngs)
-    o, l_length = out[0], out[1]
+    o, l_length = out[0], out[1]["l_length"]
     return jnp.sum(o ** 2) + jnp.sum(l_length), out
 
   (value, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
-  o, l_length, attn, ids_slice, x_mask, y_mask, (z, z_p, m_p, logs_p, m_q, logs_q) = out
+  o, aux = out
+  attn, ids_slice, y_mask = aux["attn"], aux["ids_slice"], aux["y_mask"]
+  z_p, m_p = aux["z_p"], aux["m_p"]
   assert o.shape == (2, 8 * model.hop_length, 1)
   assert attn.shape == (2, 20, 7) and z_p.shape == m_p.shape == (2, 20, 8)
   np.testing.assert_array_equal(attn.sum(-1), y_mask[..., 0])  # one token per frame
@@ -226,9 +230,9 @@ def test_voice_conversion_same_speaker_is_identity_through_flow():
   y = jnp.asarray(np.abs(np.random.RandomState(2).randn(2, 12, 17)), jnp.float32)
   lengths = jnp.array([12, 9])
   sid = jnp.array([1, 2])
-  o, y_mask, (z, z_p, z_hat) = model.apply(variables, y, lengths, sid, sid,
-                                           rngs={"noise": jax.random.PRNGKey(0)},
-                                           method="voice_conversion")
+  o, aux = model.apply(variables, y, lengths, sid, sid, rngs={"noise": jax.random.PRNGKey(0)},
+                       method="voice_conversion")
+  y_mask, z, z_hat = aux["y_mask"], aux["z"], aux["z_hat"]
   assert o.shape == (2, 12 * model.hop_length, 1)
   np.testing.assert_allclose(z_hat * y_mask, z, atol=1e-5)
   with pytest.raises(ValueError, match="multi-speaker"):
@@ -283,7 +287,7 @@ def test_full_size_generator_forward_compiles_on_cpu():
   out = jax.jit(lambda p: model.apply({"params": p}, x, jnp.array([12]), y,
                                       jnp.array([model.segment_size]), rngs=rngs))(params)
   assert out[0].shape == (1, 8192, 1)
-  assert bool(jnp.all(jnp.isfinite(out[0]))) and bool(jnp.all(jnp.isfinite(out[1])))
+  assert bool(jnp.all(jnp.isfinite(out[0]))) and bool(jnp.all(jnp.isfinite(out[1]["l_length"])))
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,dilation,padding,groups", [

@@ -154,7 +154,9 @@ def test_step_equals_two_phase_reference():
                      batch["audio_lengths"] // 256, train=True, rngs=rngs)
 
   gp, dp = state.params["generator"], state.params["discriminator"]
-  y_hat, l_length, _, ids, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = g_out(gp)
+  y_hat, aux = g_out(gp)
+  l_length, ids, z_mask = aux["l_length"], aux["ids_slice"], aux["y_mask"]
+  z_p, m_p, logs_p, logs_q = aux["z_p"], aux["m_p"], aux["logs_p"], aux["logs_q"]
   y = commons.slice_segments(wav[..., None], ids * 256, 1024)
 
   def d_loss(p):

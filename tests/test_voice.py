@@ -22,12 +22,9 @@ HIGH = FIXTURES / "piper_tiny_high.onnx"
 
 @pytest.fixture(scope="module", autouse=True)
 def coarse_buckets():
-  """Coarse buckets (frames: powers of two >= 256; ids: 64, 256, 2048) so the tests here
-  compile few programs. Outputs do not depend on buckets (everything is masked), which
-  test_batch_equals_alone checks across batch and frame buckets."""
+  """Coarse id buckets (64, 256, 2048) so the tests here compile few programs. Outputs do
+  not depend on buckets (everything is masked), which test_batch_equals_alone checks."""
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(synthesis, "frame_bucket",
-               lambda n, steps=None: max(256, 1 << (n - 1).bit_length()))
     mp.setattr(synthesis, "TEXT_BUCKETS", (64, 256, 2048))
     yield
 
@@ -37,34 +34,14 @@ def multi():
   return load_voice(MULTI)
 
 
-_TEXT_BUCKETS, _FRAME_BUCKET = synthesis.TEXT_BUCKETS, synthesis.frame_bucket
+_TEXT_BUCKETS = synthesis.TEXT_BUCKETS
 
 
 def test_buckets(monkeypatch):
   monkeypatch.setattr(synthesis, "TEXT_BUCKETS", _TEXT_BUCKETS)
-  monkeypatch.setattr(synthesis, "frame_bucket", _FRAME_BUCKET)
   assert [synthesis.text_bucket(n) for n in (1, 32, 33, 600, 2048, 2049)] == [
-      32, 32, 64, 640, 2048, 4096]
+      32, 32, 64, 1024, 2048, 4096]
   assert [synthesis.batch_bucket(n) for n in (1, 2, 3, 5, 16)] == [1, 2, 4, 8, 16]
-  prev = 0
-  for n in range(1, 5000):
-    b = synthesis.frame_bucket(n, 8)
-    assert n <= b and b >= prev and (n <= 32 or b <= n * 1.125)
-    prev = b
-  # 8 sizes per octave: few distinct programs for many lengths.
-  assert len({synthesis.frame_bucket(n, 8) for n in range(257, 513)}) == 8
-  assert {synthesis.frame_bucket(n, 1) for n in range(257, 513)} == {512}
-  # Batches: a partition, power-of-two sizes, similar lengths, bounded size.
-  frames = np.random.RandomState(0).randint(1, 900, 50)
-  groups = synthesis.similar_groups(frames, synthesis.frame_bucket, 16, 8192, 0.25)
-  assert sorted(i for g in groups for i in g) == list(range(50))
-  for g in groups:
-    bucket = synthesis.frame_bucket(int(frames[g].max()))
-    assert len(g) & (len(g) - 1) == 0 and len(g) * bucket <= 8192
-    assert all(f >= 0.75 * bucket or synthesis.frame_bucket(int(f)) == bucket
-               for f in frames[g])
-  assert synthesis.similar_groups(np.array([10, 5, 3]), synthesis.frame_bucket, 16) == [
-      [0, 1], [2]]
 
 
 def test_batch_equals_alone(multi):
@@ -80,26 +57,6 @@ def test_batch_equals_alone(multi):
   np.testing.assert_array_equal(again, multi.synthesize(texts[0], **kw))
   other = multi.synthesize(texts[0], **dict(kw, seed=4))
   assert other.shape != again.shape or np.abs(other - again).max() > 1e-3
-
-
-def test_two_programs_equal_model_infer(multi):
-  """Voice runs `SynthesizerTrn.infer` split in two programs; same waveform (SDP noise on)."""
-  import jax
-  import jax.numpy as jnp
-  rng = np.random.RandomState(0)
-  ids = [list(rng.randint(1, 150, n)) for n in (7, 40)]
-  got = multi.synthesize_ids(ids, 1, noise_scale=0.0, noise_scale_w=0.8, seed=5, seeds=[3, 4])
-  x = np.zeros((2, 40), np.int32)
-  for i, s in enumerate(ids):
-    x[i, :len(s)] = s
-  o, _, y_mask, _ = multi.model.apply(
-      {"params": multi.params}, jnp.asarray(x), jnp.array([7, 40]), sid=jnp.array([1, 1]),
-      noise_scale=0.0, noise_scale_w=0.8, length_scale=1.0, seeds=jnp.array([3, 4]),
-      method="infer", rngs={"noise": jax.random.PRNGKey(5)})
-  for i in range(2):
-    n = int(y_mask[i].sum()) * multi.hop_length
-    assert got[i].shape == (n,)
-    np.testing.assert_allclose(got[i], np.asarray(o)[i, :n, 0], atol=1e-6)
 
 
 def test_one_trace_per_bucket(multi):

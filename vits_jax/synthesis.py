@@ -1,57 +1,77 @@
-"""Batched, bucketed synthesis: token ids -> waveforms with a `SynthesizerTrn`.
+"""Synthesis in fixed-size frame windows: token ids -> waveforms, whole or streamed.
 
-`SynthesizerTrn.infer` runs here as two jitted programs with the alignment expansion on the
-host in between:
+Built from the model's two inference halves (`SynthesizerTrn.encode_text` and
+`decode_latent`), each jitted once per input shape:
 
-- `encode` (text encoder + duration predictor) per (batch, ids bucket): prior statistics
-  per token and integer durations;
-- `decode` (prior sample + reverse flow + decoder) per (batch, frame bucket), on the
-  per-frame statistics.
+- the **text side** runs per batch of sentences, ids padded to a power-of-two bucket
+  (`TEXT_BUCKETS`), batch padded to a fixed size per call: per-token prior statistics and
+  integer durations come back to the host;
+- the host expands them along the durations and lays the sentences end to end on a
+  **tape** of frames, separated by `isolation_gap` masked frames (every conv input is
+  masked, so sentences on a tape cannot see each other);
+- the **latent side** (prior sample -> reverse flow -> decoder) runs over fixed windows of
+  `WINDOW_FRAMES` tape frames with margins of the flow's and decoder's receptive fields on
+  each side (`SynthesizerTrn.latent_margins`), so each window's output equals the same
+  frames of a whole-utterance decode. The prior noise of a frame depends only on (key, the
+  sentence's seed, the frame's position in its sentence). One decoder program per window
+  batch size, whatever the utterance lengths.
 
-So the encoder runs once per sentence, the frame count is known before the decoder is
-compiled, and each program compiles once per bucket of its own input size: ids padded to
-`TEXT_BUCKETS` (4 per octave), frames to 8 sizes per octave, batches to powers of two,
-decoder batches formed from sentences of similar length. Masks make an item's output
-independent of its padding and batch; its noise comes from (key, its seed) only. Tests check
-this equals `model.infer`. Compiled programs live at module level keyed on the (hashable)
-model, so every voice of the same architecture shares them.
+Windows come out in tape order, so audio is delivered sentence by sentence and window by
+window inside a sentence (`stream_ids`), with memory bounded by the windows in flight.
+Window batches are sharded over a 1-D mesh of all local devices (data parallel). Compiled
+programs live at module level keyed on the (hashable) model, so every voice of the same
+architecture shares them.
 """
 
+import contextlib
+import dataclasses
 import functools
-import math
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
+                    Tuple)
 
 import numpy as np
 
-# Ids buckets: 4 per octave from 128 (the text encoder's cost grows with the padded length).
-TEXT_BUCKETS = (32, 64, 96) + tuple(
-    o * k // 4 for o in (128, 256, 512, 1024) for k in range(4, 8)) + (2048,)
-# Sentences longer than this many ids are cut at word boundaries (attention is quadratic).
+# Id buckets (powers of two: few text-side programs; attention is quadratic in them).
+TEXT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
+# Sentences longer than this many ids are cut at word boundaries (`vits_jax.voice`).
 MAX_IDS = TEXT_BUCKETS[-1]
-# Frame buckets per octave of length: more = less padding, more programs to compile.
-FRAME_STEPS_PER_OCTAVE = 8
-# A batch only holds items within this fraction of its longest one's bucket (decoder; the
-# cheaper encoder tolerates more padding for fewer calls).
-MAX_DECODE_PADDING = 0.25
-MAX_ENCODE_PADDING = 0.5
-# Bound on batch * frames per decoder call. On CPU, big batches only add memory traffic (the
-# convs already fill the cores at batch 1), so they stay small there.
-MAX_BATCH_FRAMES = {"cpu": 2048}
-MAX_BATCH_FRAMES_DEFAULT = 16384
+# Core frames of one decoder window (~3 s at 22.05 kHz / hop 256). Each window also decodes
+# its margins: measured on the joe voice on 2 CPU cores, 0.71 / 0.58 / 0.54 ms per output
+# frame at 128 / 256 / 512 frames, against 0.49 for a whole-utterance decode.
+WINDOW_FRAMES = 256
+# Most sentences per text-side call and windows per decoder call, by backend. On CPU both
+# halves are compute-bound at batch 1 (per-row time falls < 20% at batch 16), so padding rows
+# would only waste work; accelerators take `batch_size`.
+MAX_TEXT_BATCH = {"cpu": 1}
+MAX_WINDOW_BATCH = {"cpu": 1}
+MAX_BATCH_DEFAULT = 64
+# Sentences whose text side is computed ahead of the decoder, per text-side batch.
+TEXT_GROUP_BATCHES = 4
 
 
-def _lazy_jit(fn, static_argnames=()):
-  """`jax.jit(fn)`, built on first call so importing this module does not import jax."""
-  compiled = []
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Window geometry of a model: core frames, margins (frames) and the isolation gap."""
+  window: int
+  flow_margin: int
+  dec_margin: int
+  gap: int
+  hop: int
 
-  @functools.wraps(fn)
-  def call(*args, **kwargs):
-    if not compiled:
-      import jax
-      compiled.append(jax.jit(fn, static_argnames=static_argnames))
-    return compiled[0](*args, **kwargs)
+  @property
+  def margin(self) -> int:
+    return self.flow_margin + self.dec_margin
 
-  return call
+  @property
+  def span(self) -> int:
+    """Input frames of one window."""
+    return self.window + 2 * self.margin
+
+
+def plan_for(model, window: Optional[int] = None) -> Plan:
+  flow_margin, dec_margin = model.latent_margins()
+  return Plan(int(window or WINDOW_FRAMES), flow_margin, dec_margin, model.isolation_gap(),
+              int(model.hop_length))
 
 
 def text_bucket(n: int) -> int:
@@ -62,20 +82,205 @@ def text_bucket(n: int) -> int:
   return -(-n // TEXT_BUCKETS[-1]) * TEXT_BUCKETS[-1]
 
 
-def frame_bucket(n: int, steps_per_octave: Optional[int] = None) -> int:
-  """`n` rounded up to one of `FRAME_STEPS_PER_OCTAVE` (8) sizes per octave, at least 32:
-  at most 12.5% padding with 8 steps."""
-  steps = steps_per_octave or FRAME_STEPS_PER_OCTAVE
-  if n <= 32:
-    return 32
-  octave = 2 ** math.floor(math.log2(n - 1))
-  step = max(1, octave // steps)
-  return -(-n // step) * step
-
-
 def batch_bucket(n: int) -> int:
   """`n` rounded up to a power of two."""
   return 1 << max(0, (n - 1).bit_length())
+
+
+def _round_up(n: int, k: int) -> int:
+  return -(-n // k) * k
+
+
+# ----------------------------------------------------------------------- the tape
+@dataclasses.dataclass
+class _Segment:
+  index: int          # the sentence's index in the caller's list
+  start: int          # first tape frame
+  m: np.ndarray       # [L, C] per-frame prior mean
+  logs: np.ndarray    # [L, C]
+  seed: int
+  durations: np.ndarray  # [n_ids] int frames per id
+
+  @property
+  def end(self) -> int:
+    return self.start + len(self.m)
+
+
+class _Tape:
+  """Sentences laid end to end as frames, cut into decoder windows (host side)."""
+
+  def __init__(self, plan: Plan, channels: int):
+    self.plan = plan
+    self.channels = channels
+    self.segments: List[_Segment] = []
+    self.end = 0          # first free frame (after the last sentence's gap)
+    self.next_window = 0  # index of the next window to hand out
+
+  def append(self, index, m_tokens, logs_tokens, durations, seed):
+    durations = np.asarray(durations, np.int64)
+    token = np.repeat(np.arange(len(durations)), durations)
+    n = max(int(token.size), 1)
+    m = np.zeros((n, self.channels), np.float32)
+    logs = np.zeros((n, self.channels), np.float32)
+    m[:token.size] = m_tokens[token]
+    logs[:token.size] = logs_tokens[token]
+    self.segments.append(_Segment(index, self.end, m, logs, int(seed), durations))
+    self.end += n + self.plan.gap
+
+  def ready(self, final: bool) -> int:
+    """Windows whose input no later sentence can change (all of them when `final`)."""
+    p = self.plan
+    if final:
+      last = self.segments[-1].end if self.segments else 0
+      total = -(-last // p.window)
+    else:
+      total = max(0, (self.end - p.margin) // p.window)
+    return max(0, total - self.next_window)
+
+  def take(self, n: int):
+    """Inputs of the next `n` windows: dict of [n, span, ...] arrays, and their indices."""
+    p = self.plan
+    ks = list(range(self.next_window, self.next_window + n))
+    self.next_window += n
+    m = np.zeros((n, p.span, self.channels), np.float32)
+    logs = np.zeros_like(m)
+    mask = np.zeros((n, p.span, 1), np.float32)
+    seeds = np.zeros((n, p.span), np.int32)
+    pos = np.zeros((n, p.span), np.int32)
+    for r, k in enumerate(ks):
+      lo = k * p.window - p.margin
+      hi = lo + p.span
+      for seg in self.segments:
+        a, b = max(lo, seg.start), min(hi, seg.end)
+        if a >= b:
+          continue
+        m[r, a - lo:b - lo] = seg.m[a - seg.start:b - seg.start]
+        logs[r, a - lo:b - lo] = seg.logs[a - seg.start:b - seg.start]
+        mask[r, a - lo:b - lo] = 1.0
+        seeds[r, a - lo:b - lo] = seg.seed
+        pos[r, a - lo:b - lo] = np.arange(a - seg.start, b - seg.start)
+    return dict(m=m, logs=logs, mask=mask, seeds=seeds, positions=pos), ks
+
+  def deliver(self, k: int, audio: np.ndarray):
+    """Splits window k's core audio [window * hop] among its sentences.
+
+    Yields (sentence index, samples, segment or None): the segment once its last samples
+    are delivered. Drops finished segments.
+    """
+    p = self.plan
+    lo, hi = k * p.window, (k + 1) * p.window
+    for seg in self.segments:
+      a, b = max(lo, seg.start), min(hi, seg.end)
+      if a >= b:
+        continue
+      piece = audio[(a - lo) * p.hop:(b - lo) * p.hop]
+      yield seg.index, piece, (seg if seg.end <= hi else None)
+    # Segments that end before the next window's input starts are no longer needed.
+    keep_from = hi - p.margin
+    self.segments = [s for s in self.segments if s.end > keep_from]
+
+
+# ----------------------------------------------------------------------- synthesis
+@dataclasses.dataclass
+class Options:
+  """Sampling knobs of one synthesis call."""
+  speaker_id: Optional[int] = None
+  noise_scale: float = 0.667
+  noise_scale_w: float = 0.8
+  length_scale: float = 1.0
+  seed: int = 0
+  batch_size: int = 16
+
+
+def stream_ids(model, params, sentences: Iterable[Tuple[Sequence[int], int]],
+               options: Options, text_batch: Optional[int] = None,
+               window: Optional[int] = None) -> Iterator[Tuple[int, np.ndarray, Any]]:
+  """Token id sequences -> their audio, window by window, in order.
+
+  Args:
+    model, params: a `SynthesizerTrn` and its 'params' collection.
+    sentences: (ids, noise seed) per sentence; consumed lazily, `TEXT_GROUP_BATCHES` text
+      batches ahead of the decoder (one sentence at a time when `text_batch` is 1).
+    options: knobs; the noise key is `PRNGKey(options.seed)`.
+    text_batch: sentences per text-side call (default `batch_bucket(batch_size)`; 1
+      streams with the least latency).
+    window: decoder window core frames (default `WINDOW_FRAMES`).
+
+  Yields:
+    (sentence index, float32 samples, durations): consecutive pieces of each sentence's
+    waveform, sentences in order; `durations` (int frames per id) on a sentence's last
+    piece, else None.
+  """
+  import jax
+  key = jax.random.PRNGKey(int(options.seed))
+  scales = _scales(options)
+  backend = jax.default_backend()
+  tb = min(batch_bucket(max(1, int(text_batch or options.batch_size))),
+           MAX_TEXT_BATCH.get(backend, MAX_BATCH_DEFAULT))
+  tb = _round_up(tb, _device_count())
+  group_size = tb * (TEXT_GROUP_BATCHES if tb > 1 else 1)
+
+  def groups():
+    source = iter(enumerate(sentences))
+    while True:
+      group = [item for _, item in zip(range(group_size), source)]
+      if not group:
+        return
+      yield [(i, tokens, seed) for i, tokens, seed in _text_side(
+          model, params, group, options.speaker_id, scales, key, tb)]
+
+  return decode_tokens(model, params, groups(), options, window)
+
+
+def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
+                  options: Options, window: Optional[int] = None
+                  ) -> Iterator[Tuple[int, np.ndarray, Any]]:
+  """The latent side of `stream_ids`: per-token prior statistics -> audio, in windows.
+
+  Args:
+    groups: lists of (sentence index, (m_p [n, C], logs_p [n, C], durations [n] int),
+      seed), consumed one list at a time as the decoder needs more frames.
+
+  Yields:
+    as `stream_ids`.
+  """
+  import jax
+  plan = plan_for(model, window)
+  devices = _device_count()
+  key = jax.random.PRNGKey(int(options.seed))
+  scales = _scales(options)
+  cap = MAX_WINDOW_BATCH.get(jax.default_backend(), MAX_BATCH_DEFAULT)
+  wb = _round_up(min(batch_bucket(max(1, int(options.batch_size))), cap), devices)
+  tape = _Tape(plan, int(model.inter_channels))
+  source = iter(groups)
+  exhausted = False
+  while True:
+    if not exhausted:
+      group = next(source, None)
+      if group is None:
+        exhausted = True
+      else:
+        for i, (m_p, logs_p, dur), seed in group:
+          tape.append(i, m_p, logs_p, dur, seed)
+    while True:
+      ready = tape.ready(final=exhausted)
+      if ready == 0 or (ready < wb and not exhausted):
+        break
+      n = min(ready, wb)
+      inputs, ks = tape.take(n)
+      batch = wb if n == wb else _round_up(batch_bucket(n), devices)
+      audio = _latent_side(model, params, plan, inputs, batch, options.speaker_id, scales,
+                           key)
+      for r, k in enumerate(ks):
+        for i, piece, seg in tape.deliver(k, audio[r]):
+          yield i, piece, (None if seg is None else seg.durations)
+    if exhausted and tape.ready(final=True) == 0:
+      return
+
+
+def _scales(options: Options) -> np.ndarray:
+  return np.asarray([options.noise_scale, options.noise_scale_w, options.length_scale],
+                    np.float32)
 
 
 def synthesize_ids(model, params, ids_list: Sequence[Sequence[int]],
@@ -83,41 +288,160 @@ def synthesize_ids(model, params, ids_list: Sequence[Sequence[int]],
                    noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
                    seeds: Optional[Sequence[int]] = None, batch_size: int = 16,
                    on_done: Optional[Callable[[int], None]] = None) -> List[np.ndarray]:
-  """Token id sequences -> one float32 waveform each (the model's raw output).
+  """Token id sequences -> one float32 waveform each (`stream_ids`, collected).
 
   Args:
-    model, params: a `SynthesizerTrn` and its 'params' collection.
-    ids_list: one id list per sentence.
-    speaker_id: speaker id (multi-speaker models) or None.
-    noise_scale, noise_scale_w, length_scale: as `SynthesizerTrn.infer`.
-    seed: the noise key is `PRNGKey(seed)`.
-    seeds: per-sentence noise seeds (default all 0).
-    batch_size: most sentences per encoder call.
-    on_done: called with each sentence's index once its audio is ready.
+    ids_list: one id list per sentence; seeds: per-sentence noise seeds (default 0).
+    on_done: called with each sentence's index once its audio is complete.
+  """
+  seeds = [0] * len(ids_list) if seeds is None else list(seeds)
+  options = Options(speaker_id, noise_scale, noise_scale_w, length_scale, seed, batch_size)
+  pieces: Dict[int, List[np.ndarray]] = {}
+  out: List[Optional[np.ndarray]] = [None] * len(ids_list)
+  for i, piece, durations in stream_ids(model, params, list(zip(ids_list, seeds)), options,
+                                        text_batch=min(batch_size, len(ids_list))):
+    pieces.setdefault(i, []).append(piece)
+    if durations is not None:
+      out[i] = np.concatenate(pieces.pop(i)).astype(np.float32)
+      if on_done is not None:
+        on_done(i)
+  return out  # type: ignore[return-value]
+
+
+def convert_audio(model, params, audio: np.ndarray, source_id: int, target_id: int,
+                  noise_scale: float = 0.0, seed: int = 0,
+                  window: Optional[int] = None) -> np.ndarray:
+  """Voice conversion of one waveform (official `voice_conversion`): the posterior of its
+  spectrogram with the source speaker, through the flow into the prior space, then the
+  latent side with the target speaker (no prior noise), in windows as text synthesis.
+
+  Args:
+    audio: float32 [T] at the model's rate, T a multiple of the hop length.
 
   Returns:
-    list of float32 [samples] arrays, in the order of `ids_list`.
+    float32 [T] waveform.
   """
   import jax
-  import jax.numpy as jnp
-  n = len(ids_list)
-  seeds = [0] * n if seeds is None else list(seeds)
-  for ids in ids_list:
+  plan = plan_for(model, window)
+  hop = plan.hop
+  frames = len(audio) // hop
+  n_fft = 2 * (int(model.spec_channels) - 1)
+  padded = _round_up(frames, plan.window)  # posterior programs per window multiple
+  wav = np.zeros((1, padded * hop), np.float32)
+  wav[0, :frames * hop] = audio[:frames * hop]
+  key = jax.random.PRNGKey(int(seed))
+  _note(model, ("audio", wav.shape))
+  z_p = np.asarray(_audio_jit(model, n_fft, params, wav, np.asarray([frames * hop], np.int32),
+                              np.asarray([source_id], np.int32),
+                              np.float32(noise_scale), key))[0, :frames]
+  tape = _Tape(plan, int(model.inter_channels))
+  tape.append(0, z_p, np.zeros_like(z_p), np.ones(frames, np.int64), 0)
+  scales = np.asarray([0.0, 0.0, 1.0], np.float32)
+  pieces = []
+  while tape.ready(final=True):
+    inputs, ks = tape.take(1)
+    audio_w = _latent_side(model, params, plan, inputs, _device_count(), target_id, scales,
+                           key)
+    for i, piece, _ in tape.deliver(ks[0], audio_w[0]):
+      pieces.append(piece)
+  return np.concatenate(pieces).astype(np.float32)
+
+
+def _text_side(model, params, group, sid, scales, key, batch):
+  """Text side of `group` [(index, (ids, seed))] in batches of similar length.
+
+  Yields (index, (m_p [n, C], logs_p [n, C], durations [n] int), seed) in group order.
+  """
+  for _, (ids, _) in group:
     if len(ids) == 0:
       raise ValueError("empty id sequence")
-  key = jax.random.PRNGKey(seed)
-  scales = (jnp.float32(noise_scale), jnp.float32(noise_scale_w), jnp.float32(length_scale))
-  out: List[Optional[np.ndarray]] = [None] * n
-  lengths = np.asarray([len(ids) for ids in ids_list])
-  for group in similar_groups(lengths, text_bucket, max(1, int(batch_size)),
-                              max_padding=MAX_ENCODE_PADDING):
-    for chunk in _run_group(model, params, group, ids_list, seeds, speaker_id, scales,
-                            key):
-      for i, wav in chunk:
-        out[i] = wav
-        if on_done is not None:
-          on_done(i)
-  return out  # type: ignore[return-value]
+  results = {}
+  order = sorted(range(len(group)), key=lambda j: -len(group[j][1][0]))
+  while order:
+    t = text_bucket(len(group[order[0]][1][0]))
+    rows = [j for j in order if text_bucket(len(group[j][1][0])) == t][:batch]
+    taken = set(rows)
+    order = [j for j in order if j not in taken]
+    padded = rows + [rows[0]] * (batch - len(rows))
+    x = np.zeros((batch, t), np.int32)
+    lengths = np.zeros((batch,), np.int32)
+    seeds = np.zeros((batch,), np.int32)
+    for r, j in enumerate(padded):
+      ids, seed = group[j][1]
+      x[r, :len(ids)] = ids
+      lengths[r] = len(ids)
+      seeds[r] = seed
+    sids = None if sid is None else np.full((batch,), sid, np.int32)
+    _note(model, ("text", x.shape, sid is None))
+    m_p, logs_p, w_ceil = (np.asarray(a) for a in _text_jit(
+        model, params, *_shard((x, lengths, sids, seeds)), scales, key))
+    for r, j in enumerate(rows):
+      n = int(lengths[r])
+      results[j] = (m_p[r, :n], logs_p[r, :n], w_ceil[r, :n].astype(np.int64))
+  for j, (i, (_, seed)) in enumerate(group):
+    yield i, results[j], seed
+
+
+def _latent_side(model, params, plan, inputs, batch, sid, scales, key):
+  """Decodes `n` windows (padded to `batch` rows); returns [n, window * hop] float32."""
+  n = inputs["m"].shape[0]
+  arrays = []
+  for name in ("m", "logs", "mask", "seeds", "positions"):
+    a = inputs[name]
+    if batch > n:
+      a = np.concatenate([a, np.zeros((batch - n,) + a.shape[1:], a.dtype)])
+    arrays.append(a)
+  sids = None if sid is None else np.full((batch,), sid, np.int32)
+  _note(model, ("latent", arrays[0].shape, sid is None))
+  o = _latent_jit(model, plan.flow_margin, plan.dec_margin, params,
+                  *_shard(tuple(arrays) + (sids,)), scales, key)
+  return np.asarray(o)[:n, :, 0]
+
+
+# ------------------------------------------------------------------- devices
+def process_share() -> Tuple[int, int]:
+  """(this process's index, process count): a multi-host job splits its inputs by these."""
+  import jax
+  return jax.process_index(), jax.process_count()
+
+
+def _device_count() -> int:
+  import jax
+  return jax.local_device_count()
+
+
+@functools.lru_cache(maxsize=4)
+def _batch_sharding(n_devices: int):
+  import jax
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  mesh = Mesh(np.asarray(jax.local_devices()), ("data",))
+  return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def _shard(arrays):
+  """Puts batch-major host arrays on all local devices, split along the batch."""
+  n = _device_count()
+  if n == 1:
+    return arrays
+  import jax
+  sharding = _batch_sharding(n)
+  return tuple(None if a is None else jax.device_put(a, sharding) for a in arrays)
+
+
+def replicate(params):
+  """Params on every local device (one device: plain `device_put`)."""
+  import jax
+  n = _device_count()
+  if n == 1:
+    return jax.device_put(params)
+  from jax.sharding import NamedSharding, PartitionSpec
+  mesh = _batch_sharding(n).mesh
+  return jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+
+
+# ------------------------------------------------------------------- jitted parts
+_TRACES: Dict[Any, int] = {}
+_SHAPES: Dict[Any, set] = {}  # shape buckets each model ran with
 
 
 def trace_count(model) -> int:
@@ -126,167 +450,79 @@ def trace_count(model) -> int:
 
 
 def programs_used(model) -> int:
-  """Distinct (program, shape bucket) pairs `model` has run: after warm-up `trace_count`
-  must not grow beyond it."""
+  """Distinct (program, shape) pairs `model` has run: after warm-up `trace_count` must not
+  grow beyond it."""
   return len(_SHAPES.get(model, ()))
-
-
-def _arrays(group, ids_list, seeds, speaker_id):
-  """Encoder inputs for `group`: ids padded to their bucket, batch padded with copies."""
-  t = text_bucket(max(len(ids_list[i]) for i in group))
-  b = batch_bucket(len(group))
-  rows = group + [group[0]] * (b - len(group))  # pad the batch with copies
-  x = np.zeros((b, t), np.int32)
-  lengths = np.zeros((b,), np.int32)
-  for r, i in enumerate(rows):
-    x[r, :len(ids_list[i])] = ids_list[i]
-    lengths[r] = len(ids_list[i])
-  sid = None if speaker_id is None else np.full((b,), speaker_id, np.int32)
-  return x, lengths, sid, np.asarray([seeds[i] for i in rows], np.int32)
-
-
-def _run_group(model, params, group, ids_list, seeds, speaker_id, scales, key):
-  """Encodes `group`, then decodes it in batches of similar length (`similar_groups`).
-  Yields lists of (index, waveform)."""
-  x, lengths, sid, item_seeds = _arrays(group, ids_list, seeds, speaker_id)
-  _note(model, ("encode", x.shape, sid is None))
-  m_p, logs_p, w_ceil = (np.asarray(a) for a in _encode_jit(
-      model, params, x, lengths, sid, scales, item_seeds, key))
-  frames = np.maximum(w_ceil.sum(axis=1), 1).astype(np.int64)
-  hop = int(np.prod(model.upsample_rates))
-  max_frames = MAX_BATCH_FRAMES.get(jax_backend(), MAX_BATCH_FRAMES_DEFAULT)
-  for part in similar_groups(frames[:len(group)], frame_bucket, len(group), max_frames,
-                             MAX_DECODE_PADDING):
-    rows = list(part)
-    yield _decode_rows(model, params, rows, group, m_p, logs_p, w_ceil, frames, sid,
-                       item_seeds, scales, key, hop)
-
-
-def _decode_rows(model, params, rows, group, m_p, logs_p, w_ceil, frames, sid, seeds, scales,
-                 key, hop):
-  """Decodes items `rows` of an encoded group; returns [(index in ids_list, waveform)]."""
-  f_bucket = frame_bucket(int(frames[rows].max()))
-  b = batch_bucket(len(rows))
-  padded = rows + [rows[0]] * (b - len(rows))
-  m_y, logs_y = expand_to_frames(m_p[padded], logs_p[padded], w_ceil[padded], f_bucket)
-  sid_b = None if sid is None else sid[padded]
-  _note(model, ("decode", m_y.shape, sid is None))
-  o = np.asarray(_decode_jit(model, params, m_y, logs_y,
-                             frames[padded].astype(np.int32), sid_b, seeds[padded], scales,
-                             key))
-  return [(group[r], o[k, :int(frames[r]) * hop, 0].copy()) for k, r in enumerate(rows)]
 
 
 def _note(model, shape_key):
   _SHAPES.setdefault(model, set()).add(shape_key)
+  for used in _RECORDERS:
+    used.add((id(model),) + shape_key)
 
 
-def similar_groups(lengths: np.ndarray, bucket: Callable[[int], int], max_batch: int,
-                   max_total: Optional[int] = None,
-                   max_padding: float = MAX_DECODE_PADDING) -> List[List[int]]:
-  """Splits items into batches of similar length.
+_RECORDERS: List[set] = []
 
-  Longest first: a batch takes the longest item left, whose `bucket` sets the padded
-  length, and the next ones in the same bucket or within `max_padding` of it; at most
-  `max_batch` items and `max_total` padded positions, and a power-of-two count of them (so
-  no batch rows are wasted on padding copies).
 
-  Returns:
-    lists of item indices, covering every item once.
+@contextlib.contextmanager
+def record_programs():
+  """Collects the distinct programs (model, kind, input shapes) run inside the block:
+
+      with synthesis.record_programs() as used:
+        voice.synthesize_batch(lines)
+      print(len(used))
   """
-  order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-  groups = []
-  while order:
-    longest = bucket(int(lengths[order[0]]))
-    fits = order[:1] + [i for i in order[1:max_batch]
-                        if lengths[i] >= (1 - max_padding) * longest
-                        or bucket(int(lengths[i])) == longest]
-    n = len(fits) if max_total is None else max(1, min(len(fits), max_total // longest))
-    n = 1 << (n.bit_length() - 1)
-    groups.append(fits[:n])
-    taken = set(fits[:n])
-    order = [i for i in order if i not in taken]
-  return groups
-
-
-def jax_backend() -> str:
-  import jax
-  return jax.default_backend()
-
-
-def expand_to_frames(m_p: np.ndarray, logs_p: np.ndarray, w_ceil: np.ndarray, n_frames: int):
-  """Repeats each token's prior statistics for its duration (the hard alignment path).
-
-  Args:
-    m_p, logs_p: [B, T_x, C] per token; w_ceil: [B, T_x] integer durations (0 past the end).
-    n_frames: frames to produce (a bucket >= every item's total duration).
-
-  Returns:
-    ([B, n_frames, C], [B, n_frames, C]), zero past each item's total duration; equal to
-    `einsum('byx,bxc->byc', generate_path(w_ceil), m_p)` of the official `infer`.
-  """
-  b, _, c = m_p.shape
-  m_y = np.zeros((b, n_frames, c), np.float32)
-  logs_y = np.zeros((b, n_frames, c), np.float32)
-  for i in range(b):
-    token = np.repeat(np.arange(w_ceil.shape[1]), w_ceil[i].astype(np.int64))[:n_frames]
-    m_y[i, :token.size] = m_p[i, token]
-    logs_y[i, :token.size] = logs_p[i, token]
-  return m_y, logs_y
-
-
-# ------------------------------------------------------------------- jitted parts
-_TRACES: Dict[Any, int] = {}
-_SHAPES: Dict[Any, set] = {}  # shape buckets each model ran with
+  used: set = set()
+  _RECORDERS.append(used)
+  try:
+    yield used
+  finally:
+    _RECORDERS.remove(used)
 
 
 def _count_trace(model):
   _TRACES[model] = _TRACES.get(model, 0) + 1
 
 
-@functools.partial(_lazy_jit, static_argnames=("model",))
-def _encode_jit(model, params, x, lengths, sid, scales, seeds, key):
+def _lazy_jit(fn, static_argnums=()):
+  """`jax.jit(fn)`, built on first call so importing this module does not import jax."""
+  compiled = []
+
+  @functools.wraps(fn)
+  def call(*args):
+    if not compiled:
+      import jax
+      compiled.append(jax.jit(fn, static_argnums=static_argnums))
+    return compiled[0](*args)
+
+  return call
+
+
+@functools.partial(_lazy_jit, static_argnums=(0,))
+def _text_jit(model, params, x, lengths, sid, seeds, scales, key):
   _count_trace(model)
-  return model.apply({"params": params}, x, lengths, sid, scales[2], scales[1], seeds,
-                     method=_encode, rngs={"noise": key})
+  w_ceil, aux = model.apply({"params": params}, x, lengths, sid, noise_scale_w=scales[1],
+                            length_scale=scales[2], seeds=seeds, key=key,
+                            method="encode_text")
+  return aux["m_p"], aux["logs_p"], w_ceil
 
 
-@functools.partial(_lazy_jit, static_argnames=("model",))
-def _decode_jit(model, params, m_y, logs_y, y_lengths, sid, seeds, scales, key):
-  import jax
+@functools.partial(_lazy_jit, static_argnums=(0, 1, 2))
+def _latent_jit(model, flow_margin, dec_margin, params, m, logs, mask, seeds, positions, sid,
+                scales, key):
   _count_trace(model)
-  return model.apply({"params": params}, m_y, logs_y, y_lengths, sid, scales[0], seeds,
-                     method=_decode, rngs={"noise": jax.random.fold_in(key, 1)})
+  o, _ = model.apply({"params": params}, m, logs, mask, sid, noise_scale=scales[0],
+                     seeds=seeds, positions=positions, key=key, flow_margin=flow_margin,
+                     dec_margin=dec_margin, method="decode_latent")
+  return o
 
 
-def _encode(model, x, x_lengths, sid, length_scale, noise_scale_w, seeds):
-  """First half of `infer`: prior statistics per token and integer durations.
-
-  Returns:
-    (m_p [B, T_x, C], logs_p [B, T_x, C], w_ceil [B, T_x] float, 0 past each length).
-  """
-  import jax.numpy as jnp
-  from vits_jax.models import commons
-  t_x = x.shape[1]
-  h, m_p, logs_p, x_mask = model.enc_p(x, x_lengths)
-  g = model._speaker(sid)
-  if model.use_sdp:
-    noise = commons.per_item_normal(model.make_rng("noise"), seeds, (t_x, 2))
-    logw = model.dp(h, x_mask, g=g, reverse=True, noise_scale=noise_scale_w, noise=noise)
-  else:
-    logw = model.dp(h, x_mask, g=g)
-  w_ceil = jnp.ceil(jnp.exp(logw) * x_mask * length_scale)
-  return m_p, logs_p, w_ceil[..., 0]
-
-
-def _decode(model, m_y, logs_y, y_lengths, sid, noise_scale, seeds):
-  """Second half of `infer` on frame-expanded prior statistics: [B, F, C] -> [B, F*hop, 1]."""
-  import jax.numpy as jnp
-  from vits_jax.models import commons
-  n_frames, channels = m_y.shape[1:]
-  y_mask = commons.sequence_mask(y_lengths, n_frames)[..., None].astype(jnp.float32)
-  g = model._speaker(sid)
-  eps = commons.per_item_normal(model.make_rng("noise"), seeds, (n_frames, channels))
-  z_p = m_y + eps * jnp.exp(logs_y) * noise_scale
-  z, _ = model.flow(z_p, y_mask, g=g, reverse=True)
-  return model.dec(z * y_mask, g=g, x_mask=y_mask)
+@functools.partial(_lazy_jit, static_argnums=(0, 1))
+def _audio_jit(model, n_fft, params, wav, lengths, sid, noise_scale, key):
+  from vits_jax import audio
+  _count_trace(model)
+  hop = model.hop_length
+  spec = audio.spectrogram(wav, n_fft, hop, n_fft, lengths)
+  z_p, _ = model.apply({"params": params}, spec, lengths // hop, sid, noise_scale=noise_scale,
+                       key=key, method="encode_audio")
+  return z_p

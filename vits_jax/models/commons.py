@@ -106,27 +106,32 @@ def upsample_mask(mask: jax.Array, factor: int, length: int) -> jax.Array:
   return jnp.pad(up, ((0, 0), (0, length - up.shape[1]), (0, 0)))
 
 
-def per_item_normal(rng: jax.Array, seeds: jax.Array, shape: Tuple[int, int],
-                    dtype=jnp.float32) -> jax.Array:
-  """Standard normal noise drawn independently per item and per position.
+def frame_normal(key: jax.Array, seeds: jax.Array, length: int, channels: int,
+                 positions: Optional[jax.Array] = None, dtype=jnp.float32) -> jax.Array:
+  """Standard normal noise drawn independently per item (seed) and per position.
 
-  The noise of item b at position t comes from `fold_in(fold_in(rng, seeds[b]), t)`, so an
-  item gets the same noise alone as inside any padded batch.
+  The noise at a position comes from `fold_in(fold_in(key, seed), position)` only, so an
+  item gets the same noise alone, inside any padded batch, and in any window of frames.
 
   Args:
-    rng: PRNG key.
-    seeds: [B] int per-item seeds.
-    shape: (T, C) of each item.
+    key: PRNG key.
+    seeds: [B] per-item seeds, or [B, T] per-position seeds.
+    length: T; channels: C.
+    positions: [B, T] int positions (default 0..T-1 for every item).
 
   Returns:
     [B, T, C] noise.
   """
-  t, c = shape
-  positions = jnp.arange(t)
+  seeds = jnp.asarray(seeds, jnp.int32)
+  b = seeds.shape[0]
+  if seeds.ndim == 1:
+    seeds = jnp.broadcast_to(seeds[:, None], (b, length))
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32)[None], (b, length))
+  positions = jnp.maximum(jnp.asarray(positions, jnp.int32), 0)
 
-  def item(seed):
-    key = jax.random.fold_in(rng, seed)
-    return jax.vmap(lambda p: jax.random.normal(jax.random.fold_in(key, p), (c,), dtype))(
-        positions)
+  def one(seed, position):
+    k = jax.random.fold_in(jax.random.fold_in(key, seed), position)
+    return jax.random.normal(k, (channels,), dtype)
 
-  return jax.vmap(item)(seeds)
+  return jax.vmap(jax.vmap(one))(seeds, positions)

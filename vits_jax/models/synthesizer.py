@@ -5,11 +5,17 @@ outputs) in channels-last layout. Methods:
 
 - `__call__`: training forward (posterior z, monotonic alignment, duration loss, decoder on a
   random z window);
+- `encode_text` (text side: ids -> durations and per-token prior statistics) and
+  `decode_latent` (latent side: prior sample -> reverse flow -> decoder, on a window of
+  frames): the two halves every inference path is built from;
 - `infer`: text -> waveform, batch-consistent (per-item noise seeds, masks everywhere);
-- `voice_conversion`: re-synthesize a spectrogram with another speaker.
+- `encode_audio` + `voice_conversion`: re-synthesize a spectrogram with another speaker.
+
+Methods return `(output, aux)`, aux a dict of named intermediates.
 """
 
-from typing import Any, Callable, Optional, Sequence
+import math
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -85,6 +91,10 @@ class SynthesizerTrn(nn.Module):
   use_sdp: bool = True
   dtype: Optional[Any] = None
   n_layers_enc_q: int = 16
+  flow_kernel_size: int = 5
+  flow_dilation_rate: int = 1
+  flow_n_layers: int = 4
+  flow_n_flows: int = 4
 
   def setup(self):
     dtype = None if self.dtype in (None, "float32") else jnp.dtype(self.dtype)
@@ -98,7 +108,9 @@ class SynthesizerTrn(nn.Module):
                          tuple(self.upsample_kernel_sizes), gin_channels=gin, dtype=dtype)
     self.enc_q = PosteriorEncoder(self.inter_channels, self.hidden_channels, 5, 1,
                                   self.n_layers_enc_q, gin_channels=gin, dtype=dtype)
-    self.flow = ResidualCouplingBlock(self.inter_channels, self.hidden_channels, 5, 1, 4,
+    self.flow = ResidualCouplingBlock(self.inter_channels, self.hidden_channels,
+                                      self.flow_kernel_size, self.flow_dilation_rate,
+                                      self.flow_n_layers, n_flows=self.flow_n_flows,
                                       gin_channels=gin, dtype=dtype)
     if self.use_sdp:
       self.dp = StochasticDurationPredictor(self.hidden_channels, 192, 3, 0.5, 4,
@@ -138,9 +150,10 @@ class SynthesizerTrn(nn.Module):
         defaults to `vits_jax.mas.maximum_path`.
 
     Returns:
-      (o [B, segment_size * hop, 1], l_length [B], attn [B, T_y, T_x], ids_slice [B],
-       x_mask [B, T_x, 1], y_mask [B, T_y, 1], (z, z_p, m_p, logs_p, m_q, logs_q)), the
-      prior statistics expanded to frames ([B, T_y, inter_channels]).
+      (o [B, segment_size * hop, 1], aux) with aux a dict: `l_length` [B], `attn`
+      [B, T_y, T_x], `ids_slice` [B], `x_mask` [B, T_x, 1], `y_mask` [B, T_y, 1], and `z`,
+      `z_p`, `m_p`, `logs_p`, `m_q`, `logs_q`, the prior statistics expanded to frames
+      ([B, T_y, inter_channels]).
     """
     if maximum_path is None:
       from vits_jax import mas  # imported lazily: only the training forward needs it
@@ -170,15 +183,104 @@ class SynthesizerTrn(nn.Module):
     z_slice, ids_slice = commons.rand_slice_segments(
         self.make_rng("slice"), z, y_lengths, self.segment_size)
     o = self.dec(z_slice, g=g)
-    return o, l_length, attn, ids_slice, x_mask, y_mask, (z, z_p, m_p, logs_p, m_q, logs_q)
+    return o, dict(l_length=l_length, attn=attn, ids_slice=ids_slice, x_mask=x_mask,
+                   y_mask=y_mask, z=z, z_p=z_p, m_p=m_p, logs_p=logs_p, m_q=m_q,
+                   logs_q=logs_q)
+
+  # ------------------------------------------------------------------ inference halves
+  def _noise_key(self, key, *scales):
+    """The inference noise key: `key` if given, else one draw of the 'noise' stream; None
+    when every scale is a Python zero (nothing to draw)."""
+    if key is not None:
+      return key
+    if all(_is_zero(s) for s in scales):
+      return None
+    return self.make_rng("noise")
+
+  def encode_text(self, x, x_lengths, sid=None, noise_scale_w=1.0, length_scale=1.0,
+                  seeds=None, key=None):
+    """Text side of inference: ids -> integer durations and per-token prior statistics.
+
+    The duration noise of item b at token t is `frame_normal(fold_in(key, 0), seeds[b],
+    t)`: the same alone, in any padded batch and in any bucket.
+
+    Args:
+      x: [B, T_x] int32 ids; x_lengths: [B]; sid: [B] speaker ids (multi-speaker).
+      noise_scale_w: SDP noise scale; length_scale: duration multiplier.
+      seeds: [B] int per-item seeds (default 0).
+      key: noise key (default: the 'noise' rng stream, unless the noise is a Python 0).
+
+    Returns:
+      (w_ceil [B, T_x] float frames per token, 0 past each length; aux dict with `m_p`,
+       `logs_p` [B, T_x, C], `x_mask` [B, T_x, 1], `logw` [B, T_x, 1]).
+    """
+    b, t_x = x.shape
+    h, m_p, logs_p, x_mask = self.enc_p(x, x_lengths)
+    g = self._speaker(sid)
+    seeds = _seeds(seeds, b)
+    if self.use_sdp:
+      key = self._noise_key(key, noise_scale_w)
+      noise_w = (jnp.zeros((b, t_x, 2), jnp.float32) if key is None else
+                 commons.frame_normal(jax.random.fold_in(key, 0), seeds, t_x, 2))
+      logw = self.dp(h, x_mask, g=g, reverse=True, noise_scale=noise_scale_w, noise=noise_w)
+    else:
+      logw = self.dp(h, x_mask, g=g)
+    w_ceil = jnp.ceil(jnp.exp(logw) * x_mask * length_scale)[..., 0]
+    return w_ceil, dict(m_p=m_p, logs_p=logs_p, x_mask=x_mask, logw=logw)
+
+  def decode_latent(self, m, logs, y_mask, sid=None, noise_scale=1.0, seeds=None,
+                    positions=None, key=None, flow_margin: int = 0, dec_margin: int = 0):
+    """Latent side of inference on a window of frames: prior sample -> reverse flow ->
+    decoder.
+
+    The prior noise of a frame is `frame_normal(fold_in(key, 1), seed, position)`: with
+    `seeds` and `positions` per frame, a window of a longer utterance (or of several
+    utterances laid end to end, `vits_jax.synthesis`) draws exactly the noise that
+    utterance draws when decoded whole. The flow runs on all T frames, the decoder on
+    frames [flow_margin, T - flow_margin), and `dec_margin * hop` samples are cut from each
+    end of its output: with margins no smaller than the receptive fields
+    (`latent_margins`), the output equals the same frames of a whole decode.
+
+    Args:
+      m, logs: [B, T, C] per-frame prior statistics; y_mask: [B, T, 1] valid frames.
+      sid: [B] speaker ids (multi-speaker).
+      noise_scale: prior noise scale.
+      seeds: [B] or [B, T] int seeds (default 0); positions: [B, T] int frame positions in
+        their utterance (default 0..T-1).
+      key: noise key (default: the 'noise' rng stream, unless noise_scale is a Python 0).
+      flow_margin, dec_margin: static frame margins (see above).
+
+    Returns:
+      (o [B, (T - 2 * (flow_margin + dec_margin)) * hop, 1] float32 waveform, aux dict with
+       `z_p` and `z` [B, T, C]).
+    """
+    b, t, c = m.shape
+    g = self._speaker(sid)
+    key = self._noise_key(key, noise_scale)
+    if key is None:
+      z_p = m
+    else:
+      eps = commons.frame_normal(jax.random.fold_in(key, 1), _seeds(seeds, b), t, c,
+                                 positions)
+      z_p = m + eps * jnp.exp(logs) * noise_scale
+    z, _ = self.flow(z_p, y_mask, g=g, reverse=True)
+    zd, md = z, y_mask
+    if flow_margin:
+      zd, md = z[:, flow_margin:t - flow_margin], y_mask[:, flow_margin:t - flow_margin]
+    o = self.dec(zd * md, g=g, x_mask=md)
+    if dec_margin:
+      cut = dec_margin * self.hop_length
+      o = o[:, cut:o.shape[1] - cut]
+    return o, dict(z_p=z_p, z=z)
 
   def infer(self, x, x_lengths, sid=None, noise_scale=1.0, length_scale=1.0,
-            noise_scale_w=1.0, max_len: Optional[int] = None, seeds=None):
-    """Text -> waveform.
+            noise_scale_w=1.0, max_len: Optional[int] = None, seeds=None, key=None):
+    """Text -> waveform: `encode_text`, the hard alignment, `decode_latent` on all frames.
 
-    Noise is drawn per item and per position (`commons.per_item_normal` with `seeds`), and
-    every layer re-applies masks, so each item's output in a padded batch equals its output
-    alone. Zero `noise_scale` / `noise_scale_w` (Python numbers) need no 'noise' rng.
+    Noise is drawn per item and per position from `key` (or one draw of the 'noise' rng
+    stream), so each item's output in a padded batch equals its output alone, and equals
+    `vits_jax.Voice` synthesis with the same key (`PRNGKey(seed)`) and seeds. Zero
+    `noise_scale` / `noise_scale_w` (Python numbers) need no rng.
 
     Args:
       x: [B, T_x] int32 token ids; x_lengths: [B].
@@ -190,24 +292,18 @@ class SynthesizerTrn(nn.Module):
         static): items shorter than it are zero-padded, longer ones cropped. None decodes
         max(lengths) frames and only works outside jit.
       seeds: [B] int per-item noise seeds (default zeros).
+      key: noise key.
 
     Returns:
-      (o [B, T_y * hop, 1], attn [B, T_y, T_x], y_mask [B, T_y, 1], (z, z_p, m_p, logs_p)
-       each [B, T_y, inter_channels]). Item b has `y_mask[b].sum() * hop` valid samples.
+      (o [B, T_y * hop, 1], aux dict: `attn` [B, T_y, T_x], `y_mask` [B, T_y, 1], `w_ceil`
+       [B, T_x], and `z`, `z_p`, `m_p`, `logs_p` each [B, T_y, inter_channels]). Item b has
+       `y_mask[b].sum() * hop` valid samples.
     """
-    b, t_x = x.shape
-    h, m_p, logs_p, x_mask = self.enc_p(x, x_lengths)
-    g = self._speaker(sid)
-    seeds = jnp.zeros((b,), jnp.int32) if seeds is None else jnp.asarray(seeds, jnp.int32)
-
-    if self.use_sdp:
-      noise_w = (jnp.zeros((b, t_x, 2), jnp.float32) if _is_zero(noise_scale_w) else
-                 commons.per_item_normal(self.make_rng("noise"), seeds, (t_x, 2)))
-      logw = self.dp(h, x_mask, g=g, reverse=True, noise_scale=noise_scale_w, noise=noise_w)
-    else:
-      logw = self.dp(h, x_mask, g=g)
-    w_ceil = jnp.ceil(jnp.exp(logw) * x_mask * length_scale)
-    y_lengths = jnp.maximum(jnp.sum(w_ceil, axis=(1, 2)), 1).astype(jnp.int32)
+    key = self._noise_key(key, noise_scale, noise_scale_w)
+    w_ceil, text = self.encode_text(
+        x, x_lengths, sid, noise_scale_w=noise_scale_w, length_scale=length_scale,
+        seeds=seeds, key=None if _is_zero(noise_scale_w) else key)
+    y_lengths = jnp.maximum(jnp.sum(w_ceil, axis=1), 1).astype(jnp.int32)
     if max_len is None:
       try:
         t_y = int(jnp.max(y_lengths))
@@ -217,38 +313,97 @@ class SynthesizerTrn(nn.Module):
       t_y = int(max_len)
       y_lengths = jnp.minimum(y_lengths, t_y)
     y_mask = commons.sequence_mask(y_lengths, t_y)[..., None].astype(jnp.float32)
-    attn = commons.generate_path(w_ceil[..., 0], y_mask * jnp.swapaxes(x_mask, 1, 2))
-
+    attn = commons.generate_path(w_ceil, y_mask * jnp.swapaxes(text["x_mask"], 1, 2))
     hi = jax.lax.Precision.HIGHEST
-    m_p = jnp.einsum("byx,bxc->byc", attn, m_p, precision=hi)
-    logs_p = jnp.einsum("byx,bxc->byc", attn, logs_p, precision=hi)
-    if _is_zero(noise_scale):
-      z_p = m_p
-    else:
-      eps = commons.per_item_normal(self.make_rng("noise"), seeds, (t_y, m_p.shape[-1]))
-      z_p = m_p + eps * jnp.exp(logs_p) * noise_scale
-    z, _ = self.flow(z_p, y_mask, g=g, reverse=True)
-    o = self.dec(z * y_mask, g=g, x_mask=y_mask)
-    return o, attn, y_mask, (z, z_p, m_p, logs_p)
+    m_p = jnp.einsum("byx,bxc->byc", attn, text["m_p"], precision=hi)
+    logs_p = jnp.einsum("byx,bxc->byc", attn, text["logs_p"], precision=hi)
+    o, lat = self.decode_latent(m_p, logs_p, y_mask, sid, noise_scale, seeds,
+                                key=None if _is_zero(noise_scale) else key)
+    return o, dict(attn=attn, y_mask=y_mask, w_ceil=w_ceil, z=lat["z"], z_p=lat["z_p"],
+                   m_p=m_p, logs_p=logs_p)
 
-  def voice_conversion(self, y, y_lengths, sid_src, sid_tgt):
-    """Re-synthesizes spectrograms of speaker `sid_src` with the voice of `sid_tgt`.
+  def encode_audio(self, y, y_lengths, sid=None, noise_scale=1.0, seeds=None, key=None):
+    """Spectrogram -> prior-space latent z_p = flow(posterior sample) for speaker `sid`.
+
+    The posterior noise of a frame is `frame_normal(fold_in(key, 2), seed, position)`.
+
+    Returns:
+      (z_p [B, T_y, C], aux dict with `z`, `y_mask` [B, T_y, 1]).
+    """
+    b, t = y.shape[:2]
+    g = self._speaker(sid)
+    key = self._noise_key(key, noise_scale)
+    c = self.inter_channels
+    noise = (jnp.zeros((b, t, c), jnp.float32) if key is None else
+             noise_scale * commons.frame_normal(jax.random.fold_in(key, 2), _seeds(seeds, b),
+                                                t, c))
+    z, _, _, y_mask = self.enc_q(y, y_lengths, g=g, noise=noise)
+    z_p, _ = self.flow(z, y_mask, g=g)
+    return z_p, dict(z=z, y_mask=y_mask)
+
+  def voice_conversion(self, y, y_lengths, sid_src, sid_tgt, noise_scale=1.0, seeds=None,
+                       key=None):
+    """Re-synthesizes spectrograms of speaker `sid_src` with the voice of `sid_tgt`
+    (official `voice_conversion`): `encode_audio` with the source speaker, then
+    `decode_latent` of z_p with the target speaker and no prior noise.
 
     Args:
       y: [B, T_y, spec_channels]; y_lengths: [B]; sid_src, sid_tgt: [B] int.
+      noise_scale: posterior sample noise (1 as official; 0 takes the posterior mean).
 
     Returns:
-      (o_hat [B, T_y * hop, 1], y_mask [B, T_y, 1], (z, z_p, z_hat)). Uses the 'noise' rng
-      (posterior sample).
+      (o_hat [B, T_y * hop, 1], aux dict: `y_mask`, `z`, `z_p`, `z_hat`).
     """
     if self.n_speakers <= 1:
       raise ValueError("voice conversion needs a multi-speaker model (n_speakers > 1)")
-    g_src, g_tgt = self._speaker(sid_src), self._speaker(sid_tgt)
-    z, _, _, y_mask = self.enc_q(y, y_lengths, g=g_src)
-    z_p, _ = self.flow(z, y_mask, g=g_src)
-    z_hat, _ = self.flow(z_p, y_mask, g=g_tgt, reverse=True)
-    o_hat = self.dec(z_hat * y_mask, g=g_tgt, x_mask=y_mask)
-    return o_hat, y_mask, (z, z_p, z_hat)
+    z_p, enc = self.encode_audio(y, y_lengths, sid_src, noise_scale, seeds, key)
+    y_mask = enc["y_mask"]
+    o_hat, lat = self.decode_latent(z_p, jnp.zeros_like(z_p), y_mask, sid_tgt, 0.0)
+    return o_hat, dict(y_mask=y_mask, z=enc["z"], z_p=z_p, z_hat=lat["z"])
+
+  # ------------------------------------------------------------------ receptive fields
+  def latent_margins(self) -> Tuple[int, int]:
+    """(flow, decoder) one-sided receptive fields in frames, rounded up: the margins
+    `decode_latent` needs so that a window's output equals a whole decode."""
+    return _flow_reach(self, total=True), _decoder_reach(self, total=True)
+
+  def isolation_gap(self) -> int:
+    """Masked frames that make two utterances laid end to end independent: every conv
+    input is masked, so a gap wider than the widest single conv's reach cuts them apart."""
+    return max(_flow_reach(self, total=False), _decoder_reach(self, total=False)) + 1
+
+
+def _seeds(seeds, b):
+  return jnp.zeros((b,), jnp.int32) if seeds is None else jnp.asarray(seeds, jnp.int32)
+
+
+def _flow_reach(model, total: bool) -> int:
+  """Frames the reverse flow looks to either side (whole block, or its widest conv)."""
+  k, r, n = model.flow_kernel_size, model.flow_dilation_rate, model.flow_n_layers
+  per_layer = [(k - 1) * r ** i // 2 for i in range(n)]
+  if not total:
+    return max(per_layer)
+  return model.flow_n_flows * sum(per_layer)
+
+
+def _decoder_reach(model, total: bool) -> int:
+  """Frames the decoder looks to either side (whole network, or its widest conv)."""
+  reaches = [3.0]  # conv_pre, kernel 7, at frame rate
+  rate = 1
+  for u, k in zip(model.upsample_rates, model.upsample_kernel_sizes):
+    rate *= u
+    reaches.append(k / rate)  # transposed conv: at most k samples at its output rate
+    convs = []
+    for rk, rd in zip(model.resblock_kernel_sizes, model.resblock_dilation_sizes):
+      half = (rk - 1) // 2
+      if str(model.resblock) == "1":
+        convs.append([half * d for d in rd] + [half] * len(rd))
+      else:
+        convs.append([half * d for d in rd])
+    widest = max(max(c) for c in convs) / rate
+    reaches.append(max(sum(c) for c in convs) / rate if total else widest)
+  reaches.append(3.0 / rate)  # conv_post, kernel 7, at the output rate
+  return int(math.ceil(sum(reaches) if total else max(reaches)))
 
 
 def init_params(model: SynthesizerTrn, rng: jax.Array):

@@ -31,13 +31,6 @@ NOISE_SCALE_W = 0.8
 EVAL_SEED = 20240607
 
 
-def _decode_prior(module, z_p, y_mask, sid):
-  """Flow inverse and decoder on a prior sample (a bound-method body for `apply`)."""
-  g = module._speaker(sid)  # pylint: disable=protected-access
-  z, _ = module.flow(z_p, y_mask, g=g, reverse=True)
-  return module.dec(z * y_mask, g=g, x_mask=y_mask)
-
-
 def make_eval_fn(config, generator, max_infer_frames: int):
   """`eval_fn(gen_params, batch) -> dict of arrays` (not jitted)."""
   data = config.data
@@ -55,16 +48,19 @@ def make_eval_fn(config, generator, max_infer_frames: int):
     x, x_lengths = batch["text"], batch["text_lengths"]
     sid = batch["sid"] if multi_speaker else None
 
-    _, _, attn, _, _, y_mask, (_, _, m_p, logs_p, _, _) = generator.apply(
+    _, fwd = generator.apply(
         variables, x, x_lengths, spec, spec_lengths, sid, train=False,
         rngs={"noise": k_fwd, "slice": k_fwd})
-    z_p = m_p + jax.random.normal(k_prior, m_p.shape) * jnp.exp(logs_p) * NOISE_SCALE
-    wav_tf = generator.apply(variables, z_p, y_mask, sid, method=_decode_prior)
+    attn, y_mask = fwd["attn"], fwd["y_mask"]
+    # The latent side of inference along the true (MAS) timing.
+    wav_tf, _ = generator.apply(variables, fwd["m_p"], fwd["logs_p"], y_mask, sid,
+                                noise_scale=NOISE_SCALE, key=k_prior, method="decode_latent")
     mel_tf = audio.mel_from_config(wav_tf[..., 0].astype(jnp.float32), data)
 
-    wav_inf, attn_inf, mask_inf, _ = generator.apply(
+    wav_inf, inf = generator.apply(
         variables, x, x_lengths, sid, noise_scale=NOISE_SCALE, noise_scale_w=NOISE_SCALE_W,
-        max_len=max_infer_frames, method="infer", rngs={"noise": k_infer})
+        max_len=max_infer_frames, key=k_infer, method="infer")
+    attn_inf, mask_inf = inf["attn"], inf["y_mask"]
     mel_inf = audio.mel_from_config(wav_inf[..., 0].astype(jnp.float32), data)
     return {
         "mel": mel, "mel_tf": mel_tf, "mel_inf": mel_inf, "y_mask": y_mask,

@@ -96,10 +96,10 @@ def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
 
     # --- Generator forward (kept for the G update) ---------------------------------------
     def g_forward(params):
-      (y_hat, l_length, attn, ids_slice, _, z_mask,
-       (_, z_p, m_p, logs_p, _, logs_q)) = generator.apply(
-           {"params": params}, x, x_lengths, spec, spec_lengths, sid, train=True, rngs=rngs)
-      return (y_hat, l_length, z_p, logs_q, m_p, logs_p), (attn, ids_slice, z_mask)
+      y_hat, aux = generator.apply(
+          {"params": params}, x, x_lengths, spec, spec_lengths, sid, train=True, rngs=rngs)
+      return ((y_hat, aux["l_length"], aux["z_p"], aux["logs_q"], aux["m_p"], aux["logs_p"]),
+              (aux["attn"], aux["ids_slice"], aux["y_mask"]))
 
     g_out, g_vjp, (attn, ids_slice, z_mask) = jax.vjp(g_forward, g_params, has_aux=True)
     mel = audio.spec_to_mel_from_config(spec, data)

@@ -1,0 +1,204 @@
+"""Windowed synthesis (vits_jax.synthesis): windows equal whole decoding, streaming equals
+one-shot synthesis, Voice equals model.infer with the noise on, a few programs for many
+lines, voice conversion against the official code.
+
+Uses the tiny Piper export (tests/fixtures/make_piper_tiny.py) and the official-code
+fixture; a small window (16 frames) puts many window boundaries into short utterances.
+"""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vits_jax import load_voice
+from vits_jax import synthesis
+from vits_jax.voice import Voice
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MULTI = FIXTURES / "piper_tiny_multi.onnx"
+WINDOW = 16
+
+
+@pytest.fixture(scope="module")
+def multi():
+  return load_voice(MULTI)
+
+
+def _whole(voice, m, logs, seeds, sid, noise_scale, key):
+  """Reference: `decode_latent` on whole utterances (a padded batch, no windows)."""
+  t = max(len(a) for a in m)
+  b = len(m)
+  mm = np.zeros((b, t, m[0].shape[1]), np.float32)
+  ll = np.zeros_like(mm)
+  mask = np.zeros((b, t, 1), np.float32)
+  for i, (a, c) in enumerate(zip(m, logs)):
+    mm[i, :len(a)], ll[i, :len(a)], mask[i, :len(a)] = a, c, 1.0
+  o, _ = voice.model.apply({"params": voice.params}, mm, ll, mask,
+                           None if sid is None else np.full((b,), sid, np.int32),
+                           noise_scale=noise_scale, seeds=np.asarray(seeds, np.int32), key=key,
+                           method="decode_latent")
+  return [np.asarray(o)[i, :len(a) * voice.hop_length, 0] for i, a in enumerate(m)]
+
+
+def test_margins_follow_the_config(multi):
+  model = multi.model
+  flow, dec = model.latent_margins()
+  # Flow: 4 couplings of 4 WN layers, kernel 5, dilation 1 -> 2 frames each side per layer.
+  assert flow == 4 * 4 * 2
+  # Decoder: conv_pre (3 frames) plus the stages; the widest resblock (k=7, d=3, 12) at
+  # 8 samples per frame alone reaches (3 * 3 + 3 * 12) / 8 frames.
+  assert 3 + (3 * 3 + 3 * 12) / 8 <= dec <= 16
+  wider = model.clone(flow_n_layers=6, resblock_dilation_sizes=((1, 2), (2, 6), (3, 24)))
+  assert wider.latent_margins()[0] == 4 * 6 * 2 and wider.latent_margins()[1] > dec
+  assert 1 < model.isolation_gap() < dec
+  plan = synthesis.plan_for(model, WINDOW)
+  assert plan.span == WINDOW + 2 * (flow + dec) and plan.hop == 256
+
+
+@pytest.mark.parametrize("noise_scale", [0.0, 0.8])
+def test_windows_equal_whole_decoding(multi, noise_scale):
+  """Utterances of 1 frame, a window minus one, one window, one plus one and many, laid on
+  one tape and decoded in 16-frame windows: each equals its whole decode (same length)."""
+  rng = np.random.RandomState(0)
+  c = multi.model.inter_channels
+  lengths = [1, WINDOW - 1, WINDOW, WINDOW + 1, 7 * WINDOW + 5, 2]
+  m = [rng.randn(n, c).astype(np.float32) for n in lengths]
+  logs = [0.3 * rng.randn(n, c).astype(np.float32) for n in lengths]
+  seeds = [3, 1, 4, 1, 5, 9]
+  options = synthesis.Options(speaker_id=2, noise_scale=noise_scale, seed=11, batch_size=1)
+  key = jax.random.PRNGKey(11)
+  # Frames as tokens of duration 1; two groups, so the tape also grows between windows.
+  items = [(i, (m[i], logs[i], np.ones(n, np.int64)), seeds[i]) for i, n in enumerate(lengths)]
+  pieces = {}
+  for i, piece, dur in synthesis.decode_tokens(multi.model, multi.params,
+                                               [items[:3], items[3:]], options, WINDOW):
+    pieces.setdefault(i, []).append(piece)
+    if dur is not None:
+      assert len(dur) == lengths[i]
+  want = _whole(multi, m, logs, seeds, 2, noise_scale, key)
+  for i, n in enumerate(lengths):
+    got = np.concatenate(pieces[i])
+    assert got.shape == (n * multi.hop_length,)
+    np.testing.assert_allclose(got, want[i], atol=1e-5, rtol=0)
+  assert len(pieces[4]) >= 7  # delivered window by window
+  # Margins matter: with none, the frames at window edges differ.
+  plan = synthesis.plan_for(multi.model, WINDOW)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(synthesis, "plan_for", lambda model, window=None: synthesis.Plan(
+        plan.window, 0, 0, plan.gap, plan.hop))
+    cut = [p for i, p, _ in synthesis.decode_tokens(multi.model, multi.params, [items[4:5]],
+                                                    options, WINDOW)]
+  assert np.abs(np.concatenate(cut) - want[4]).max() > 1e-3
+
+
+def test_voice_equals_model_infer_with_noise(multi):
+  """Voice synthesis (text side, tape, windows) is `model.infer` with the same key."""
+  rng = np.random.RandomState(0)
+  ids = [list(rng.randint(1, 150, n)) for n in (7, 40)]
+  kw = dict(noise_scale=0.667, noise_scale_w=0.8, length_scale=1.2)
+  got = multi.synthesize_ids(ids, 1, seed=5, seeds=[3, 4], **kw)
+  x = np.zeros((2, 40), np.int32)
+  for i, s in enumerate(ids):
+    x[i, :len(s)] = s
+  o, aux = multi.model.apply({"params": multi.params}, jnp.asarray(x), jnp.array([7, 40]),
+                             sid=jnp.array([1, 1]), seeds=jnp.array([3, 4]),
+                             key=jax.random.PRNGKey(5), method="infer", **kw)
+  for i in range(2):
+    n = int(aux["y_mask"][i].sum()) * multi.hop_length
+    assert got[i].shape == (n,)
+    np.testing.assert_allclose(got[i], np.asarray(o)[i, :n, 0], atol=1e-5, rtol=0)
+  other = multi.synthesize_ids(ids[:1], 1, seed=6, seeds=[3], **kw)[0]
+  assert other.shape != got[0].shape or np.abs(other - got[0]).max() > 1e-3
+
+
+def test_stream_equals_synthesize(multi, monkeypatch):
+  monkeypatch.setattr(synthesis, "WINDOW_FRAMES", WINDOW)
+  text = ("The birch canoe slid on the smooth planks. Glue the sheet to the dark blue "
+          "background.\n\nIt is easy to tell the depth of a well!")
+  kw = dict(speaker="bob", noise_scale=0.667, noise_scale_w=0.8, seed=2,
+            sentence_silence=0.1)
+  whole, durations = multi.synthesize(text, with_durations=True, **kw)
+  chunks = list(multi.stream(text, **kw))
+  assert all(c.dtype == np.float32 for c in chunks)
+  streamed = np.concatenate(chunks)
+  assert streamed.shape == whole.shape
+  np.testing.assert_allclose(streamed, whole, atol=1e-5, rtol=0)
+  # Three sentences, delivered in many pieces (windows inside sentences), with the two
+  # pauses between them.
+  assert len(durations) == 3 and len(chunks) > 3 + 2
+  frames = sum(int(d.sum()) for d in durations)
+  assert whole.size == frames * multi.hop_length + 2 * 1600
+  ids = [i for block in text.split("\n\n") for i in multi.text_to_sentence_ids(block)]
+  assert [len(d) for d in durations] == [len(i) for i in ids]
+  with pytest.raises(ValueError):
+    next(multi.stream("   "))
+
+
+def test_few_programs_for_many_lines(multi):
+  """60 varied lines compile at most 6 programs, at batch 1 and at batch 16; a second run
+  traces nothing."""
+  rng = np.random.RandomState(1)
+  words = ("time person year way day thing man world life hand part child eye woman place "
+           "work week case point government company number group problem fact").split()
+  lines = [" ".join(rng.choice(words, rng.randint(2, 30))).capitalize() + "."
+           for _ in range(60)]
+  for batch_size in (1, 16):
+    with synthesis.record_programs() as used:
+      audio = multi.synthesize_batch(lines, batch_size=batch_size, seed=1)
+    assert len(audio) == 60 and len(used) <= 6, sorted(used)
+    assert sum(1 for k in used if k[1] == "latent") == 1
+  traced = multi.trace_count
+  again = multi.synthesize_batch(lines, batch_size=16, seed=1)
+  assert multi.trace_count == traced
+  for a, b in zip(again, audio):
+    np.testing.assert_array_equal(a, b)
+
+
+def _official_voice():
+  from vits_jax.convert import torch_names
+  from vits_jax.models.synthesizer import SynthesizerTrn
+  from vits_jax.text import get_frontend
+  data = np.load(FIXTURES / "official_rb2_sdp_ms.npz")
+  config = json.loads(str(data["config"]))
+  sd = {k[3:]: data[k].astype(np.float32) for k in data.files if k.startswith("sd/")}
+  model = SynthesizerTrn(**{k: tuple(map(tuple, v)) if k == "resblock_dilation_sizes" else
+                            tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+  golden = np.load(FIXTURES / "official_vc_golden.npz")
+  return Voice(model, torch_names.torch_to_flax(sd), get_frontend("vits"),
+               int(golden["rate"]), name="official_rb2_sdp_ms"), golden
+
+
+def test_voice_conversion_matches_official():
+  voice, golden = _official_voice()
+  wav = golden["wav"]
+  out = voice.convert(wav, int(golden["rate"]), int(golden["sid_src"]),
+                      int(golden["sid_tgt"]))
+  assert out.shape == golden["o"].shape
+  np.testing.assert_allclose(out, golden["o"], atol=1e-4, rtol=0)
+  # The model-level method on the official spectrogram gives the same.
+  spec = golden["spec"]
+  o, _ = voice.model.apply({"params": voice.params}, spec, np.array([spec.shape[1]]),
+                           np.array([int(golden["sid_src"])]), np.array([int(golden["sid_tgt"])]),
+                           noise_scale=0.0, method="voice_conversion")
+  np.testing.assert_allclose(np.asarray(o)[0, :, 0], golden["o"], atol=1e-4, rtol=0)
+  # Resampled input: same length in the voice's samples; another target changes it.
+  up = voice.convert(np.repeat(wav, 2), 2 * int(golden["rate"]), 1, 3)
+  assert abs(up.size - wav.size) <= voice.hop_length
+  assert np.abs(voice.convert(wav, int(golden["rate"]), 1, 0) - out).max() > 1e-3
+
+
+def test_voice_conversion_errors(multi):
+  voice, golden = _official_voice()
+  wav, rate = golden["wav"], int(golden["rate"])
+  with pytest.raises(ValueError, match="speaker id 9 out of range"):
+    voice.convert(wav, rate, 1, 9)
+  with pytest.raises(ValueError, match="too short"):
+    voice.convert(wav[:3], rate, 1, 2)
+  with pytest.raises(ValueError, match="single speaker"):
+    load_voice(FIXTURES / "piper_tiny_high.onnx").convert(wav, rate, 0, 0)
+  with pytest.raises(ValueError, match="posterior encoder"):
+    multi.convert(wav, rate, 0, 1)  # Piper exports drop the posterior encoder

@@ -2,6 +2,7 @@
 
     python bench/infer_speed.py                 # 2 threads each, 10 interleaved runs
     python bench/infer_speed.py --threads 4 --runs 20
+    python bench/infer_speed.py --e2e-runs 0    # skip the end-to-end part
 
 Same ids, same process, runs interleaved (jax, ort, jax, ort, ...) so machine load hits both
 alike; both get `--threads` threads (XLA: Eigen pool size; onnxruntime: intra-op threads)
@@ -10,6 +11,11 @@ so both produce the same number of samples (noise_scale 0.667 as usual: its cost
 same either way). Prints the real-time factor (seconds of compute per second of audio) of
 each, their ratio, then batch throughput (seconds of audio per second) over 16 sentences.
 Compilation happens in warm-up runs and is reported separately.
+
+End to end (`--e2e-runs`, default 3): `python infer.py --input bench/lines60.txt --out-dir DIR`
+(60 LJSpeech lines), each run a fresh process with a warm compile cache, interleaved with
+`bench/ort_lines.py` (piper-phonemize + onnxruntime writing the same WAVs); then one run of
+infer.py with an empty cache (cold), and the programs the 60 lines compile at batch 1 and 16.
 """
 
 import argparse
@@ -46,6 +52,7 @@ def main():
   p.add_argument("--threads", type=int, default=2)
   p.add_argument("--runs", type=int, default=10)
   p.add_argument("--voice", default="joe")
+  p.add_argument("--e2e-runs", type=int, default=3)
   args = p.parse_args()
 
   # Thread settings must be in place before jax / onnxruntime start.
@@ -125,6 +132,61 @@ def main():
       ort_rates.append(total / (time.perf_counter() - t))
     print(f"  vits_jax batch {b:2d}: {np.median(rates):7.1f}   (onnxruntime one by one, "
           f"same moments: {np.median(ort_rates[-3:]):7.1f})")
+
+  if args.e2e_runs > 0:
+    lines = [line.strip() for line in open(LINES, encoding="utf-8") if line.strip()]
+    for b in (1, 16):
+      with synthesis.record_programs() as used:
+        voice.synthesize_batch(lines, batch_size=b)
+      print(f"\nprograms for the {len(lines)} lines at batch {b}: {len(used)} "
+            f"({sorted(k[1] for k in used)})")
+    end_to_end(args)
+
+
+LINES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lines60.txt")
+
+
+def end_to_end(args):
+  """Fresh-process wall time of infer.py --input vs bench/ort_lines.py, interleaved."""
+  import shutil
+  import subprocess
+  import tempfile
+  import numpy as np
+  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+  tmp = tempfile.mkdtemp(prefix="vits_jax_e2e_")
+  env = dict(os.environ)
+  jax_cmd = [sys.executable, os.path.join(root, "infer.py"), "--input", LINES, "--out-dir",
+             os.path.join(tmp, "jax"), "--voice", args.voice]
+  ort_cmd = [sys.executable, os.path.join(root, "bench", "ort_lines.py"), LINES,
+             os.path.join(tmp, "ort"), "--threads", str(args.threads)]
+  if args.voice != "joe":
+    ort_cmd += ["--voice", args.voice]
+
+  def timed(cmd, extra_env=None):
+    t = time.perf_counter()
+    subprocess.run(cmd, env=dict(env, **(extra_env or {})), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+  timed(jax_cmd)  # warms the compile cache
+  t_jax, t_ort = [], []
+  for _ in range(args.e2e_runs):
+    t_jax.append(timed(jax_cmd))
+    t_ort.append(timed(ort_cmd))
+  cold = timed(jax_cmd, {"VITS_JAX_XLA_CACHE": os.path.join(tmp, "empty_cache")})
+  import soundfile as sf
+  infos = [sf.info(os.path.join(tmp, "ort", f)) for f in os.listdir(os.path.join(tmp, "ort"))]
+  audio = sum(i.duration for i in infos)
+  t_jax, t_ort = np.array(t_jax), np.array(t_ort)
+  print(f"\nend to end, 60 lines ({audio:.0f} s of audio), fresh "
+        f"processes, {args.e2e_runs} interleaved runs:")
+  print(f"  infer.py --input (warm cache): median {np.median(t_jax):.1f} s "
+        f"(min {t_jax.min():.1f}, max {t_jax.max():.1f})")
+  print(f"  ort_lines.py:                  median {np.median(t_ort):.1f} s "
+        f"(min {t_ort.min():.1f}, max {t_ort.max():.1f})")
+  print(f"  ratio vits_jax / onnxruntime: {np.median(t_jax / t_ort):.2f}x warm, "
+        f"{cold / np.median(t_ort):.2f}x cold ({cold:.1f} s with an empty compile cache)")
+  shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _onnx_path(voice):

@@ -105,6 +105,56 @@ def test_text_and_stdin(tmp_path, capsys, monkeypatch):
                              sf.read(tmp_path / "o" / "0002.wav")[0], atol=2 / 32768)
 
 
+class _Stdout:
+  """Stands in for sys.stdout: a text stream with a bytes `buffer`."""
+
+  def __init__(self):
+    self.buffer = io.BytesIO()
+
+  def write(self, text):
+    return len(text)
+
+  def flush(self):
+    pass
+
+
+def test_output_raw_equals_the_wav(tmp_path, capsys, monkeypatch):
+  """--output-raw streams exactly the 16-bit samples --out writes, as they are ready."""
+  text = "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background."
+  argv = ["--text", text, "--voice", TINY, "--speaker", "1", "--sentence-silence", "0.2"]
+  code, err = _run(argv + ["--out", str(tmp_path / "a.wav")], capsys)
+  assert code == 0, err
+  out = _Stdout()
+  writes = []
+  real_write = out.buffer.write
+  monkeypatch.setattr(out.buffer, "write", lambda b: writes.append(len(b)) or real_write(b))
+  monkeypatch.setattr(sys, "stdout", out)
+  code, err = _run(argv + ["--output-raw"], capsys)
+  assert code == 0, err
+  raw = np.frombuffer(out.buffer.getvalue(), "<i2")
+  wav, sr = sf.read(tmp_path / "a.wav", dtype="int16")
+  assert sr == 16000 and raw.shape == wav.shape
+  np.testing.assert_array_equal(raw, wav)
+  assert len(writes) >= 3  # two sentences and the pause, at least
+
+
+def test_input_lines_split_among_hosts(tmp_path, capsys, monkeypatch):
+  """On host 1 of 2, --input writes only its own numbered files (the even ones)."""
+  from vits_jax import synthesis
+  lines = tmp_path / "l.txt"
+  lines.write_text("One.\nTwo.\nThree.\nFour.\nFive.\n")
+  monkeypatch.setattr(synthesis, "process_share", lambda: (1, 2))
+  code, err = _run(["--input", str(lines), "--out-dir", str(tmp_path / "o"), "--voice", TINY,
+                    "--noise-scale", "0", "--noise-scale-w", "0"], capsys)
+  assert code == 0, err
+  assert sorted(os.listdir(tmp_path / "o")) == ["0002.wav", "0004.wav"]
+  assert "process 1 of 2" in err
+  code, err = _run(["--text", "Four.", "--out", str(tmp_path / "4.wav"), "--voice", TINY,
+                    "--noise-scale", "0", "--noise-scale-w", "0"], capsys)
+  np.testing.assert_allclose(sf.read(tmp_path / "4.wav")[0],
+                             sf.read(tmp_path / "o" / "0004.wav")[0], atol=2 / 32768)
+
+
 def test_unknown_characters_warn(tmp_path, capsys):
   code, err = _run(["--text", "Hello 😀 world. How are you?", "--out", str(tmp_path / "a.wav"),
                     "--voice", TINY], capsys)
@@ -125,13 +175,33 @@ def test_unknown_characters_warn(tmp_path, capsys):
     ["--input", "/no/such/file.txt", "--out-dir", "OUT"],
     ["--input", "LINES"],
     ["--text", "Hi.", "--out", "/no/such/dir/x.wav", "--voice", TINY],
+    ["--text", "Hi.", "--out", "OUTFILE.mp3", "--voice", TINY],
+    ["--text", "Hi.", "--out", "OUTFILE", "--voice", TINY],
+    ["--text", "Hi.", "--output-raw", "--out", "OUTFILE.wav"],
+    ["--input", "LINES", "--out-dir", "FILE_AS_DIR"],
+    ["--convert", "/no/such.wav", "--speaker", "1", "--source-speaker", "0", "--voice", TINY],
+    ["--convert", "WAV", "--speaker", "1", "--voice", TINY],
+    ["--convert", "WAV", "--speaker", "1", "--source-speaker", "0", "--voice", TINY],
+    ["--convert", "WAV", "--speaker", "0", "--source-speaker", "0", "--voice", TINY_SINGLE],
+    ["--convert", "NOT_AUDIO", "--speaker", "1", "--source-speaker", "0", "--voice", TINY],
+    ["--text", "Hi.", "--source-speaker", "1", "--voice", TINY],
 ])
 def test_bad_input_is_one_line_error(argv, tmp_path, capsys):
   argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]
+  argv = [str(tmp_path / a) if a.startswith("OUTFILE") else a for a in argv]
+  if "FILE_AS_DIR" in argv:
+    (tmp_path / "f").write_text("x")
+    argv = [str(tmp_path / "f") if a == "FILE_AS_DIR" else a for a in argv]
+  if "WAV" in argv:
+    sf.write(tmp_path / "in.wav", np.zeros(4000, np.float32), 16000)
+    argv = [str(tmp_path / "in.wav") if a == "WAV" else a for a in argv]
+  if "NOT_AUDIO" in argv:
+    (tmp_path / "bad.wav").write_bytes(b"RIFF....not audio")
+    argv = [str(tmp_path / "bad.wav") if a == "NOT_AUDIO" else a for a in argv]
   if "LINES" in argv:
     (tmp_path / "l.txt").write_text("Hi.\n")
     argv = [str(tmp_path / "l.txt") if a == "LINES" else a for a in argv]
-  if "--out" not in argv and "--input" not in argv:
+  if "--out" not in argv and "--input" not in argv and "--output-raw" not in argv:
     argv += ["--out", str(tmp_path / "x.wav")]
   code, err = _run(argv, capsys)
   assert code == 2

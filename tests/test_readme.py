@@ -141,6 +141,17 @@ def test_synthesis_commands_write_speech(ran):
   for p in (repo / "wavs").glob("*.wav"):
     _speech(p)
   assert [p.name for p in (repo / "wavs_stdin").glob("*.wav")] == ["0001.wav"]
+  raw = np.frombuffer((repo / "hello.raw").read_bytes(), "<i2").astype(np.float32) / 32767
+  assert raw.size > 1.0 * 22050 and 0.01 < float(np.sqrt(np.mean(raw ** 2))) < 0.5
+
+
+def test_streaming_example_writes_what_it_says(ran):
+  repo, transcript = ran
+  out = [t for t in transcript if t[0] == "python block 1"][0][2]
+  samples, ids, frames = out.strip().splitlines()[-1].split(" ", 2)
+  raw = np.frombuffer((repo / "streamed.raw").read_bytes(), "<i2")
+  assert raw.size > 22050 and int(samples) > 0
+  assert int(frames) * 256 == int(samples)  # durations cover the audio exactly
 
 
 def test_python_example_prints_rate_and_lengths(ran):

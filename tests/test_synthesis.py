@@ -202,3 +202,36 @@ def test_voice_conversion_errors(multi):
     load_voice(FIXTURES / "piper_tiny_high.onnx").convert(wav, rate, 0, 0)
   with pytest.raises(ValueError, match="posterior encoder"):
     multi.convert(wav, rate, 0, 1)  # Piper exports drop the posterior encoder
+
+
+_SHARDED_SCRIPT = """
+import sys, numpy as np, jax
+from vits_jax import load_voice
+assert jax.local_device_count() == 4, jax.local_devices()
+voice = load_voice(sys.argv[1])
+audio = voice.synthesize_batch(sys.argv[3:], speaker=1, seed=4, batch_size=4)
+np.savez(sys.argv[2], *audio)
+"""
+
+
+def test_windows_sharded_over_devices_equal_one_device(multi, tmp_path):
+  """With 4 (simulated) devices, text batches and window batches are split over a mesh of
+  all of them; the audio equals one device's."""
+  import os
+  import subprocess
+  import sys
+  lines = ["The birch canoe slid on the smooth planks.", "Hello there.",
+           "It is easy to tell the depth of a well. These days a chicken leg is a rare dish."]
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             PYTHONPATH=str(Path(__file__).parents[1]))
+  out = tmp_path / "sharded.npz"
+  proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, str(MULTI), str(out), *lines],
+                        env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  sharded = np.load(out)
+  alone = multi.synthesize_batch(lines, speaker=1, seed=4, batch_size=4)
+  for k, a in enumerate(alone):
+    b = sharded[f"arr_{k}"]
+    assert b.shape == a.shape
+    np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)

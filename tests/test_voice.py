@@ -40,7 +40,7 @@ _TEXT_BUCKETS = synthesis.TEXT_BUCKETS
 def test_buckets(monkeypatch):
   monkeypatch.setattr(synthesis, "TEXT_BUCKETS", _TEXT_BUCKETS)
   assert [synthesis.text_bucket(n) for n in (1, 32, 33, 600, 2048, 2049)] == [
-      32, 32, 64, 1024, 2048, 4096]
+      32, 32, 64, 768, 2048, 4096]
   assert [synthesis.batch_bucket(n) for n in (1, 2, 3, 5, 16)] == [1, 2, 4, 8, 16]
 
 

@@ -31,8 +31,9 @@ from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Seq
 
 import numpy as np
 
-# Id buckets (powers of two: few text-side programs; attention is quadratic in them).
-TEXT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
+# Id buckets: powers of two up to 512 ids (~12 s of speech) keep the programs of ordinary
+# lines few; above, half octaves cut the padding of long sentences (attention is quadratic).
+TEXT_BUCKETS = (32, 64, 128, 256, 512, 768, 1024, 1536, 2048)
 # Sentences longer than this many ids are cut at word boundaries (`vits_jax.voice`).
 MAX_IDS = TEXT_BUCKETS[-1]
 # Core frames of one decoder window (~3 s at 22.05 kHz / hop 256). Each window also decodes

@@ -235,3 +235,35 @@ def test_windows_sharded_over_devices_equal_one_device(multi, tmp_path):
     b = sharded[f"arr_{k}"]
     assert b.shape == a.shape
     np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
+
+
+_EXPORT_SCRIPT = """
+import sys, numpy as np
+from vits_jax import load_voice
+from vits_jax.models.synthesizer import SynthesizerTrn
+if sys.argv[3] == "forbid_tracing":
+  def traced(*args, **kwargs):
+    raise AssertionError("the model was traced")
+  SynthesizerTrn.encode_text = SynthesizerTrn.decode_latent = traced
+voice = load_voice(sys.argv[1])
+np.save(sys.argv[2], voice.synthesize("Hello there. A second sentence.", speaker=2, seed=3))
+"""
+
+
+def test_exported_programs_load_in_a_new_process_without_tracing(tmp_path):
+  """The first process traces and exports its programs into the cache; a second one loads
+  them without tracing the model, and speaks the same samples."""
+  import os
+  import subprocess
+  import sys
+  env = dict(os.environ, JAX_PLATFORMS="cpu", VITS_JAX_XLA_CACHE=str(tmp_path / "cache"),
+             PYTHONPATH=str(Path(__file__).parents[1]))
+  outs = []
+  for k, mode in enumerate(("trace", "forbid_tracing")):
+    out = tmp_path / f"{k}.npy"
+    proc = subprocess.run([sys.executable, "-c", _EXPORT_SCRIPT, str(MULTI), str(out), mode],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outs.append(np.load(out))
+  assert len(list((tmp_path / "cache" / "programs").glob("*.jaxexport"))) >= 2
+  np.testing.assert_array_equal(outs[0], outs[1])

@@ -55,7 +55,8 @@ class _FakeSynth(nn.Module):
     o = nn.Dropout(0.1, deterministic=not train)(o, rng=self.make_rng("dropout"))
     l_length = jnp.sum(h ** 2, axis=(1, 2)) / jnp.sum(x_mask)
     attn = jnp.zeros((b, t_y, x.shape[1]))
-    return o, l_length, attn, ids, x_mask, y_mask, (z, z_p, m_p, logs_p, z, 0.1 * z)
+    return o, dict(l_length=l_length, attn=attn, ids_slice=ids, x_mask=x_mask, y_mask=y_mask,
+                   z=z, z_p=z_p, m_p=m_p, logs_p=logs_p, m_q=z, logs_q=0.1 * z)
 
 
 class _FakeDisc(nn.Module):
@@ -170,7 +171,9 @@ def test_step_equals_two_phase_reference():
   dp_new = jax.tree_util.tree_map(lambda a, b: a + b, dp, upd)
 
   def g_loss(p):
-    y_hat, l_length, _, ids, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = g_out(p)
+    y_hat, aux = g_out(p)
+    l_length, ids, z_mask = aux["l_length"], aux["ids_slice"], aux["y_mask"]
+    z_p, m_p, logs_p, logs_q = aux["z_p"], aux["m_p"], aux["logs_p"], aux["logs_q"]
     y_mel = commons.slice_segments(audio.spec_to_mel_from_config(spec, data), ids, 4)
     _, d_g, f_r, f_g = disc.apply({"params": dp_new}, y, y_hat)
     return (w.mel * losses.mel_loss(y_mel, audio.mel_from_config(y_hat[..., 0], data))

@@ -26,6 +26,8 @@ architecture shares them.
 import contextlib
 import dataclasses
 import functools
+import os
+from pathlib import Path
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
                     Tuple)
 
@@ -332,9 +334,10 @@ def convert_audio(model, params, audio: np.ndarray, source_id: int, target_id: i
   wav[0, :frames * hop] = audio[:frames * hop]
   key = jax.random.PRNGKey(int(seed))
   _note(model, ("audio", wav.shape))
-  z_p = np.asarray(_audio_jit(model, n_fft, params, wav, np.asarray([frames * hop], np.int32),
-                              np.asarray([source_id], np.int32),
-                              np.float32(noise_scale), key))[0, :frames]
+  z_p = np.asarray(_run(_audio_program, model, (n_fft,), params, wav,
+                       np.asarray([frames * hop], np.int32),
+                       np.asarray([source_id], np.int32), np.float32(noise_scale),
+                       key))[0, :frames]
   tape = _Tape(plan, int(model.inter_channels))
   tape.append(0, z_p, np.zeros_like(z_p), np.ones(frames, np.int64), 0)
   scales = np.asarray([0.0, 0.0, 1.0], np.float32)
@@ -374,8 +377,8 @@ def _text_side(model, params, group, sid, scales, key, batch):
       seeds[r] = seed
     sids = None if sid is None else np.full((batch,), sid, np.int32)
     _note(model, ("text", x.shape, sid is None))
-    m_p, logs_p, w_ceil = (np.asarray(a) for a in _text_jit(
-        model, params, *_shard((x, lengths, sids, seeds)), scales, key))
+    m_p, logs_p, w_ceil = (np.asarray(a) for a in _run(
+        _text_program, model, (), params, *_shard((x, lengths, sids, seeds)), scales, key))
     for r, j in enumerate(rows):
       n = int(lengths[r])
       results[j] = (m_p[r, :n], logs_p[r, :n], w_ceil[r, :n].astype(np.int64))
@@ -394,8 +397,8 @@ def _latent_side(model, params, plan, inputs, batch, sid, scales, key):
     arrays.append(a)
   sids = None if sid is None else np.full((batch,), sid, np.int32)
   _note(model, ("latent", arrays[0].shape, sid is None))
-  o = _latent_jit(model, plan.flow_margin, plan.dec_margin, params,
-                  *_shard(tuple(arrays) + (sids,)), scales, key)
+  o = _run(_latent_program, model, (plan.flow_margin, plan.dec_margin), params,
+           *_shard(tuple(arrays) + (sids,)), scales, key)
   return np.asarray(o)[:n, :, 0]
 
 
@@ -446,7 +449,8 @@ _SHAPES: Dict[Any, set] = {}  # shape buckets each model ran with
 
 
 def trace_count(model) -> int:
-  """Programs traced so far for `model` (tests assert no retrace)."""
+  """Programs built so far for `model` (traced, or loaded from the exported-program cache):
+  tests assert that a repeated call builds none."""
   return _TRACES.get(model, 0)
 
 
@@ -485,43 +489,117 @@ def _count_trace(model):
   _TRACES[model] = _TRACES.get(model, 0) + 1
 
 
-def _lazy_jit(fn, static_argnums=()):
-  """`jax.jit(fn)`, built on first call so importing this module does not import jax."""
-  compiled = []
-
-  @functools.wraps(fn)
-  def call(*args):
-    if not compiled:
-      import jax
-      compiled.append(jax.jit(fn, static_argnums=static_argnums))
-    return compiled[0](*args)
-
-  return call
+# ------------------------------------------------------------------- programs
+_PROGRAMS: Dict[Any, Callable] = {}
+_SIGNATURES: Dict[int, Tuple[Any, Any]] = {}  # id(params) -> (params, its signature)
 
 
-@functools.partial(_lazy_jit, static_argnums=(0,))
-def _text_jit(model, params, x, lengths, sid, seeds, scales, key):
-  _count_trace(model)
+def _signature(tree) -> Tuple:
+  import jax
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  return str(treedef), tuple((tuple(np.shape(a)), str(np.asarray(a).dtype) if not hasattr(
+      a, "dtype") else str(a.dtype)) for a in leaves)
+
+
+def _params_signature(params) -> Tuple:
+  entry = _SIGNATURES.get(id(params))
+  if entry is None or entry[0] is not params:
+    entry = (params, _signature(params))
+    _SIGNATURES[id(params)] = entry
+  return entry[1]
+
+
+def _run(fn, model, static: Tuple, params, *args):
+  """`fn(model, *static, params, *args)` as a compiled program, built once per model,
+  static values and argument shapes (`trace_count` counts the builds).
+
+  With the persistent cache on (`vits_jax.xla_cache`) and one device, the traced program is
+  also exported (`jax.export`) to `<cache>/programs/`, keyed by the model, the shapes, the
+  jax version and a hash of this package's model code, so a later process loads it instead
+  of tracing the model again, and XLA's cache then supplies the compiled code.
+  """
+  import jax
+  key = (fn.__name__, model, static, _params_signature(params), _signature(args),
+         _device_count(), jax.default_backend())
+  program = _PROGRAMS.get(key)
+  if program is None:
+    program = _build(fn, model, static, params, args, key)
+    _PROGRAMS[key] = program
+    _count_trace(model)
+  return program(params, *args)
+
+
+def _build(fn, model, static, params, args, key):
+  import jax
+  jitted = jax.jit(functools.partial(fn, model, *static))
+  path = _export_path(key)
+  if path is None:
+    return jitted
+  from jax import export
+  if path.is_file():
+    try:
+      return jax.jit(export.deserialize(bytearray(path.read_bytes())).call)
+    except Exception:  # pylint: disable=broad-except  (unreadable entry: rebuild it)
+      pass
+  specs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype),
+                                 (params,) + tuple(args))
+  try:
+    exported = export.export(jitted)(*specs)
+    blob = exported.serialize()
+  except Exception:  # pylint: disable=broad-except  (not exportable here: plain jit)
+    return jitted
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, path)
+  except OSError:
+    pass  # a read-only or full cache: run without saving
+  return jax.jit(exported.call)
+
+
+def _export_path(key):
+  """Where the exported program of `key` lives, or None (cache off, several devices)."""
+  from vits_jax import xla_cache
+  root = xla_cache.cache_dir()
+  if not root or key[5] != 1:
+    return None
+  import hashlib
+  import jax
+  import flax
+  digest = hashlib.sha256(repr((key[0], repr(key[1]), key[2], key[3], key[4], key[6],
+                                jax.__version__, flax.__version__, _code_hash())).encode())
+  return Path(root) / "programs" / f"{key[0].strip('_')}-{digest.hexdigest()[:32]}.jaxexport"
+
+
+@functools.lru_cache(maxsize=1)
+def _code_hash() -> str:
+  """Hash of the model code an exported program was traced from (a change re-traces)."""
+  import hashlib
+  here = Path(__file__).resolve().parent
+  h = hashlib.sha256()
+  for path in sorted([here / "synthesis.py", here / "audio.py", *here.glob("models/*.py")]):
+    h.update(path.read_bytes())
+  return h.hexdigest()
+
+
+def _text_program(model, params, x, lengths, sid, seeds, scales, key):
   w_ceil, aux = model.apply({"params": params}, x, lengths, sid, noise_scale_w=scales[1],
                             length_scale=scales[2], seeds=seeds, key=key,
                             method="encode_text")
   return aux["m_p"], aux["logs_p"], w_ceil
 
 
-@functools.partial(_lazy_jit, static_argnums=(0, 1, 2))
-def _latent_jit(model, flow_margin, dec_margin, params, m, logs, mask, seeds, positions, sid,
-                scales, key):
-  _count_trace(model)
+def _latent_program(model, flow_margin, dec_margin, params, m, logs, mask, seeds, positions,
+                    sid, scales, key):
   o, _ = model.apply({"params": params}, m, logs, mask, sid, noise_scale=scales[0],
                      seeds=seeds, positions=positions, key=key, flow_margin=flow_margin,
                      dec_margin=dec_margin, method="decode_latent")
   return o
 
 
-@functools.partial(_lazy_jit, static_argnums=(0, 1))
-def _audio_jit(model, n_fft, params, wav, lengths, sid, noise_scale, key):
+def _audio_program(model, n_fft, params, wav, lengths, sid, noise_scale, key):
   from vits_jax import audio
-  _count_trace(model)
   hop = model.hop_length
   spec = audio.spectrogram(wav, n_fft, hop, n_fft, lengths)
   z_p, _ = model.apply({"params": params}, spec, lengths // hop, sid, noise_scale=noise_scale,

@@ -11,11 +11,13 @@ A voice is a `SynthesizerTrn`, its params and its text frontend. Sources:
 - an HF `VitsModel` folder (`config.json` + weights);
 - an official `G_*.pth` (with the run's `config.json` beside it), or a folder holding them.
 
-Synthesis is batched and jit-compiled per shape bucket (`vits_jax.synthesis`), so a long
-text or a file of lines compiles a handful of programs, not one per sentence. Each sentence
-draws its noise from (`seed`, its index in its utterance) only, so its audio is the same
-alone or in any batch. Long text is split into sentences; their audio is concatenated
-directly, as Piper does (`sentence_silence` adds a pause).
+Synthesis runs the model's text side per sentence (ids padded to a few buckets) and its
+latent side over fixed windows of frames (`vits_jax.synthesis`), so a long text or a file of
+lines compiles a handful of programs, not one per sentence, and audio can be delivered as
+it is made (`Voice.stream`). Each sentence draws its noise from (`seed`, its index in its
+utterance) only, so its audio is the same alone, in any batch or streamed. Long text is
+split into sentences; their audio is concatenated directly, as Piper does
+(`sentence_silence` adds a pause). `Voice.convert` is voice conversion between speakers.
 """
 
 import logging

@@ -55,13 +55,7 @@ def main():
   p.add_argument("--e2e-runs", type=int, default=3)
   args = p.parse_args()
 
-  # Thread settings must be in place before jax / onnxruntime start.
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-                             f"true intra_op_parallelism_threads={args.threads}")
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > args.threads:
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+  set_threads(args.threads)
 
   import numpy as np
   import onnxruntime as ort
@@ -141,6 +135,17 @@ def main():
       print(f"\nprograms for the {len(lines)} lines at batch {b}: {len(used)} "
             f"({sorted(k[1] for k in used)})")
     end_to_end(args)
+
+
+def set_threads(threads):
+  """XLA's thread pool size and the process's CPU affinity to `threads` cores, and the
+  repository on sys.path. Must run before jax / onnxruntime start."""
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                             f"true intra_op_parallelism_threads={threads}")
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > threads:
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
 LINES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lines60.txt")

@@ -25,12 +25,8 @@ def main():
   p.add_argument("--threads", type=int, default=2)
   p.add_argument("--runs", type=int, default=10)
   args = p.parse_args()
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-                             f"true intra_op_parallelism_threads={args.threads}")
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > args.threads:
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+  from infer_speed import set_threads  # bench/ is on sys.path
+  set_threads(args.threads)
 
   import numpy as np
   import onnxruntime as ort

@@ -12,6 +12,10 @@ os.environ.setdefault("VITS_JAX_XLA_CACHE", os.path.join(
 
 import jax  # noqa: E402
 
+from vits_jax import xla_cache  # noqa: E402
+
+xla_cache.enable()  # in-process compiles share the cache too
+
 # Parity tests compare against float32 references; XLA's default CPU matmul precision is
 # already full float32, but make it explicit so a TPU/GPU default never leaks in.
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -31,3 +35,16 @@ def _free_compiled_programs():
   yield
   jax.clear_caches()
   gc.collect()
+
+
+# Files that take minutes (compiling train steps in subprocesses) go first, so that with
+# `-n 2 --dist loadfile` the two workers share them and the short files fill the gaps,
+# instead of the long ones queuing up at the end in alphabetical order.
+_LONG_FILES = ("test_train.py", "test_readme.py", "test_train_full_size.py",
+               "test_notebook.py", "test_train_multihost.py", "test_model_properties.py",
+               "test_model_parity.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_LONG_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file

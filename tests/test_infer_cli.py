@@ -31,7 +31,7 @@ LINES = [
 
 
 def _env():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", VITS_JAX_XLA_CACHE="")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")  # the suite's shared compile cache (conftest)
   return env
 
 
@@ -77,11 +77,6 @@ def _run(argv, capsys, stdin=None, monkeypatch=None):
   code = infer.main(argv)
   captured = capsys.readouterr()
   return code, captured.err
-
-
-@pytest.fixture(autouse=True)
-def no_xla_cache(monkeypatch):
-  monkeypatch.setenv("VITS_JAX_XLA_CACHE", "")
 
 
 def test_text_and_stdin(tmp_path, capsys, monkeypatch):

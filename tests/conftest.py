@@ -36,15 +36,3 @@ def _free_compiled_programs():
   jax.clear_caches()
   gc.collect()
 
-
-# Files that take minutes (compiling train steps in subprocesses) go first, so that with
-# `-n 2 --dist loadfile` the two workers share them and the short files fill the gaps,
-# instead of the long ones queuing up at the end in alphabetical order.
-_LONG_FILES = ("test_train.py", "test_readme.py", "test_train_full_size.py",
-               "test_notebook.py", "test_train_multihost.py", "test_model_properties.py",
-               "test_model_parity.py")
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(_LONG_FILES)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file

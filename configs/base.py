@@ -4,6 +4,12 @@ Every other config starts from `get_config()` here and overrides a few fields. S
 the official hparams JSON (`data`, `model`, `train`) plus `loss` (loss weights, keyed like the
 metrics they produce) and `discriminator` (size knobs for the MPD; defaults = official).
 
+Every field here is read by the code. The official keys that nothing reads (here or in the
+official train.py) are not fields; `OFFICIAL_UNUSED` lists them with their `ljs_base.json`
+values, for reference and for exporting an official `config.json`. The model section also
+names the sizes the official code hard-codes in `SynthesizerTrn.__init__` (posterior
+encoder, flow, duration predictors), with the official values.
+
 Launch (same defaults as `ljs_base.py`):
 
     python train.py --config configs/base.py --workdir runs/ljs_base
@@ -11,6 +17,17 @@ Launch (same defaults as `ljs_base.py`):
 
 import ml_collections
 from ml_collections import config_dict
+
+
+# Official hparams keys that nothing reads (values of ljs_base.json; vctk_base.json has
+# epochs=10000). `loss.mel` / `loss.kl` are the weights used in place of c_mel / c_kl;
+# precision is `model.dtype`, not fp16_run; training length is `train.num_steps`.
+OFFICIAL_UNUSED = {
+    'data': dict(cleaned_text=True),
+    'model': dict(n_layers_q=3),
+    'train': dict(log_interval=200, eval_interval=1000, epochs=20000, fp16_run=True,
+                  init_lr_ratio=1, warmup_epochs=0, c_mel=45, c_kl=1.0),
+}
 
 
 def get_config(arg=None):
@@ -26,7 +43,6 @@ def get_config(arg=None):
       dir='',                      # prepared data dir written by data_prep/prepare.py
       frontend='vits',             # 'vits' (official symbols + espeak) | 'piper'
       text_cleaners=['english_cleaners2'],
-      cleaned_text=True,
       add_blank=True,
       max_wav_value=32768.0,
       sampling_rate=22050,
@@ -54,33 +70,40 @@ def get_config(arg=None):
       upsample_rates=[8, 8, 2, 2],
       upsample_initial_channel=512,
       upsample_kernel_sizes=[16, 16, 4, 4],
-      n_layers_q=3,
       use_spectral_norm=False,
       gin_channels=0,
       use_sdp=True,
       n_vocab=178,                 # len(official text/symbols.py)
       dtype='float32',             # compute dtype; 'bfloat16' on TPU. Params stay float32.
+      # Sizes the official SynthesizerTrn hard-codes (official values).
+      n_layers_enc_q=16,           # posterior encoder WaveNet layers
+      enc_q_kernel_size=5,
+      enc_q_dilation_rate=1,
+      flow_n_flows=4,              # residual coupling layers of the prior flow
+      flow_n_layers=4,             # WaveNet layers per coupling layer
+      flow_kernel_size=5,
+      flow_dilation_rate=1,
+      sdp_kernel_size=3,           # stochastic duration predictor (use_sdp=True); its
+                                   # width is hidden_channels (the official code ignores
+                                   # its filter_channels=192 argument)
+      sdp_p_dropout=0.5,
+      sdp_n_flows=4,
+      dp_filter_channels=256,      # deterministic duration predictor (use_sdp=False)
+      dp_kernel_size=3,
+      dp_p_dropout=0.5,
   ))
   # One number for both sections: overriding data.n_speakers (or model.n_speakers) moves both.
   config.model.n_speakers = config.data.get_ref('n_speakers')
 
   config.train = ml_collections.ConfigDict(dict(
       # Official hps.train keys.
-      log_interval=200,
-      eval_interval=1000,
       seed=1234,
-      epochs=20000,
       learning_rate=2e-4,
       betas=(0.8, 0.99),
       eps=1e-9,
       batch_size=64,
-      fp16_run=True,               # official value, ignored here: precision is model.dtype
       lr_decay=0.999875,           # per epoch
       segment_size=8192,           # samples
-      init_lr_ratio=1,
-      warmup_epochs=0,
-      c_mel=45,
-      c_kl=1.0,
       # Ours.
       num_steps=800_000,           # the paper trains 800k steps
       log_every=200,
@@ -89,6 +112,7 @@ def get_config(arg=None):
       max_to_keep=5,
       init_from='',                # checkpoint/voice to warm-start from
       weight_decay=0.01,           # torch.optim.AdamW's default, as in the official code
+      max_nonfinite_steps=10,      # consecutive non-finite losses before training stops
   ))
 
   config.loss = ml_collections.ConfigDict(dict(

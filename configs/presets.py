@@ -22,33 +22,28 @@ from configs import base
 PIPER_QUALITIES = ('x_low', 'medium', 'high')
 
 
+# What a Piper 'medium' voice changes in base's model section.
+_MEDIUM = dict(
+    resblock='2',
+    resblock_kernel_sizes=[3, 5, 7],
+    resblock_dilation_sizes=[[1, 2], [2, 6], [3, 12]],
+    upsample_rates=[8, 8, 4],
+    upsample_initial_channel=256,
+    upsample_kernel_sizes=[16, 16, 8],
+    n_vocab=256,
+)
+
+
 def piper_medium(n_speakers: int = 1) -> ml_collections.ConfigDict:
   """Model ConfigDict of a Piper 'medium' voice (keys as `config.model`)."""
   multi = n_speakers > 1
-  return ml_collections.ConfigDict(dict(
-      inter_channels=192,
-      hidden_channels=192,
-      filter_channels=768,
-      n_heads=2,
-      n_layers=6,
-      kernel_size=3,
-      p_dropout=0.1,
-      resblock='2',
-      resblock_kernel_sizes=[3, 5, 7],
-      resblock_dilation_sizes=[[1, 2], [2, 6], [3, 12]],
-      upsample_rates=[8, 8, 4],
-      upsample_initial_channel=256,
-      upsample_kernel_sizes=[16, 16, 8],
-      n_layers_q=3,
-      use_spectral_norm=False,
-      # Piper's VitsModel sets gin_channels=512 for multi-speaker voices.
-      gin_channels=512 if multi else 0,
-      use_sdp=True,
-      n_vocab=256,
-      # Piper stores num_speakers=1 for single-speaker voices; the model wants 0 (no emb_g).
-      n_speakers=n_speakers if multi else 0,
-      dtype='float32',
-  ))
+  model = ml_collections.ConfigDict(base.get_config().model.to_dict())
+  model.update(_MEDIUM)
+  # Piper's VitsModel sets gin_channels=512 for multi-speaker voices; it stores
+  # num_speakers=1 for single-speaker voices, where the model wants 0 (no emb_g).
+  model.gin_channels = 512 if multi else 0
+  model.n_speakers = n_speakers if multi else 0
+  return model
 
 
 def piper_x_low(n_speakers: int = 1) -> ml_collections.ConfigDict:
@@ -63,12 +58,10 @@ def piper_x_low(n_speakers: int = 1) -> ml_collections.ConfigDict:
 def piper_high(n_speakers: int = 1) -> ml_collections.ConfigDict:
   """Model ConfigDict of a Piper 'high' voice (official V1 decoder)."""
   model = piper_medium(n_speakers)
-  model.resblock = '1'
-  model.resblock_kernel_sizes = [3, 7, 11]
-  model.resblock_dilation_sizes = [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
-  model.upsample_rates = [8, 8, 2, 2]
-  model.upsample_initial_channel = 512
-  model.upsample_kernel_sizes = [16, 16, 4, 4]
+  official = base.get_config().model
+  for key in _MEDIUM:
+    if key != 'n_vocab':
+      model[key] = official[key]
   return model
 
 

@@ -11,5 +11,4 @@ def get_config(arg=None):
   config = base.get_config(arg)
   config.data.n_speakers = 109     # also sets model.n_speakers (shared reference)
   config.model.gin_channels = 256
-  config.train.epochs = 10000
   return config

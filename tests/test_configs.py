@@ -12,29 +12,39 @@ from configs import base, ljs_base, ljs_nosdp, presets, tiny, vctk
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# Values of the official configs/ljs_base.json (data: only the keys we keep).
+# Values of the official configs/ljs_base.json (data: only the keys we keep), less the keys
+# nothing reads (OFFICIAL_UNUSED_LJS, kept in base.OFFICIAL_UNUSED).
 OFFICIAL_LJS = {
-    'train': dict(log_interval=200, eval_interval=1000, seed=1234, epochs=20000,
-                  learning_rate=2e-4, betas=[0.8, 0.99], eps=1e-9, batch_size=64,
-                  fp16_run=True, lr_decay=0.999875, segment_size=8192, init_lr_ratio=1,
-                  warmup_epochs=0, c_mel=45, c_kl=1.0),
+    'train': dict(seed=1234, learning_rate=2e-4, betas=[0.8, 0.99], eps=1e-9, batch_size=64,
+                  lr_decay=0.999875, segment_size=8192),
     'data': dict(text_cleaners=['english_cleaners2'], max_wav_value=32768.0,
                  sampling_rate=22050, filter_length=1024, hop_length=256, win_length=1024,
                  n_mel_channels=80, mel_fmin=0.0, mel_fmax=None, add_blank=True,
-                 n_speakers=0, cleaned_text=True),
+                 n_speakers=0),
     'model': dict(inter_channels=192, hidden_channels=192, filter_channels=768, n_heads=2,
                   n_layers=6, kernel_size=3, p_dropout=0.1, resblock='1',
                   resblock_kernel_sizes=[3, 7, 11],
                   resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]],
                   upsample_rates=[8, 8, 2, 2], upsample_initial_channel=512,
-                  upsample_kernel_sizes=[16, 16, 4, 4], n_layers_q=3,
-                  use_spectral_norm=False),
+                  upsample_kernel_sizes=[16, 16, 4, 4], use_spectral_norm=False),
 }
+OFFICIAL_UNUSED_LJS = {
+    'train': dict(log_interval=200, eval_interval=1000, epochs=20000, fp16_run=True,
+                  init_lr_ratio=1, warmup_epochs=0, c_mel=45, c_kl=1.0),
+    'data': dict(cleaned_text=True),
+    'model': dict(n_layers_q=3),
+}
+# What the official SynthesizerTrn.__init__ hard-codes, as named fields.
+OFFICIAL_HARD_CODED = dict(
+    n_layers_enc_q=16, enc_q_kernel_size=5, enc_q_dilation_rate=1, flow_n_flows=4,
+    flow_n_layers=4, flow_kernel_size=5, flow_dilation_rate=1, sdp_kernel_size=3,
+    sdp_p_dropout=0.5, sdp_n_flows=4, dp_filter_channels=256,
+    dp_kernel_size=3, dp_p_dropout=0.5)
 
-MODEL_KEYS = set(OFFICIAL_LJS['model']) | {'gin_channels', 'use_sdp', 'n_vocab', 'n_speakers',
-                                           'dtype'}
+MODEL_KEYS = (set(OFFICIAL_LJS['model']) | set(OFFICIAL_HARD_CODED)
+              | {'gin_channels', 'use_sdp', 'n_vocab', 'n_speakers', 'dtype'})
 TRAIN_EXTRA = {'num_steps', 'log_every', 'checkpoint_every', 'eval_every', 'max_to_keep',
-               'init_from', 'weight_decay'}
+               'init_from', 'weight_decay', 'max_nonfinite_steps'}
 DATA_EXTRA = {'frontend', 'dir'}
 
 
@@ -71,6 +81,10 @@ def test_sections_and_keys(module):
 
 def test_ljs_base_is_official():
   _assert_official(ljs_base.get_config(), OFFICIAL_LJS)
+  _assert_official(ljs_base.get_config(), {'model': OFFICIAL_HARD_CODED})
+  assert base.OFFICIAL_UNUSED == OFFICIAL_UNUSED_LJS
+  for section, keys in OFFICIAL_UNUSED_LJS.items():   # listed, not fields
+    assert not set(keys) & set(base.get_config()[section].keys())
   c = ljs_base.get_config()
   assert c.model.use_sdp and c.model.gin_channels == 0 and c.model.n_speakers == 0
   assert c.discriminator.channel_div == 1
@@ -85,9 +99,7 @@ def test_ljs_nosdp_differs_only_in_sdp():
 
 
 def test_vctk_is_official():
-  official = {**OFFICIAL_LJS,
-              'data': {**OFFICIAL_LJS['data'], 'n_speakers': 109},
-              'train': {**OFFICIAL_LJS['train'], 'epochs': 10000}}
+  official = {**OFFICIAL_LJS, 'data': {**OFFICIAL_LJS['data'], 'n_speakers': 109}}
   c = vctk.get_config()
   _assert_official(c, official)
   assert c.model.gin_channels == 256 and c.model.n_speakers == 109
@@ -112,6 +124,36 @@ def test_tiny_is_small():
   assert c.model.hidden_channels <= 64 and c.model.n_layers <= 2
   assert c.train.batch_size == 4
   assert c.discriminator.channel_div > 1
+  micro = tiny.get_config('micro')
+  assert micro.model.hidden_channels == 16 and micro.model.n_speakers == 3
+  assert micro.model.n_layers_enc_q == 2 and tuple(micro.discriminator.periods) == (2, 3)
+  assert set(micro.model.keys()) == MODEL_KEYS
+  with pytest.raises(ValueError, match='micro'):
+    tiny.get_config('huge')
+
+
+def test_hard_coded_sizes_reach_the_model():
+  """Every named size builds the module it names (a config field that did nothing would
+  leave the parameter shapes unchanged)."""
+  from flax import traverse_util
+  from vits_jax.models.synthesizer import build_synthesizer, param_shapes
+  def shapes(**overrides):
+    c = tiny.get_config('micro')
+    c.model.update(overrides)
+    return {k: v.shape for k, v in traverse_util.flatten_dict(
+        param_shapes(build_synthesizer(c)), sep='/').items()}
+  ref = shapes()
+  for field, value, key in [('sdp_kernel_size', 5, 'dp/convs/convs_sep_0/weight'),
+                            ('enc_q_kernel_size', 3, 'enc_q/enc/in_layers_0/weight_v'),
+                            ('flow_kernel_size', 3, 'flow/flows_0/enc/in_layers_0/weight_v'),
+                            ('flow_n_layers', 2, None), ('flow_n_flows', 2, None),
+                            ('sdp_n_flows', 2, None)]:
+    got = shapes(**{field: value})
+    assert got != ref, field
+    if key:
+      assert got[key] != ref[key], field
+  nosdp = shapes(use_sdp=False, dp_filter_channels=40)
+  assert nosdp['dp/conv_1/weight'][-1] == 40
 
 
 def test_config_files_load_by_path():
@@ -132,10 +174,15 @@ def test_piper_medium_matches_piper_training_defaults():
   assert m.resblock_kernel_sizes == [3, 5, 7]
   assert m.resblock_dilation_sizes == [[1, 2], [2, 6], [3, 12]]
   assert (m.inter_channels, m.hidden_channels, m.filter_channels) == (192, 192, 768)
-  assert (m.n_heads, m.n_layers, m.kernel_size, m.n_layers_q) == (2, 6, 3, 3)
+  assert (m.n_heads, m.n_layers, m.kernel_size) == (2, 6, 3)
   assert m.p_dropout == 0.1 and m.use_sdp and m.n_vocab == 256
   assert m.n_speakers == 0 and m.gin_channels == 0
   assert set(m.keys()) == MODEL_KEYS
+  # base plus overrides: everything a medium voice does not change is base's.
+  b = base.get_config().model
+  assert {k for k in MODEL_KEYS if m[k] != b[k]} == {
+      'resblock', 'resblock_kernel_sizes', 'resblock_dilation_sizes', 'upsample_rates',
+      'upsample_initial_channel', 'upsample_kernel_sizes', 'n_vocab'}
   multi = presets.piper_medium(n_speakers=4)
   assert multi.n_speakers == 4 and multi.gin_channels == 512
 

@@ -57,7 +57,7 @@ def _row_ids(batch, clips):
   by_key = {(len(a), int(a[0]), int(a[-1])): cid for cid, (_, a, _) in clips.items()}
   ids = []
   for row, n in zip(batch["audio"], batch["audio_lengths"]):
-    pcm = np.round(row[:n] * 32768).astype(np.int64)
+    pcm = row[:n].astype(np.int64)
     ids.append(by_key[(int(n), int(pcm[0]), int(pcm[-1]))])
   return ids
 
@@ -69,14 +69,14 @@ def test_batches_hold_the_records_padded(prepared):
   for i in range(5):
     batch = ld.dataset[i]
     assert set(batch) == {"text", "text_lengths", "audio", "audio_lengths", "sid", "weight"}
-    assert batch["text"].dtype == np.int32 and batch["audio"].dtype == np.float32
+    assert batch["text"].dtype == np.int32 and batch["audio"].dtype == np.int16
     assert (batch["text"].shape[1], batch["audio"].shape[1]) in ld.buckets
     for b, cid in enumerate(_row_ids(batch, clips)):
       tokens, audio, sid = clips[cid]
       n_t, n_a = batch["text_lengths"][b], batch["audio_lengths"][b]
       np.testing.assert_array_equal(batch["text"][b, :n_t], tokens)
       assert not batch["text"][b, n_t:].any() and not batch["audio"][b, n_a:].any()
-      np.testing.assert_array_equal(batch["audio"][b, :n_a], audio.astype(np.float32) / 32768)
+      np.testing.assert_array_equal(batch["audio"][b, :n_a], audio)   # int16 PCM as stored
       assert batch["sid"][b] == sid and n_a == len(audio)
 
 

@@ -41,6 +41,8 @@ def load(name):
     official = hf.hf_to_official(sd)
     like = hf.param_template(cfg)
   else:
+    config = dict(config)
+    config["segment_frames"] = config.pop("segment_size")   # the official name, in frames
     model = SynthesizerTrn(**config)
     official = sd
     like = _template(model)
@@ -193,11 +195,11 @@ def test_load_hf_folder(tmp_path):
   (tmp_path / "config.json").write_text(str(data["config"]))
   save_file({k[3:]: np.ascontiguousarray(data[k].astype(np.float32))
              for k in data.files if k.startswith("sd/")}, str(tmp_path / "model.safetensors"))
-  config, variables = hf.load_hf(str(tmp_path))
+  config, params = hf.load_hf(str(tmp_path))
   from vits_jax.models.synthesizer import build_synthesizer
   model = build_synthesizer(config)
   n = int(data["infer/len0"])
-  o, _ = model.apply(variables, data["enc/ids"][:1], data["enc/lengths"][:1],
+  o, _ = model.apply({"params": params}, data["enc/ids"][:1], data["enc/lengths"][:1],
                       noise_scale=0.0, noise_scale_w=0.0, method="infer")
   _check(o[0, :n, 0], data["infer/o0"][:n])
 

@@ -16,7 +16,7 @@ from vits_jax.models.layers import count_params
 from vits_jax.models.synthesizer import SynthesizerTrn, build_synthesizer, param_shapes
 from vits_jax.models.transforms import piecewise_rational_quadratic_transform
 
-SMALL = dict(n_vocab=30, spec_channels=17, segment_size=8, inter_channels=8,
+SMALL = dict(n_vocab=30, spec_channels=17, segment_frames=8, inter_channels=8,
              hidden_channels=16, filter_channels=24, n_heads=2, n_layers=1, kernel_size=3,
              p_dropout=0.1, resblock="2", resblock_kernel_sizes=(3,),
              resblock_dilation_sizes=((1, 2),), upsample_rates=(4, 2),
@@ -282,10 +282,10 @@ def test_full_size_generator_forward_compiles_on_cpu():
   model = build_synthesizer(ljs_base.get_config())
   params = random_params(param_shapes(model))
   x = jnp.ones((1, 12), jnp.int32)
-  y = jnp.abs(jax.random.normal(jax.random.PRNGKey(1), (1, model.segment_size, 513)))
+  y = jnp.abs(jax.random.normal(jax.random.PRNGKey(1), (1, model.segment_frames, 513)))
   rngs = {k: jax.random.PRNGKey(i) for i, k in enumerate(("noise", "slice", "dropout"))}
   out = jax.jit(lambda p: model.apply({"params": p}, x, jnp.array([12]), y,
-                                      jnp.array([model.segment_size]), rngs=rngs))(params)
+                                      jnp.array([model.segment_frames]), rngs=rngs))(params)
   assert out[0].shape == (1, 8192, 1)
   assert bool(jnp.all(jnp.isfinite(out[0]))) and bool(jnp.all(jnp.isfinite(out[1]["l_length"])))
 

@@ -164,6 +164,7 @@ def _official_voice():
   from vits_jax.text import get_frontend
   data = np.load(FIXTURES / "official_rb2_sdp_ms.npz")
   config = json.loads(str(data["config"]))
+  config["segment_frames"] = config.pop("segment_size")   # the official name, in frames
   sd = {k[3:]: data[k].astype(np.float32) for k in data.files if k.startswith("sd/")}
   model = SynthesizerTrn(**{k: tuple(map(tuple, v)) if k == "resblock_dilation_sizes" else
                             tuple(v) if isinstance(v, list) else v for k, v in config.items()})

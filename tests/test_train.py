@@ -1,6 +1,6 @@
 """Training: the jitted D+G step, and `train.py` runs on a synthetic corpus.
 
-The CLI runs use `tests/train_config.py` (the real VITS modules at micro widths) in
+The CLI runs use `configs/tiny.py:micro` (the real VITS modules at micro widths) in
 subprocesses that share an XLA cache (see train_utils.py): the first run compiles the step
 once, the others reuse it.
 """
@@ -92,9 +92,8 @@ def _fake_setup():
 
 
 def tu_config():
-  sys.path.insert(0, str(tu.REPO / "tests"))
-  import train_config
-  return train_config.get_config()
+  from configs import tiny
+  return tiny.get_config('micro')
 
 
 def _batch(rng, nan=False):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "tests" / "train_config.py"
+CONFIG = f"{REPO / 'configs' / 'tiny.py'}:micro"
 # Shared by the test processes and kept between sessions: entries are keyed by a hash of the
 # program, so a stale entry is never used for a different program.
 XLA_CACHE = os.path.join(tempfile.gettempdir(), "vits_jax_test_xla_cache")
@@ -72,7 +72,7 @@ def train_cmd(workdir: Path, data_dir: Path, *overrides: str) -> list:
 
 def run_train(workdir: Path, data_dir: Path, *overrides: str, env=None, timeout: int = 900,
               check: bool = True) -> subprocess.CompletedProcess:
-  """`python train.py --config tests/train_config.py ...`; raises with its stderr on failure."""
+  """`python train.py --config configs/tiny.py:micro ...`; raises with its stderr on failure."""
   proc = subprocess.run(train_cmd(workdir, data_dir, *overrides), cwd=REPO,
                         env=_env(**(env or {})), capture_output=True, text=True,
                         timeout=timeout)

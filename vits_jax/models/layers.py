@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+import numpy as np
 
 Dtype = Any
 
@@ -40,13 +41,21 @@ def _torch_uniform(fan_in: int):
   return init
 
 
-def _normalized_weight(v: jax.Array, g: jax.Array, out_axis: int) -> jax.Array:
-  """w = g * v / ||v||, the norm taken over every axis but `out_axis`."""
-  axes = tuple(a for a in range(v.ndim) if a != out_axis % v.ndim)
-  norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=axes, keepdims=True))
+def weight_norm_scale(v, keep_axis: int):
+  """||v|| over every axis but `keep_axis` (kept as size-1 axes): torch's
+  `norm_except_dim(v, 2, dim)`, the `g` that makes `g * v / ||v|| == v`. The one weight-norm
+  computation of the project: jax arrays here, numpy arrays in the converters (pass float64
+  for an exact fold)."""
+  xp = np if isinstance(v, np.ndarray) else jnp
+  axes = tuple(a for a in range(v.ndim) if a != keep_axis % v.ndim)
+  return xp.sqrt(xp.sum(xp.square(v), axis=axes, keepdims=True))
+
+
+def normalized_weight(v, g, keep_axis: int):
+  """w = g * v / ||v||, the norm taken over every axis but `keep_axis` (jax or numpy)."""
   shape = [1] * v.ndim
-  shape[out_axis] = -1
-  return v * (g.reshape(shape) / norm)
+  shape[keep_axis] = -1
+  return v * (g.reshape(shape) / weight_norm_scale(v, keep_axis))
 
 
 def conv_time(x: jax.Array, w: jax.Array, stride: int = 1, dilation: int = 1,
@@ -130,9 +139,8 @@ class _WeightMixin:
     if not self.weight_norm:
       return self.param("weight", init, tuple(shape))
     v = self.param("weight_v", init, tuple(shape))
-    axes = tuple(a for a in range(len(shape)) if a != norm_axis % len(shape))
-    g = self.param("weight_g", lambda _: jnp.sqrt(jnp.sum(jnp.square(v), axis=axes)))
-    return _normalized_weight(v, g, norm_axis)
+    g = self.param("weight_g", lambda _: weight_norm_scale(v, norm_axis).reshape(-1))
+    return normalized_weight(v, g, norm_axis)
 
 
 class Conv1d(nn.Module, _WeightMixin):

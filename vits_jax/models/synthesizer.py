@@ -14,6 +14,7 @@ outputs) in channels-last layout. Methods:
 Methods return `(output, aux)`, aux a dict of named intermediates.
 """
 
+import dataclasses
 import math
 from typing import Any, Callable, Optional, Sequence, Tuple
 
@@ -62,17 +63,23 @@ class SynthesizerTrn(nn.Module):
   Attributes:
     n_vocab: number of token ids.
     spec_channels: linear spectrogram bins (filter_length // 2 + 1).
-    segment_size: decoder training window in frames (train.segment_size // hop_length).
+    segment_frames: decoder training window in frames (train.segment_size // hop_length;
+      the official `segment_size` argument).
     inter_channels .. upsample_kernel_sizes: official hps.model sizes.
     n_speakers: > 1 adds the speaker table `emb_g` (gin_channels wide).
     gin_channels: speaker conditioning width for enc_q, flow, dp and dec.
     use_sdp: stochastic (True) or deterministic duration predictor.
     dtype: compute dtype (None/'float32', or 'bfloat16'); params stay float32.
-    n_layers_enc_q: posterior WN depth (16 in the official code, which hard-codes it).
+    n_layers_enc_q .. dp_p_dropout: sizes the official code hard-codes (official
+      defaults): posterior encoder WN depth, kernel and dilation; the prior flow's coupling
+      layers, WN layers per coupling, kernel and dilation; the stochastic duration
+      predictor's kernel, dropout and flows (its width is hidden_channels, as the official
+      code overrides its filter_channels); the deterministic one's filter
+      channels, kernel and dropout.
   """
   n_vocab: int
   spec_channels: int
-  segment_size: int
+  segment_frames: int
   inter_channels: int
   hidden_channels: int
   filter_channels: int
@@ -91,10 +98,18 @@ class SynthesizerTrn(nn.Module):
   use_sdp: bool = True
   dtype: Optional[Any] = None
   n_layers_enc_q: int = 16
+  enc_q_kernel_size: int = 5
+  enc_q_dilation_rate: int = 1
+  flow_n_flows: int = 4
+  flow_n_layers: int = 4
   flow_kernel_size: int = 5
   flow_dilation_rate: int = 1
-  flow_n_layers: int = 4
-  flow_n_flows: int = 4
+  sdp_kernel_size: int = 3
+  sdp_p_dropout: float = 0.5
+  sdp_n_flows: int = 4
+  dp_filter_channels: int = 256
+  dp_kernel_size: int = 3
+  dp_p_dropout: float = 0.5
 
   def setup(self):
     dtype = None if self.dtype in (None, "float32") else jnp.dtype(self.dtype)
@@ -106,17 +121,20 @@ class SynthesizerTrn(nn.Module):
                          tuple(tuple(d) for d in self.resblock_dilation_sizes),
                          tuple(self.upsample_rates), self.upsample_initial_channel,
                          tuple(self.upsample_kernel_sizes), gin_channels=gin, dtype=dtype)
-    self.enc_q = PosteriorEncoder(self.inter_channels, self.hidden_channels, 5, 1,
+    self.enc_q = PosteriorEncoder(self.inter_channels, self.hidden_channels,
+                                  self.enc_q_kernel_size, self.enc_q_dilation_rate,
                                   self.n_layers_enc_q, gin_channels=gin, dtype=dtype)
     self.flow = ResidualCouplingBlock(self.inter_channels, self.hidden_channels,
                                       self.flow_kernel_size, self.flow_dilation_rate,
                                       self.flow_n_layers, n_flows=self.flow_n_flows,
                                       gin_channels=gin, dtype=dtype)
     if self.use_sdp:
-      self.dp = StochasticDurationPredictor(self.hidden_channels, 192, 3, 0.5, 4,
-                                            gin_channels=gin, dtype=dtype)
+      self.dp = StochasticDurationPredictor(
+          self.hidden_channels, self.hidden_channels, self.sdp_kernel_size,
+          self.sdp_p_dropout, self.sdp_n_flows, gin_channels=gin, dtype=dtype)
     else:
-      self.dp = DurationPredictor(self.hidden_channels, 256, 3, 0.5, gin_channels=gin,
+      self.dp = DurationPredictor(self.hidden_channels, self.dp_filter_channels,
+                                  self.dp_kernel_size, self.dp_p_dropout, gin_channels=gin,
                                   dtype=dtype)
     if self.n_speakers > 1:
       self.emb_g = Embedding(self.n_speakers, gin)
@@ -150,7 +168,7 @@ class SynthesizerTrn(nn.Module):
         defaults to `vits_jax.mas.maximum_path`.
 
     Returns:
-      (o [B, segment_size * hop, 1], aux) with aux a dict: `l_length` [B], `attn`
+      (o [B, segment_frames * hop, 1], aux) with aux a dict: `l_length` [B], `attn`
       [B, T_y, T_x], `ids_slice` [B], `x_mask` [B, T_x, 1], `y_mask` [B, T_y, 1], and `z`,
       `z_p`, `m_p`, `logs_p`, `m_q`, `logs_q`, the prior statistics expanded to frames
       ([B, T_y, inter_channels]).
@@ -181,7 +199,7 @@ class SynthesizerTrn(nn.Module):
     logs_p = jnp.einsum("byx,bxc->byc", attn, logs_p)
 
     z_slice, ids_slice = commons.rand_slice_segments(
-        self.make_rng("slice"), z, y_lengths, self.segment_size)
+        self.make_rng("slice"), z, y_lengths, self.segment_frames)
     o = self.dec(z_slice, g=g)
     return o, dict(l_length=l_length, attn=attn, ids_slice=ids_slice, x_mask=x_mask,
                    y_mask=y_mask, z=z, z_p=z_p, m_p=m_p, logs_p=logs_p, m_q=m_q,
@@ -412,7 +430,7 @@ def init_params(model: SynthesizerTrn, rng: jax.Array):
   Runs the training forward once on a dummy batch (jitted), so all of enc_p, enc_q, flow,
   dp, dec and emb_g are created.
   """
-  t_y = max(model.segment_size, 8)
+  t_y = max(model.segment_frames, 8)
   x, x_lengths = jnp.ones((1, 4), jnp.int32), jnp.array([4])
   y, y_lengths = jnp.zeros((1, t_y, model.spec_channels)), jnp.array([t_y])
   sid = jnp.zeros((1,), jnp.int32) if model.n_speakers > 1 else None
@@ -427,39 +445,47 @@ def init_params(model: SynthesizerTrn, rng: jax.Array):
 
 
 def param_shapes(model: SynthesizerTrn):
-  """`jax.ShapeDtypeStruct` pytree of the params, without allocating or computing them."""
-  return jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+  """`jax.ShapeDtypeStruct` pytree of the params, without allocating or computing them
+  (traced once per distinct model)."""
+  key = repr(model)
+  if key not in _PARAM_SHAPES:
+    _PARAM_SHAPES[key] = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+  return _PARAM_SHAPES[key]
+
+
+_PARAM_SHAPES = {}
 
 
 def build_synthesizer(config, **overrides) -> SynthesizerTrn:
-  """SynthesizerTrn from a full config (`data`, `model`, `train` sections).
+  """The SynthesizerTrn of a full config (`data`, `model`, `train` sections): the one place
+  a model is constructed (training, every voice source, export).
 
-  spec_channels = data.filter_length // 2 + 1 and segment_size = train.segment_size //
-  data.hop_length. `overrides` replace any constructor field.
+  Every `config.model` key that is a constructor field is passed (a field the config lacks,
+  e.g. in an older run's config.json, keeps its official default); spec_channels =
+  data.filter_length // 2 + 1 and segment_frames = train.segment_size // data.hop_length.
+  `overrides` replace any constructor field.
+
+  Raises:
+    ValueError: data.hop_length is not the product of model.upsample_rates.
   """
   m, d = config.model, config.data
-  kwargs = dict(
-      n_vocab=m.n_vocab,
-      spec_channels=d.filter_length // 2 + 1,
-      segment_size=config.train.segment_size // d.hop_length,
-      inter_channels=m.inter_channels,
-      hidden_channels=m.hidden_channels,
-      filter_channels=m.filter_channels,
-      n_heads=m.n_heads,
-      n_layers=m.n_layers,
-      kernel_size=m.kernel_size,
-      p_dropout=m.p_dropout,
+  hop = math.prod(m.upsample_rates)
+  if int(d.hop_length) != hop:
+    raise ValueError(f"config: data.hop_length {d.hop_length} is not the product of "
+                     f"model.upsample_rates {list(m.upsample_rates)} ({hop})")
+  fields = {f.name for f in dataclasses.fields(SynthesizerTrn)} - {"parent", "name"}
+  kwargs = {k: m[k] for k in m.keys() if k in fields}
+  kwargs.update(
+      spec_channels=int(d.filter_length) // 2 + 1,
+      segment_frames=int(config.train.segment_size) // hop,
       resblock=str(m.resblock),
       resblock_kernel_sizes=tuple(m.resblock_kernel_sizes),
       resblock_dilation_sizes=tuple(tuple(x) for x in m.resblock_dilation_sizes),
       upsample_rates=tuple(m.upsample_rates),
-      upsample_initial_channel=m.upsample_initial_channel,
       upsample_kernel_sizes=tuple(m.upsample_kernel_sizes),
       n_speakers=int(m.get("n_speakers", 0) or 0),
-      gin_channels=m.gin_channels,
       use_sdp=bool(m.use_sdp),
       dtype=m.get("dtype", None),
-      n_layers_enc_q=m.get("n_layers_enc_q", 16),
   )
   kwargs.update(overrides)
   return SynthesizerTrn(**kwargs)

@@ -7,10 +7,11 @@
 """
 
 from vits_jax.text.chars import UnknownCharactersWarning
-from vits_jax.text.frontend import Frontend, PiperFrontend, VitsFrontend, intersperse
+from vits_jax.text.frontend import (Frontend, HfFrontend, PiperFrontend, VitsFrontend,
+                                    intersperse)
 from vits_jax.text.symbols import SYMBOLS
 
-FRONTENDS = {'vits': VitsFrontend, 'piper': PiperFrontend}
+FRONTENDS = {'vits': VitsFrontend, 'piper': PiperFrontend, 'hf': HfFrontend}
 
 
 def get_frontend(kind, **kwargs):
@@ -18,7 +19,8 @@ def get_frontend(kind, **kwargs):
 
   Args:
     kind: 'vits' (kwargs: `cleaners`, default ['english_cleaners2']; `add_blank`, default
-      True) or 'piper' (kwargs: `config`, the dict of a voice's .onnx.json).
+      True), 'piper' (kwargs: `config`, the dict of a voice's .onnx.json) or 'hf'
+      (kwargs: `vocab`, `add_blank`, `normalize`).
     **kwargs: passed to the frontend class.
 
   Returns:
@@ -32,5 +34,5 @@ def get_frontend(kind, **kwargs):
   return FRONTENDS[kind](**kwargs)
 
 
-__all__ = ['Frontend', 'PiperFrontend', 'VitsFrontend', 'SYMBOLS', 'FRONTENDS',
+__all__ = ['Frontend', 'HfFrontend', 'PiperFrontend', 'VitsFrontend', 'SYMBOLS', 'FRONTENDS',
            'UnknownCharactersWarning', 'get_frontend', 'intersperse']

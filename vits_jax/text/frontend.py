@@ -5,6 +5,8 @@
   178-symbol table, and `add_blank` (a 0 between all ids and at both ends).
 * `PiperFrontend` ('piper'): Piper voices -- espeak-ng phonemes per sentence as
   piper-phonemize gives them, mapped with the voice's own `phoneme_id_map`.
+* `HfFrontend` ('hf'): transformers' `VitsTokenizer` for character voices such as MMS-TTS
+  (no phonemizer): the folder's `vocab.json`, lowercasing, `add_blank`.
 
 Both drop characters the voice cannot say (with one `UnknownCharactersWarning` per text) and
 raise `ValueError` for text with nothing to say.
@@ -259,3 +261,61 @@ class PiperFrontend(Frontend):
     source = 'espeakng-loader fallback' if self.uses_fallback else 'piper-phonemize'
     return f'PiperFrontend(voice={self.voice!r}, n_vocab={self.n_vocab}, {source})'
 
+
+
+class HfFrontend(Frontend):
+  """Text -> ids as transformers' `VitsTokenizer` does for MMS-TTS voices (no phonemizer):
+  lowercase, keep only vocabulary characters, blank id 0 between them (`add_blank`).
+
+  Args:
+    vocab: the folder's `vocab.json` (character -> id).
+    add_blank: insert id 0 between ids and at both ends.
+    normalize: lowercase what is not a vocabulary entry as written.
+  """
+
+  name = 'hf'
+
+  def __init__(self, vocab, add_blank=True, normalize=True):
+    if not isinstance(vocab, dict) or not vocab or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in vocab.items()):
+      raise ValueError('an HF vocab.json must map characters to non-negative integer ids')
+    self.vocab = dict(vocab)
+    self.add_blank = bool(add_blank)
+    self.normalize = bool(normalize)
+    self.n_vocab = max(self.vocab.values()) + 1
+    self._words = sorted(self.vocab, key=len, reverse=True)
+
+  def text_to_ids(self, text):
+    _check_text(text)
+    if self.normalize:
+      # VitsTokenizer keeps vocabulary entries as written and lowercases everything else.
+      out, i = [], 0
+      while i < len(text):
+        w = next((w for w in self._words if w and text.startswith(w, i)), None)
+        out.append(w if w is not None else text[i].lower())
+        i += len(w) if w is not None else 1
+      text = ''.join(c for c in ''.join(out) if c in self.vocab).strip()
+    kept = ''.join(c for c in text if c in self.vocab)
+    if not kept.strip():
+      raise ValueError(f'text has nothing to say for this voice: {text[:50]!r}')
+    ids = [self.vocab[c] for c in kept]
+    return intersperse(ids, 0) if self.add_blank else ids
+
+  def split_sentences(self, text):
+    return sentences.split_sentences(text, max_chars=400)
+
+  def text_to_sentence_ids(self, text):
+    _check_text(text)
+    out = []
+    for sentence in self.split_sentences(text):
+      try:
+        out.append(self.text_to_ids(sentence))
+      except ValueError:
+        continue
+    if not out:
+      raise ValueError(f'text has nothing to say for this voice: {text[:50]!r}')
+    return out
+
+  def __repr__(self):
+    return f'HfFrontend(n_vocab={self.n_vocab}, add_blank={self.add_blank})'

@@ -124,23 +124,23 @@ class Checkpointer:
     state = flax.serialization.from_state_dict(abstract_state, restored["state"])
     return state, restored["data"]
 
-  def wait(self):
-    self.manager.wait_until_finished()
-
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
 
 
-def load_generator_params(workdir: str, step: Optional[int] = None):
-  """Reads what inference needs from a training workdir.
+def load_generator_params(workdir: str, step: Optional[int] = None,
+                          discriminator: bool = False):
+  """Reads what inference (or export) needs from a training workdir.
 
   Args:
     workdir: a `train.py --workdir`.
     step: checkpoint step; default the latest.
+    discriminator: also read the discriminator params.
 
   Returns:
-    (config ConfigDict, generator params pytree of numpy arrays, step).
+    (config ConfigDict: the checkpoint's own, generator params pytree of numpy arrays,
+     step, discriminator params or None).
 
   Raises:
     FileNotFoundError: no checkpoint in `workdir`.
@@ -153,25 +153,25 @@ def load_generator_params(workdir: str, step: Optional[int] = None):
   step = steps[-1] if step is None else step
   if step not in steps:
     raise FileNotFoundError(f"no checkpoint for step {step} in {directory} (have {steps})")
+  parts = ("generator", "discriminator") if discriminator else ("generator",)
   with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
     meta = ckptr.metadata(directory / str(step) / "state")
     tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
-    gen_meta = tree["params"]["generator"]
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-    target = jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), gen_meta)
+    target = {"params": {part: jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+        tree["params"][part]) for part in parts}}
     restored = ckptr.restore(
         directory / str(step) / "state",
         args=ocp.args.PyTreeRestore(
-            item={"params": {"generator": target}},
-            restore_args=ocp.checkpoint_utils.construct_restore_args(
-                {"params": {"generator": target}}),
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True))
-  params = jax.tree_util.tree_map(np.asarray, restored["params"]["generator"])
+  params = jax.tree_util.tree_map(np.asarray, restored["params"])
+  # The checkpoint's own config describes its params; workdir/config.json is the latest
+  # run's and only stands in for checkpoints written without one.
   config_path = directory / str(step) / "config" / "metadata"
-  config_file = epath.Path(workdir) / "config.json"
-  if config_file.exists():
-    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-  else:
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  return config, params, step
+  if not config_path.exists():
+    config_path = epath.Path(workdir) / "config.json"
+  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  return config, params["generator"], step, params.get("discriminator")

@@ -138,7 +138,8 @@ class Evaluator:
               "val/audio_true_timing": out["wav_tf"][0, :n * self.hop]}
     if not self._logged_reference:
       images["val/mel_real"] = metrics_lib.plot_spectrogram(out["mel"][0, :n])
-      audios["val/audio_real"] = self.batch_np["audio"][0, :n * self.hop]
+      real = self.batch_np["audio"][0, :n * self.hop]
+      audios["val/audio_real"] = real.astype(np.float32) / float(self.config.data.max_wav_value)
       self._logged_reference = True
     writer.write_images(step, images)
     writer.write_audios(step, audios, self.sample_rate)

@@ -25,7 +25,7 @@ class TrainInput:
   def __init__(self, config, local_batch: int):
     d = config.data
     hop = int(d.hop_length)
-    # Buckets as in `data.make_loaders`: audio padded to whole ~2048-sample blocks of frames,
+    # Buckets: audio padded to whole ~2048-sample blocks of frames,
     # never shorter than one decoder window.
     self.loader = data_lib.make_train_loader(
         d.dir, int(config.train.batch_size), int(config.train.seed),

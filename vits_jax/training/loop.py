@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vits_jax.data import records
 from vits_jax.training import checkpoint as checkpoint_lib
 from vits_jax.training import evaluation
 from vits_jax.training import input_pipeline
@@ -27,8 +28,6 @@ from vits_jax.training import step as step_lib
 from vits_jax.training import warm_start
 
 CONFIG_FILE = "config.json"
-# Consecutive non-finite steps after which training stops (config.train.max_nonfinite_steps).
-DEFAULT_MAX_NONFINITE = 10
 
 
 class NonFiniteError(RuntimeError):
@@ -118,15 +117,13 @@ class _Preemption:
       self._previous = None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       step_hook=None) -> Optional[state_lib.TrainState]:
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> Optional[state_lib.TrainState]:
   """Trains (or resumes) the run in `workdir` until `config.train.num_steps`.
 
   Args:
     config: full config (configs/*.py).
     workdir: run directory (checkpoints, metrics.jsonl, TensorBoard events, config.json).
-    step_hook: optional `f(train_step) -> train_step` applied before jit (tests count
-      traces with it).
 
   Returns:
     The final train state.
@@ -136,6 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     NonFiniteError: too many consecutive non-finite steps.
   """
   check_config(config)
+  records.check_manifest(records.load_manifest(config.data.dir), config)
   t = config.train
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -179,8 +177,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # --- Update step -----------------------------------------------------------------------
   step_fn = step_lib.make_train_step(config, generator, discriminator, tx_g, tx_d, lr_fn)
-  if step_hook is not None:
-    step_fn = step_hook(step_fn)
   traces = [0]
 
   def counted_step(state, batch):
@@ -195,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # --- Loop ------------------------------------------------------------------------------
   step = int(state.step)
   num_steps = int(t.num_steps)
-  max_nonfinite = int(t.get("max_nonfinite_steps", DEFAULT_MAX_NONFINITE))
+  max_nonfinite = int(t.max_nonfinite_steps)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main,
                                     resume_step=step if latest is not None else None)
   preemption = _Preemption()

@@ -65,11 +65,6 @@ class MetricWriter:
       self._tb.add_audio(k, np.clip(np.asarray(v, np.float32), -1, 1), step,
                          sample_rate=sample_rate)
 
-  def flush(self):
-    if self.enabled:
-      self._file.flush()
-      self._tb.flush()
-
   def close(self):
     if self.enabled:
       self._file.close()
@@ -93,12 +88,6 @@ def _truncate_after(path: str, step: int):
   if len(keep) != len(rows):
     with open(path, "w") as f:
       f.writelines(keep)
-
-
-def read_metrics(workdir: str) -> list:
-  """All rows of `workdir/metrics.jsonl` as dicts."""
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def plot_spectrogram(spec: np.ndarray) -> np.ndarray:

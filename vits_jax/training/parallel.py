@@ -64,6 +64,10 @@ def local_batch_size(global_batch_size: int) -> int:
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
   """Assembles each host's rows into global arrays sharded over `data`.
 
+  Every host's rows of a step come from the same global batch of the epoch plan, padded to
+  that batch's length bucket (`data.loader.make_train_loader`), so the shapes agree across
+  hosts without a per-step exchange.
+
   Args:
     local: this process's rows, every array `[global_batch / process_count, ...]`.
     mesh: the data mesh.
@@ -72,23 +76,5 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
     The same keys as global `jax.Array`s of `[global_batch, ...]`.
   """
   local = {k: np.asarray(v) for k, v in local.items()}
-  if jax.process_count() > 1:
-    local = _pad_to_common_shape(local)
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
-
-
-def _pad_to_common_shape(local: dict) -> dict:
-  """Zero-pads each array to the largest shape any process has (hosts may pick different
-  length buckets for the same step; the masks make the extra padding inert)."""
-  from jax.experimental import multihost_utils
-  keys = sorted(local)
-  dims = np.concatenate([np.asarray(local[k].shape, np.int64) for k in keys])
-  dims = np.max(multihost_utils.process_allgather(dims), axis=0)
-  out, i = {}, 0
-  for k in keys:
-    v = local[k]
-    target = dims[i:i + v.ndim]
-    i += v.ndim
-    out[k] = np.pad(v, [(0, int(t) - s) for s, t in zip(v.shape, target)])
-  return out

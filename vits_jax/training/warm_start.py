@@ -1,9 +1,8 @@
 """Fine-tuning: initialize the generator from an existing voice (`config.train.init_from`).
 
-Accepted sources:
-  - a training workdir of this project (its latest checkpoint),
-  - a Piper voice (`voice.onnx` with `voice.onnx.json` beside it),
-  - an official jaywalnut310/vits generator checkpoint (`G_*.pth`).
+Accepted sources: everything `vits_jax.voice.load_voice` accepts (read by the same
+`vits_jax.convert.source.load_source`): `joe` (the bundled Piper voice), a Piper `.onnx`, a
+training workdir (its latest checkpoint), an HF `VitsModel` folder, an official `G_*.pth`.
 
 Every generator parameter the source has is copied; those it lacks (a Piper export has no
 posterior encoder `enc_q` and no `dp.post_*` flows) keep their fresh initialization, and the
@@ -12,7 +11,6 @@ an error that names it: the config's model section must describe the source's ar
 """
 
 import logging
-import os
 from typing import Any, Dict, Tuple
 
 import jax
@@ -25,25 +23,15 @@ from vits_jax.training import state as state_lib
 
 def load_source_params(path: str) -> Tuple[Dict[str, Any], str]:
   """Generator params (flax layout) of `path` and a short description of the source."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"train.init_from: {path} does not exist")
-  if os.path.isdir(path):
-    from vits_jax.training.checkpoint import load_generator_params
-    _, params, step = load_generator_params(path)
-    return params, f"workdir {path} (step {step})"
-  from vits_jax.convert import torch_names
-  if path.endswith(".onnx"):
-    from vits_jax.convert.piper import load_piper
-    state_dict = load_piper(path).state_dict
-    kind = "Piper voice"
-  elif path.endswith((".pth", ".pt")):
-    from vits_jax.convert.official_pth import load_official_checkpoint
-    state_dict, _ = load_official_checkpoint(path)
-    kind = "official checkpoint"
-  else:
-    raise ValueError(f"train.init_from: {path} is not a workdir, Piper .onnx voice or "
-                     "official G_*.pth checkpoint")
-  return torch_names.torch_to_flax(state_dict), f"{kind} {path}"
+  from vits_jax.convert.source import load_source
+  try:
+    source = load_source(path)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"train.init_from: {e}") from None
+  except ValueError as e:
+    raise ValueError(f"train.init_from: {e}") from None
+  step = f" (step {source.step})" if source.step is not None else ""
+  return source.params, f"{source.kind} {source.path}{step}"
 
 
 def merge_params(target: Dict[str, Any], source: Dict[str, Any],

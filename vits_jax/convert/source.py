@@ -218,12 +218,13 @@ def check_params(params: Mapping[str, Any], config: ml_collections.ConfigDict, w
 
 # --------------------------------------------------------------------------- sources
 def load_source(name_or_path: Optional[Union[str, os.PathLike]] = None,
-                step: Optional[int] = None) -> Source:
+                step: Optional[int] = None, discriminator: bool = False) -> Source:
   """Reads any voice source (see the module docstring).
 
   Args:
     name_or_path: `'joe'` (default) or a path.
     step: for a training workdir, the checkpoint step (default the latest).
+    discriminator: for a training workdir, also read the discriminator (for export).
 
   Raises:
     FileNotFoundError: nothing at the path.
@@ -246,7 +247,7 @@ def load_source(name_or_path: Optional[Union[str, os.PathLike]] = None,
       return load_official(path)
     raise ValueError(f"{path} is not a voice (expected {SOURCES_HELP})")
   if (path / "checkpoints").is_dir():
-    return load_workdir(path, step)
+    return load_workdir(path, step, discriminator=discriminator)
   config = path / "config.json"
   if config.is_file():
     meta = _read_json(config)

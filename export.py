@@ -1,0 +1,56 @@
+"""Export a voice for other runtimes: Piper, Hugging Face transformers, the official VITS code.
+
+    python export.py --voice runs/my_voice --to piper --out voices/my_voice.onnx
+    python export.py --voice joe --to hf --out voices/joe_hf
+    python export.py --voice runs/vctk --step 20000 --to official --out voices/vctk_official
+
+`--voice` is anything infer.py takes: 'joe' (bundled), a Piper .onnx, a training workdir
+(latest checkpoint, or --step N), an HF VitsModel folder or an official G_*.pth. Outputs:
+
+  piper     NAME.onnx + NAME.onnx.json: the `piper` CLI, piper's PiperVoice, Home Assistant
+  hf        config.json + model.safetensors: transformers' VitsModel.from_pretrained
+  official  G_<step>.pth + config.json (+ D_<step>.pth from a workdir): jaywalnut310/vits
+
+An existing output is kept unless --force; on an error nothing is written.
+"""
+
+import argparse
+import sys
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--voice", default="joe", help="voice to export (default: joe)")
+  p.add_argument("--to", required=True, help="piper, hf or official")
+  p.add_argument("--out", required=True, help="output: NAME.onnx (piper) or a folder")
+  p.add_argument("--step", type=int, default=None,
+                 help="checkpoint step of a training workdir (default: the latest)")
+  p.add_argument("--force", action="store_true", help="replace an existing output")
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  from vits_jax.export import export_voice
+  try:
+    result = export_voice(args.voice, args.to, args.out, step=args.step, force=args.force)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:
+    print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+    return 2
+  for note in result.notes:
+    print(f"note: {note}", file=sys.stderr)
+  if result.fresh:
+    print(f"note: {result.fresh} tensors the source does not have (modules inference never "
+          "runs, e.g. a Piper voice's posterior encoder) were freshly initialized",
+          file=sys.stderr)
+  for f in result.files:
+    print(f"wrote {f} ({f.stat().st_size / 2**20:.1f} MiB)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,168 @@
+"""Export to Hugging Face and the official code: round trips through this project's own
+loaders (torch-free), names checked against files real transformers wrote, and the CLI's
+errors. (Real transformers / PyTorch load the exports in tests/fixtures/make_export_checks.py.)
+Piper export: tests/test_export_piper.py."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from vits_jax.convert import official_pth
+from vits_jax.convert import source as source_lib
+from vits_jax.export import export_voice, hf as hf_export
+from vits_jax.models.synthesizer import build_synthesizer, param_shapes
+from vits_jax.voice import load_voice
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+HF = FIXTURES / "hf_tiny"
+HIGH = FIXTURES / "piper_tiny_high.onnx"        # ResBlock1, single speaker
+MULTI = FIXTURES / "piper_tiny_multi.onnx"      # ResBlock2, 3 speakers
+OFFICIAL = FIXTURES / "official_tiny" / "G_7.pth"
+
+SENTENCES = ["Hello there.", "A longer sentence, with a pause in the middle of it.", "Yes!"]
+
+
+def _ids(voice):
+  return [ids for s in SENTENCES for ids in voice.frontend.text_to_sentence_ids(s)]
+
+
+def _same_audio(a, b, ids, sid=None, tol=1e-4):
+  """Noise off, same ids: the same length and samples (float32 weight-norm folding moves a
+  sample by up to ~5e-5 on these random tiny voices; the issue allows 1e-3)."""
+  got = a.synthesize_ids(ids, sid, noise_scale=0.0, noise_scale_w=0.0)
+  want = b.synthesize_ids(ids, sid, noise_scale=0.0, noise_scale_w=0.0)
+  for g, w in zip(got, want):
+    assert g.shape == w.shape
+    assert np.abs(g - w).max() <= tol
+
+
+def test_hf_export_matches_files_transformers_wrote(tmp_path):
+  """Exporting the HF fixture (saved by real transformers) gives back its exact names and
+  shapes, and the folder loads and speaks as the original."""
+  from safetensors.numpy import load_file
+  out = tmp_path / "hf"
+  result = export_voice(HF, "hf", out)
+  assert result.fresh == 0
+  want, got = load_file(HF / "model.safetensors"), load_file(out / "model.safetensors")
+  assert set(got) == set(want)
+  for k in want:
+    assert got[k].shape == want[k].shape
+    np.testing.assert_allclose(got[k], want[k], atol=1e-6)
+  cfg, ref = json.loads((out / "config.json").read_text()), json.loads(
+      (HF / "config.json").read_text())
+  for key in ("vocab_size", "hidden_size", "ffn_dim", "flow_size", "upsample_rates",
+              "resblock_kernel_sizes", "resblock_dilation_sizes", "spectrogram_bins",
+              "posterior_encoder_num_wavenet_layers", "sampling_rate", "num_speakers"):
+    assert cfg[key] == ref[key], key
+  assert json.loads((out / "vocab.json").read_text()) == json.loads(
+      (HF / "vocab.json").read_text())
+  original, exported = load_voice(HF), load_voice(out)
+  assert exported.frontend.text_to_ids("hello") == original.frontend.text_to_ids("hello")
+  _same_audio(exported, original, _ids(original))
+
+
+def test_hf_export_of_a_piper_voice(tmp_path):
+  """A ResBlock1 Piper voice exported to HF: the whole generator (the posterior encoder it
+  lacks freshly initialized), the same audio for the same ids."""
+  from vits_jax.convert import hf as hf_import
+  out = tmp_path / "hf"
+  result = export_voice(HIGH, "hf", out)
+  assert result.fresh > 0
+  config, params = hf_import.load_hf(str(out))   # the full HF name set, nothing missing
+  assert not (out / "vocab.json").exists()         # Piper ids: no HF tokenizer
+  original = load_voice(HIGH)
+  from vits_jax.voice import Voice
+  exported = Voice(build_synthesizer(config, dtype=None), params, original.frontend,
+                   config.data.sampling_rate)
+  _same_audio(exported, original, _ids(original))
+  names = set(traverse_util.flatten_dict(param_shapes(build_synthesizer(config)), sep="/"))
+  assert set(traverse_util.flatten_dict(params, sep="/")) == names
+
+
+def test_hf_names_invert_the_import():
+  for name in ["dp.flows.0.m", "dp.flows.7.convs.norms_2.1.gamma", "dp.post_flows.3.proj.bias",
+               "flow.flows.6.enc.cond_layer.weight_g", "enc_p.encoder.norm_layers_2.1.beta",
+               "dec.resblocks.5.convs2.2.weight", "emb_g.weight", "dp.norm_1.gamma"]:
+    from vits_jax.convert import hf as hf_import
+    assert list(hf_import.hf_to_official({hf_export.official_to_hf(name): np.zeros(1)})) == [
+        name]
+
+
+def test_official_export_round_trip(tmp_path):
+  out = tmp_path / "official"
+  result = export_voice(MULTI, "official", out)
+  assert sorted(p.name for p in out.iterdir()) == ["G_0.pth", "config.json"]
+  assert result.fresh > 0          # a Piper voice has no enc_q: filled so no key is missing
+  ckpt = official_pth.read_torch_checkpoint(out / "G_0.pth")
+  assert set(ckpt) == {"model", "iteration", "optimizer", "learning_rate"}
+  assert ckpt["iteration"] == 1
+  src = source_lib.load_source(MULTI)
+  full = set(traverse_util.flatten_dict(param_shapes(build_synthesizer(src.config))))
+  assert len(ckpt["model"]) == len(full)
+  assert ckpt["optimizer"]["param_groups"][0]["params"] == list(range(len(full)))
+  hps = json.loads((out / "config.json").read_text())
+  assert set(hps) == {"train", "data", "model"}
+  assert "n_vocab" not in hps["model"] and "n_speakers" not in hps["model"]
+  assert hps["data"]["n_speakers"] == 3 and hps["model"]["gin_channels"] == 16
+  assert hps["train"]["segment_size"] == 8192 and hps["model"]["n_layers_q"] == 3
+  exported, original = load_voice(out / "G_0.pth"), load_voice(MULTI)
+  _same_audio(exported, original, _ids(original), sid=2)
+
+
+def test_official_export_of_an_official_checkpoint(tmp_path):
+  out = tmp_path / "o"
+  export_voice(OFFICIAL, "official", out)
+  exported, original = load_voice(out / "G_7.pth"), load_voice(OFFICIAL)
+  assert exported.frontend.name == "vits"
+  _same_audio(exported, original, _ids(original), sid=1)
+
+
+def test_official_export_refuses_sizes_the_official_code_fixes(tmp_path):
+  from configs import tiny
+  from vits_jax.export import official
+  with pytest.raises(ValueError, match="n_layers_enc_q=2 but the official SynthesizerTrn "
+                                       "hard-codes 16"):
+    official.official_config(tiny.get_config("micro"))
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, str(REPO / "export.py"), *map(str, args)],
+                        capture_output=True, text=True, cwd=REPO, timeout=600,
+                        env={"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+                             "PATH": "/usr/bin:/bin"})
+
+
+def test_cli_writes_and_keeps_existing_output(tmp_path):
+  out = tmp_path / "o"
+  r = _cli("--voice", OFFICIAL, "--to", "official", "--out", out)
+  assert r.returncode == 0, r.stderr
+  assert f"wrote {out / 'G_7.pth'}" in r.stdout
+  before = (out / "G_7.pth").read_bytes()
+  r = _cli("--voice", MULTI, "--to", "official", "--out", out)
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+      f"error: {out} exists (pass --force to replace it)"]
+  assert (out / "G_7.pth").read_bytes() == before and not (out / "G_0.pth").exists()
+  r = _cli("--voice", MULTI, "--to", "official", "--out", out, "--force")
+  assert r.returncode == 0 and sorted(p.name for p in out.iterdir()) == ["G_0.pth",
+                                                                         "config.json"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--voice", OFFICIAL, "--to", "onnx"], "unknown export target 'onnx'"),
+    (["--voice", "nothing/here.onnx", "--to", "hf"], "voice not found: nothing/here.onnx"),
+    (["--voice", REPO / "README.md", "--to", "hf"], "is not a voice"),
+    (["--voice", MULTI, "--to", "hf"], "transformers' VitsModel has only ResBlock1"),
+])
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
+  out = tmp_path / "out"
+  r = _cli(*args, "--out", out)
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+  assert message in lines[0] and "Traceback" not in r.stderr
+  assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -1,0 +1,81 @@
+"""What every exporter shares: complete generator params, and writing an output folder
+atomically (all files or none)."""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, Tuple
+
+import numpy as np
+from flax import traverse_util
+
+from vits_jax.convert import source as source_lib
+
+
+def complete_params(src: source_lib.Source, seed: int = 0) -> Tuple[Dict[str, Any], int]:
+  """The source's generator params with the modules an inference-only source lacks (a Piper
+  voice has no posterior encoder) freshly initialized, so formats that hold the whole
+  generator (HF, official) load without missing keys. Inference never reads those modules;
+  training continued from the export learns them again.
+
+  Returns:
+    (params, number of tensors freshly initialized).
+  """
+  from vits_jax.models.synthesizer import build_synthesizer, param_shapes
+  want = traverse_util.flatten_dict(param_shapes(build_synthesizer(src.config)))
+  have = traverse_util.flatten_dict(src.params)
+  rng = np.random.default_rng(seed)
+  fresh = 0
+  out = {}
+  for key, shape in want.items():
+    if key in have:
+      out[key] = np.asarray(have[key], np.float32)
+      continue
+    fresh += 1
+    out[key] = _fresh(key[-1], tuple(shape.shape), rng)
+  for key, value in out.items():    # weight norm: g = ||v|| for fresh pairs
+    if key[-1] == "weight_g" and key not in have:
+      v = out[key[:-1] + ("weight_v",)]
+      keep = 1 if key[-2].startswith("ups_") else v.ndim - 1
+      from vits_jax.models import layers
+      out[key] = layers.weight_norm_scale(v.astype(np.float64), keep).reshape(-1).astype(
+          np.float32)
+  return traverse_util.unflatten_dict(out), fresh
+
+
+def _fresh(name: str, shape, rng) -> np.ndarray:
+  if name in ("bias", "beta", "m", "logs"):
+    return np.zeros(shape, np.float32)
+  if name == "gamma":
+    return np.ones(shape, np.float32)
+  return (0.02 * rng.standard_normal(shape)).astype(np.float32)
+
+
+@contextlib.contextmanager
+def output_dir(out: Path, force: bool) -> Iterator[Path]:
+  """A temporary folder beside `out` that becomes `out` when the block succeeds (replacing
+  an existing `out` only with `force`); on any error nothing is left behind.
+
+  Raises:
+    FileExistsError: `out` exists and not `force`.
+  """
+  out = Path(out)
+  if out.exists() and not force:
+    raise FileExistsError(f"{out} exists (pass --force to replace it)")
+  parent = out.parent if str(out.parent) else Path(".")
+  parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+  try:
+    yield tmp
+    if out.exists():
+      old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
+      os.replace(out, old / out.name)
+      os.replace(tmp, out)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise

@@ -1,0 +1,182 @@
+"""Export to Hugging Face transformers: a folder `VitsModel.from_pretrained` loads.
+
+    config.json         VitsConfig fields (model_type 'vits')
+    model.safetensors   the whole generator under HF's parameter names
+    vocab.json, tokenizer_config.json   only for voices with HF's character tokenizer
+
+Names are the inverse of `vits_jax.convert.hf.hf_to_official` (checked name by name): the
+decoder with weight norm folded into plain weights (HF's HiFi-GAN has none at inference),
+the WaveNet layers as `parametrizations.weight.original0/1` (what current transformers
+saves), attention projections as linear weights, LayerNorms as weight/bias. HF's decoder has
+only ResBlock1 and its other fixed sizes are the official ones: a voice that differs is a
+clear error, not a wrong model.
+"""
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from vits_jax.convert import hf as hf_import
+from vits_jax.convert import source as source_lib
+from vits_jax.convert import torch_names
+from vits_jax.export import common
+
+# Official -> HF, applied in order (the inverse of hf._RULES).
+_RULES = [
+    (r"^enc_p\.emb\.", "text_encoder.embed_tokens."),
+    (r"^enc_p\.proj\.", "text_encoder.project."),
+    (r"^enc_p\.encoder\.attn_layers\.(\d+)\.conv_([qkv])\.",
+     r"text_encoder.encoder.layers.\1.attention.\2_proj."),
+    (r"^enc_p\.encoder\.attn_layers\.(\d+)\.conv_o\.",
+     r"text_encoder.encoder.layers.\1.attention.out_proj."),
+    (r"^enc_p\.encoder\.attn_layers\.(\d+)\.emb_rel_([kv])$",
+     r"text_encoder.encoder.layers.\1.attention.emb_rel_\2"),
+    (r"^enc_p\.encoder\.norm_layers_1\.(\d+)\.", r"text_encoder.encoder.layers.\1.layer_norm."),
+    (r"^enc_p\.encoder\.norm_layers_2\.(\d+)\.",
+     r"text_encoder.encoder.layers.\1.final_layer_norm."),
+    (r"^enc_p\.encoder\.ffn_layers\.(\d+)\.", r"text_encoder.encoder.layers.\1.feed_forward."),
+    (r"^enc_q\.pre\.", "posterior_encoder.conv_pre."),
+    (r"^enc_q\.proj\.", "posterior_encoder.conv_proj."),
+    (r"^enc_q\.enc\.", "posterior_encoder.wavenet."),
+    (r"^flow\.flows\.(\d+)\.", lambda m: f"flow.flows.{int(m.group(1)) // 2}."),
+    (r"^(flow\.flows\.\d+)\.pre\.", r"\1.conv_pre."),
+    (r"^(flow\.flows\.\d+)\.post\.", r"\1.conv_post."),
+    (r"^(flow\.flows\.\d+)\.enc\.", r"\1.wavenet."),
+    (r"^dec\.ups\.", "decoder.upsampler."),
+    (r"^dec\.", "decoder."),
+    (r"^dp\.(flows|post_flows)\.(\d+)\.",
+     lambda m: f"duration_predictor.{m.group(1)}.{(int(m.group(2)) + 1) // 2}."),
+    (r"^dp\.post_pre\.", "duration_predictor.post_conv_pre."),
+    (r"^dp\.post_proj\.", "duration_predictor.post_conv_proj."),
+    (r"^dp\.post_convs\.", "duration_predictor.post_conv_dds."),
+    (r"^dp\.pre\.", "duration_predictor.conv_pre."),
+    (r"^dp\.proj\.", "duration_predictor.conv_proj."),
+    (r"^dp\.convs\.", "duration_predictor.conv_dds."),
+    (r"^dp\.", "duration_predictor."),
+    (r"^(duration_predictor\.(?:post_)?flows\.\d+)\.pre\.", r"\1.conv_pre."),
+    (r"^(duration_predictor\.(?:post_)?flows\.\d+)\.proj\.", r"\1.conv_proj."),
+    (r"^(duration_predictor\.(?:post_)?flows\.\d+)\.convs\.", r"\1.conv_dds."),
+    (r"\.m$", ".translate"),
+    (r"\.logs$", ".log_scale"),
+    (r"\.convs_sep\.", ".convs_dilated."),
+    (r"\.convs_1x1\.", ".convs_pointwise."),
+    (r"^emb_g\.", "embed_speaker."),
+    (r"\.weight_g$", ".parametrizations.weight.original0"),
+    (r"\.weight_v$", ".parametrizations.weight.original1"),
+]
+_LAYER_NORM = re.compile(r"(norm_layers_[12]\.\d+|norms_[12]\.\d+|dp\.norm_[12])\.(gamma|beta)$")
+_ATTN = re.compile(r"attn_layers\.\d+\.conv_[qkvo]\.weight$")
+
+
+def official_to_hf(name: str) -> str:
+  """Official parameter name -> HF `VitsModel` name."""
+  m = _LAYER_NORM.search(name)
+  new = name[:m.start(2)] + ("weight" if m.group(2) == "gamma" else "bias") if m else name
+  for pattern, repl in _RULES:
+    new = re.sub(pattern, repl, new)
+  return new
+
+
+def hf_state_dict(params) -> Dict[str, np.ndarray]:
+  """Flax generator params -> HF names and layouts (decoder weight norm folded)."""
+  official = torch_names.flax_to_torch(params)
+  dec = {k: v for k, v in torch_names.flax_to_torch(
+      {"dec": params["dec"]}, fold_weight_norm=True).items()}
+  official = {k: v for k, v in official.items() if not k.startswith("dec.")}
+  official.update(dec)
+  out = {}
+  for name, value in official.items():
+    value = np.ascontiguousarray(value, np.float32)
+    if _ATTN.search(name):
+      value = value[:, :, 0]
+    hf_name = official_to_hf(name)
+    back = hf_import.hf_to_official({hf_name: value})
+    if list(back) != [name]:
+      raise AssertionError(f"HF name map is not invertible at {name} -> {hf_name} -> "
+                           f"{list(back)}")
+    out[hf_name] = value
+  return out
+
+
+def hf_config(config) -> Dict[str, Any]:
+  """VitsConfig fields for our config.
+
+  Raises:
+    ValueError: the architecture has a part HF's VitsModel cannot express.
+  """
+  m, d = config.model, config.data
+  if str(m.resblock) != "1":
+    raise ValueError("cannot export to hf: transformers' VitsModel has only ResBlock1 "
+                     f"(HiFi-GAN V1) decoders and this voice uses resblock '{m.resblock}' "
+                     "(Piper medium / x_low voices); export it --to piper or --to official")
+  fixed = dict(flow_n_flows=4, flow_n_layers=4, flow_kernel_size=5, flow_dilation_rate=1,
+               enc_q_kernel_size=5, enc_q_dilation_rate=1, sdp_kernel_size=3, sdp_n_flows=4,
+               dp_filter_channels=256, dp_kernel_size=3)
+  for key, value in fixed.items():
+    if key in m and m[key] != value:
+      raise ValueError(f"cannot export to hf: model.{key}={m[key]} (VitsConfig fixes the "
+                       f"official {value})")
+  infer = config.get("infer", None) or {}
+  n_speakers = int(m.get("n_speakers", 0) or 0)
+  return {
+      "architectures": ["VitsModel"], "model_type": "vits",
+      "vocab_size": int(m.n_vocab), "hidden_size": int(m.hidden_channels),
+      "num_hidden_layers": int(m.n_layers), "num_attention_heads": int(m.n_heads),
+      "window_size": 4, "use_bias": True, "ffn_dim": int(m.filter_channels),
+      "layerdrop": 0.1, "ffn_kernel_size": int(m.kernel_size),
+      "flow_size": int(m.inter_channels), "spectrogram_bins": int(d.filter_length) // 2 + 1,
+      "hidden_act": "relu", "hidden_dropout": float(m.p_dropout),
+      "attention_dropout": 0.1, "activation_dropout": 0.1, "initializer_range": 0.02,
+      "layer_norm_eps": 1e-5,
+      "use_stochastic_duration_prediction": bool(m.use_sdp),
+      "num_speakers": max(1, n_speakers), "speaker_embedding_size": int(m.gin_channels),
+      "upsample_initial_channel": int(m.upsample_initial_channel),
+      "upsample_rates": list(m.upsample_rates),
+      "upsample_kernel_sizes": list(m.upsample_kernel_sizes),
+      "resblock_kernel_sizes": list(m.resblock_kernel_sizes),
+      "resblock_dilation_sizes": [list(x) for x in m.resblock_dilation_sizes],
+      "leaky_relu_slope": 0.1, "depth_separable_channels": 2,
+      "depth_separable_num_layers": 3, "duration_predictor_flow_bins": 10,
+      "duration_predictor_tail_bound": 5.0, "duration_predictor_kernel_size": 3,
+      "duration_predictor_dropout": float(m.get("sdp_p_dropout", 0.5)),
+      "duration_predictor_num_flows": 4, "duration_predictor_filter_channels": 256,
+      "prior_encoder_num_flows": 4, "prior_encoder_num_wavenet_layers": 4,
+      "posterior_encoder_num_wavenet_layers": int(m.get("n_layers_enc_q", 16)),
+      "wavenet_kernel_size": 5, "wavenet_dilation_rate": 1, "wavenet_dropout": 0.0,
+      "speaking_rate": 1.0 / float(infer.get("length_scale", 1.0)),
+      "noise_scale": float(infer.get("noise_scale", 0.667)),
+      "noise_scale_duration": float(infer.get("noise_scale_w", 0.8)),
+      "sampling_rate": int(d.sampling_rate),
+  }
+
+
+def export_hf(src: source_lib.Source, out, force: bool = False) -> Tuple[Path, int]:
+  """Writes the HF folder `out`.
+
+  Returns:
+    (out, number of tensors freshly initialized because the source lacked them).
+
+  Raises:
+    ValueError: a voice HF cannot express; FileExistsError: `out` exists and not `force`.
+  """
+  from safetensors.numpy import save_file
+  config = hf_config(src.config)
+  params, fresh = common.complete_params(src)
+  tensors = hf_state_dict(params)
+  out = Path(out)
+  with common.output_dir(out, force) as tmp:
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    if src.frontend["kind"] == "hf":
+      front = src.frontend
+      (tmp / "vocab.json").write_text(json.dumps(front["vocab"], ensure_ascii=False),
+                                      encoding="utf-8")
+      tok = {"add_blank": bool(front["add_blank"]), "normalize": bool(front["normalize"]),
+             "phonemize": False, "is_uroman": False, "tokenizer_class": "VitsTokenizer",
+             "pad_token": "<pad>", "unk_token": "<unk>"}
+      (tmp / "tokenizer_config.json").write_text(json.dumps(tok, indent=2) + "\n",
+                                                 encoding="utf-8")
+  return out, fresh

@@ -1,0 +1,108 @@
+"""Export to the official jaywalnut310/vits code: `G_<step>.pth` + `config.json` (and
+`D_<step>.pth` when the source is a training workdir), in PyTorch's zip checkpoint format,
+written without torch (`convert.official_pth.save_torch_checkpoint`).
+
+The files are what the official `utils.save_checkpoint` writes: `{'model': state_dict,
+'iteration': 1, 'optimizer': ..., 'learning_rate': lr}`, so `utils.load_checkpoint` loads
+them into `SynthesizerTrn(n_vocab, spec_channels, segment_size, **hps.model)` with no missing
+key, and the official `train.py` can continue from them. The official `iteration` is an
+epoch counter that drives its learning-rate schedule; the export starts it at 1 (the
+schedule restarts) and the optimizer state is empty (Adam moments restart). Weight norm is
+kept as (weight_g, weight_v), as the official modules hold it. The official code takes the
+vocabulary size from its own symbol table (178): voices with other ids (Piper's 256) need
+`n_vocab` passed to `SynthesizerTrn`, which config.json records as `data.n_vocab`.
+"""
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from vits_jax.convert import official_pth
+from vits_jax.convert import source as source_lib
+from vits_jax.convert import torch_names
+from vits_jax.export import common
+
+# Sizes the official SynthesizerTrn hard-codes (config fields here).
+_HARD_CODED = dict(n_layers_enc_q=16, enc_q_kernel_size=5, enc_q_dilation_rate=1,
+                   flow_n_flows=4, flow_n_layers=4, flow_kernel_size=5, flow_dilation_rate=1,
+                   sdp_kernel_size=3, sdp_p_dropout=0.5, sdp_n_flows=4,
+                   dp_filter_channels=256, dp_kernel_size=3, dp_p_dropout=0.5)
+_PERIODS = (2, 3, 5, 7, 11)
+_MODEL_KEYS = ("inter_channels", "hidden_channels", "filter_channels", "n_heads", "n_layers",
+               "kernel_size", "p_dropout", "resblock", "resblock_kernel_sizes",
+               "resblock_dilation_sizes", "upsample_rates", "upsample_initial_channel",
+               "upsample_kernel_sizes", "use_spectral_norm", "gin_channels", "use_sdp")
+_DATA_KEYS = ("text_cleaners", "max_wav_value", "sampling_rate", "filter_length",
+              "hop_length", "win_length", "n_mel_channels", "mel_fmin", "mel_fmax",
+              "add_blank", "n_speakers")
+_TRAIN_KEYS = ("seed", "learning_rate", "betas", "eps", "batch_size", "lr_decay",
+               "segment_size")
+
+
+def official_config(config) -> Dict[str, Any]:
+  """The official hparams JSON for our config.
+
+  Raises:
+    ValueError: a size the official code hard-codes differs.
+  """
+  from configs import base
+  m, d, t = config.model, config.data, config.train
+  for key, value in _HARD_CODED.items():
+    if key in m and m[key] != value:
+      raise ValueError(f"cannot export to official: model.{key}={m[key]} but the official "
+                       f"SynthesizerTrn hard-codes {value}")
+  unused = base.OFFICIAL_UNUSED
+  train = {**unused["train"], **{k: _plain(t[k]) for k in _TRAIN_KEYS if k in t}}
+  data = {"training_files": "filelists/train.txt", "validation_files": "filelists/val.txt",
+          **{k: _plain(d[k]) for k in _DATA_KEYS if k in d}, **unused["data"],
+          "n_vocab": int(m.n_vocab)}
+  model = {**{k: _plain(m[k]) for k in _MODEL_KEYS if k in m}, **unused["model"]}
+  model["resblock"] = str(model["resblock"])
+  return {"train": train, "data": data, "model": model}
+
+
+def _plain(v):
+  return json.loads(json.dumps(v))   # tuples -> lists, ConfigDict values -> JSON
+
+
+def _checkpoint(state_dict, learning_rate: float) -> Dict[str, Any]:
+  n = len(state_dict)
+  optimizer = {"state": {}, "param_groups": [{
+      "lr": learning_rate, "betas": [0.8, 0.99], "eps": 1e-9, "weight_decay": 0.01,
+      "amsgrad": False, "foreach": None, "maximize": False, "capturable": False,
+      "differentiable": False, "fused": None, "params": list(range(n))}]}
+  return {"model": state_dict, "iteration": 1, "optimizer": optimizer,
+          "learning_rate": learning_rate}
+
+
+def export_official(src: source_lib.Source, out, force: bool = False
+                    ) -> Tuple[Path, int, List[str]]:
+  """Writes `out/G_<step>.pth`, `out/config.json` (and `out/D_<step>.pth` for workdirs
+  whose discriminator is the official one).
+
+  Returns:
+    (out, number of generator tensors freshly initialized because the source lacked them,
+     notes for the user).
+  """
+  notes = []
+  disc = src.discriminator
+  if disc is not None:
+    dc = src.config.get("discriminator", None) or {}
+    if int(dc.get("channel_div", 1)) != 1 or tuple(dc.get("periods", _PERIODS)) != _PERIODS:
+      notes.append("no D_*.pth: this run's discriminator is not the official one "
+                   f"(discriminator.channel_div={dc.get('channel_div', 1)}, periods="
+                   f"{list(dc.get('periods', _PERIODS))})")
+      disc = None
+  hps = official_config(src.config)
+  params, fresh = common.complete_params(src)
+  lr = float(src.config.train.get("learning_rate", 2e-4))
+  step = src.step if src.step is not None else 0
+  out = Path(out)
+  with common.output_dir(out, force) as tmp:
+    official_pth.save_torch_checkpoint(
+        tmp / f"G_{step}.pth", _checkpoint(torch_names.flax_to_torch(params), lr))
+    if disc is not None:
+      official_pth.save_torch_checkpoint(
+          tmp / f"D_{step}.pth", _checkpoint(torch_names.flax_to_torch(disc), lr))
+    (tmp / "config.json").write_text(json.dumps(hps, indent=2) + "\n", encoding="utf-8")
+  return out, fresh, notes

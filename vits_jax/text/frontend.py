@@ -185,6 +185,7 @@ class PiperFrontend(Frontend):
   def __init__(self, config, fallback=None):
     if not isinstance(config, dict) or 'phoneme_id_map' not in config:
       raise ValueError('a Piper config (.onnx.json) with a phoneme_id_map is needed')
+    self.config = dict(config)   # the whole .onnx.json (export writes it back)
     self.id_map = {p: list(ids) for p, ids in config['phoneme_id_map'].items()}
     for special in (piper.BOS, piper.EOS, piper.PAD):
       if special not in self.id_map:

@@ -3,7 +3,7 @@
     python data_prep/prepare.py --dataset ljspeech --src LJSpeech-1.1 --out data/ljs
     python data_prep/prepare.py --dataset vctk --src VCTK-Corpus-0.92 --out data/vctk
     python data_prep/prepare.py --dataset ljspeech --tfds --data-dir ~/tensorflow_datasets \
-        --out data/ljs            # needs: pip install tensorflow-datasets tensorflow-cpu
+        --out data/ljs            # needs: pip install -r requirements-tfds.txt
 
 Each clip is decoded, mixed to mono, resampled to --sample-rate (librosa/soxr), filtered by
 length, and its transcript turned into token ids by the text frontend (espeak-ng, in
@@ -11,6 +11,11 @@ length, and its transcript turned into token ids by the text frontend (espeak-ng
 `vits_jax/data/records.py` for the format); `manifest.json` lists counts, the speaker map,
 hours, and every skipped row with its reason. Re-running with the same arguments on a complete
 directory verifies it (sizes and sha256) and does nothing else; --force rebuilds.
+
+With --tfds the split streams: clips go through the workers as they are read, and memory holds
+only what the pool has in flight (a few chunks per worker) and the validation candidates, not
+the corpus. Its records keep the builder's order, and VCTK speaker ids are the builder's
+speaker list in sorted order (known before the first example; see `tfds_reader`).
 
 Exit status: 0 when good clips remain, 2 (with one `error:` line) when none do or the
 arguments/source are wrong.
@@ -22,6 +27,7 @@ import argparse
 import collections
 import functools
 import glob
+import itertools
 import json
 import multiprocessing
 import os
@@ -42,6 +48,10 @@ from vits_jax.data import records  # pylint: disable=wrong-import-position
 # A worker process costs a few seconds to start (imports, espeak); a clip costs ~5-20 ms. Below
 # about this many clips per worker, starting one more does not pay.
 CLIPS_PER_WORKER = 1000
+# Clips go to the pool in chunks of CHUNK; at most CHUNKS_IN_FLIGHT_PER_WORKER chunks per
+# worker are queued, processing or waiting to be written at any time.
+CHUNK = 4
+CHUNKS_IN_FLIGHT_PER_WORKER = 3
 
 
 class PrepareError(Exception):
@@ -55,8 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--src", help="corpus root on disk (LJSpeech-1.1/ or VCTK-Corpus-0.92/)")
   p.add_argument("--out", required=True, help="output directory")
   p.add_argument("--tfds", action="store_true",
-                 help="read the TFDS builder instead of --src (optional extra)")
-  p.add_argument("--data-dir", default=None, help="TFDS data dir (with --tfds)")
+                 help="stream the TFDS builder instead of --src (optional extra: "
+                      "pip install -r requirements-tfds.txt)")
+  p.add_argument("--data-dir", default=None,
+                 help="TFDS data dir with --tfds: local, a mounted bucket, or gs:// "
+                      "(default: TFDS's, ~/tensorflow_datasets)")
   p.add_argument("--frontend", choices=["vits", "piper"], default="vits",
                  help="vits: official symbols + espeak-ng; piper: a Piper voice's ids")
   p.add_argument("--voice-config", default=None,
@@ -151,12 +164,13 @@ def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
   return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
-def read_clips(args: argparse.Namespace) -> list[readers.Clip]:
+def read_clips(args: argparse.Namespace):
+  """The corpus' clips: a list (folders), or a `tfds_reader.TfdsClips` stream (--tfds)."""
   if args.tfds:
     from data_prep import tfds_reader  # pylint: disable=import-outside-toplevel
     try:
       return tfds_reader.read_tfds(args.dataset, args.data_dir, mic=args.mic)
-    except ImportError as e:
+    except (ImportError, tfds_reader.TfdsError) as e:
       raise PrepareError(str(e)) from None
   if not os.path.isdir(args.src):
     raise PrepareError(f"--src {args.src} is not a directory")
@@ -168,17 +182,29 @@ def read_clips(args: argparse.Namespace) -> list[readers.Clip]:
     raise PrepareError(str(e)) from None
 
 
-def rank_validation(clips: list[readers.Clip], val_size: int,
-                    seed: int) -> tuple[list[str], int]:
+def validation_candidates(clips) -> list[int]:
+  """Positions of the clips that may go to validation.
+
+  A list: the clips its reader did not already skip. A stream (--tfds) cannot be looked at
+  before it is processed: every position, and the ones that turn out bad are replaced below.
+  """
+  if isinstance(clips, list):
+    return [i for i, c in enumerate(clips) if c.skip is None and c.text]
+  return list(range(len(clips)))
+
+
+def rank_validation(candidates: list[int], val_size: int, seed: int) -> tuple[list[int], int]:
   """Seeded validation candidates, best first, and how many validation clips to keep.
 
   Twice as many candidates as needed are ranked, so that when some of them turn out to be
   bad (a corrupt file is only found when decoded) the next ones take their place.
 
+  Args:
+    candidates: clip positions (`validation_candidates`).
+
   Returns:
-    (candidate clip ids in rank order, number of validation clips wanted).
+    (candidate positions in rank order, number of validation clips wanted).
   """
-  candidates = [c.clip_id for c in clips if c.skip is None and c.text]
   n = min(val_size, len(candidates) // 2)  # never let validation take most of the data
   rng = np.random.default_rng(seed)
   order = rng.permutation(len(candidates))[:min(2 * n, len(candidates))]
@@ -197,7 +223,13 @@ def load_speaker_map(path: str) -> dict[str, int]:
 
 
 def _results(clips, settings: process.Settings, workers: int):
-  """Processed clips in input order (so output is identical for any --workers)."""
+  """Processed clips in input order (so output is identical for any --workers).
+
+  Clips are read from `clips` only as the pool has room: at most
+  CHUNKS_IN_FLIGHT_PER_WORKER * workers chunks of CHUNK clips are submitted and not yet
+  consumed, so a stream is never read ahead further than that (Pool.imap would read its
+  input as fast as the workers take it and queue results without limit).
+  """
   if workers <= 1:
     frontend = process.make_frontend(settings)
     for clip in clips:
@@ -206,9 +238,20 @@ def _results(clips, settings: process.Settings, workers: int):
   # spawn: a fresh interpreter per worker; forking a process that may hold threads (or an
   # initialized espeak) is not safe.
   ctx = multiprocessing.get_context("spawn")
+  task = functools.partial(process.process_clip, settings=settings)
+  window = CHUNKS_IN_FLIGHT_PER_WORKER * workers
+  it = iter(clips)
   with ctx.Pool(workers, initializer=process.init_worker, initargs=(settings,)) as pool:
-    yield from pool.imap(functools.partial(process.process_clip, settings=settings), clips,
-                         chunksize=4)
+    pending = collections.deque()
+    while True:
+      while len(pending) < window:
+        chunk = list(itertools.islice(it, CHUNK))
+        if not chunk:
+          break
+        pending.append(pool.map_async(task, chunk, chunksize=CHUNK))
+      if not pending:
+        return
+      yield from pending.popleft().get()
 
 
 def prepare(args: argparse.Namespace) -> dict[str, Any]:
@@ -234,14 +277,19 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     for stale in glob.glob(os.path.join(args.out, f".{split}-*.tmp-*")):
       os.remove(stale)
 
-  clips = read_clips(args)
-  if not clips:
+  clips = read_clips(args)  # a list, or a stream that knows its length (--tfds)
+  if not len(clips):
     raise PrepareError(f"no clips found in {args.src or args.data_dir}")
-  speakers = load_speaker_map(args.speaker_map) if args.speaker_map else readers.speaker_map(clips)
+  if args.speaker_map:
+    speakers = load_speaker_map(args.speaker_map)
+  elif isinstance(clips, list):
+    speakers = readers.speaker_map(clips)
+  else:
+    speakers = clips.speaker_map()
   workers = args.workers
   if workers is None:
     workers = min(os.cpu_count() or 1, -(-len(clips) // CLIPS_PER_WORKER))
-  ranked, n_val = rank_validation(clips, args.val_size, args.seed)
+  ranked, n_val = rank_validation(validation_candidates(clips), args.val_size, args.seed)
   ranked_set = set(ranked)
 
   # The frontend must load before any work starts, so a bad --voice-config is one error line.
@@ -253,31 +301,33 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
   shard_bytes = int(args.shard_mb * 2**20)
   writers = {s: writer.SplitWriter(args.out, s, shard_bytes) for s in records.SPLITS}
   skipped = []
-  held = {}  # processed validation candidates, until we know which of them are good
+  held = {}  # position -> processed validation candidate, until we know which are good
+  rows = 0
   add = lambda split, r: writers[split].add(r["id"], r["speaker"], speakers[r["speaker"]],
                                             r["text"], r["tokens"], r["audio"])
   try:
-    for res in _results(clips, settings, workers):
+    for pos, res in enumerate(_results(clips, settings, workers)):
+      rows += 1
       if "skip" not in res and res["speaker"] not in speakers:
         res = {**res, "skip": "unknown speaker",
                "detail": f"{res['speaker']!r} is not in --speaker-map"}
       if "skip" in res:
         skipped.append({"id": res["id"], "reason": res["skip"], "detail": res["detail"]})
-      elif res["id"] in ranked_set:
-        held[res["id"]] = res
+      elif pos in ranked_set:
+        held[pos] = res
       else:
         add("train", res)
-    good = [cid for cid in ranked if cid in held]
+    good = [pos for pos in ranked if pos in held]
     # Validation never takes more than half of what survived.
     n_val = min(n_val, (len(good) + len(writers["train"].lengths)) // 2)
-    for cid in good[:n_val]:
-      add("validation", held[cid])
-    for cid in sorted(good[n_val:]):
-      add("train", held[cid])
+    for pos in good[:n_val]:
+      add("validation", held[pos])
+    for pos in sorted(good[n_val:], key=lambda p: held[p]["id"]):
+      add("train", held[pos])
     if not writers["train"].lengths:
       reasons = collections.Counter(s["reason"] for s in skipped).most_common()
       raise PrepareError(
-          f"no usable clips in {args.src or args.data_dir}: all {len(clips)} skipped ("
+          f"no usable clips in {args.src or args.data_dir}: all {rows} skipped ("
           + ", ".join(f"{r} {n}" for r, n in reasons) + ")")
     splits = {s: w.finish() for s, w in writers.items()}
   except BaseException:
@@ -300,7 +350,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
       "speakers": speakers,
       "n_speakers": (max(speakers.values()) + 1) if args.dataset == "vctk" else 0,
       "hours": round(sum(w.samples for w in writers.values()) / rate / 3600, 4),
-      "counts": {"rows": len(clips), "kept": kept, "skipped": len(skipped),
+      "counts": {"rows": rows, "kept": kept, "skipped": len(skipped),
                  "train": splits["train"]["clips"],
                  "validation": splits["validation"]["clips"],
                  "skipped_by_reason": dict(sorted(reasons.items()))},

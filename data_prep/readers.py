@@ -4,7 +4,8 @@ Each reader returns `Clip`s in a deterministic (sorted) order. A reader does not
 files: decoding, resampling and phonemization happen in `data_prep/process.py`, in parallel.
 Rows a reader can already tell are unusable (a metadata line without fields, a transcript
 without audio) come back as clips with `skip` set, so they are counted and listed like the
-rest.
+rest. TFDS examples (samples already in memory) are converted one at a time by
+`iter_clips_from_examples`, so a TFDS split streams instead of being listed.
 """
 
 from __future__ import annotations
@@ -147,22 +148,24 @@ def read_vctk(src: str, mic: str = "mic1") -> list[Clip]:
   return clips
 
 
-def clips_from_examples(examples, dataset: str, speaker_names=None) -> list[Clip]:
-  """Turns TFDS-style examples into clips (the TFDS reader's testable core).
+def iter_clips_from_examples(examples, dataset: str, speaker_names=None):
+  """Turns TFDS-style examples into clips, one at a time (the TFDS reader's core).
+
+  A generator: nothing is held beyond the example being converted, so a TFDS split streams
+  through `prepare.py` in the order its data source yields it.
 
   Args:
-    examples: iterable of dicts with numpy values as `tfds.as_numpy` yields them:
-      'id' (str/bytes), 'speech' (int16 or float [T] or [T, C]), 'text' (str/bytes),
-      'text_normalized' (ljspeech only; preferred over 'text'), 'speaker' (vctk only:
-      a ClassLabel int, or a name).
+    examples: iterable of dicts with numpy values as `tfds.as_numpy` or a TFDS data source
+      yields them: 'id' (str/bytes), 'speech' (int16 or float [T] or [T, C]), 'text'
+      (str/bytes), 'text_normalized' (ljspeech only; preferred over 'text'), 'speaker'
+      (vctk only: a ClassLabel int, also as a 0-d array, or a name).
     dataset: 'ljspeech' or 'vctk'.
     speaker_names: for vctk, the ClassLabel names that map an int 'speaker' to a name.
 
-  Returns:
-    Clips with samples in memory (`audio`, `audio_rate`), sorted by clip id.
+  Yields:
+    Clips with samples in memory (`audio`, `audio_rate`), in example order.
   """
   rate = {"ljspeech": 22050, "vctk": 48000}[dataset]
-  clips = []
   for ex in examples:
     clip_id = _to_str(ex["id"])
     text = ex.get("text_normalized") if dataset == "ljspeech" else None
@@ -172,18 +175,23 @@ def clips_from_examples(examples, dataset: str, speaker_names=None) -> list[Clip
     speaker = SINGLE_SPEAKER
     if dataset == "vctk":
       speaker = ex.get("speaker", "")
-      if isinstance(speaker, (int, np.integer)) and speaker_names is not None:
+      if (speaker_names is not None and np.ndim(speaker) == 0
+          and np.issubdtype(np.asarray(speaker).dtype, np.integer)):
         speaker = speaker_names[int(speaker)]  # a ClassLabel index
       speaker = _to_str(speaker)
       # The VCTK builder stores an empty text where the transcript is missing (p315).
       if not text:
-        clips.append(Clip(clip_id, speaker, None, skip="no transcript",
-                          detail="TFDS example has an empty text"))
+        yield Clip(clip_id, speaker, None, skip="no transcript",
+                   detail="TFDS example has an empty text")
         continue
-    clips.append(Clip(clip_id, speaker, text, audio=np.asarray(ex["speech"]),
-                      audio_rate=int(ex.get("sample_rate", rate))))
-  clips.sort(key=lambda c: c.clip_id)
-  return clips
+    yield Clip(clip_id, speaker, text, audio=np.asarray(ex["speech"]),
+               audio_rate=int(ex.get("sample_rate", rate)))
+
+
+def clips_from_examples(examples, dataset: str, speaker_names=None) -> list[Clip]:
+  """`iter_clips_from_examples` as a list sorted by clip id (holds every clip in memory)."""
+  return sorted(iter_clips_from_examples(examples, dataset, speaker_names),
+                key=lambda c: c.clip_id)
 
 
 def _to_str(value: Any) -> str:

@@ -7,14 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import librosa
 import numpy as np
 import pytest
 import soundfile as sf
 
-from data_prep import prepare, process, readers, tfds_reader
+from data_prep import prepare, process, tfds_reader
 from vits_jax.data import loader, records
 from vits_jax.text import get_frontend
 
@@ -263,66 +262,12 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path):
   assert not os.path.exists(tmp_path / "o" / records.MANIFEST)
 
 
-class _FakeBuilder:
-  """What data_prep uses of a tfds builder, over in-memory examples."""
-
-  def __init__(self, examples, speaker_names=None, data_source=True):
-    self.examples, self.prepared, self.data_source = examples, False, data_source
-    feats = {"speaker": types.SimpleNamespace(names=speaker_names)} if speaker_names else {}
-    self.info = types.SimpleNamespace(features=feats)
-
-  def download_and_prepare(self, file_format=None):
-    assert file_format == "array_record"
-    self.prepared = True
-
-  def as_data_source(self, split):
-    assert split == "train" and self.prepared
-    if not self.data_source:
-      raise NotImplementedError("prepared as tfrecord")
-    return self.examples
-
-
-def _fake_tfds(monkeypatch, builders):
-  module = types.ModuleType("tensorflow_datasets")
-  module.builder = lambda name, data_dir=None: builders[name]
-  monkeypatch.setitem(sys.modules, "tensorflow_datasets", module)
-
-
-def test_tfds_path_with_a_fake_tfds(tmp_path, capsys, monkeypatch):
-  rate = 48000
-  names = ["p225", "p226", "p315"]
-  examples = [
-      {"id": f"{names[s]}_{i:03d}", "speaker": s, "text": TEXTS[i].encode() if s != 2 else b"",
-       "speech": (_tone(0.8, rate) * 32767).astype(np.int16), "gender": 0, "accent": 0}
-      for s in range(3) for i in range(3)]
-  _fake_tfds(monkeypatch, {"vctk/mic1": _FakeBuilder(examples, names)})
-  out = str(tmp_path / "tfds_vctk")
-  rc, stdout, _ = _run(capsys, "--dataset", "vctk", "--tfds", "--data-dir", tmp_path,
-                       "--out", out, "--workers", 1, "--val-size", 1)
-  assert rc == 0, stdout
-  manifest = records.load_manifest(out)
-  assert manifest["speakers"] == {"p225": 0, "p226": 1}
-  assert sorted(s["id"] for s in manifest["skipped"]) == ["p315_000", "p315_001", "p315_002"]
-  recs = _all_records(out)
-  assert len(recs) == 6 and all(len(r["audio"]) == round(0.8 * 22050) for _, r in recs.values())
-
-  # ljspeech: text_normalized preferred; bytes ids decoded.
-  clips = readers.clips_from_examples(
-      [{"id": b"LJ001-0001", "text": b"Mr. Smith", "text_normalized": b"Mister Smith",
-        "speech": np.zeros(10, np.int16)}], "ljspeech")
-  assert (clips[0].clip_id, clips[0].text, clips[0].audio_rate) == ("LJ001-0001",
-                                                                     "Mister Smith", 22050)
-
-
 def test_tfds_missing_is_one_clear_error(tmp_path, capsys, monkeypatch):
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
   rc, _, err = _run(capsys, "--dataset", "ljspeech", "--tfds", "--out", tmp_path / "o")
   assert rc == 2 and err.strip() == "error: " + tfds_reader.MISSING
-  # A TFRecord-prepared builder needs TensorFlow, which is not installed here.
-  _fake_tfds(monkeypatch, {"ljspeech": _FakeBuilder([], data_source=False)})
-  monkeypatch.setitem(sys.modules, "tensorflow", None)
-  rc, _, err = _run(capsys, "--dataset", "ljspeech", "--tfds", "--out", tmp_path / "o")
-  assert rc == 2 and "tensorflow" in err and err.count("\n") == 1
+  assert not os.path.exists(tmp_path / "o" / records.MANIFEST)
+  # The TFDS path itself, and a TFRecord copy without TensorFlow: tests/test_tfds.py.
 
 
 @pytest.mark.parametrize("n,rate,target", [(12345, 16000, 22050), (7, 44100, 22050),

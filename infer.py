@@ -191,10 +191,10 @@ def _lines_to_files(args, voice, knobs, texts):
   """--input lines to numbered files, each written as soon as its audio is complete. On a
   multi-host run each process takes every process_count-th line and writes its files."""
   from tqdm import tqdm
-  from vits_jax import synthesis
+  from vits_jax import inference
   os.makedirs(args.out_dir, exist_ok=True)
   width = max(4, len(str(len(texts))))
-  index, count = synthesis.process_share()
+  index, count = inference.process_share()
   mine = list(range(index, len(texts), count))
   with tqdm(total=len(mine), unit="utt", disable=len(mine) < 2, file=sys.stderr) as bar:
     for k, (audio, _) in zip(mine, voice.iter_batch([texts[i] for i in mine],

@@ -61,7 +61,7 @@ def main():
   import onnxruntime as ort
   import jax
   from vits_jax import load_voice
-  from vits_jax import synthesis
+  from vits_jax import inference
 
   voice = load_voice(args.voice)
   onnx_path = _onnx_path(args.voice)
@@ -90,7 +90,7 @@ def main():
   seconds = audio.size / sr
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, onnxruntime {ort.__version__}, "
         f"{args.threads} threads each; sentence: {len(ids)} ids, {seconds:.2f} s of audio "
-        f"({audio.size // voice.hop_length} frames, {synthesis.plan_for(voice.model)}); first "
+        f"({audio.size // voice.hop_length} frames, {inference.plan_for(voice.model)}); first "
         f"call incl. compile {compile_s:.1f} s")
 
   t_jax, t_ort = [], []
@@ -130,7 +130,7 @@ def main():
   if args.e2e_runs > 0:
     lines = [line.strip() for line in open(LINES, encoding="utf-8") if line.strip()]
     for b in (1, 16):
-      with synthesis.record_programs() as used:
+      with inference.record_programs() as used:
         voice.synthesize_batch(lines, batch_size=b)
       print(f"\nprograms for the {len(lines)} lines at batch {b}: {len(used)} "
             f"({sorted(k[1] for k in used)})")

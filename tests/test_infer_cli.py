@@ -135,7 +135,7 @@ def test_output_raw_equals_the_wav(tmp_path, capsys, monkeypatch):
 
 def test_input_lines_split_among_hosts(tmp_path, capsys, monkeypatch):
   """On host 1 of 2, --input writes only its own numbered files (the even ones)."""
-  from vits_jax import synthesis
+  from vits_jax import inference
   lines = tmp_path / "l.txt"
   lines.write_text("One.\nTwo.\nThree.\nFour.\nFive.\n")
   monkeypatch.setattr(synthesis, "process_share", lambda: (1, 2))

@@ -1,4 +1,4 @@
-"""Windowed synthesis (vits_jax.synthesis): windows equal whole decoding, streaming equals
+"""Windowed synthesis (vits_jax.inference): windows equal whole decoding, streaming equals
 one-shot synthesis, Voice equals model.infer with the noise on, a few programs for many
 lines, voice conversion against the official code.
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from vits_jax import load_voice
-from vits_jax import synthesis
+from vits_jax import inference
 from vits_jax.voice import Voice
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -55,7 +55,7 @@ def test_margins_follow_the_config(multi):
   wider = model.clone(flow_n_layers=6, resblock_dilation_sizes=((1, 2), (2, 6), (3, 24)))
   assert wider.latent_margins()[0] == 4 * 6 * 2 and wider.latent_margins()[1] > dec
   assert 1 < model.isolation_gap() < dec
-  plan = synthesis.plan_for(model, WINDOW)
+  plan = inference.plan_for(model, WINDOW)
   assert plan.span == WINDOW + 2 * (flow + dec) and plan.hop == 256
 
 
@@ -69,12 +69,12 @@ def test_windows_equal_whole_decoding(multi, noise_scale):
   m = [rng.randn(n, c).astype(np.float32) for n in lengths]
   logs = [0.3 * rng.randn(n, c).astype(np.float32) for n in lengths]
   seeds = [3, 1, 4, 1, 5, 9]
-  options = synthesis.Options(speaker_id=2, noise_scale=noise_scale, seed=11, batch_size=1)
+  options = inference.Options(speaker_id=2, noise_scale=noise_scale, seed=11, batch_size=1)
   key = jax.random.PRNGKey(11)
   # Frames as tokens of duration 1; two groups, so the tape also grows between windows.
   items = [(i, (m[i], logs[i], np.ones(n, np.int64)), seeds[i]) for i, n in enumerate(lengths)]
   pieces = {}
-  for i, piece, dur in synthesis.decode_tokens(multi.model, multi.params,
+  for i, piece, dur in inference.decode_tokens(multi.model, multi.params,
                                                [items[:3], items[3:]], options, WINDOW):
     pieces.setdefault(i, []).append(piece)
     if dur is not None:
@@ -86,11 +86,11 @@ def test_windows_equal_whole_decoding(multi, noise_scale):
     np.testing.assert_allclose(got, want[i], atol=1e-5, rtol=0)
   assert len(pieces[4]) >= 7  # delivered window by window
   # Margins matter: with none, the frames at window edges differ.
-  plan = synthesis.plan_for(multi.model, WINDOW)
+  plan = inference.plan_for(multi.model, WINDOW)
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(synthesis, "plan_for", lambda model, window=None: synthesis.Plan(
+    mp.setattr(synthesis, "plan_for", lambda model, window=None: inference.Plan(
         plan.window, 0, 0, plan.gap, plan.hop))
-    cut = [p for i, p, _ in synthesis.decode_tokens(multi.model, multi.params, [items[4:5]],
+    cut = [p for i, p, _ in inference.decode_tokens(multi.model, multi.params, [items[4:5]],
                                                     options, WINDOW)]
   assert np.abs(np.concatenate(cut) - want[4]).max() > 1e-3
 
@@ -147,7 +147,7 @@ def test_few_programs_for_many_lines(multi):
   lines = [" ".join(rng.choice(words, rng.randint(2, 30))).capitalize() + "."
            for _ in range(60)]
   for batch_size in (1, 16):
-    with synthesis.record_programs() as used:
+    with inference.record_programs() as used:
       audio = multi.synthesize_batch(lines, batch_size=batch_size, seed=1)
     assert len(audio) == 60 and len(used) <= 6, sorted(used)
     assert sum(1 for k in used if k[1] == "latent") == 1

@@ -10,7 +10,7 @@ import warnings
 import pytest
 
 from vits_jax import text as text_lib
-from vits_jax.text import chars, cleaners, espeak, piper, sentences, symbols
+from vits_jax.text import chars, cleaners, espeak, piper_phonemes, sentences, symbols
 
 FIXTURE = pathlib.Path(__file__).parent / 'fixtures' / 'piper_ids.json'
 # Measured: the espeakng-loader fallback gives piper-phonemize's ids on all 77 fixture texts
@@ -20,7 +20,7 @@ FALLBACK_MAX_MISMATCHES = 3
 
 
 needs_piper_phonemize = pytest.mark.skipif(
-    piper.piper_phonemize_module() is None,
+    piper_phonemes.piper_phonemize_module() is None,
     reason='piper-phonemize needs Python <= 3.11 (or VITS_JAX_PIPER_FALLBACK is set)')
 
 
@@ -252,15 +252,15 @@ def test_fallback_terminators_reproduce_piper_exactly_on_its_own_espeak(fixture)
     if voice not in phonemizers:
       phonemizers[voice] = espeak.ClausePhonemizer(voice, libraries[0],
                                                    str(package / 'espeak-ng-data'))
-    got = piper.phonemize_fallback(record['text'], voice, phonemizers[voice])
+    got = piper_phonemes.phonemize_fallback(record['text'], voice, phonemizers[voice])
     assert [''.join(s) for s in got] == record['phonemes'], record['text']
 
 
 def test_fallback_mismatch_rate(fixture, monkeypatch, caplog):
-  monkeypatch.setenv(piper.FORCE_FALLBACK_ENV, '1')
-  piper._announce_fallback.cache_clear()
+  monkeypatch.setenv(piper_phonemes.FORCE_FALLBACK_ENV, '1')
+  piper_phonemes._announce_fallback.cache_clear()
   differ = []
-  with caplog.at_level(logging.WARNING, logger='vits_jax.text.piper'):
+  with caplog.at_level(logging.WARNING, logger='vits_jax.text.piper_phonemes'):
     for record in fixture['records']:
       frontend = _piper(fixture, record['voice'])
       assert frontend.uses_fallback
@@ -294,7 +294,7 @@ def test_fallback_flag_and_sentence_split(fixture):
     ('a long clause cut for length', False, 'none'),
 ])
 def test_clause_terminator_from_consumed_text(consumed, last, kind):
-  assert piper._terminator(consumed, last) == kind
+  assert piper_phonemes._terminator(consumed, last) == kind
 
 
 def test_piper_cuts_overlong_sentences(fixture):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from vits_jax import load_voice
-from vits_jax import synthesis
+from vits_jax import inference
 from vits_jax import voice as voice_lib
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -34,14 +34,14 @@ def multi():
   return load_voice(MULTI)
 
 
-_TEXT_BUCKETS = synthesis.TEXT_BUCKETS
+_TEXT_BUCKETS = inference.TEXT_BUCKETS
 
 
 def test_buckets(monkeypatch):
   monkeypatch.setattr(synthesis, "TEXT_BUCKETS", _TEXT_BUCKETS)
-  assert [synthesis.text_bucket(n) for n in (1, 32, 33, 600, 2048, 2049)] == [
+  assert [inference.text_bucket(n) for n in (1, 32, 33, 600, 2048, 2049)] == [
       32, 32, 64, 768, 2048, 4096]
-  assert [synthesis.batch_bucket(n) for n in (1, 2, 3, 5, 16)] == [1, 2, 4, 8, 16]
+  assert [inference.batch_bucket(n) for n in (1, 2, 3, 5, 16)] == [1, 2, 4, 8, 16]
 
 
 def test_batch_equals_alone(multi):

@@ -12,7 +12,7 @@ A voice is a `SynthesizerTrn`, its params and its text frontend. Sources:
 - an official `G_*.pth` (with the run's `config.json` beside it), or a folder holding them.
 
 Synthesis runs the model's text side per sentence (ids padded to a few buckets) and its
-latent side over fixed windows of frames (`vits_jax.synthesis`), so a long text or a file of
+latent side over fixed windows of frames (`vits_jax.inference`), so a long text or a file of
 lines compiles a handful of programs, not one per sentence, and audio can be delivered as
 it is made (`Voice.stream`). Each sentence draws its noise from (`seed`, its index in its
 utterance) only, so its audio is the same alone, in any batch or streamed. Long text is
@@ -28,12 +28,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from vits_jax import synthesis
+from vits_jax import inference
 
 _LOGGER = logging.getLogger(__name__)
 
 # Sentences longer than this many ids are cut at word boundaries (attention is quadratic).
-MAX_IDS = synthesis.MAX_IDS
+MAX_IDS = inference.MAX_IDS
 
 
 class Voice:
@@ -52,7 +52,7 @@ class Voice:
   def __init__(self, model, params, frontend, sample_rate: int, name: str = "",
                speaker_names: Optional[Dict[str, int]] = None):
     self.model = model
-    self.params = synthesis.replicate(params)
+    self.params = inference.replicate(params)
     self.frontend = frontend
     self.sample_rate = int(sample_rate)
     self.num_speakers = max(1, int(model.n_speakers))
@@ -63,13 +63,13 @@ class Voice:
   @property
   def trace_count(self) -> int:
     """Programs traced so far for this voice's model (tests assert no retrace)."""
-    return synthesis.trace_count(self.model)
+    return inference.trace_count(self.model)
 
   @property
   def programs_used(self) -> int:
     """Distinct (program, shape bucket) pairs this voice's model has run: after warm-up,
     `trace_count` must not grow beyond it."""
-    return synthesis.programs_used(self.model)
+    return inference.programs_used(self.model)
 
 
   def __repr__(self):
@@ -235,7 +235,7 @@ class Voice:
     pieces: List[np.ndarray] = []
     durations: List[np.ndarray] = []
     total = sum(len(ids_list) for ids_list in per_text)
-    for i, piece, dur in synthesis.stream_ids(self.model, self.params, sentences(), options,
+    for i, piece, dur in inference.stream_ids(self.model, self.params, sentences(), options,
                                               text_batch=min(options.batch_size, total)):
       pieces.append(piece)
       if dur is None:
@@ -252,7 +252,7 @@ class Voice:
              noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
              sentence_silence: float = 0.0, batch_size: int = 1) -> Iterator[np.ndarray]:
     """Yields float32 pieces of `synthesize(text, ...)`'s waveform as they are ready:
-    sentence by sentence, and window by window (`synthesis.WINDOW_FRAMES` frames) inside a
+    sentence by sentence, and window by window (`inference.WINDOW_FRAMES` frames) inside a
     sentence. Their concatenation equals `synthesize`'s output.
 
     Text is phonemized a paragraph (blank-line separated block) at a time, so memory stays
@@ -270,7 +270,7 @@ class Voice:
         yield ids, s
 
     last = -1
-    for i, piece, _ in synthesis.stream_ids(self.model, self.params, sentences(), options):
+    for i, piece, _ in inference.stream_ids(self.model, self.params, sentences(), options):
       if i != last and i > 0 and gap.size:
         yield gap.copy()
       last = i
@@ -291,7 +291,7 @@ class Voice:
       batch_size: most sentences per call.
     """
     self._check_scales(noise_scale, noise_scale_w, length_scale)
-    return synthesis.synthesize_ids(
+    return inference.synthesize_ids(
         self.model, self.params, ids_list, speaker_id, noise_scale, noise_scale_w,
         length_scale, seed, seeds, batch_size)
 
@@ -300,7 +300,7 @@ class Voice:
     self._check_scales(noise_scale, noise_scale_w, length_scale)
     if int(batch_size) < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return synthesis.Options(sid, float(noise_scale), float(noise_scale_w),
+    return inference.Options(sid, float(noise_scale), float(noise_scale_w),
                              float(length_scale), int(seed), int(batch_size))
 
   # ----------------------------------------------------------------- voice conversion
@@ -345,7 +345,7 @@ class Voice:
     if frames < 1:
       raise ValueError(f"audio too short to convert ({len(audio)} samples at "
                        f"{self.sample_rate} Hz)")
-    return synthesis.convert_audio(self.model, self.params, audio[:frames * self.hop_length],
+    return inference.convert_audio(self.model, self.params, audio[:frames * self.hop_length],
                                    src, tgt, float(noise_scale), int(seed))
 
 

@@ -21,7 +21,7 @@ with windowed relative-position attention, stochastic (reverse flow with the inv
 rational-quadratic spline) or deterministic duration predictor, ceil'd durations, hard
 alignment, prior sample, reverse residual-coupling flow and the HiFi-GAN decoder. Padded
 items of a batch are masked as in the official code, and the decoder is also re-masked
-after every stage (as `vits_jax.models.generator` does), so each item of a batch decodes
+after every stage (as `vits_jax.models.decoder` does), so each item of a batch decodes
 to exactly its waveform alone, zeros past its own length.
 
 Node names are the official module paths (`/dp/flows.3/convs/convs_sep.0/Conv`) and

@@ -25,7 +25,7 @@ import flax.linen as nn
 from vits_jax.models import commons
 from vits_jax.models.duration import DurationPredictor, StochasticDurationPredictor
 from vits_jax.models.flow import ResidualCouplingBlock
-from vits_jax.models.generator import Generator
+from vits_jax.models.decoder import Decoder
 from vits_jax.models.modules import Embedding
 from vits_jax.models.posterior_encoder import PosteriorEncoder
 from vits_jax.models.text_encoder import TextEncoder
@@ -117,7 +117,7 @@ class SynthesizerTrn(nn.Module):
     self.enc_p = TextEncoder(self.n_vocab, self.inter_channels, self.hidden_channels,
                              self.filter_channels, self.n_heads, self.n_layers,
                              self.kernel_size, self.p_dropout, dtype=dtype)
-    self.dec = Generator(str(self.resblock), tuple(self.resblock_kernel_sizes),
+    self.dec = Decoder(str(self.resblock), tuple(self.resblock_kernel_sizes),
                          tuple(tuple(d) for d in self.resblock_dilation_sizes),
                          tuple(self.upsample_rates), self.upsample_initial_channel,
                          tuple(self.upsample_kernel_sizes), gin_channels=gin, dtype=dtype)
@@ -253,7 +253,7 @@ class SynthesizerTrn(nn.Module):
 
     The prior noise of a frame is `frame_normal(fold_in(key, 1), seed, position)`: with
     `seeds` and `positions` per frame, a window of a longer utterance (or of several
-    utterances laid end to end, `vits_jax.synthesis`) draws exactly the noise that
+    utterances laid end to end, `vits_jax.inference`) draws exactly the noise that
     utterance draws when decoded whole. The flow runs on all T frames, the decoder on
     frames [flow_margin, T - flow_margin), and `dec_margin * hop` samples are cut from each
     end of its output: with margins no smaller than the receptive fields

@@ -16,7 +16,7 @@ import functools
 import logging
 import unicodedata
 
-from vits_jax.text import chars, piper, sentences, symbols
+from vits_jax.text import chars, piper_phonemes, sentences, symbols
 from vits_jax.text import cleaners as cleaners_lib
 
 _LOGGER = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class PiperFrontend(Frontend):
       raise ValueError('a Piper config (.onnx.json) with a phoneme_id_map is needed')
     self.config = dict(config)   # the whole .onnx.json (export writes it back)
     self.id_map = {p: list(ids) for p, ids in config['phoneme_id_map'].items()}
-    for special in (piper.BOS, piper.EOS, piper.PAD):
+    for special in (piper_phonemes.BOS, piper_phonemes.EOS, piper_phonemes.PAD):
       if special not in self.id_map:
         raise ValueError(f'the phoneme_id_map has no {special!r}')
     self.phoneme_type = config.get('phoneme_type', 'espeak')
@@ -203,7 +203,7 @@ class PiperFrontend(Frontend):
   @property
   def uses_fallback(self):
     """True if phonemes come from espeakng-loader's espeak-ng, not piper-phonemize."""
-    return bool(self.fallback) or piper.piper_phonemize_module() is None
+    return bool(self.fallback) or piper_phonemes.piper_phonemize_module() is None
 
   def phonemize(self, text):
     """Phonemes per sentence (sentences may be empty), exactly as piper-phonemize splits."""
@@ -213,12 +213,12 @@ class PiperFrontend(Frontend):
       # piper-phonemize's phonemize_codepoints: casefold, NFD, one sentence.
       return [list(unicodedata.normalize('NFD', text.casefold()))]
     if self.voice == 'ar' and not self.uses_fallback:
-      text = piper.piper_phonemize_module().tashkeel_run(text)  # diacritics, as piper does
-    return piper.phonemize(text, self.voice, fallback=self.uses_fallback)
+      text = piper_phonemes.piper_phonemize_module().tashkeel_run(text)  # diacritics, as piper does
+    return piper_phonemes.phonemize(text, self.voice, fallback=self.uses_fallback)
 
   def phonemes_to_ids(self, phonemes):
     """Piper ids of one sentence: BOS PAD (phoneme PAD)* EOS."""
-    return piper.phonemes_to_ids(phonemes, self.id_map)
+    return piper_phonemes.phonemes_to_ids(phonemes, self.id_map)
 
   def _sayable(self, phonemes):
     return any(p in self.id_map and not p.isspace() and not unicodedata.category(p)[0] == 'P'
@@ -256,7 +256,7 @@ class PiperFrontend(Frontend):
     if self.phoneme_type == 'text':
       return [text.strip()]
     text = chars.drop_unknown(text, self._can_say)
-    return piper.split_sentences(text, self.voice)
+    return piper_phonemes.split_sentences(text, self.voice)
 
   def __repr__(self):
     source = 'espeakng-loader fallback' if self.uses_fallback else 'piper-phonemize'

@@ -473,7 +473,7 @@ _RECORDERS: List[set] = []
 def record_programs():
   """Collects the distinct programs (model, kind, input shapes) run inside the block:
 
-      with synthesis.record_programs() as used:
+      with inference.record_programs() as used:
         voice.synthesize_batch(lines)
       print(len(used))
   """
@@ -578,7 +578,7 @@ def _code_hash() -> str:
   import hashlib
   here = Path(__file__).resolve().parent
   h = hashlib.sha256()
-  for path in sorted([here / "synthesis.py", here / "audio.py", *here.glob("models/*.py")]):
+  for path in sorted([here / "inference.py", here / "audio.py", *here.glob("models/*.py")]):
     h.update(path.read_bytes())
   return h.hexdigest()
 

@@ -72,8 +72,9 @@ class ResBlock2(nn.Module):
     return _mask(x, x_mask)
 
 
-class Generator(nn.Module):
-  """Official `Generator` (names `conv_pre`, `ups_i`, `resblocks_k`, `conv_post`, `cond`).
+class Decoder(nn.Module):
+  """The HiFi-GAN decoder `dec` (official class `Generator`; names `conv_pre`, `ups_i`,
+  `resblocks_k`, `conv_post`, `cond`).
 
   Attributes:
     resblock: '1' or '2'.

@@ -259,8 +259,9 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
   start = time.time()
   settings = settings_of(args)
   fp = fingerprint(args, settings)
-  os.makedirs(args.out, exist_ok=True)
   manifest_path = os.path.join(args.out, records.MANIFEST)
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    raise PrepareError(f"--out {args.out} is a file, not a directory")
 
   if os.path.exists(manifest_path) and not args.force:
     try:
@@ -269,14 +270,9 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
       old = None  # damaged or foreign: rebuild below
     if old is not None and old.get("settings") == fp:
       return {**old, "_reused": True, "seconds": round(time.time() - start, 2)}
-  # From here on the directory is invalid until the new manifest lands: remove the old one
-  # first so a crash part-way can never pair it with new shards.
-  if os.path.exists(manifest_path):
-    os.remove(manifest_path)
-  for split in records.SPLITS:  # temporaries of an interrupted run (ours only)
-    for stale in glob.glob(os.path.join(args.out, f".{split}-*.tmp-*")):
-      os.remove(stale)
 
+  # Everything is checked before --out is touched: a mistyped --src, a corpus with no clips
+  # or a bad frontend leaves an existing prepared directory exactly as it was.
   clips = read_clips(args)  # a list, or a stream that knows its length (--tfds)
   if not len(clips):
     raise PrepareError(f"no clips found in {args.src or args.data_dir}")
@@ -298,8 +294,16 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
   except (ValueError, FileNotFoundError, OSError) as e:
     raise PrepareError(f"text frontend {settings.frontend!r}: {e}") from None
 
+  os.makedirs(args.out, exist_ok=True)
+  for split in records.SPLITS:  # temporaries of an interrupted run (ours only)
+    for stale in glob.glob(os.path.join(args.out, f".{split}-*.tmp-*")):
+      os.remove(stale)
+  # This run's files carry their own tag: the old manifest and the shards it names stay valid
+  # until the new manifest replaces it (then the old files are removed).
+  run = f"{int(time.time() * 1000) % 10**10:010d}{os.getpid() % 1000:03d}"
+
   shard_bytes = int(args.shard_mb * 2**20)
-  writers = {s: writer.SplitWriter(args.out, s, shard_bytes) for s in records.SPLITS}
+  writers = {s: writer.SplitWriter(args.out, s, shard_bytes, run) for s in records.SPLITS}
   skipped = []
   held = {}  # position -> processed validation candidate, until we know which are good
   rows = 0
@@ -368,9 +372,10 @@ def _remove_unlisted_shards(out: str, manifest: dict[str, Any]) -> None:
   """Deletes shards of an earlier run that the new manifest does not name."""
   keep = {e["file"] for e in records.manifest_files(manifest)}
   for split in records.SPLITS:
-    for path in glob.glob(os.path.join(out, f"{split}-*-of-*.array_record")):
-      if os.path.basename(path) not in keep:
-        os.remove(path)
+    for pattern in (f"{split}-*-of-*.array_record", f"{split}*-lengths.npy"):
+      for path in glob.glob(os.path.join(out, pattern)):
+        if os.path.basename(path) not in keep:
+          os.remove(path)
 
 
 def summary(manifest: dict[str, Any], out: str) -> str:

@@ -44,6 +44,11 @@ class Clip:
   detail: str = ""
 
 
+def _safe_id(clip_id: str) -> bool:
+  """A clip id names a file inside the corpus folder: no path separators, no '..', no NUL."""
+  return not any(c in clip_id for c in ("/", "\\", "\0")) and clip_id not in (".", "..")
+
+
 def read_ljspeech(src: str) -> list[Clip]:
   """Reads the LJSpeech-1.1 layout: `metadata.csv` (`id|text|normalized`) and `wavs/ID.wav`.
 
@@ -63,22 +68,36 @@ def read_ljspeech(src: str) -> list[Clip]:
   if not os.path.isfile(meta):
     raise FileNotFoundError(f"{meta} not found (expected the LJSpeech-1.1 layout)")
   clips = []
-  with open(meta, encoding="utf-8-sig") as f:
-    for lineno, line in enumerate(f, 1):
-      line = line.rstrip("\r\n")
-      if not line.strip():
-        continue
-      # LJSpeech quotes freely inside the text; '|' is the only separator, so no csv module.
-      fields = line.split("|")
-      clip_id = fields[0].strip()
-      if len(fields) < 2 or not clip_id:
-        clips.append(Clip(clip_id or f"line{lineno}", SINGLE_SPEAKER, None,
-                          skip="malformed metadata",
-                          detail=f"metadata.csv line {lineno} has no '|' fields"))
-        continue
-      text = fields[2] if len(fields) > 2 else fields[1]
-      clips.append(Clip(clip_id, SINGLE_SPEAKER, text.strip(),
-                        path=os.path.join(src, "wavs", clip_id + ".wav")))
+  with open(meta, "rb") as f:
+    raw = f.read()
+  if raw.startswith(b"\xef\xbb\xbf"):
+    raw = raw[3:]
+  for lineno, line_bytes in enumerate(raw.split(b"\n"), 1):
+    try:
+      line = line_bytes.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError as e:
+      clips.append(Clip(f"line{lineno}", SINGLE_SPEAKER, None, skip="bad encoding",
+                        detail=f"metadata.csv line {lineno} is not UTF-8 ({e.reason} at byte "
+                               f"{e.start})"))
+      continue
+    if not line.strip():
+      continue
+    # LJSpeech quotes freely inside the text; '|' is the only separator, so no csv module.
+    fields = line.split("|")
+    clip_id = fields[0].strip()
+    if len(fields) < 2 or not clip_id:
+      clips.append(Clip(clip_id or f"line{lineno}", SINGLE_SPEAKER, None,
+                        skip="malformed metadata",
+                        detail=f"metadata.csv line {lineno} has no '|' fields"))
+      continue
+    if not _safe_id(clip_id):
+      clips.append(Clip(f"line{lineno}", SINGLE_SPEAKER, None, skip="unsafe clip id",
+                        detail=f"metadata.csv line {lineno}: clip id {clip_id[:40]!r} "
+                               "would read a file outside wavs/"))
+      continue
+    text = fields[2] if len(fields) > 2 else fields[1]
+    clips.append(Clip(clip_id, SINGLE_SPEAKER, text.strip(),
+                      path=os.path.join(src, "wavs", clip_id + ".wav")))
   return clips
 
 

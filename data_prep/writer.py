@@ -29,8 +29,9 @@ class SplitWriter:
     shard_bytes: start a new shard once the current one holds this many bytes.
   """
 
-  def __init__(self, out_dir: str, split: str, shard_bytes: int):
+  def __init__(self, out_dir: str, split: str, shard_bytes: int, run: str = ""):
     self.out_dir, self.split, self.shard_bytes = out_dir, split, shard_bytes
+    self.run = run
     self._tmp_paths: list[str] = []
     self._counts: list[int] = []
     self._writer = None
@@ -74,12 +75,13 @@ class SplitWriter:
     n = len(self._tmp_paths)
     shards = []
     for i, (tmp, count) in enumerate(zip(self._tmp_paths, self._counts)):
-      final = os.path.join(self.out_dir, records.shard_name(self.split, i, n))
+      final = os.path.join(self.out_dir, records.shard_name(self.split, i, n, self.run))
       _fsync(tmp)
       os.replace(tmp, final)
       shards.append({**records.file_entry(final), "records": count})
-    lengths_path = os.path.join(self.out_dir, records.lengths_name(self.split))
-    tmp = os.path.join(self.out_dir, f".{records.lengths_name(self.split)}.tmp-{os.getpid()}")
+    lengths_path = os.path.join(self.out_dir, records.lengths_name(self.split, self.run))
+    tmp = os.path.join(self.out_dir,
+                       f".{records.lengths_name(self.split, self.run)}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
       np.save(f, np.asarray(self.lengths, dtype=np.int32).reshape(-1, 2))
       f.flush()

@@ -131,7 +131,10 @@ def test_rerun_verifies_and_a_damaged_shard_forces_a_rebuild(ljs_src, tmp_path, 
   rc, stdout, _ = _run(capsys, *argv)
   assert rc == 0 and stdout.startswith("prepared")
   again = records.load_manifest(out, checksums=True)
-  assert records.manifest_files(again) == records.manifest_files(first)  # deterministic
+  # Deterministic contents (each run's files carry their own run tag in the name).
+  strip = lambda m: [{k: v for k, v in e.items() if k != "file"} for e in records.manifest_files(m)]
+  assert strip(again) == strip(first)
+  assert not os.path.exists(shard)   # the damaged run's files are gone
   # Different settings are a different dataset: rebuilt, not reused; here many small
   # shards, whose records read back the same.
   rc, stdout, _ = _run(capsys, *argv, "--shard-mb", 0.02)
@@ -146,11 +149,17 @@ def test_rerun_verifies_and_a_damaged_shard_forces_a_rebuild(ljs_src, tmp_path, 
       e["file"] for e in records.manifest_files(records.load_manifest(out)))
 
 
-def test_interrupted_run_leaves_nothing_trusted(ljs_src, tmp_path, capsys, monkeypatch):
+def _files(m):
+  """Manifest entries without file names (each run tags its files)."""
+  return [{k: v for k, v in e.items() if k != "file"} for e in records.manifest_files(m)]
+
+
+def test_interrupted_run_keeps_the_previous_dataset(ljs_src, tmp_path, capsys, monkeypatch):
   out = str(tmp_path / "ljs")
   argv = ["--dataset", "ljspeech", "--src", ljs_src, "--out", out, "--workers", 1,
           "--val-size", 2]
   assert _run(capsys, *argv)[0] == 0
+  first = records.load_manifest(out, checksums=True)
   calls = []
 
   def crash(self, *args):
@@ -163,10 +172,46 @@ def test_interrupted_run_leaves_nothing_trusted(ljs_src, tmp_path, capsys, monke
   monkeypatch.setattr(prepare.writer.SplitWriter, "add", crash)
   with pytest.raises(KeyboardInterrupt):
     prepare.main([str(a) for a in argv] + ["--force"])
-  assert not os.path.exists(os.path.join(out, records.MANIFEST))
+  # The old manifest and every shard it names are untouched until a new run completes.
+  assert records.load_manifest(out, checksums=True) == first
   assert not [n for n in os.listdir(out) if ".tmp-" in n]
-  with pytest.raises(FileNotFoundError):
-    loader.make_train_loader(out, 2, 0, process_index=0, process_count=1)
+  assert loader.make_train_loader(out, 2, 0, process_index=0, process_count=1)
+
+
+def test_bad_src_or_metadata_never_touches_a_prepared_dir(ljs_src, tmp_path, capsys):
+  out = str(tmp_path / "ljs")
+  argv = ["--dataset", "ljspeech", "--out", out, "--workers", 1, "--val-size", 2]
+  assert _run(capsys, "--src", ljs_src, *argv)[0] == 0
+  first = records.load_manifest(out, checksums=True)
+  listing = sorted(os.listdir(out))
+  rc, _, err = _run(capsys, "--src", tmp_path / "typo", *argv, "--force")
+  assert rc == 2 and err.strip().startswith("error: --src") and "Traceback" not in err
+  assert sorted(os.listdir(out)) == listing and records.load_manifest(out) == first
+  empty = tmp_path / "empty"
+  (empty / "wavs").mkdir(parents=True)
+  (empty / "metadata.csv").write_text("")
+  rc, _, err = _run(capsys, "--src", empty, *argv, "--force")
+  assert rc == 2 and "no clips" in err and sorted(os.listdir(out)) == listing
+
+
+def test_metadata_with_bad_bytes_and_unsafe_ids_is_skipped_and_counted(ljs_src, tmp_path,
+                                                                       capsys):
+  import shutil
+  src = tmp_path / "corpus"
+  shutil.copytree(ljs_src, src)
+  outside = tmp_path / "secret.wav"
+  shutil.copy(next((src / "wavs").iterdir()), outside)
+  meta = (src / "metadata.csv").read_bytes()
+  meta += b"LJ-bad|caf\xe9 au lait|caf\xe9 au lait\n../../secret|Read me.|Read me.\n"
+  (src / "metadata.csv").write_bytes(meta)
+  out = str(tmp_path / "o")
+  rc, stdout, _ = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", out,
+                       "--workers", 1, "--val-size", 0)
+  assert rc == 0, stdout
+  m = records.load_manifest(out)
+  reasons = m["counts"]["skipped_by_reason"]
+  assert reasons.get("bad encoding") == 1 and reasons.get("unsafe clip id") == 1
+  assert "../../secret" not in _all_records(out)
 
 
 def test_vctk_layout_speakers_mics_and_missing_text(tmp_path, capsys):
@@ -218,7 +263,7 @@ def test_workers_give_identical_shards(ljs_src, tmp_path, capsys):
     assert _run(capsys, "--dataset", "ljspeech", "--src", ljs_src, "--out", out,
                 "--workers", workers, "--val-size", 2)[0] == 0
     outs.append(records.load_manifest(out))
-  assert records.manifest_files(outs[0]) == records.manifest_files(outs[1])
+  assert _files(outs[0]) == _files(outs[1])
   assert outs[0]["skipped"] == outs[1]["skipped"]
 
 

@@ -42,6 +42,9 @@ MUST_RUN = [
     "python train.py --config configs/tiny.py --workdir runs/demo",
     "python infer.py --voice runs/demo",
     "--config.train.init_from=",
+    "python export.py --voice joe --to piper",
+    "python -m piper -m voices/joe.onnx",
+    "python export.py --voice runs/demo --to official",
 ]
 
 
@@ -186,4 +189,15 @@ def test_fine_tune_from_the_bundled_voice_ran(ran):
   ckpts = [p for p in (repo / "runs" / "joe_ft" / "checkpoints").iterdir() if p.name.isdigit()]
   assert ckpts
   cfg = json.loads((repo / "runs" / "joe_ft" / "config.json").read_text())
-  assert cfg["train"]["init_from"].endswith(".onnx")
+  assert cfg["train"]["init_from"] == "joe"   # the bundled voice by name
+
+
+def test_exports_were_written_and_the_piper_runtime_spoke(ran):
+  repo, _ = ran
+  meta = json.loads((repo / "voices" / "joe.onnx.json").read_text())
+  assert meta["audio"]["sample_rate"] == 22050 and meta["num_symbols"] == 256
+  _speech(repo / "piper_joe.wav", min_seconds=1.0)
+  assert sorted(p.name for p in (repo / "voices" / "joe_official").iterdir()) == [
+      "G_0.pth", "config.json"]
+  demo = sorted(p.name for p in (repo / "voices" / "demo_official").iterdir())
+  assert demo[0].startswith("G_") and demo[-1] == "config.json"

@@ -73,12 +73,16 @@ def decode_record(data: bytes) -> dict[str, Any]:
   return rec
 
 
-def shard_name(split: str, index: int, count: int) -> str:
-  return f"{split}-{index:05d}-of-{count:05d}.array_record"
+def shard_name(split: str, index: int, count: int, run: str = "") -> str:
+  """A shard's file name; `run` tags the files of one preparation run, so a new run never
+  overwrites files an older manifest still names."""
+  tag = f"{run}-" if run else ""
+  return f"{split}-{tag}{index:05d}-of-{count:05d}.array_record"
 
 
-def lengths_name(split: str) -> str:
-  return f"{split}-lengths.npy"
+def lengths_name(split: str, run: str = "") -> str:
+  tag = f"-{run}" if run else ""
+  return f"{split}{tag}-lengths.npy"
 
 
 def sha256_file(path: str, chunk: int = 1 << 22) -> str:

@@ -81,7 +81,8 @@ class Checkpointer:
   def __init__(self, workdir: str, max_to_keep: int):
     self.directory = epath.Path(workdir).absolute() / CHECKPOINT_DIR
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True)
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True,
+        cleanup_tmp_directories=True)   # temporaries of saves a kill interrupted
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),

@@ -172,8 +172,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if t.init_from:
       state = warm_start.warm_start(state, t.init_from, config, repl)
   if is_main:
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-      json.dump(config.to_dict(), f, indent=2, default=str)
+    records.write_json_atomic(os.path.join(workdir, CONFIG_FILE),
+                              json.loads(json.dumps(config.to_dict(), default=str)))
 
   # --- Update step -----------------------------------------------------------------------
   step_fn = step_lib.make_train_step(config, generator, discriminator, tx_g, tx_d, lr_fn)
@@ -193,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   num_steps = int(t.num_steps)
   max_nonfinite = int(t.max_nonfinite_steps)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main,
-                                    resume_step=step if latest is not None else None)
+                                    resume_step=step if latest is not None else -1)
   preemption = _Preemption()
   progress = _progress_bar(is_main, step, num_steps)
   devices = jax.device_count()

@@ -21,8 +21,9 @@ class MetricWriter:
   Args:
     workdir: the run directory.
     enabled: False on every process but 0 (then every call is a no-op).
-    resume_step: when resuming, rows logged after this step by the interrupted run are
-      dropped from metrics.jsonl, so the file reads as one uninterrupted run.
+    resume_step: the step the run continues from (-1 for a fresh run): rows an interrupted
+      run logged after it, and a partial last line, are dropped from metrics.jsonl, so the
+      file reads as one uninterrupted run.
   """
 
   def __init__(self, workdir: str, enabled: bool = True, resume_step: Optional[int] = None):
@@ -82,12 +83,25 @@ def _to_python(v):
 
 
 def _truncate_after(path: str, step: int):
-  with open(path) as f:
-    rows = [line for line in f if line.strip()]
-  keep = [line for line in rows if json.loads(line).get("step", 0) <= step]
-  if len(keep) != len(rows):
-    with open(path, "w") as f:
+  """Keeps the rows up to `step`; drops later ones and any line a kill left half-written
+  (the file is replaced atomically, so a second kill here loses nothing)."""
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  keep = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:        # a partial line (or bytes that are not JSON): not a row
+      continue
+    if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+      keep.append(line + b"\n")
+  if len(keep) != len([l for l in lines if l.strip()]):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
       f.writelines(keep)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def plot_spectrogram(spec: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ import itertools
 import json
 import multiprocessing
 import os
+from pathlib import Path
 import sys
 import time
 from typing import Any
@@ -133,10 +134,15 @@ def _default_voice_config() -> str:
 
 
 def _voice_rate(path: str) -> int | None:
+  from vits_jax.convert import source  # pylint: disable=import-outside-toplevel
   try:
-    with open(path, encoding="utf-8") as f:
-      return int(json.load(f)["audio"]["sample_rate"])
-  except (OSError, ValueError, KeyError, TypeError) as e:
+    meta = source._read_json(Path(path))  # pylint: disable=protected-access
+    if "audio" not in meta:
+      raise ValueError("not a Piper voice config (no 'audio' section with its sample_rate)")
+    return source.piper_data(meta, path)["sampling_rate"]
+  except OSError as e:
+    raise PrepareError(f"--voice-config {path}: {e.strerror or e}") from None
+  except ValueError as e:
     raise PrepareError(f"--voice-config {path}: {e}") from None
 
 

@@ -299,6 +299,16 @@ def load_piper(onnx_path: Union[str, os.PathLike]) -> Source:
                                infer=_piper_inference(voice.voice_config), where=where)
   params = check_params(torch_names.torch_to_flax(voice.state_dict), config, where,
                         inference_only=True)
+  id_map = voice.voice_config.get("phoneme_id_map")
+  if not isinstance(id_map, dict) or not all(
+      isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool)
+                                    for i in ids) for ids in id_map.values()):
+    raise ValueError(f"{where}.json: phoneme_id_map must map phonemes to lists of ids")
+  top = max((i for ids in id_map.values() for i in ids), default=0)
+  if top >= config.model.n_vocab or min((i for ids in id_map.values() for i in ids),
+                                        default=0) < 0:
+    raise ValueError(f"{where}.json: phoneme_id_map uses id {top}, outside the model's "
+                     f"{config.model.n_vocab} token ids")
   speakers = voice.voice_config.get("speaker_id_map") or {}
   return Source("piper", Path(onnx_path), Path(onnx_path).name, config, params,
                 dict(kind="piper", config=voice.voice_config),

@@ -102,6 +102,9 @@ class VitsFrontend(Frontend):
 
   def _filter(self, text):
     _check_text(text)
+    # Control characters (NUL, escapes) would end or garble the text inside espeak-ng: they
+    # separate words, like whitespace.
+    text = ''.join(' ' if unicodedata.category(c) == 'Cc' else c for c in text)
     text = chars.drop_unknown(text, self._can_say)
     if not text.strip():
       raise ValueError('text is empty after dropping characters the voice cannot say')

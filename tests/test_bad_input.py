@@ -1,0 +1,269 @@
+"""A catalogue of bad input: voice files, prepare.py, train.py, export.py and infer.py.
+
+Each case asserts a non-zero exit, exactly one `error:` line that names the problem (and
+`warning:` lines at most), no traceback, and that nothing was written or lost. (More
+infer.py cases: tests/test_infer_cli.py; crafted .pth files: tests/test_pth.py; text
+fuzzing of every frontend: the hypothesis test at the end.)
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "tests" / "fixtures"
+sys.path.insert(0, str(ROOT))
+import export  # noqa: E402  (the CLIs at the repo root)
+import infer  # noqa: E402
+from data_prep import prepare  # noqa: E402
+
+MULTI = FIX / "piper_tiny_multi.onnx"
+OFFICIAL = FIX / "official_tiny"
+
+
+def _one_error(code, err, *needles):
+  lines = [l for l in err.splitlines() if l.strip()]
+  errors = [l for l in lines if l.startswith("error: ")]
+  assert code not in (0, None), err
+  assert len(errors) == 1 and "Traceback" not in err, err
+  assert all(l.startswith(("error: ", "warning: ")) for l in lines), err
+  for needle in needles:
+    assert needle in errors[0], (needle, errors[0])
+  return errors[0]
+
+
+def _piper_copy(tmp_path, edit_json=None, onnx_bytes=None):
+  onnx = tmp_path / "v.onnx"
+  if onnx_bytes is None:
+    shutil.copy(MULTI, onnx)
+  else:
+    onnx.write_bytes(onnx_bytes)
+  meta = json.loads(Path(str(MULTI) + ".json").read_text())
+  if edit_json is not None:
+    meta = edit_json(meta)
+  Path(str(onnx) + ".json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+  return onnx
+
+
+def _official_copy(tmp_path, edit):
+  shutil.copy(OFFICIAL / "G_7.pth", tmp_path / "G_7.pth")
+  hps = json.loads((OFFICIAL / "config.json").read_text())
+  edit(hps)
+  (tmp_path / "config.json").write_text(json.dumps(hps))
+  return tmp_path / "G_7.pth"
+
+
+def _hf_copy(tmp_path, edit):
+  folder = tmp_path / "hf"
+  shutil.copytree(FIX / "hf_tiny", folder)
+  cfg = json.loads((folder / "config.json").read_text())
+  edit(cfg)
+  (folder / "config.json").write_text(json.dumps(cfg))
+  return folder
+
+
+def _set(d, path, value):
+  *head, last = path.split(".")
+  for k in head:
+    d = d[k]
+  d[last] = value
+  return d
+
+
+# (id, builder(tmp_path) -> voice path, words the error must contain)
+VOICES = [
+    ("onnx-garbage", lambda t: _piper_copy(t, onnx_bytes=b"\x08\x01garbage"),
+     ["not a readable ONNX model"]),
+    ("onnx-empty", lambda t: _piper_copy(t, onnx_bytes=b""), ["v.onnx"]),
+    ("json-missing", lambda t: (shutil.copy(MULTI, t / "v.onnx"), t / "v.onnx")[1],
+     ["config not found"]),
+    ("json-invalid", lambda t: _piper_copy(t, lambda m: "{not json"), ["not valid JSON"]),
+    ("json-not-object", lambda t: _piper_copy(t, lambda m: "[1, 2]"), ["expected a JSON object"]),
+    ("json-audio-string", lambda t: _piper_copy(t, lambda m: _set(m, "audio", "16000") and m),
+     ["'audio' must be an object"]),
+    ("json-rate-negative", lambda t: _piper_copy(
+        t, lambda m: _set(m, "audio.sample_rate", -1) and m), ["audio.sample_rate"]),
+    ("json-speakers-mismatch", lambda t: _piper_copy(
+        t, lambda m: _set(m, "num_speakers", 5) and m), ["5 speakers"]),
+    ("id-beyond-vocab", lambda t: _piper_copy(
+        t, lambda m: _set(m, "phoneme_id_map.a", [999]) and m),
+     ["phoneme_id_map uses id 999"]),
+    ("id-map-not-lists", lambda t: _piper_copy(
+        t, lambda m: _set(m, "phoneme_id_map.a", "x") and m), ["phoneme_id_map"]),
+    ("official-wrong-shape", lambda t: _official_copy(
+        t, lambda h: _set(h, "model.hidden_channels", 32)), ["parameters do not match"]),
+    ("official-bad-hop", lambda t: _official_copy(
+        t, lambda h: _set(h, "data.hop_length", 100)), ["hop_length 100"]),
+    ("official-type", lambda t: _official_copy(
+        t, lambda h: _set(h, "model.upsample_rates", 8)), ["model.upsample_rates"]),
+    ("official-no-model", lambda t: _official_copy(t, lambda h: h.pop("model")),
+     ["no 'model' section"]),
+    ("official-truncated-pth", lambda t: (
+        (t / "G_7.pth").write_bytes((OFFICIAL / "G_7.pth").read_bytes()[:5000]),
+        shutil.copy(OFFICIAL / "config.json", t / "config.json"), t / "G_7.pth")[-1],
+     ["G_7.pth"]),
+    ("hf-scalar-upsample", lambda t: _hf_copy(t, lambda c: _set(c, "upsample_rates", 8)),
+     ["upsample_rates must be a list"]),
+    ("hf-window", lambda t: _hf_copy(t, lambda c: _set(c, "window_size", 8)),
+     ["window_size"]),
+    ("not-a-voice-file", lambda t: (t / "x.txt").write_text("hi") and t / "x.txt",
+     ["is not a voice"]),
+    ("empty-folder", lambda t: (t / "d").mkdir() or t / "d", ["holds no voice"]),
+]
+
+
+@pytest.mark.parametrize("name,build,needles", VOICES, ids=[v[0] for v in VOICES])
+def test_bad_voice_is_one_line_error(name, build, needles, tmp_path, capsys):
+  voice = build(tmp_path)
+  out = tmp_path / "out.wav"
+  code = infer.main(["--voice", str(voice), "--text", "Hello.", "--out", str(out)])
+  _one_error(code, capsys.readouterr().err, *needles)
+  assert not out.exists()
+
+
+def _corpus(tmp_path):
+  import soundfile as sf
+  src = tmp_path / "corpus"
+  (src / "wavs").mkdir(parents=True)
+  t = np.arange(22050) / 22050
+  for i in range(3):
+    sf.write(src / "wavs" / f"A{i}.wav", (0.3 * np.sin(2 * np.pi * 200 * t)).astype(
+        np.float32), 22050, subtype="PCM_16")
+  (src / "metadata.csv").write_text("".join(f"A{i}|Hello there.|Hello there.\n"
+                                            for i in range(3)))
+  return src
+
+
+PREPARE = [
+    ("src-missing", lambda t: ["--src", str(t / "nope")], ["--src"]),
+    ("vctk-on-ljspeech", lambda t: ["--src", str(_corpus(t)), "--dataset", "vctk"], []),
+    ("out-is-a-file", lambda t: ["--src", str(_corpus(t)), "--out",
+                                 str((t / "f").write_text("x") and t / "f")], ["--out"]),
+    ("speaker-map-missing", lambda t: ["--src", str(_corpus(t)), "--speaker-map",
+                                       str(t / "nope.json")], ["nope.json"]),
+    ("voice-config-bad", lambda t: ["--src", str(_corpus(t)), "--frontend", "piper",
+                                    "--voice-config", str((t / "v.json").write_text("{}")
+                                                          and t / "v.json")], ["not a Piper voice config"]),
+    ("sample-rate-negative", lambda t: ["--src", str(_corpus(t)), "--sample-rate", "-5"],
+     ["--sample-rate"]),
+    ("no-clips", lambda t: ["--src", str((t / "e" / "wavs").mkdir(parents=True) or
+                                         (t / "e" / "metadata.csv").write_text("") or t / "e")],
+     ["no clips"]),
+]
+
+
+@pytest.mark.parametrize("name,build,needles", PREPARE, ids=[p[0] for p in PREPARE])
+def test_bad_prepare_is_one_line_error(name, build, needles, tmp_path, capsys):
+  args = build(tmp_path)
+  if "--dataset" not in args:
+    args += ["--dataset", "ljspeech"]
+  if "--out" not in args:
+    args += ["--out", str(tmp_path / "prepared")]
+  code = prepare.main(args + ["--workers", "1"])
+  _one_error(code, capsys.readouterr().err, *needles)
+  assert not (tmp_path / "prepared" / "manifest.json").exists()
+
+
+EXPORTS = [
+    (["--to", "tflite"], ["unknown export target"]),
+    (["--voice", "tests/fixtures/official_tiny/G_7.pth", "--to", "piper"], ["Piper"]),
+    (["--voice", "tests/fixtures/piper_tiny_multi.onnx", "--to", "hf"], ["ResBlock1"]),
+]
+
+
+@pytest.mark.parametrize("args,needles", EXPORTS, ids=["target", "symbols-to-piper",
+                                                       "rb2-to-hf"])
+def test_bad_export_is_one_line_error(args, needles, tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  out = tmp_path / "exported"
+  code = export.main(args + ["--out", str(out / "v.onnx")])
+  _one_error(code, capsys.readouterr().err, *needles)
+  assert not out.exists() or not list(out.iterdir())
+
+
+def _train(tmp_path, *overrides):
+  env = {"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
+         "VITS_JAX_XLA_CACHE": ""}
+  proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config",
+                         f"{ROOT / 'configs' / 'tiny.py'}:micro", "--workdir",
+                         str(tmp_path / "run"), *overrides], capture_output=True, text=True,
+                        env=env, timeout=600, cwd=tmp_path)
+  return proc.returncode, proc.stderr
+
+
+def _prepared(tmp_path, **manifest_edits):
+  """A prepared dir whose manifest says what the edits say (the loader never gets that far)."""
+  from vits_jax.data import records
+  d = tmp_path / "data"
+  d.mkdir()
+  m = {"format": records.FORMAT, "sample_rate": 22050, "n_speakers": 0, "splits": {},
+       "counts": {"train": 0, "validation": 0},
+       "frontend": {"kind": "vits", "n_vocab": 178, "add_blank": True,
+                    "cleaners": ["english_cleaners2"]}}
+  m.update(manifest_edits)
+  records.write_json_atomic(str(d / records.MANIFEST), m)
+  return d
+
+
+def test_bad_training_input_is_one_line_error(tmp_path):
+  """Four mistakes in one test (each a fresh train.py process: ~5 s of imports)."""
+  cases = [
+      ([], ["config.data.dir is not set"]),
+      ([f"--config.data.dir={tmp_path / 'nothing'}"], ["manifest.json not found"]),
+      ([f"--config.data.dir={_prepared(tmp_path, sample_rate=16000)}"],
+       ["sample rate 16000 Hz vs data.sampling_rate 22050"]),
+      (["--config.train.num_steps=0", f"--config.data.dir={tmp_path}"],
+       ["train.num_steps must be positive"]),
+  ]
+  for overrides, needles in cases:
+    code, err = _train(tmp_path, *overrides)
+    _one_error(code, err, *needles)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# --------------------------------------------------------------------------- text fuzzing
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_TEXT = st.one_of(
+    st.text(max_size=60),                                           # any unicode
+    st.text(st.characters(codec="utf-8", categories=("Cc", "Cf", "Zs", "Zl", "Zp")),
+            max_size=20),                                           # control and spaces
+    st.text(st.sampled_from("abc xyz"), min_size=300, max_size=900),  # very long tokens
+    st.lists(st.sampled_from(["Hello", "мир", "世界", "مرحبا", "😀", "1999", "...", "\x00",
+                              "Dr.", "\u200b", "e\u0301"]), max_size=12).map(" ".join),
+)
+
+
+@pytest.fixture(scope="module")
+def frontends():
+  from vits_jax.convert.source import load_source
+  from vits_jax.text import get_frontend
+  out = {}
+  for name, path in (("vits", FIX / "official_tiny" / "G_7.pth"), ("piper", MULTI),
+                     ("hf", FIX / "hf_tiny")):
+    src = load_source(path)
+    out[name] = (get_frontend(**src.frontend), int(src.config.model.n_vocab))
+  return out
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_TEXT)
+def test_frontends_never_fail_but_with_value_error(frontends, text):
+  import warnings
+  for name, (frontend, n_vocab) in frontends.items():
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      try:
+        pieces = frontend.text_to_sentence_ids(text)
+      except ValueError:
+        continue
+    assert pieces and all(p for p in pieces), (name, text)
+    for ids in pieces:
+      assert all(isinstance(i, int) and 0 <= i < n_vocab for i in ids), (name, text, ids)

@@ -302,6 +302,39 @@ def test_sigterm_saves_and_exits_zero(data_dir, tmp_path):
   assert proc.returncode == 0, err[-3000:]
   saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir()]
   assert len(saved) == 1 and saved[0] >= max(tu.train_rows(tmp_path))
+  # The checkpoint SIGTERM wrote restores (the generator, as a voice).
+  from vits_jax.convert.source import load_source
+  src = load_source(tmp_path)
+  assert src.step == saved[0]
+  assert all(np.isfinite(v).all() for v in jax.tree_util.tree_leaves(src.params))
+
+
+def test_sigterm_during_the_first_compilation_exits_at_once(data_dir, tmp_path):
+  """Preemption gives ~30 s; the first compilation takes minutes. With no step to save,
+  SIGTERM ends the run within seconds, status 0, leaving nothing half-written."""
+  proc = subprocess.Popen(
+      tu.train_cmd(tmp_path / "run", data_dir, "--config.train.num_steps=100000"),
+      cwd=tu.REPO, env=tu._env(VITS_JAX_XLA_CACHE=""),  # pylint: disable=protected-access
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (tmp_path / "run").exists():
+      time.sleep(0.2)
+    time.sleep(2.0)          # inside model init / the first compilation
+    assert proc.poll() is None
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not tu.train_rows(tmp_path / "run")
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    took = time.time() - sent
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, err[-3000:]
+  assert took < 10, took
+  assert "preempted: nothing to save" in err
+  ckpts = tmp_path / "run" / "checkpoints"
+  assert not ckpts.exists() or not [p for p in ckpts.iterdir() if p.name.isdigit()]
 
 
 def test_init_from_piper_voice(data_dir, tmp_path):

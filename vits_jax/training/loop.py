@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import signal
+import socket
+import sys
 import threading
 import time
 from typing import Optional
@@ -92,7 +94,16 @@ def check_config(config: ml_collections.ConfigDict):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks at step boundaries.
+  """Turns SIGTERM into a flag the loop checks at step boundaries, and exits at once when
+  there is nothing to save.
+
+  A Python signal handler only runs when the main thread is between bytecodes, which it is
+  not during an XLA compilation (minutes for the first step); a preemptible VM gives about
+  30 s. So the C-level handler also writes to a wakeup socket, a watcher thread reads it
+  immediately, and if no step has run since the last checkpoint (e.g. during the first
+  compilation) it waits for a save in flight and ends the process with status 0: the
+  workdir is as resumable as it would be after a save. Otherwise the loop saves at the next
+  step boundary.
 
   With several processes, JAX's preemption service (which listens to SIGTERM itself) picks
   one step at which every process saves, so they write the same checkpoint.
@@ -102,8 +113,45 @@ class _Preemption:
     self.multi_process = parallel.is_distributed() and jax.process_count() > 1
     self._flag = threading.Event()
     self._previous = None
+    self._unsaved_steps = 0
+    self.wait_for_saves = lambda: None
+    self._sockets = None
     if not self.multi_process and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
+      try:
+        r, w = socket.socketpair()
+        w.setblocking(False)
+        self._old_wakeup = signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+        self._sockets = (r, w)
+        threading.Thread(target=self._watch, daemon=True, name="sigterm").start()
+      except (OSError, ValueError):   # no wakeup fd: the flag alone still works
+        self._sockets = None
+
+  def _watch(self):
+    r = self._sockets[0]
+    while True:
+      try:
+        data = r.recv(64)
+      except OSError:
+        return
+      if not data:
+        return
+      if signal.SIGTERM in data:
+        self._flag.set()
+        if self._unsaved_steps == 0:
+          logging.warning("SIGTERM with nothing to save: exiting now")
+          try:
+            self.wait_for_saves()
+          finally:
+            sys.stderr.write("preempted: nothing to save since the last checkpoint\n")
+            sys.stderr.flush()
+            os._exit(0)   # pylint: disable=protected-access
+
+  def stepped(self):
+    self._unsaved_steps += 1
+
+  def saved(self):
+    self._unsaved_steps = 0
 
   def reached(self, step: int) -> bool:
     if self.multi_process:
@@ -112,6 +160,11 @@ class _Preemption:
     return self._flag.is_set()
 
   def close(self):
+    if self._sockets is not None:
+      signal.set_wakeup_fd(self._old_wakeup)
+      for sock in self._sockets:
+        sock.close()
+      self._sockets = None
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
@@ -134,9 +187,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   check_config(config)
   records.check_manifest(records.load_manifest(config.data.dir), config)
+  os.makedirs(workdir, exist_ok=True)
+  preemption = _Preemption()   # from here on, SIGTERM leaves a resumable workdir
+  try:
+    return _train(config, workdir, preemption)
+  finally:
+    preemption.close()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           preemption: _Preemption) -> state_lib.TrainState:
   t = config.train
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
 
   # --- Mesh ------------------------------------------------------------------------------
   mesh = parallel.make_mesh()
@@ -160,6 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, abstract)
 
   ckpt = checkpoint_lib.Checkpointer(workdir, int(t.max_to_keep))
+  preemption.wait_for_saves = ckpt.manager.wait_until_finished
   latest = ckpt.latest_step()
   if latest is not None:
     state, data_state = ckpt.restore(latest, abstract)
@@ -194,7 +257,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   max_nonfinite = int(t.max_nonfinite_steps)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main,
                                     resume_step=step if latest is not None else -1)
-  preemption = _Preemption()
   progress = _progress_bar(is_main, step, num_steps)
   devices = jax.device_count()
   last_saved = latest
@@ -209,6 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       batch = parallel.global_batch(next(train_data), mesh)
       state, metrics = train_step(state, batch)
       step += 1
+      preemption.stepped()
       interval_steps += 1
       progress.update(1)
 
@@ -239,6 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         pending = None
         if ckpt.save(step, state, train_data.get_state(), config):
           last_saved = step
+          preemption.saved()
       if preempted:
         logging.warning("SIGTERM: saved step %d, exiting", step)
         if is_main:
@@ -248,7 +312,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     ckpt.close()
     writer.close()
     progress.close()
-    preemption.close()
     train_data.close()
   return state
 

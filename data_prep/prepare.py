@@ -136,7 +136,7 @@ def _default_voice_config() -> str:
 def _voice_rate(path: str) -> int | None:
   from vits_jax.convert import source  # pylint: disable=import-outside-toplevel
   try:
-    meta = source._read_json(Path(path))  # pylint: disable=protected-access
+    meta = source.read_json(Path(path))
     if "audio" not in meta:
       raise ValueError("not a Piper voice config (no 'audio' section with its sample_rate)")
     return source.piper_data(meta, path)["sampling_rate"]
@@ -218,11 +218,13 @@ def rank_validation(candidates: list[int], val_size: int, seed: int) -> tuple[li
 
 
 def load_speaker_map(path: str) -> dict[str, int]:
+  from vits_jax.convert import source  # pylint: disable=import-outside-toplevel
   try:
-    with open(path, encoding="utf-8") as f:
-      mapping = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise PrepareError(f"--speaker-map {path}: {e}") from None
+    mapping = source.read_json(Path(path))
+  except OSError as e:
+    raise PrepareError(f"--speaker-map {path}: {e.strerror or e}") from None
+  except ValueError as e:
+    raise PrepareError(f"--speaker-map {e}") from None
   if not isinstance(mapping, dict) or not all(isinstance(v, int) for v in mapping.values()):
     raise PrepareError(f"--speaker-map {path} must be a JSON object {{name: int id}}")
   return mapping

@@ -196,10 +196,10 @@ def load_hf(path: str) -> Tuple[ml_collections.ConfigDict, Dict]:
   for p in (config_path, weights_path):
     if not os.path.isfile(p):
       raise FileNotFoundError(f"not an HF VITS folder: {p} is missing")
-  config = config_from_hf(source._read_json(Path(config_path)), where=config_path)
+  config = config_from_hf(source.read_json(Path(config_path)), where=config_path)
   tok_path = Path(path) / "tokenizer_config.json"
   if tok_path.is_file():
-    config.data.add_blank = bool(source._read_json(tok_path).get("add_blank", True))
+    config.data.add_blank = bool(source.read_json(tok_path).get("add_blank", True))
   from safetensors.numpy import load_file
   official = hf_to_official(load_file(weights_path))
   params = torch_names.torch_to_flax(official, like=param_template(config))

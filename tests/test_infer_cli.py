@@ -138,7 +138,7 @@ def test_input_lines_split_among_hosts(tmp_path, capsys, monkeypatch):
   from vits_jax import inference
   lines = tmp_path / "l.txt"
   lines.write_text("One.\nTwo.\nThree.\nFour.\nFive.\n")
-  monkeypatch.setattr(synthesis, "process_share", lambda: (1, 2))
+  monkeypatch.setattr(inference, "process_share", lambda: (1, 2))
   code, err = _run(["--input", str(lines), "--out-dir", str(tmp_path / "o"), "--voice", TINY,
                     "--noise-scale", "0", "--noise-scale-w", "0"], capsys)
   assert code == 0, err

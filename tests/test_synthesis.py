@@ -88,7 +88,7 @@ def test_windows_equal_whole_decoding(multi, noise_scale):
   # Margins matter: with none, the frames at window edges differ.
   plan = inference.plan_for(multi.model, WINDOW)
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(synthesis, "plan_for", lambda model, window=None: inference.Plan(
+    mp.setattr(inference, "plan_for", lambda model, window=None: inference.Plan(
         plan.window, 0, 0, plan.gap, plan.hop))
     cut = [p for i, p, _ in inference.decode_tokens(multi.model, multi.params, [items[4:5]],
                                                     options, WINDOW)]
@@ -116,7 +116,7 @@ def test_voice_equals_model_infer_with_noise(multi):
 
 
 def test_stream_equals_synthesize(multi, monkeypatch):
-  monkeypatch.setattr(synthesis, "WINDOW_FRAMES", WINDOW)
+  monkeypatch.setattr(inference, "WINDOW_FRAMES", WINDOW)
   text = ("The birch canoe slid on the smooth planks. Glue the sheet to the dark blue "
           "background.\n\nIt is easy to tell the depth of a well!")
   kw = dict(speaker="bob", noise_scale=0.667, noise_scale_w=0.8, seed=2,

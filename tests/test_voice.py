@@ -25,7 +25,7 @@ def coarse_buckets():
   """Coarse id buckets (64, 256, 2048) so the tests here compile few programs. Outputs do
   not depend on buckets (everything is masked), which test_batch_equals_alone checks."""
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(synthesis, "TEXT_BUCKETS", (64, 256, 2048))
+    mp.setattr(inference, "TEXT_BUCKETS", (64, 256, 2048))
     yield
 
 
@@ -38,7 +38,7 @@ _TEXT_BUCKETS = inference.TEXT_BUCKETS
 
 
 def test_buckets(monkeypatch):
-  monkeypatch.setattr(synthesis, "TEXT_BUCKETS", _TEXT_BUCKETS)
+  monkeypatch.setattr(inference, "TEXT_BUCKETS", _TEXT_BUCKETS)
   assert [inference.text_bucket(n) for n in (1, 32, 33, 600, 2048, 2049)] == [
       32, 32, 64, 768, 2048, 4096]
   assert [inference.batch_bucket(n) for n in (1, 2, 3, 5, 16)] == [1, 2, 4, 8, 16]

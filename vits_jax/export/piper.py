@@ -831,7 +831,8 @@ def voice_json(voice, base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any
   sample_rate = int(voice.sample_rate)
   audio = dict(config.get("audio") or {})
   audio["sample_rate"] = sample_rate
-  audio.setdefault("quality", _quality(hp, sample_rate))
+  if audio.get("quality") not in ("x_low", "low", "medium", "high"):
+    audio["quality"] = _quality(hp, sample_rate)   # a label Piper's tools know
   espeak = dict(config.get("espeak") or {})
   espeak["voice"] = frontend.voice
   language = dict(config.get("language") or {})

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import prep_utils  # noqa: E402  (tests/ is on sys.path)
 from data_prep import prepare, process, tfds_reader
 from vits_jax.data import loader, records
 from vits_jax.text import get_frontend
@@ -66,19 +67,8 @@ def ljs_src(tmp_path_factory):
   return root
 
 
-def _run(capsys, *argv):
-  rc = prepare.main([str(a) for a in argv])
-  out, err = capsys.readouterr()
-  return rc, out, err
-
-
-def _all_records(out_dir):
-  recs = {}
-  for split in records.SPLITS:
-    data = loader.PreparedSplit(out_dir, split)
-    for rec in data.read(range(len(data))):
-      recs[rec["id"]] = (split, rec)
-  return recs
+_run = prep_utils.run_prepare
+_all_records = prep_utils.all_records
 
 
 def test_ljspeech_bad_rows_are_skipped_counted_and_listed(ljs_src, tmp_path, capsys):

@@ -166,3 +166,47 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
   assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
   assert message in lines[0] and "Traceback" not in r.stderr
   assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def _workdir(tmp_path, voice):
+  """A training workdir (orbax checkpoint + config) holding `voice`'s generator, with the
+  Piper frontend (data.frontend='piper', the voice's .onnx.json)."""
+  import orbax.checkpoint as ocp
+  from configs import presets
+  from vits_jax.convert import piper
+  config = presets.get_config("medium")
+  config.model.update({k: v for k, v in piper.load_piper(MULTI).model.items()
+                       if k in config.model and k != "n_speakers"})
+  config.data.n_speakers = 3
+  config.data.sampling_rate = 16000
+  config.data.piper_config = str(MULTI) + ".json"
+  tmp_path.mkdir(parents=True, exist_ok=True)
+  (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+  ocp.PyTreeCheckpointer().save(tmp_path / "checkpoints" / "9" / "state",
+                                {"params": {"generator": voice.params}, "step": 9})
+  return tmp_path
+
+
+def test_trained_workdir_exports_to_piper_and_official(tmp_path):
+  """A workdir (the voice a user trains here) goes to Piper: onnxruntime on the export speaks
+  as vits_jax on the same ids (noise off, each speaker); and to official, step in the name."""
+  import onnxruntime as ort
+  original = load_voice(MULTI)
+  work = _workdir(tmp_path / "run", original)
+  result = export_voice(work, "piper", tmp_path / "out" / "mine.onnx")
+  assert [p.name for p in result.files] == ["mine.onnx", "mine.onnx.json"]
+  meta = json.loads((tmp_path / "out" / "mine.onnx.json").read_text())
+  assert meta["num_speakers"] == 3 and meta["audio"]["sample_rate"] == 16000
+  sess = ort.InferenceSession(str(tmp_path / "out" / "mine.onnx"),
+                              providers=["CPUExecutionProvider"])
+  ids = _ids(original)
+  for sid in (0, 2):
+    want = original.synthesize_ids(ids, sid, noise_scale=0.0, noise_scale_w=0.0)
+    for i, w in zip(ids, want):
+      got = sess.run(None, {"input": np.asarray([i], np.int64),
+                            "input_lengths": np.asarray([len(i)], np.int64),
+                            "scales": np.asarray([0.0, 1.0, 0.0], np.float32),
+                            "sid": np.asarray([sid], np.int64)})[0].reshape(-1)
+      assert got.shape == w.shape and np.abs(got - w).max() <= 1e-3
+  result = export_voice(work, "official", tmp_path / "official")
+  assert sorted(p.name for p in result.files) == ["G_9.pth", "config.json"]

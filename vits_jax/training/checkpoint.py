@@ -159,6 +159,7 @@ def load_generator_params(workdir: str, step: Optional[int] = None,
     meta = ckptr.metadata(directory / str(step) / "state")
     tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    parts = [p for p in parts if p in tree["params"]]   # a generator-only checkpoint
     target = {"params": {part: jax.tree_util.tree_map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
         tree["params"][part]) for part in parts}}

@@ -5,7 +5,8 @@
 
 Prints batches/s of `vits_jax.data.make_train_loader` for the tiny config's batch (4) and the
 official one (64), with 1 and 4 read threads, and the ratio to the tiny config's training speed
-target (2 steps/s on 2 CPU cores; pass --train-steps-per-sec to compare with a measured one).
+target (2 steps/s on 2 CPU cores; pass --train-steps-per-sec to compare with a measured one),
+and the host bytes per batch (audio travels as int16 PCM, half of float32).
 A ratio well above 1 means the host never makes the step wait. The reference row is the raw
 rate of reading + decoding records with no batching, in the same process.
 """
@@ -40,11 +41,14 @@ def synthetic(out, n_clips=600, rate=22050, seed=0):
 
 
 def rate(it, n):
+  """(batches/s, mean host bytes per batch: what goes to the device)."""
   next(it)  # first batch includes thread start-up
   start = time.perf_counter()
+  nbytes = 0
   for _ in range(n):
-    next(it)
-  return n / (time.perf_counter() - start)
+    batch = next(it)
+    nbytes += sum(np.asarray(v).nbytes for v in batch.values())
+  return n / (time.perf_counter() - start), nbytes / n
 
 
 def main():
@@ -75,17 +79,17 @@ def main():
   print(f"{'reference: read+decode one record':44s} {ref:9.1f} records/s")
 
   print(f"{'loader':30s} {'batch':>5s} {'threads':>7s} {'batches/s':>10s} "
-        f"{'clips/s':>9s} {'x train':>8s}")
+        f"{'clips/s':>9s} {'x train':>8s} {'MB/batch':>9s}")
   for batch in (4, 64):
     for threads in (1, 4):
       ld = loader.make_train_loader(data, batch, seed=0, process_index=0, process_count=1,
                                     num_threads=threads, prefetch=2 * threads,
                                     min_audio_len=4096)
       n_batches = max(10, args.batches // (1 if batch == 4 else 8))
-      bps = rate(iter(ld), n_batches)
+      bps, nbytes = rate(iter(ld), n_batches)
       ratio = bps / args.train_steps_per_sec
       print(f"{'make_train_loader':30s} {batch:5d} {threads:7d} {bps:10.1f} "
-            f"{bps * batch:9.1f} {ratio:8.1f}")
+            f"{bps * batch:9.1f} {ratio:8.1f} {nbytes / 2**20:9.2f}")
   if tmp is not None:
     tmp.cleanup()
 

@@ -164,26 +164,42 @@ def _pcm16(audio):
   return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
 
 
-def _open_out(path, sample_rate):
+def _write_audio(path, sample_rate, chunks) -> int:
+  """Writes float chunks as 16-bit audio (or Vorbis) to `path`, through a temporary file
+  beside it that replaces `path` only when complete: a full disk or a kill never leaves a
+  truncated file, or destroys an older one. Returns the number of samples."""
   import soundfile as sf
   fmt = _FORMATS[os.path.splitext(path)[1].lower()]
   subtype = "VORBIS" if fmt == "OGG" else "PCM_16"
+  directory, name = os.path.split(path)
+  tmp = os.path.join(directory, f".{name}.partial-{os.getpid()}")
+  samples = 0
   try:
-    return sf.SoundFile(path, "w", samplerate=sample_rate, channels=1, format=fmt,
-                        subtype=subtype)
-  except (OSError, RuntimeError) as e:
-    raise ValueError(f"cannot write {path}: {e}") from None
+    with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, format=fmt,
+                      subtype=subtype) as f:
+      for chunk in chunks:
+        f.write(_pcm16(chunk))
+        samples += len(chunk)
+    os.replace(tmp, path)
+  except (OSError, RuntimeError) as e:   # LibsndfileError is a RuntimeError
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    reason = getattr(e, "strerror", None) or str(e)
+    if "System error" in reason:
+      reason = "the disk is full or the file is too large"
+    raise ValueError(f"cannot write {path}: {reason}") from None
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return samples
 
 
 def _text_to_file(args, voice, knobs):
-  """One --text to --out, written window by window (memory stays flat for long texts):
+  """One --text to --out, synthesized window by window (memory stays flat for long texts):
   the same stream as --output-raw, so the file holds exactly the bytes it would print."""
   out = args.out or "out.wav"
-  samples = 0
-  with _open_out(out, voice.sample_rate) as f:
-    for chunk in voice.stream(args.text, **knobs):
-      f.write(_pcm16(chunk))
-      samples += len(chunk)
+  samples = _write_audio(out, voice.sample_rate, voice.stream(args.text, **knobs))
   print(f"wrote {out} ({samples / voice.sample_rate:.2f} s)", file=sys.stderr)
 
 
@@ -200,8 +216,7 @@ def _lines_to_files(args, voice, knobs, texts):
     for k, (audio, _) in zip(mine, voice.iter_batch([texts[i] for i in mine],
                                                     batch_size=args.batch_size, **knobs)):
       path = os.path.join(args.out_dir, f"{k + 1:0{width}d}.wav")
-      with _open_out(path, voice.sample_rate) as f:
-        f.write(_pcm16(audio))
+      _write_audio(path, voice.sample_rate, [audio])
       bar.update(1)
   where = f" (process {index} of {count})" if count > 1 else ""
   print(f"wrote {len(mine)} files to {args.out_dir}{where}", file=sys.stderr)
@@ -218,8 +233,7 @@ def _convert(args, voice):
   out = args.out or "out.wav"
   converted = voice.convert(audio.mean(axis=1), rate, args.source_speaker, args.speaker,
                             seed=args.seed)
-  with _open_out(out, voice.sample_rate) as f:
-    f.write(_pcm16(converted))
+  _write_audio(out, voice.sample_rate, [converted])
   print(f"wrote {out} ({len(converted) / voice.sample_rate:.2f} s)", file=sys.stderr)
 
 

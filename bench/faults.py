@@ -97,7 +97,13 @@ def train_faults(root, kills, steps, rng):
     redone += max(0, before - last)
     landed.append(f"kill {k + 1} at {delay:.1f} s: logged step {before}, "
                   f"checkpoint {last}")
-  subprocess.run(_train_cmd(run, data, steps), check=True, env=_env(), capture_output=True)
+  final = subprocess.run(_train_cmd(run, data, steps), env=_env(), capture_output=True,
+                         text=True)
+  if final.returncode:
+    for line in landed:
+      print("  " + line)
+    print(f"the resumed run failed ({final.returncode}):\n{final.stderr[-4000:]}")
+    return False
   want, got = _rows(ref), _rows(run)
   assert sorted(got) == sorted(want), (sorted(got), sorted(want))
   same = all(_losses(got[s]) == _losses(want[s]) for s in want)

@@ -403,6 +403,11 @@ def main(argv=None) -> int:
   except PrepareError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except OSError as e:   # a full disk, a file-size limit, permissions: the old data is intact
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    print(f"error: cannot write the prepared data{where}: {e.strerror or e}; "
+          f"the previous prepared data in {args.out} is intact", file=sys.stderr)
+    return 2
   print(summary(manifest, args.out))
   return 0
 

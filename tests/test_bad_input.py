@@ -267,3 +267,58 @@ def test_frontends_never_fail_but_with_value_error(frontends, text):
     assert pieces and all(p for p in pieces), (name, text)
     for ids in pieces:
       assert all(isinstance(i, int) and 0 <= i < n_vocab for i in ids), (name, text, ids)
+
+
+# --------------------------------------------------------------------------- full disk
+def _limit_file_size(limit):
+  def apply():
+    import resource
+    import signal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes fail with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+  return apply
+
+
+def test_infer_with_a_full_disk_keeps_the_old_file(tmp_path):
+  """A file-size limit stands in for a full disk: one error line, the older output intact,
+  no partial file."""
+  out = tmp_path / "hello.wav"
+  out.write_bytes(b"older output")
+  # No bytecode or compile-cache writes under the limit (they would be cut short too).
+  env = {"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
+         "VITS_JAX_XLA_CACHE": "", "PYTHONDONTWRITEBYTECODE": "1"}
+  proc = subprocess.run(
+      [sys.executable, "-B", str(ROOT / "infer.py"), "--voice", str(FIX / "piper_tiny_high.onnx"),
+       "--text", "Hello there, this sentence is long enough to need more than a few bytes.",
+       "--out", str(out)], capture_output=True, text=True, env=env, timeout=600,
+      preexec_fn=_limit_file_size(20_000))
+  _one_error(proc.returncode, proc.stderr, "cannot write", "disk is full")
+  assert out.read_bytes() == b"older output"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["hello.wav"]
+
+
+def test_prepare_with_a_full_disk_keeps_the_prepared_data(tmp_path, capsys, monkeypatch):
+  import errno
+  from data_prep import writer
+  from vits_jax.data import records
+  src = _corpus(tmp_path)
+  out = tmp_path / "prepared"
+  args = ["--dataset", "ljspeech", "--src", str(src), "--out", str(out), "--workers", "1",
+          "--val-size", "1"]
+  assert prepare.main(args) == 0
+  capsys.readouterr()
+  before = records.load_manifest(str(out), checksums=True)
+  calls = []
+  original = writer.SplitWriter.add
+
+  def full(self, *a):
+    calls.append(1)
+    if len(calls) == 2:
+      raise OSError(errno.ENOSPC, "No space left on device", str(out / "train.tmp"))
+    return original(self, *a)
+
+  monkeypatch.setattr(writer.SplitWriter, "add", full)
+  code = prepare.main(args + ["--force"])
+  _one_error(code, capsys.readouterr().err, "No space left on device", "intact")
+  assert records.load_manifest(str(out), checksums=True) == before
+  assert not [p for p in out.iterdir() if ".tmp-" in p.name]

@@ -212,6 +212,12 @@ def _lines_to_files(args, voice, knobs, texts):
   width = max(4, len(str(len(texts))))
   index, count = inference.process_share()
   mine = list(range(index, len(texts), count))
+  ours = {f"{k + 1:0{width}d}.wav" for k in range(len(texts))}
+  others = sorted(set(os.listdir(args.out_dir)) - ours)
+  if others and index == 0:
+    print(f"warning: {args.out_dir} already holds {len(others)} other file(s) (e.g. "
+          f"{others[0]}); only this run's {min(ours)}..{max(ours)} are written",
+          file=sys.stderr)
   with tqdm(total=len(mine), unit="utt", disable=len(mine) < 2, file=sys.stderr) as bar:
     for k, (audio, _) in zip(mine, voice.iter_batch([texts[i] for i in mine],
                                                     batch_size=args.batch_size, **knobs)):

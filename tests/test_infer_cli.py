@@ -211,3 +211,18 @@ def test_real_process_exit_code():
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2
   assert proc.stderr.strip() == "error: input file not found: /no/such.txt"
+
+
+def test_out_dir_with_other_files_is_not_mixed_silently(tmp_path, capsys, monkeypatch):
+  out = tmp_path / "o"
+  out.mkdir()
+  (out / "notes.txt").write_text("mine")
+  (out / "0007.wav").write_bytes(b"an older run's file")
+  code, err = _run(["--input", "-", "--out-dir", str(out), "--voice", TINY_SINGLE], capsys,
+                   "First line.\nSecond line.\n", monkeypatch)
+  assert code == 0, err
+  assert "warning:" in err and "already holds 2 other file(s)" in err
+  assert (out / "notes.txt").read_text() == "mine"
+  assert (out / "0007.wav").read_bytes() == b"an older run's file"
+  assert sorted(p.name for p in out.iterdir()) == ["0001.wav", "0002.wav", "0007.wav",
+                                                   "notes.txt"]

@@ -62,6 +62,24 @@ def _rows(workdir):
   return rows
 
 
+def _progress(workdir, since):
+  """The last step this run logged (rows written after `since`; half-written lines skipped)."""
+  best = 0
+  try:
+    with open(workdir / "metrics.jsonl", "rb") as f:
+      lines = f.read().split(b"\n")
+  except FileNotFoundError:
+    return 0
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    if "loss/g/total" in row and row.get("time", 0) >= since:
+      best = max(best, int(row["step"]))
+  return best
+
+
 def _losses(row):
   return {k: v for k, v in row.items() if k.startswith("loss/")}
 
@@ -81,22 +99,26 @@ def train_faults(root, kills, steps, rng):
   for k in range(kills):
     proc = subprocess.Popen(_train_cmd(run, data, steps), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    delay = rng.uniform(1.0, clean_s * 0.9)
-    try:
-      proc.wait(timeout=delay)
+    # Kill k lands after a random logged step (0 = during start-up and compilation) plus a
+    # random fraction of a step, so kills fall in compilation, steps, saves and evaluations.
+    target = rng.randrange(0, steps - 1) if k else 0
+    extra = rng.uniform(0.0, 2.0)
+    start = time.time() - 1.0
+    while proc.poll() is None and _progress(run, start) < target:
+      time.sleep(0.05)
+    if proc.poll() is not None:
       landed.append(f"kill {k + 1}: run ended first")
-      break
-    except subprocess.TimeoutExpired:
-      pass
-    before = max(_rows(run)) if (run / "metrics.jsonl").exists() and _rows(run) else 0
+      continue
+    time.sleep(extra)
+    before = _progress(run, start)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     ckpts = sorted(int(p.name) for p in (run / "checkpoints").iterdir()
                    if p.name.isdigit()) if (run / "checkpoints").exists() else []
     last = ckpts[-1] if ckpts else 0
     redone += max(0, before - last)
-    landed.append(f"kill {k + 1} at {delay:.1f} s: logged step {before}, "
-                  f"checkpoint {last}")
+    landed.append(f"kill {k + 1} {time.time() - start:.1f} s into the run: logged step "
+                  f"{before}, last checkpoint {last}")
   final = subprocess.run(_train_cmd(run, data, steps), env=_env(), capture_output=True,
                          text=True)
   if final.returncode:

@@ -83,13 +83,13 @@ def _g_axis(path, ndim: int) -> int:
   return 1 if _is_transposed(path) else ndim - 1
 
 
-def _fold(path, g: np.ndarray, v: np.ndarray) -> np.ndarray:
+def fold_weight(path, g: np.ndarray, v: np.ndarray) -> np.ndarray:
   """w = g * v / ||v|| (in our layout)."""
   return layers.normalized_weight(v.astype(np.float64), g.astype(np.float64),
                                   _g_axis(path, v.ndim)).astype(v.dtype)
 
 
-def _unfold(path, w: np.ndarray):
+def unfold_weight(path, w: np.ndarray):
   """(g, v) with v = w and g = ||w||, so that g * v / ||v|| == w exactly."""
   g = layers.weight_norm_scale(w.astype(np.float64), _g_axis(path, w.ndim))
   return g.reshape(-1).astype(w.dtype), w
@@ -142,11 +142,11 @@ def _match(ours: Dict, like: Mapping, path) -> Dict:
   errors = []
   leafy = {k for k, v in like.items() if not isinstance(v, Mapping)}
   if leafy and {"weight_g", "weight_v"} <= set(like) and "weight" in ours:
-    g, v = _unfold(path, ours.pop("weight"))
+    g, v = unfold_weight(path, ours.pop("weight"))
     ours = dict(ours, weight_g=g, weight_v=v)
   elif leafy and "weight" in like and {"weight_g", "weight_v"} <= set(ours):
     ours = dict(ours)
-    ours["weight"] = _fold(path, ours.pop("weight_g"), ours.pop("weight_v"))
+    ours["weight"] = fold_weight(path, ours.pop("weight_g"), ours.pop("weight_v"))
   for k, target in like.items():
     name = "/".join(path + (k,))
     if k not in ours:
@@ -199,7 +199,7 @@ def flax_to_torch(params: Mapping, fold_weight_norm: bool = False) -> Dict[str, 
   def visit(node, path):
     leaves = {k: np.asarray(v) for k, v in node.items() if not isinstance(v, Mapping)}
     if fold_weight_norm and {"weight_g", "weight_v"} <= set(leaves):
-      leaves["weight"] = _fold(path, leaves.pop("weight_g"), leaves.pop("weight_v"))
+      leaves["weight"] = fold_weight(path, leaves.pop("weight_g"), leaves.pop("weight_v"))
     v_ndim = leaves["weight_v"].ndim if "weight_v" in leaves else 3
     for name, value in leaves.items():
       out[official_name(path + (name,))] = _to_torch(path, name, value, v_ndim)

@@ -12,6 +12,7 @@ import numpy as np
 from flax import traverse_util
 
 from vits_jax.convert import source as source_lib
+from vits_jax.convert import torch_names
 
 
 def complete_params(src: source_lib.Source, seed: int = 0) -> Tuple[Dict[str, Any], int]:
@@ -35,13 +36,9 @@ def complete_params(src: source_lib.Source, seed: int = 0) -> Tuple[Dict[str, An
       continue
     fresh += 1
     out[key] = _fresh(key[-1], tuple(shape.shape), rng)
-  for key, value in out.items():    # weight norm: g = ||v|| for fresh pairs
+  for key in out:    # weight norm: g = ||v|| for fresh pairs
     if key[-1] == "weight_g" and key not in have:
-      v = out[key[:-1] + ("weight_v",)]
-      keep = 1 if key[-2].startswith("ups_") else v.ndim - 1
-      from vits_jax.models import layers
-      out[key] = layers.weight_norm_scale(v.astype(np.float64), keep).reshape(-1).astype(
-          np.float32)
+      out[key], _ = torch_names.unfold_weight(key[:-1], out[key[:-1] + ("weight_v",)])
   return traverse_util.unflatten_dict(out), fresh
 
 

@@ -82,11 +82,8 @@ def official_to_hf(name: str) -> str:
 
 def hf_state_dict(params) -> Dict[str, np.ndarray]:
   """Flax generator params -> HF names and layouts (decoder weight norm folded)."""
-  official = torch_names.flax_to_torch(params)
-  dec = {k: v for k, v in torch_names.flax_to_torch(
-      {"dec": params["dec"]}, fold_weight_norm=True).items()}
-  official = {k: v for k, v in official.items() if not k.startswith("dec.")}
-  official.update(dec)
+  official = torch_names.flax_to_torch({k: v for k, v in params.items() if k != "dec"})
+  official.update(torch_names.flax_to_torch({"dec": params["dec"]}, fold_weight_norm=True))
   out = {}
   for name, value in official.items():
     value = np.ascontiguousarray(value, np.float32)
@@ -112,13 +109,14 @@ def hf_config(config) -> Dict[str, Any]:
     raise ValueError("cannot export to hf: transformers' VitsModel has only ResBlock1 "
                      f"(HiFi-GAN V1) decoders and this voice uses resblock '{m.resblock}' "
                      "(Piper medium / x_low voices); export it --to piper or --to official")
-  fixed = dict(flow_n_flows=4, flow_n_layers=4, flow_kernel_size=5, flow_dilation_rate=1,
-               enc_q_kernel_size=5, enc_q_dilation_rate=1, sdp_kernel_size=3, sdp_n_flows=4,
-               dp_filter_channels=256, dp_kernel_size=3)
-  for key, value in fixed.items():
-    if key in m and m[key] != value:
+  from configs import base
+  official = base.get_config().model
+  for key in ("flow_n_flows", "flow_n_layers", "flow_kernel_size", "flow_dilation_rate",
+              "enc_q_kernel_size", "enc_q_dilation_rate", "sdp_kernel_size", "sdp_n_flows",
+              "dp_filter_channels", "dp_kernel_size"):
+    if key in m and m[key] != official[key]:
       raise ValueError(f"cannot export to hf: model.{key}={m[key]} (VitsConfig fixes the "
-                       f"official {value})")
+                       f"official {official[key]})")
   infer = config.get("infer", None) or {}
   n_speakers = int(m.get("n_speakers", 0) or 0)
   return {

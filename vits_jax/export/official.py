@@ -22,11 +22,12 @@ from vits_jax.convert import source as source_lib
 from vits_jax.convert import torch_names
 from vits_jax.export import common
 
-# Sizes the official SynthesizerTrn hard-codes (config fields here).
-_HARD_CODED = dict(n_layers_enc_q=16, enc_q_kernel_size=5, enc_q_dilation_rate=1,
-                   flow_n_flows=4, flow_n_layers=4, flow_kernel_size=5, flow_dilation_rate=1,
-                   sdp_kernel_size=3, sdp_p_dropout=0.5, sdp_n_flows=4,
-                   dp_filter_channels=256, dp_kernel_size=3, dp_p_dropout=0.5)
+# Sizes the official SynthesizerTrn hard-codes (config fields here, official values in
+# configs/base.py).
+_HARD_CODED = ("n_layers_enc_q", "enc_q_kernel_size", "enc_q_dilation_rate", "flow_n_flows",
+               "flow_n_layers", "flow_kernel_size", "flow_dilation_rate", "sdp_kernel_size",
+               "sdp_p_dropout", "sdp_n_flows", "dp_filter_channels", "dp_kernel_size",
+               "dp_p_dropout")
 _PERIODS = (2, 3, 5, 7, 11)
 _MODEL_KEYS = ("inter_channels", "hidden_channels", "filter_channels", "n_heads", "n_layers",
                "kernel_size", "p_dropout", "resblock", "resblock_kernel_sizes",
@@ -47,10 +48,11 @@ def official_config(config) -> Dict[str, Any]:
   """
   from configs import base
   m, d, t = config.model, config.data, config.train
-  for key, value in _HARD_CODED.items():
-    if key in m and m[key] != value:
+  official = base.get_config().model
+  for key in _HARD_CODED:
+    if key in m and m[key] != official[key]:
       raise ValueError(f"cannot export to official: model.{key}={m[key]} but the official "
-                       f"SynthesizerTrn hard-codes {value}")
+                       f"SynthesizerTrn hard-codes {official[key]}")
   unused = base.OFFICIAL_UNUSED
   train = {**unused["train"], **{k: _plain(t[k]) for k in _TRAIN_KEYS if k in t}}
   data = {"training_files": "filelists/train.txt", "validation_files": "filelists/val.txt",

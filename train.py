@@ -16,6 +16,7 @@ Compiled programs are cached in ~/.cache/vits_jax/xla (set VITS_JAX_XLA_CACHE= t
 a restarted run skips most of its compilation.
 """
 
+import os
 import sys
 
 from absl import app
@@ -52,13 +53,21 @@ def main(argv):
     # Must run before anything touches a JAX device.
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except training.NonFiniteError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  except (training.NonFiniteError, training.SaveError) as e:
+    _exit_now(f"error: {e}", 1)
   except (ValueError, FileNotFoundError) as e:
     # User mistakes (bad data dir, init_from, config values) are raised with a clear message.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit_now(f"error: {e}", 2)
+
+
+def _exit_now(message: str, code: int):
+  """Prints `message` and exits without waiting for step programs still compiling in the
+  background (minutes for a full-size model); checkpoints in flight were finished by the
+  loop before the error came up."""
+  print(message, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)   # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

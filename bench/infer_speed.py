@@ -53,7 +53,13 @@ def main():
   p.add_argument("--runs", type=int, default=10)
   p.add_argument("--voice", default="joe")
   p.add_argument("--e2e-runs", type=int, default=3)
+  p.add_argument("--startup-runs", type=int, default=5,
+                 help="one-line CLI runs each (0: skip the start-up part)")
+  p.add_argument("--only-startup", action="store_true")
   args = p.parse_args()
+  if args.only_startup:
+    startup(args)
+    return
 
   set_threads(args.threads)
 
@@ -135,6 +141,8 @@ def main():
       print(f"\nprograms for the {len(lines)} lines at batch {b}: {len(used)} "
             f"({sorted(k[1] for k in used)})")
     end_to_end(args)
+  if args.startup_runs > 0:
+    startup(args)
 
 
 def set_threads(threads):
@@ -191,6 +199,72 @@ def end_to_end(args):
         f"(min {t_ort.min():.1f}, max {t_ort.max():.1f})")
   print(f"  ratio vits_jax / onnxruntime: {np.median(t_jax / t_ort):.2f}x warm, "
         f"{cold / np.median(t_ort):.2f}x cold ({cold:.1f} s with an empty compile cache)")
+  shutil.rmtree(tmp, ignore_errors=True)
+
+
+STARTUP_TEXT = "Hello there."
+
+# The parts of a one-line synthesis, timed inside a fresh process (warm caches).
+_PARTS = """
+import sys, time
+t0 = time.perf_counter()
+import jax, jax.numpy
+t1 = time.perf_counter()
+from vits_jax import load_voice
+voice = load_voice(sys.argv[1])
+t2 = time.perf_counter()
+voice.synthesize(sys.argv[2])
+t3 = time.perf_counter()
+voice.synthesize(sys.argv[2])
+t4 = time.perf_counter()
+print(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+"""
+
+
+def startup(args):
+  """The one-line CLI in a fresh process: `infer.py --text ... --out` vs the piper-tts CLI
+  (`python -m piper`) on the same voice and text, interleaved; warm and cold caches."""
+  import shutil
+  import subprocess
+  import tempfile
+  import numpy as np
+  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+  tmp = tempfile.mkdtemp(prefix="vits_jax_startup_")
+  onnx = str(_onnx_path(args.voice))
+  env = dict(os.environ)
+  jax_cmd = [sys.executable, os.path.join(root, "infer.py"), "--voice", args.voice,
+             "--text", STARTUP_TEXT, "--out", os.path.join(tmp, "jax.wav")]
+  piper_cmd = [sys.executable, "-m", "piper", "-m", onnx, "-f", os.path.join(tmp, "p.wav")]
+
+  def timed(cmd, extra_env=None, stdin=None):
+    t = time.perf_counter()
+    subprocess.run(cmd, env=dict(env, **(extra_env or {})), check=True, input=stdin,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    return time.perf_counter() - t
+
+  timed(jax_cmd)          # warms the compile and voice caches
+  timed(piper_cmd, stdin=STARTUP_TEXT)
+  t_jax, t_piper = [], []
+  for _ in range(args.startup_runs):
+    t_jax.append(timed(jax_cmd))
+    t_piper.append(timed(piper_cmd, stdin=STARTUP_TEXT))
+  cold = timed(jax_cmd, {"VITS_JAX_XLA_CACHE": os.path.join(tmp, "empty_cache")})
+  out = subprocess.run([sys.executable, "-c", _PARTS, args.voice, STARTUP_TEXT], env=env,
+                       check=True, capture_output=True, text=True, cwd=root).stdout
+  t_import, t_load, t_first, t_second = map(float, out.split()[-4:])
+  t_python = min(timed([sys.executable, "-c", "pass"]) for _ in range(3))
+  t_jax, t_piper = np.array(t_jax), np.array(t_piper)
+  print(f"\nstart-up: one line ({STARTUP_TEXT!r}) to a WAV file, fresh processes, "
+        f"{args.startup_runs} interleaved runs:")
+  print(f"  infer.py --text --out (warm caches): median {np.median(t_jax):.2f} s "
+        f"(min {t_jax.min():.2f}, max {t_jax.max():.2f})")
+  print(f"  python -m piper (piper-tts CLI):     median {np.median(t_piper):.2f} s "
+        f"(min {t_piper.min():.2f}, max {t_piper.max():.2f})")
+  print(f"  ratio vits_jax / piper-tts: {np.median(t_jax / t_piper):.2f}x warm, "
+        f"{cold / np.median(t_piper):.2f}x cold ({cold:.2f} s with empty caches)")
+  print(f"  parts (warm): python {t_python:.2f} s, import jax {t_import:.2f} s, load_voice "
+        f"{t_load:.2f} s, first sentence {t_first:.2f} s (programs loaded), second "
+        f"{t_second:.2f} s")
   shutil.rmtree(tmp, ignore_errors=True)
 
 

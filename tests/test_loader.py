@@ -124,6 +124,23 @@ def test_epoch_uses_each_clip_once_and_never_mixes_buckets(prepared):
   assert n_train - len(seen) < 4  # only the last remainder is left out
 
 
+def test_buckets_in_order_are_the_shapes_the_stream_meets_first(prepared):
+  """The loop compiles these ahead; they must be exactly the shapes of batches [start, stop)
+  in order of first appearance."""
+  data_dir, _ = prepared
+  ld = _train(data_dir)
+  assert len(ld.buckets) > 1
+  per_epoch = ld.batches_per_epoch
+  for start, stop in ((0, 1), (0, 3), (per_epoch - 1, per_epoch + 2), (5, 3 * per_epoch)):
+    want = []
+    for i in range(start, stop):
+      batch = ld.dataset[i]
+      shape = (batch["text"].shape[1], batch["audio"].shape[1])
+      if shape not in want:
+        want.append(shape)
+    assert ld.buckets_in_order(start, stop) == want, (start, stop)
+
+
 def test_iterator_state_restores_the_exact_stream(prepared):
   data_dir, _ = prepared
   ld = _train(data_dir, num_threads=3, prefetch=5)

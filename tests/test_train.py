@@ -7,6 +7,7 @@ once, the others reuse it.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -266,6 +267,107 @@ def test_resume_continues_bitwise(run_a, data_dir, tmp_path):
   for step in (1, 2, 3, 4):
     assert tu.losses(rows[step]) == tu.losses(ref[step]), step
   chex.assert_trees_all_equal(tu.checkpoint_params(tmp_path, 4), tu.checkpoint_params(run_a, 4))
+
+
+def test_lazy_compilation_gives_the_same_run(run_a, data_dir, tmp_path):
+  """Programs compiled ahead in threads (the default) train exactly as jit's lazy path."""
+  tu.run_train(tmp_path, data_dir, "--config.train.compile_ahead=False", *EVAL)
+  rows, ref = tu.train_rows(tmp_path), tu.train_rows(run_a)
+  for step in (1, 2, 3, 4):
+    assert tu.losses(rows[step]) == tu.losses(ref[step]), step
+  val = lambda w: {r["step"]: {k: v for k, v in r.items() if k.startswith("val/")}
+                   for r in tu.metrics(w) if "val/mel_l1" in r}
+  assert val(tmp_path) == val(run_a)
+
+
+# A train.py whose evaluation program takes minutes to compile (a stand-in for a full-size
+# evaluation or a new bucket compiling on a slow host).
+_SLOW_EVAL = """
+import sys, time
+from vits_jax.training import programs
+submit = programs.AheadCompiler.submit
+class Slow:
+  def __init__(self, jitted): self.jitted = jitted
+  def lower(self, *args):
+    time.sleep(600)
+    return self.jitted.lower(*args)
+def slow_submit(self, key, jitted, *args):
+  submit(self, key, Slow(jitted) if key == "eval" else jitted, *args)
+programs.AheadCompiler.submit = slow_submit
+sys.argv = ["train.py"] + sys.argv[1:]
+import runpy
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_sigterm_while_a_program_compiles_saves_the_steps_within_seconds(run_a, data_dir,
+                                                                         tmp_path):
+  """Steps 5 and 6 run, then the loop waits for the evaluation program: SIGTERM saves step 6
+  and exits 0 within seconds instead of waiting for the compilation."""
+  shutil.copytree(run_a, tmp_path / "run")
+  cmd = [sys.executable, "-c", _SLOW_EVAL] + tu.train_cmd(
+      tmp_path / "run", data_dir, "--config.train.num_steps=10",
+      "--config.train.eval_every=6", "--config.train.log_every=1",
+      "--config.train.checkpoint_every=100")[2:]
+  proc = subprocess.Popen(cmd, cwd=tu.REPO, env=tu._env(),  # pylint: disable=protected-access
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and \
+        6 not in tu.train_rows(tmp_path / "run"):
+      time.sleep(0.2)
+    time.sleep(1.0)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    took = time.time() - sent
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, err[-3000:]
+  assert took < 10, took
+  assert "preempted: checkpoint saved at step 6" in out + err
+  saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir())
+  assert saved[-1] == 6 and max(tu.train_rows(tmp_path / "run")) == 6
+  # The saved state resumes: steps 7.. continue from it.
+  tu.run_train(tmp_path / "run", data_dir, "--config.train.num_steps=7",
+               "--config.train.eval_every=100", "--config.train.log_every=1")
+  assert max(tu.train_rows(tmp_path / "run")) == 7
+
+
+def _limit_file_size(limit):
+  def apply():
+    import resource
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes fail with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+  return apply
+
+
+def test_checkpoint_on_a_full_disk_is_one_error_and_keeps_the_earlier_ones(run_a, data_dir,
+                                                                          tmp_path):
+  """A file-size limit stands in for a full disk: saving step 6 fails with one error line,
+  exit 1, checkpoints 2 and 4 stay intact and a rerun resumes from step 4."""
+  shutil.copytree(run_a, tmp_path / "run")
+  before = tu.checkpoint_params(tmp_path / "run", 4)
+  overrides = ("--config.train.num_steps=6", "--config.train.checkpoint_every=2",
+               "--config.train.eval_every=100", "--config.train.log_every=1")
+  proc = subprocess.run(
+      [sys.executable, "-B", *tu.train_cmd(tmp_path / "run", data_dir, *overrides)[1:]],
+      cwd=tu.REPO, env=tu._env(PYTHONDONTWRITEBYTECODE="1"),  # pylint: disable=protected-access
+      capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size(64_000))
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert "cannot save the checkpoint of step" in errors[0] and "intact" in errors[0]
+  saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert saved == [2, 4]
+  chex.assert_trees_all_equal(tu.checkpoint_params(tmp_path / "run", 4), before)
+  proc = tu.run_train(tmp_path / "run", data_dir, *overrides)
+  assert "resuming from step 4" in proc.stdout
+  assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
+                if p.name.isdigit()) == [2, 4, 6]
 
 
 def test_two_devices_match_one(run_a, data_dir, tmp_path):

@@ -173,11 +173,13 @@ def test_workdir_latest_checkpoint(tmp_path, multi):
   config.data.n_speakers = 3
   config.data.sampling_rate = 16000
   (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+  from vits_jax.convert.source import load_source
+  trained = load_source(MULTI).params    # as training holds them (weight norm unfolded)
   ckpt = ocp.PyTreeCheckpointer()
-  zeros = {"generator": _zeros_like(multi.params)}
+  zeros = {"generator": _zeros_like(trained)}
   ckpt.save(tmp_path / "checkpoints" / "5" / "state", {"params": zeros, "step": 5})
   ckpt.save(tmp_path / "checkpoints" / "12" / "state",
-            {"params": {"generator": multi.params}, "step": 12})
+            {"params": {"generator": trained}, "step": 12})
   voice = load_voice(tmp_path)
   assert voice.num_speakers == 3 and voice.sample_rate == 16000
   ids = _ids(voice)
@@ -201,3 +203,61 @@ def test_load_voice_errors(tmp_path):
     load_voice(text)
   with pytest.raises(ValueError):
     load_voice(tmp_path)  # a folder with no voice in it
+
+
+def test_folded_weight_norm_gives_the_same_audio(multi):
+  """Voices keep plain weights (g * v / ||v|| computed once at load); the model with the
+  unfolded (g, v) params gives the same audio to float32 rounding."""
+  from vits_jax.convert.source import load_source
+  src = load_source(MULTI)
+  flat = lambda tree: {"/".join(map(str, k)) for k, _ in
+                       __import__("flax").traverse_util.flatten_dict(tree).items()}
+  folded = flat(multi.params)
+  assert not any(k.endswith(("weight_g", "weight_v")) for k in folded)
+  assert any(k.endswith("weight_v") for k in flat(src.params))
+  unfolded = voice_lib.Voice(multi.model, src.params, multi.frontend, multi.sample_rate)
+  ids = _ids(multi)
+  for noise in (0.0, 0.667):
+    got = multi.synthesize_ids(ids, 1, noise_scale=noise, noise_scale_w=noise)
+    want = unfolded.synthesize_ids(ids, 1, noise_scale=noise, noise_scale_w=noise)
+    for g, w in zip(got, want):
+      assert g.shape == w.shape
+      np.testing.assert_allclose(g, w, atol=2e-5)
+
+
+def test_second_load_reads_the_cached_conversion(tmp_path, monkeypatch, multi):
+  """A Piper voice is converted once; later loads read the cache entry (no ONNX parse), an
+  edited voice file or a damaged entry is converted again."""
+  import shutil
+  from vits_jax.convert import cache, source
+  monkeypatch.setenv("VITS_JAX_XLA_CACHE", str(tmp_path / "cache"))
+  onnx = tmp_path / "v.onnx"
+  shutil.copy(MULTI, onnx)
+  shutil.copy(str(MULTI) + ".json", str(onnx) + ".json")
+  first = load_voice(onnx)
+  entries = list((tmp_path / "cache" / "voices").glob("*.npz"))
+  assert len(entries) == 1
+
+  def no_parse(*a, **k):
+    raise AssertionError("parsed the ONNX file again")
+  monkeypatch.setattr(source, "load_source", no_parse)
+  second = load_voice(str(onnx) + ".json")
+  assert second.speaker_names == first.speaker_names == multi.speaker_names
+  assert second.sample_rate == first.sample_rate
+  ids = _ids(multi)
+  for g, w in zip(second.synthesize_ids(ids, 2), multi.synthesize_ids(ids, 2)):
+    np.testing.assert_array_equal(g, w)
+  monkeypatch.undo()
+  monkeypatch.setenv("VITS_JAX_XLA_CACHE", str(tmp_path / "cache"))
+  # A damaged entry is ignored (and rewritten).
+  entries[0].write_bytes(b"not an npz")
+  assert cache.read(entries[0]) is None
+  load_voice(onnx)
+  assert cache.read(entries[0]) is not None
+  # An edited voice file names a new entry.
+  import os
+  os.utime(onnx, ns=(1, 1))
+  load_voice(onnx)
+  assert len(list((tmp_path / "cache" / "voices").glob("*.npz"))) == 2
+  monkeypatch.setenv("VITS_JAX_XLA_CACHE", "")   # cache off: nothing written
+  assert cache.entry_path([onnx]) is None

@@ -89,6 +89,25 @@ def fold_weight(path, g: np.ndarray, v: np.ndarray) -> np.ndarray:
                                   _g_axis(path, v.ndim)).astype(v.dtype)
 
 
+def fold_weight_norm(params: Mapping[str, Any], path=()) -> Dict:
+  """Params with every weight-normed conv's (`weight_g`, `weight_v`) replaced by its plain
+  `weight` = g * v / ||v||, computed once in float64. Inference never needs g and v apart,
+  and the model (`layers._WeightMixin`) uses a folded `weight` where it finds one, so the
+  compiled programs skip the norms."""
+  out: Dict = {}
+  for name, value in params.items():
+    if isinstance(value, Mapping):
+      if "weight_g" in value and "weight_v" in value:
+        rest = {k: v for k, v in value.items() if k not in ("weight_g", "weight_v")}
+        out[name] = {**rest, "weight": fold_weight(
+            (*path, name), np.asarray(value["weight_g"]), np.asarray(value["weight_v"]))}
+      else:
+        out[name] = fold_weight_norm(value, (*path, name))
+    else:
+      out[name] = value
+  return out
+
+
 def unfold_weight(path, w: np.ndarray):
   """(g, v) with v = w and g = ||w||, so that g * v / ||v|| == w exactly."""
   g = layers.weight_norm_scale(w.astype(np.float64), _g_axis(path, w.ndim))

@@ -120,8 +120,10 @@ class Loader:
   """
 
   def __init__(self, dataset: grain.MapDataset, buckets, batches_per_epoch: int,
-               host_batch_size: int, excluded: int, read_options: grain.ReadOptions):
+               host_batch_size: int, excluded: int, read_options: grain.ReadOptions,
+               bucket_of_batch=None):
     self.dataset, self.buckets = dataset, buckets
+    self._bucket_of_batch = bucket_of_batch
     self.batches_per_epoch, self.host_batch_size = batches_per_epoch, host_batch_size
     self.excluded = excluded
     self._read_options = read_options
@@ -138,6 +140,22 @@ class Loader:
 
   def __iter__(self):
     return self.iterator()
+
+  def buckets_in_order(self, start: int, stop: int) -> list[tuple[int, int]]:
+    """The buckets batches [start, stop) use, in the order of their first use (known from
+    the plan, so every program a run needs can be compiled before it is reached). Looks at
+    most 3 epochs ahead."""
+    per_epoch = max(self.batches_per_epoch, 1)
+    order, i = [], int(start)
+    stop = min(int(stop), (int(start) // per_epoch + 3) * per_epoch)
+    while i < stop and len(order) < len(self.buckets):
+      epoch, pos = divmod(i, per_epoch)
+      which = self._bucket_of_batch(epoch)
+      for b in which[pos:pos + (stop - i)]:
+        if self.buckets[b] not in order:
+          order.append(self.buckets[b])
+      i = (epoch + 1) * per_epoch
+    return order
 
   def position(self, state: dict[str, Any]) -> tuple[int, int]:
     """(epoch, batch within the epoch) of the next batch an iterator in `state` yields."""
@@ -205,7 +223,8 @@ def make_train_loader(data_dir: str, batch_size: int, seed: int, *, buckets=None
   total = sys.maxsize if num_epochs is None else per_epoch * num_epochs
   dataset = grain.MapDataset.range(total).map(get_batch)
   return Loader(dataset, bks, per_epoch, host_bsz, int((ids < 0).sum()),
-                grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+                grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch),
+                bucket_of_batch=lambda epoch: planner.plan(epoch)[1])
 
 
 def make_eval_loader(data_dir: str, batch_size: int, *, buckets=None, split: str = "validation",

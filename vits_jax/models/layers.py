@@ -136,7 +136,8 @@ class _WeightMixin:
       init = _torch_uniform(fan_in)
     else:
       init = nn.initializers.normal(init_std)
-    if not self.weight_norm:
+    if not self.weight_norm or self.has_variable("params", "weight"):
+      # (a weight-normed conv folded for inference: `torch_names.fold_weight_norm`)
       return self.param("weight", init, tuple(shape))
     v = self.param("weight_v", init, tuple(shape))
     g = self.param("weight_g", lambda _: weight_norm_scale(v, norm_axis).reshape(-1))

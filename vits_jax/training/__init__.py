@@ -4,6 +4,7 @@
     train_and_evaluate(config, workdir)
 """
 
+from vits_jax.training.checkpoint import SaveError
 from vits_jax.training.loop import NonFiniteError, train_and_evaluate
 
-__all__ = ["NonFiniteError", "train_and_evaluate"]
+__all__ = ["NonFiniteError", "SaveError", "train_and_evaluate"]

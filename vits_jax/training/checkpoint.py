@@ -75,6 +75,23 @@ def _process_file() -> str:
   return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
 
 
+class SaveError(RuntimeError):
+  """A checkpoint could not be written (a full disk, a file-size limit, permissions); the
+  checkpoints saved before it are intact."""
+
+
+def _save_error(directory, step, e: BaseException) -> SaveError:
+  text = str(e).strip()
+  reason = getattr(e, "strerror", None) or (text.splitlines()[0] if text else type(e).__name__)
+  for needle, plain in (("No space left", "the disk is full"),
+                        ("File too large", "a file-size limit was reached (disk full?)")):
+    if needle in str(e):
+      reason = plain
+  where = f"step {step}" if step is not None else "the last step"
+  return SaveError(f"cannot save the checkpoint of {where} in {directory}: {reason}; "
+                   f"the earlier checkpoints are intact")
+
+
 class Checkpointer:
   """Saves and restores (train state, data position, config) under `workdir/checkpoints`."""
 
@@ -88,6 +105,7 @@ class Checkpointer:
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": DataStateHandler(),
                        "config": ocp.JsonCheckpointHandler()})
+    self._pending = None
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -103,10 +121,15 @@ class Checkpointer:
         jax.device_get(state.params))):
       logging.error("step %d: params are not finite; checkpoint not saved", step)
       return False
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-        data=DataStateSave(data_state),
-        config=ocp.args.JsonSave(config.to_dict())), force=True)
+    self._check_room(step, state)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+          data=DataStateSave(data_state),
+          config=ocp.args.JsonSave(config.to_dict())), force=True)
+    except Exception as e:  # pylint: disable=broad-except  (orbax wraps the OSError)
+      raise _save_error(self.directory, step, e) from e
+    self._pending = step
     return True
 
   def restore(self, step: int, abstract_state: state_lib.TrainState):
@@ -125,9 +148,41 @@ class Checkpointer:
     state = flax.serialization.from_state_dict(abstract_state, restored["state"])
     return state, restored["data"]
 
+  def _check_room(self, step: int, state) -> None:
+    """SaveError before writing anything if the checkpoint cannot fit: the free disk space
+    or the process's file-size limit is below the state's size (a failed write would be
+    caught too, but orbax's background threads log pages of traces first)."""
+    import resource
+    import shutil
+    need = sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+               for x in jax.tree_util.tree_leaves(state))
+    mb = lambda n: f"{n / 2**20:.0f} MB"
+    try:
+      free = shutil.disk_usage(self.directory).free
+    except OSError:
+      free = None
+    if free is not None and free < need + (16 << 20):
+      raise SaveError(f"cannot save the checkpoint of step {step} in {self.directory}: the "
+                      f"disk is full (it needs about {mb(need)}, {mb(free)} free); the "
+                      f"earlier checkpoints are intact")
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit not in (resource.RLIM_INFINITY, -1) and limit < need:
+      raise SaveError(f"cannot save the checkpoint of step {step} in {self.directory}: it "
+                      f"needs about {mb(need)}, more than this process's file-size limit "
+                      f"({limit} bytes, ulimit -f); the earlier checkpoints are intact")
+
+  def wait(self):
+    """Waits for the save in flight; SaveError if it failed."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise _save_error(self.directory, self._pending, e) from e
+
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
 
 def load_generator_params(workdir: str, step: Optional[int] = None,

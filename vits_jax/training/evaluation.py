@@ -17,6 +17,8 @@ TensorBoard also gets, for clip 0, the real / teacher-timed / inferred mels, bot
 and the audio (the real clip once, at the first evaluation).
 """
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +26,7 @@ import numpy as np
 from vits_jax import audio
 from vits_jax.training import metrics as metrics_lib
 from vits_jax.training import parallel
+from vits_jax.training import programs
 from vits_jax.training import step as step_lib
 
 NOISE_SCALE = 0.667
@@ -113,12 +116,25 @@ class Evaluator:
                            out_shardings=repl)
     self._logged_reference = False
 
-  def run(self, params) -> tuple:
-    out = jax.device_get(self.eval_fn(params, self.batch))
+  def abstract_args(self, abstract_params) -> tuple:
+    """The evaluation program's argument shapes (for ahead-of-time compilation)."""
+    return abstract_params, programs.abstract_like(self.batch)
+
+  def run(self, params, program=None, interrupted=lambda: False) -> Optional[tuple]:
+    """(scalars, host outputs), or None if `interrupted()` turned true while it ran.
+    `program`: the evaluation compiled ahead (default: `eval_fn` compiles on first use)."""
+    out = (program or self.eval_fn)(params, self.batch)
+    if not programs.wait_ready(out, interrupted):
+      return None
+    out = jax.device_get(out)
     return summarize(out, self.batch_np, self.hop), out
 
-  def run_and_log(self, params, step: int, writer: metrics_lib.MetricWriter) -> dict:
-    scalars, out = self.run(params)
+  def run_and_log(self, params, step: int, writer: metrics_lib.MetricWriter, program=None,
+                  interrupted=lambda: False) -> Optional[dict]:
+    result = self.run(params, program, interrupted)
+    if result is None:
+      return None
+    scalars, out = result
     writer.write_scalars(step, scalars)
     if writer.enabled:
       self._log_media(step, out, writer)

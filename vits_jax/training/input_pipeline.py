@@ -40,6 +40,12 @@ class TrainInput:
   def steps_per_epoch(self) -> int:
     return int(self.loader.batches_per_epoch)
 
+  def buckets_in_order(self, n_batches: int) -> list:
+    """The (text, audio) bucket shapes of the next `n_batches` batches, in order of first
+    use (for compiling their programs ahead)."""
+    start = int(self._it.get_state()["next_index"])
+    return self.loader.buckets_in_order(start, start + max(int(n_batches), 0))
+
   def __next__(self) -> dict:
     batch = next(self._it)
     return {k: batch[k] for k in TRAIN_KEYS}

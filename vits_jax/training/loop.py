@@ -25,6 +25,7 @@ from vits_jax.training import evaluation
 from vits_jax.training import input_pipeline
 from vits_jax.training import metrics as metrics_lib
 from vits_jax.training import parallel
+from vits_jax.training import programs
 from vits_jax.training import state as state_lib
 from vits_jax.training import step as step_lib
 from vits_jax.training import warm_start
@@ -153,6 +154,10 @@ class _Preemption:
   def saved(self):
     self._unsaved_steps = 0
 
+  def is_set(self) -> bool:
+    """SIGTERM seen (this process; with several processes, see `reached`)."""
+    return self._flag.is_set()
+
   def reached(self, step: int) -> bool:
     if self.multi_process:
       from jax.experimental import multihost_utils
@@ -229,16 +234,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     train_data.set_state(data_state)
     if is_main:
       print(f"resuming from step {latest} ({ckpt.directory})", flush=True)
-  else:
-    state = jax.jit(init_state, out_shardings=state_sharding,
-                    compiler_options=init_compiler_options())(rng)
-    if t.init_from:
-      state = warm_start.warm_start(state, t.init_from, config, repl)
-  if is_main:
-    records.write_json_atomic(os.path.join(workdir, CONFIG_FILE),
-                              json.loads(json.dumps(config.to_dict(), default=str)))
 
-  # --- Update step -----------------------------------------------------------------------
+  # --- Update step and evaluation: compiled ahead, concurrently -------------------------
   step_fn = step_lib.make_train_step(config, generator, discriminator, tx_g, tx_d, lr_fn)
   traces = [0]
 
@@ -251,9 +248,40 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   evaluator = evaluation.Evaluator(config, generator, val_batch, mesh) \
       if val_batch is not None else None
 
-  # --- Loop ------------------------------------------------------------------------------
-  step = int(state.step)
+  step = int(state.step) if latest is not None else 0
   num_steps = int(t.num_steps)
+  eval_every = int(t.eval_every)
+  # A reference point before any update (fresh runs that will evaluate at all).
+  eval_at_start = evaluator is not None and step == 0 and latest is None and \
+      eval_every <= num_steps
+  will_evaluate = evaluator is not None and (eval_at_start or (
+      num_steps // eval_every > step // eval_every))
+  abstract_batch = lambda bucket: _abstract_batch(bucket, int(t.batch_size), batch_sharding)
+  compiler = programs.AheadCompiler(ahead=bool(t.compile_ahead))
+  if eval_at_start:
+    compiler.submit("eval", evaluator.eval_fn,
+                    *evaluator.abstract_args(abstract.params["generator"]))
+  for bucket in train_data.buckets_in_order(num_steps - step):
+    compiler.submit(bucket, train_step, abstract, abstract_batch(bucket))
+  if will_evaluate:
+    compiler.submit("eval", evaluator.eval_fn,
+                    *evaluator.abstract_args(abstract.params["generator"]))
+  stopping = preemption.is_set
+
+  try:
+    if latest is None:   # (compiles while the workers compile the step programs)
+      state = jax.jit(init_state, out_shardings=state_sharding,
+                      compiler_options=init_compiler_options())(rng)
+      if t.init_from:
+        state = warm_start.warm_start(state, t.init_from, config, repl)
+    if is_main:
+      records.write_json_atomic(os.path.join(workdir, CONFIG_FILE),
+                                json.loads(json.dumps(config.to_dict(), default=str)))
+  except BaseException:
+    compiler.close()
+    raise
+
+  # --- Loop ------------------------------------------------------------------------------
   max_nonfinite = int(t.max_nonfinite_steps)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main,
                                     resume_step=step if latest is not None else -1)
@@ -263,13 +291,26 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   pending = None   # (step, metrics) of the previous step: read after the next is dispatched
   interval_start, interval_steps = time.perf_counter(), 0
   try:
-    # A reference point before any update (fresh runs that will evaluate at all).
-    if evaluator is not None and step == 0 and latest is None and \
-        int(t.eval_every) <= num_steps:
-      evaluator.run_and_log(state.params["generator"], step, writer)
+    if eval_at_start:
+      program = compiler.get("eval", stopping)
+      if program is not None:
+        evaluator.run_and_log(state.params["generator"], step, writer, program, stopping)
     while step < num_steps:
       batch = parallel.global_batch(next(train_data), mesh)
-      state, metrics = train_step(state, batch)
+      bucket = (batch["text"].shape[1], batch["audio"].shape[1])
+      if bucket not in compiler:   # beyond the epochs planned ahead: compile now
+        compiler.submit(bucket, train_step, abstract, abstract_batch(bucket))
+      program = compiler.get(bucket, stopping)
+      if program is None:          # SIGTERM while this bucket compiled: save, stop
+        if pending is not None:
+          _check_nonfinite(*pending, max_nonfinite, last_saved)
+        if step != last_saved and ckpt.save(step, state, train_data.get_state(), config):
+          preemption.saved()
+        logging.warning("SIGTERM while compiling: saved step %d, exiting", step)
+        if is_main:
+          progress.write(f"preempted: checkpoint saved at step {step}")
+        break
+      state, metrics = program(state, batch)
       step += 1
       preemption.stepped()
       interval_steps += 1
@@ -292,8 +333,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                               "mel": f"{float(host['loss/g/mel']):.3f}"}, refresh=False)
         interval_start, interval_steps = time.perf_counter(), 0
 
-      if evaluator is not None and step % int(t.eval_every) == 0:
-        evaluator.run_and_log(state.params["generator"], step, writer)
+      if evaluator is not None and step % eval_every == 0:
+        program = compiler.get("eval", stopping)
+        if program is not None:    # (None, or an unfinished run: SIGTERM, saved below)
+          evaluator.run_and_log(state.params["generator"], step, writer, program, stopping)
         interval_start, interval_steps = time.perf_counter(), 0
 
       preempted = preemption.reached(step)
@@ -309,11 +352,28 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           progress.write(f"preempted: checkpoint saved at step {step}")
         break
   finally:
+    compiler.close()
     ckpt.close()
     writer.close()
     progress.close()
     train_data.close()
+  if preemption.is_set() and compiler.busy():
+    # A compilation still running in a worker would hold the exit for its whole length.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)   # pylint: disable=protected-access
   return state
+
+
+def _abstract_batch(bucket, batch_size: int, sharding) -> dict:
+  """Shapes of a global training batch padded to `bucket` (see `data.collate`)."""
+  t_max, a_max = bucket
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+  return {"text": spec((batch_size, t_max), jnp.int32),
+          "text_lengths": spec((batch_size,), jnp.int32),
+          "audio": spec((batch_size, a_max), jnp.int16),
+          "audio_lengths": spec((batch_size,), jnp.int32),
+          "sid": spec((batch_size,), jnp.int32)}
 
 
 def _check_nonfinite(step: int, metrics: dict, max_nonfinite: int, last_saved):

@@ -263,4 +263,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  code = main()
+  # Everything is written and closed; skip the interpreter's teardown of JAX's runtime
+  # (about 0.3 s of a one-line synthesis).
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)   # pylint: disable=protected-access

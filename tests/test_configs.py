@@ -225,3 +225,19 @@ def test_piper_medium_matches_shipped_joe_voice():
   assert shapes[f'enc_p.encoder.attn_layers.{m.n_layers - 1}.emb_rel_k'][-1] == (
       m.hidden_channels // m.n_heads)
   assert np.prod(shapes['flow.flows.0.pre.weight']) == m.hidden_channels * m.inter_channels // 2
+
+
+def test_finetune_config_is_the_joe_voice_with_its_recipe():
+  """configs/finetune.py builds exactly joe's generator (so init_from=joe fills every
+  weight) and holds the fine-tuning settings."""
+  from configs import finetune
+  from vits_jax.convert.source import check_params, load_source
+  config = finetune.get_config()
+  joe = load_source('joe')
+  check_params(joe.params, config, 'joe', inference_only=True)   # raises on any mismatch
+  assert config.train.init_from == 'joe' and config.data.frontend == 'piper'
+  assert config.data.sampling_rate == joe.sample_rate and config.model.n_speakers <= 1
+  assert config.train.learning_rate < base.get_config().train.learning_rate
+  assert config.train.eval_every <= config.train.num_steps
+  with pytest.raises(ValueError):
+    finetune.get_config('x')

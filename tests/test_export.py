@@ -182,8 +182,10 @@ def _workdir(tmp_path, voice):
   config.data.piper_config = str(MULTI) + ".json"
   tmp_path.mkdir(parents=True, exist_ok=True)
   (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+  from vits_jax.convert.source import load_source
+  trained = load_source(MULTI).params    # as training holds them (weight norm unfolded)
   ocp.PyTreeCheckpointer().save(tmp_path / "checkpoints" / "9" / "state",
-                                {"params": {"generator": voice.params}, "step": 9})
+                                {"params": {"generator": trained}, "step": 9})
   return tmp_path
 
 

@@ -251,6 +251,9 @@ def test_run_logs_checkpoints_and_learns_nothing_nonfinite(run_a):
     assert np.isfinite(r["val/mel_l1"]) and r["val/mel_l1"] > 0
     assert -1 <= r["val/diagonality"] <= 1 and 0 <= r["val/diag_band"] <= 1
     assert r["val/len_ratio"] > 0
+    assert np.isfinite(r["val/mcd"]) and r["val/mcd"] > 0
+    assert 100 <= r["val/f0_median_real"] <= 230   # the gliding tones of make_corpus
+    assert "val/f0_median" in r
   p2, p4 = tu.checkpoint_params(run_a, 2), tu.checkpoint_params(run_a, 4)
   for part in ("generator", "discriminator"):
     diffs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
@@ -259,9 +262,16 @@ def test_run_logs_checkpoints_and_learns_nothing_nonfinite(run_a):
 
 
 def test_resume_continues_bitwise(run_a, data_dir, tmp_path):
-  tu.run_train(tmp_path, data_dir, "--config.train.num_steps=2", *EVAL)
-  proc = tu.run_train(tmp_path, data_dir, *EVAL)
+  # run_a compiled these programs: both runs (the second a restart) load every one of them
+  # from the persistent cache (a key that changed from run to run would compile again).
+  log = {"JAX_DEBUG_LOG_MODULES": "jax._src.compiler"}
+  first = tu.run_train(tmp_path, data_dir, "--config.train.num_steps=2", *EVAL, env=log)
+  proc = tu.run_train(tmp_path, data_dir, *EVAL, env=log)
   assert "resuming from step 2" in proc.stdout
+  for run in (first, proc):
+    assert "cache hit for 'jit_counted_step'" in run.stderr
+    assert "MISS for 'jit_counted_step'" not in run.stderr
+    assert "MISS for 'jit_eval_fn'" not in run.stderr
   rows, ref = tu.train_rows(tmp_path), tu.train_rows(run_a)
   assert [r["step"] for r in tu.metrics(tmp_path)] == [r["step"] for r in tu.metrics(run_a)]
   for step in (1, 2, 3, 4):

@@ -13,6 +13,11 @@ For each validation clip:
     diagonal.
   - `val/len_ratio`: frames the duration predictor gives the text (full inference, noise_w
     0.8) over the true number of frames.
+  - with `train.eval_speech_measures` (`training/speech_measures.py`): `val/f0_median` and
+    `val/f0_median_real` (Hz, medians over the clips of the inferred and the real speech's
+    median F0), `val/mcd` (mel-cepstral distance in dB of the teacher-timed speech to the
+    real clip) and, when `pocketsphinx` is installed, `val/wer` (word error rate of the
+    recognizer's transcript of the inferred speech against the clip's text).
 TensorBoard also gets, for clip 0, the real / teacher-timed / inferred mels, both alignments
 and the audio (the real clip once, at the first evaluation).
 """
@@ -103,8 +108,11 @@ def summarize(out: dict, batch: dict, hop: int) -> dict:
 class Evaluator:
   """Runs the evaluation on the fixed batch (all hosts) and logs it (process 0's writer)."""
 
-  def __init__(self, config, generator, batch: dict, mesh):
+  def __init__(self, config, generator, batch: dict, mesh, texts=()):
     self.config = config
+    self.texts = list(texts)
+    self.with_speech_measures = bool(config.train.get("eval_speech_measures", True))
+    self._real_f0 = None
     self.hop = int(config.data.hop_length)
     self.sample_rate = int(config.data.sampling_rate)
     self.batch_np = {k: np.asarray(v) for k, v in batch.items()}
@@ -129,12 +137,39 @@ class Evaluator:
     out = jax.device_get(out)
     return summarize(out, self.batch_np, self.hop), out
 
+  def speech_measures(self, out) -> dict:
+    """F0, MCD and WER of the evaluation's audio (module doc), computed on the host."""
+    from vits_jax.training import speech_measures as sm
+    sr, hop = self.sample_rate, self.hop
+    scale = float(self.config.data.max_wav_value)
+    lengths = self.batch_np["audio_lengths"]
+    real = [self.batch_np["audio"][b, :lengths[b]].astype(np.float32) / scale
+            for b in range(len(lengths))]
+    if self._real_f0 is None:
+      self._real_f0 = [sm.median_f0(r, sr) for r in real]
+    n_inf = np.asarray(out["inf_frames"]).astype(int) * hop
+    inferred = [out["wav_inf"][b, :n_inf[b]] for b in range(len(real))]
+    f0 = [sm.median_f0(a, sr) for a in inferred]
+    mcd = [sm.mel_cepstral_distance(out["wav_tf"][b, :lengths[b]], real[b], sr)
+           for b in range(len(real))]
+    nanmedian = lambda v: float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")
+    scalars = {"val/f0_median": nanmedian(f0), "val/f0_median_real": nanmedian(self._real_f0),
+               "val/mcd": float(np.mean(mcd))}
+    recognizer = sm.recognizer()
+    if recognizer is not None and any(self.texts):
+      wer = [sm.word_error_rate(t, recognizer.transcribe(a, sr))
+             for t, a in zip(self.texts, inferred) if t]
+      scalars["val/wer"] = float(np.mean(wer))
+    return scalars
+
   def run_and_log(self, params, step: int, writer: metrics_lib.MetricWriter, program=None,
                   interrupted=lambda: False) -> Optional[dict]:
     result = self.run(params, program, interrupted)
     if result is None:
       return None
     scalars, out = result
+    if self.with_speech_measures:
+      scalars.update(self.speech_measures(out))
     writer.write_scalars(step, scalars)
     if writer.enabled:
       self._log_media(step, out, writer)

@@ -81,5 +81,15 @@ def validation_batch(config, num_clips: int = NUM_EVAL_CLIPS) -> Optional[dict]:
   return {k: batch[k] for k in TRAIN_KEYS}
 
 
+def validation_texts(config, num_clips: int = NUM_EVAL_CLIPS) -> list:
+  """The texts of `validation_batch`'s clips, in its order (for the recognizer's WER)."""
+  manifest = records.load_manifest(config.data.dir)
+  split = "validation" if manifest["counts"].get("validation") else "train"
+  if not manifest["counts"].get(split):
+    return []
+  source = data_lib.PreparedSplit(config.data.dir, split)
+  return [str(r.get("text", "")) for r in source.read(range(min(num_clips, len(source))))]
+
+
 def _round_up(x: int, m: int) -> int:
   return -(-int(x) // m) * m

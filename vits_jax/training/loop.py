@@ -245,7 +245,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   batch_sharding = parallel.batch_sharding(mesh)
   train_step = jax.jit(counted_step, in_shardings=(state_sharding, batch_sharding),
                        out_shardings=(state_sharding, repl), donate_argnums=0)
-  evaluator = evaluation.Evaluator(config, generator, val_batch, mesh) \
+  evaluator = evaluation.Evaluator(config, generator, val_batch, mesh,
+                                   input_pipeline.validation_texts(config)) \
       if val_batch is not None else None
 
   step = int(state.step) if latest is not None else 0

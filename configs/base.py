@@ -111,6 +111,7 @@ def get_config(arg=None):
       checkpoint_every=1000,
       max_to_keep=5,
       init_from='',                # checkpoint/voice to warm-start from
+      freeze='',                   # generator modules that keep their weights, e.g. 'enc_p'
       weight_decay=0.01,           # torch.optim.AdamW's default, as in the official code
       max_nonfinite_steps=10,      # consecutive non-finite losses before training stops
       eval_speech_measures=True,   # F0, mel-cepstral distance and (pocketsphinx) WER

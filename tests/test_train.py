@@ -45,13 +45,13 @@ class _FakeSynth(nn.Module):
     b, t_y = y.shape[0], y.shape[1]
     x_mask = commons.sequence_mask(x_lengths, x.shape[1])[..., None].astype(jnp.float32)
     y_mask = commons.sequence_mask(y_lengths, t_y)[..., None].astype(jnp.float32)
-    h = nn.Embed(10, 8)(x) * x_mask
-    z = nn.Dense(8)(jnp.log(y)) * y_mask
+    h = nn.Embed(10, 8, name="enc_p")(x) * x_mask
+    z = nn.Dense(8, name="enc_q")(jnp.log(y)) * y_mask
     m_p = jnp.broadcast_to(jnp.mean(h, axis=1, keepdims=True), z.shape)
     logs_p = 0.1 * m_p
-    z_p = nn.Dense(8)(z)
+    z_p = nn.Dense(8, name="flow")(z)
     ids = jax.random.randint(self.make_rng("slice"), (b,), 0, t_y - self.segment_frames)
-    o = jnp.tanh(nn.Dense(self.hop)(commons.slice_segments(z, ids, self.segment_frames)))
+    o = jnp.tanh(nn.Dense(self.hop, name="dec")(commons.slice_segments(z, ids, self.segment_frames)))
     o = o.reshape(b, self.segment_frames * self.hop, 1)
     o = nn.Dropout(0.1, deterministic=not train)(o, rng=self.make_rng("dropout"))
     l_length = jnp.sum(h ** 2, axis=(1, 2)) / jnp.sum(x_mask)
@@ -134,6 +134,31 @@ def test_step_updates_skips_nonfinite_and_never_retraces():
 
   state, m = step(state, _batch(rng))   # same shapes: must not retrace
   assert int(m["nonfinite/streak"]) == 0 and int(m["nonfinite/total"]) == 1
+
+
+def test_frozen_modules_keep_their_weights_and_the_rest_train():
+  config, gen, disc, tx_g, tx_d, lr_fn, state = _fake_setup()
+  config.model.n_speakers = 0
+  config.train.freeze = "enc_p, flow"
+  step = jax.jit(step_lib.make_train_step(config, gen, disc, tx_g, tx_d, lr_fn))
+  rng = np.random.default_rng(1)
+  g0 = jax.device_get(state.params["generator"])
+  for _ in range(2):
+    state, m = step(state, _batch(rng))
+  assert int(m["nonfinite/skipped"]) == 0
+  g2 = jax.device_get(state.params["generator"])
+  for name in ("enc_p", "flow"):      # bitwise: no gradient and no weight decay
+    chex.assert_trees_all_equal(g2[name], g0[name])
+  for name in ("enc_q", "dec"):
+    changed = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b), g0[name], g2[name])
+    assert all(jax.tree_util.tree_leaves(changed)), name
+  # A frozen module's Adam moments never see a gradient.
+  mu = jax.device_get(state.opt_state["generator"].inner_state[0].mu)
+  assert not any(np.any(a) for a in jax.tree_util.tree_leaves(mu["enc_p"]))
+
+  config.train.freeze = "enc_p,decoder"
+  with pytest.raises(ValueError, match="unknown module.*decoder.*dec, dp, enc_p"):
+    step_lib.make_train_step(config, gen, disc, tx_g, tx_d, lr_fn)
 
 
 def test_step_equals_two_phase_reference():

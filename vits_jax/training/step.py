@@ -51,6 +51,24 @@ def _with_lr(opt_state, lr):
   return opt_state._replace(hyperparams=hparams)
 
 
+def frozen_modules(config: ml_collections.ConfigDict) -> frozenset:
+  """The generator's top-level modules that `train.freeze` names (comma-separated, e.g.
+  'enc_p,dp'): they keep their starting weights for the whole run."""
+  names = [n.strip() for n in str(config.train.get("freeze", "") or "").split(",")]
+  names = frozenset(n for n in names if n)
+  known = set(GENERATOR_MODULES) | ({"emb_g"} if int(config.model.n_speakers) > 1 else set())
+  unknown = sorted(names - known)
+  if unknown:
+    raise ValueError(f"train.freeze: unknown module(s) {', '.join(unknown)}; the generator's "
+                     f"modules are {', '.join(sorted(known))}")
+  return names
+
+
+# The generator's top-level modules (`SynthesizerTrn`): text encoder, posterior encoder,
+# flow, decoder, duration predictor (speaker embedding `emb_g` when multi-speaker).
+GENERATOR_MODULES = ("enc_p", "enc_q", "flow", "dec", "dp")
+
+
 def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
                     tx_g: optax.GradientTransformation, tx_d: optax.GradientTransformation,
                     lr_fn: Callable) -> Callable:
@@ -73,6 +91,7 @@ def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
   w = config.loss
   weights = {k: float(w[k]) for k in ("mel", "kl", "dur", "fm", "adv")}
   multi_speaker = int(config.model.n_speakers) > 1
+  frozen = frozen_modules(config)
 
   def d_apply(d_params, d_state, y, y_hat):
     """MPD scores; returns (outputs, new non-param collections)."""
@@ -96,6 +115,8 @@ def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
 
     # --- Generator forward (kept for the G update) ---------------------------------------
     def g_forward(params):
+      # Frozen modules get no gradient (their backward pass is never computed).
+      params = {k: jax.lax.stop_gradient(v) if k in frozen else v for k, v in params.items()}
       y_hat, aux = generator.apply(
           {"params": params}, x, x_lengths, spec, spec_lengths, sid, train=True, rngs=rngs)
       return ((y_hat, aux["l_length"], aux["z_p"], aux["logs_q"], aux["m_p"], aux["logs_p"]),
@@ -144,6 +165,8 @@ def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
     g_updates, g_opt = tx_g.update(
         g_grads, _with_lr(state.opt_state["generator"], lr), g_params)
     new_g_params = optax.apply_updates(g_params, g_updates)
+    # Weight decay would still shrink frozen weights: keep them bitwise.
+    new_g_params = {k: g_params[k] if k in frozen else v for k, v in new_g_params.items()}
 
     # --- Skip the whole update if anything is non-finite ---------------------------------
     # A global norm is finite iff every gradient element is; AdamW then keeps params finite.

@@ -237,7 +237,10 @@ def test_finetune_config_is_the_joe_voice_with_its_recipe():
   check_params(joe.params, config, 'joe', inference_only=True)   # raises on any mismatch
   assert config.train.init_from == 'joe' and config.data.frontend == 'piper'
   assert config.data.sampling_rate == joe.sample_rate and config.model.n_speakers <= 1
-  assert config.train.learning_rate < base.get_config().train.learning_rate
+  assert config.train.learning_rate <= base.get_config().train.learning_rate
+  # The text side stays joe's; the names are the generator's modules (else a clear error).
+  from vits_jax.training.step import frozen_modules
+  assert frozen_modules(config) == {'enc_p', 'dp'}
   assert config.train.eval_every <= config.train.num_steps
   with pytest.raises(ValueError):
     finetune.get_config('x')

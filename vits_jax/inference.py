@@ -33,9 +33,11 @@ from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Seq
 
 import numpy as np
 
-# Id buckets: powers of two up to 512 ids (~12 s of speech) keep the programs of ordinary
-# lines few; above, half octaves cut the padding of long sentences (attention is quadratic).
-TEXT_BUCKETS = (32, 64, 128, 256, 512, 768, 1024, 1536, 2048)
+# Id buckets: powers of two up to 256 ids keep the programs of ordinary lines few (the text
+# side of a short line costs little: 64 ids, not 32, is the smallest); from there half
+# octaves cut the padding of long sentences (attention is quadratic). Measured on the joe
+# voice, 2 CPU cores: the text side of 313 ids takes 80 ms at 384, 108 ms at 512.
+TEXT_BUCKETS = (64, 128, 256, 384, 512, 768, 1024, 1536, 2048)
 # Sentences longer than this many ids are cut at word boundaries (`vits_jax.voice`).
 MAX_IDS = TEXT_BUCKETS[-1]
 # Core frames of one decoder window (~3 s at 22.05 kHz / hop 256). Each window also decodes

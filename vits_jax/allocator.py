@@ -8,10 +8,11 @@ glibc to serve every size from its heaps and never trim them makes the pages sta
 from one step to the next. The cost is that freed memory stays with the process (its peak
 size, as the next step needs it again anyway).
 
-Measured on 2 CPU cores: an `ljs_base` train step (see bench/train_step.py), and one 7-second
-sentence of the joe voice 47.7 k -> 1.3 k minor faults and 0.56 -> 0.49 s.
+Measured on 2 CPU cores: one 7-second sentence of the joe voice, 47.7 k -> 1.3 k minor
+faults and 0.87x the time (0.56 -> 0.49 s); bench/train_step.py prints the faults of a
+train step with it.
 
-`keep_freed_memory()` is called by `train.py`, `infer.py` and `load_voice` (set
+`keep_freed_memory()` is called by `train.py` and `load_voice` (so `infer.py`; set
 `VITS_JAX_MALLOC=default` to leave glibc as it is). ML runtimes do the same with their own
 arenas (onnxruntime's CPU arena, XLA's GPU allocator keep what they allocated). Other C
 libraries and non-glibc systems: a no-op.

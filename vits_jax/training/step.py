@@ -51,6 +51,11 @@ def _with_lr(opt_state, lr):
   return opt_state._replace(hyperparams=hparams)
 
 
+# The generator's top-level modules (`SynthesizerTrn`): text encoder, posterior encoder,
+# flow, decoder, duration predictor (speaker embedding `emb_g` when multi-speaker).
+GENERATOR_MODULES = ("enc_p", "enc_q", "flow", "dec", "dp")
+
+
 def frozen_modules(config: ml_collections.ConfigDict) -> frozenset:
   """The generator's top-level modules that `train.freeze` names (comma-separated, e.g.
   'enc_p,dp'): they keep their starting weights for the whole run."""
@@ -62,11 +67,6 @@ def frozen_modules(config: ml_collections.ConfigDict) -> frozenset:
     raise ValueError(f"train.freeze: unknown module(s) {', '.join(unknown)}; the generator's "
                      f"modules are {', '.join(sorted(known))}")
   return names
-
-
-# The generator's top-level modules (`SynthesizerTrn`): text encoder, posterior encoder,
-# flow, decoder, duration predictor (speaker embedding `emb_g` when multi-speaker).
-GENERATOR_MODULES = ("enc_p", "enc_q", "flow", "dec", "dp")
 
 
 def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,

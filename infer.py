@@ -125,7 +125,9 @@ def run(args):
   if args.convert is not None and not os.path.isfile(args.convert):
     raise FileNotFoundError(f"--convert recording not found: {args.convert}")
 
+  from vits_jax import allocator
   from vits_jax import xla_cache
+  allocator.keep_freed_memory()   # short-lived and steady: freed buffers stay mapped
   xla_cache.enable()
   if texts is not None and _in_cluster():
     from vits_jax.training import parallel

@@ -49,7 +49,7 @@ def main(argv):
   from vits_jax import xla_cache
   from vits_jax.training import parallel
 
-  allocator.keep_freed_memory()
+  allocator.keep_freed_memory(default=False)   # VITS_JAX_MALLOC=keep turns it on
   xla_cache.enable()
   try:
     # Must run before anything touches a JAX device.

@@ -146,14 +146,17 @@ def main():
 
 
 def set_threads(threads):
-  """XLA's thread pool size and the process's CPU affinity to `threads` cores, and the
-  repository on sys.path. Must run before jax / onnxruntime start."""
+  """XLA's thread pool size and the process's CPU affinity to `threads` cores, the
+  repository on sys.path, and malloc as `infer.py` sets it (`vits_jax.allocator`, in the
+  process both runtimes share). Must run before jax / onnxruntime start."""
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
                              f"true intra_op_parallelism_threads={threads}")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > threads:
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+  from vits_jax import allocator
+  allocator.keep_freed_memory()
 
 
 LINES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lines60.txt")

@@ -11,9 +11,10 @@ Reference (the official jaywalnut310/vits train step, PyTorch fp32, 2 CPU thread
 on this machine with the same config and shapes): 3.45 s/step. Prints our time and the ratio
 (only for that config and those shapes), and the minor page faults per step: XLA:CPU
 allocates its temporaries afresh every step, and on Linux touching them costs ~0.4 M page
-faults per ljs_base step with glibc's defaults. Like `train.py`, the bench first applies
-`vits_jax.allocator.keep_freed_memory()` (every size from glibc's heaps, never trimmed);
-`VITS_JAX_MALLOC=default python bench/train_step.py` measures glibc's defaults.
+faults per ljs_base step with glibc's defaults. The bench first applies
+`vits_jax.allocator.keep_freed_memory()` (every size from glibc's heaps, never trimmed; what
+`VITS_JAX_MALLOC=keep python train.py` does); `VITS_JAX_MALLOC=default python
+bench/train_step.py` measures glibc's defaults.
 """
 
 import argparse
@@ -40,7 +41,7 @@ def main():
     p.error(f"config file not found: {args.config}")
 
   from vits_jax import allocator
-  kept = allocator.keep_freed_memory()   # as train.py does (VITS_JAX_MALLOC=default: off)
+  kept = allocator.keep_freed_memory()   # VITS_JAX_MALLOC=default: glibc's defaults
 
   import jax
   import jax.numpy as jnp

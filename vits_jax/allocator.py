@@ -12,10 +12,14 @@ Measured on 2 CPU cores: one 7-second sentence of the joe voice, 47.7 k -> 1.3 k
 faults and 0.87x the time (0.56 -> 0.49 s); bench/train_step.py prints the faults of a
 train step with it.
 
-`keep_freed_memory()` is called by `train.py` and `load_voice` (so `infer.py`; set
-`VITS_JAX_MALLOC=default` to leave glibc as it is). ML runtimes do the same with their own
-arenas (onnxruntime's CPU arena, XLA's GPU allocator keep what they allocated). Other C
-libraries and non-glibc systems: a no-op.
+The process then keeps its peak size for good, compilation's peak included: a clean-clone
+test run with it on in every process (training runs, notebook kernel, test workers) ran out
+of 24 GiB. So it is on by default only where a process is short-lived and steady:
+`infer.py` (and the speed benches). `train.py` applies it with `VITS_JAX_MALLOC=keep`; the
+Python API never changes malloc by itself (call `keep_freed_memory()`).
+`VITS_JAX_MALLOC=default` turns it off everywhere. ML runtimes keep memory the same way
+with their own arenas (onnxruntime's CPU arena, XLA's GPU allocator). Other C libraries and
+non-glibc systems: a no-op.
 """
 
 import ctypes
@@ -30,17 +34,21 @@ _M_MMAP_MAX = -4
 _DONE = []
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(default: bool = True) -> bool:
   """Serve every allocation from glibc's heaps and never trim them (once per process).
 
+  Args:
+    default: whether to apply the settings when `VITS_JAX_MALLOC` is unset (`keep`: always,
+      `default`: never).
+
   Returns:
-    True when the settings were applied (Linux with glibc, not turned off by
-    `VITS_JAX_MALLOC=default`).
+    True when the settings are applied (Linux with glibc).
   """
   if _DONE:
     return _DONE[0]
   ok = False
-  if sys.platform.startswith("linux") and os.environ.get("VITS_JAX_MALLOC") != "default":
+  want = {"keep": True, "default": False}.get(os.environ.get("VITS_JAX_MALLOC", ""), default)
+  if want and sys.platform.startswith("linux"):
     try:
       libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
       mallopt = libc.mallopt

@@ -363,9 +363,7 @@ def load_voice(name_or_path: Optional[Union[str, os.PathLike]] = None,
 
   The source is read by `vits_jax.convert.source.load_source` (config, checked params,
   frontend). Turns on the persistent compile cache (`vits_jax.xla_cache`) unless JAX's cache
-  is configured already, so programs compiled once are loaded in later processes, and keeps
-  glibc's freed blocks mapped (`vits_jax.allocator`: the per-call buffers of synthesis cost
-  no page faults; `VITS_JAX_MALLOC=default` leaves malloc alone).
+  is configured already, so programs compiled once are loaded in later processes.
 
   Args:
     name_or_path: `'joe'` or a path.
@@ -375,12 +373,10 @@ def load_voice(name_or_path: Optional[Union[str, os.PathLike]] = None,
     FileNotFoundError: nothing at the path.
     ValueError: a file or folder that is not a voice we can read.
   """
-  from vits_jax import allocator
   from vits_jax import xla_cache
   from vits_jax.convert import cache
   from vits_jax.models.synthesizer import build_synthesizer
   from vits_jax.text import get_frontend
-  allocator.keep_freed_memory()
   xla_cache.enable()
   from vits_jax.convert.source import piper_files
   files = piper_files(name_or_path)

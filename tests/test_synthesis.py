@@ -242,29 +242,47 @@ _EXPORT_SCRIPT = """
 import sys, numpy as np
 from vits_jax import load_voice
 from vits_jax.models.synthesizer import SynthesizerTrn
-if sys.argv[3] == "forbid_tracing":
+if sys.argv[3] != "trace":
   def traced(*args, **kwargs):
     raise AssertionError("the model was traced")
   SynthesizerTrn.encode_text = SynthesizerTrn.decode_latent = traced
+if sys.argv[3] == "executables_only":
+  import jax.export
+  def lowered(*args, **kwargs):
+    raise AssertionError("an exported program was lowered")
+  jax.export.deserialize = lowered
 voice = load_voice(sys.argv[1])
 np.save(sys.argv[2], voice.synthesize("Hello there. A second sentence.", speaker=2, seed=3))
 """
 
 
-def test_exported_programs_load_in_a_new_process_without_tracing(tmp_path):
-  """The first process traces and exports its programs into the cache; a second one loads
-  them without tracing the model, and speaks the same samples."""
+def test_cached_programs_load_in_a_new_process_without_tracing(tmp_path):
+  """The first process traces its programs and saves them (exported and compiled) in the
+  cache; a second one runs the compiled executables with no tracing or lowering; with the
+  executables damaged, a third lowers the exported programs (still no tracing) and saves
+  them again. All three speak the same samples."""
+  import hashlib
   import os
   import subprocess
   import sys
   env = dict(os.environ, JAX_PLATFORMS="cpu", VITS_JAX_XLA_CACHE=str(tmp_path / "cache"),
              PYTHONPATH=str(Path(__file__).parents[1]))
+  programs = tmp_path / "cache" / "programs"
   outs = []
-  for k, mode in enumerate(("trace", "forbid_tracing")):
+  for k, mode in enumerate(("trace", "executables_only", "damaged_executables")):
+    if mode == "damaged_executables":
+      for exe in programs.glob("*.xlaexe"):
+        exe.write_bytes(exe.read_bytes()[:-100])
     out = tmp_path / f"{k}.npy"
     proc = subprocess.run([sys.executable, "-c", _EXPORT_SCRIPT, str(MULTI), str(out), mode],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     outs.append(np.load(out))
-  assert len(list((tmp_path / "cache" / "programs").glob("*.jaxexport"))) >= 2
+    if k == 0:
+      exported, compiled = list(programs.glob("*.jaxexport")), list(programs.glob("*.xlaexe"))
+      assert len(exported) >= 2 and len(compiled) == len(exported)
+  for exe in programs.glob("*.xlaexe"):  # saved again, whole
+    header, payload = exe.read_bytes().split(b"\n", 1)
+    assert header.split(b" ")[1] == hashlib.sha256(payload).hexdigest().encode()
   np.testing.assert_array_equal(outs[0], outs[1])
+  np.testing.assert_array_equal(outs[0], outs[2])

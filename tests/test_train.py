@@ -7,6 +7,7 @@ once, the others reuse it.
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -477,6 +478,10 @@ def test_init_from_piper_voice(data_dir, tmp_path):
   proc = tu.run_train(tmp_path, data_dir, f"--config.train.init_from={PIPER_MULTI}",
                       "--config.train.num_steps=1", "--config.train.checkpoint_every=1")
   assert "generator tensors copied" in proc.stdout
+  # The voice has no posterior encoder: a fresh one is fitted to the voice's own latents.
+  fit = re.search(r"posterior encoder fitted .* nll (\S+) -> (\S+)", proc.stdout)
+  assert fit, proc.stdout
+  assert float(fit.group(2)) < float(fit.group(1)) - 0.5
   voice = torch_names.torch_to_flax(piper.load_piper(PIPER_MULTI).state_dict)
   trained = tu.checkpoint_params(tmp_path, 1)["generator"]
   flat_v = dict(jax.tree_util.tree_flatten_with_path(voice)[0])

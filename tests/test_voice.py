@@ -235,7 +235,7 @@ def test_second_load_reads_the_cached_conversion(tmp_path, monkeypatch, multi):
   shutil.copy(MULTI, onnx)
   shutil.copy(str(MULTI) + ".json", str(onnx) + ".json")
   first = load_voice(onnx)
-  entries = list((tmp_path / "cache" / "voices").glob("*.npz"))
+  entries = list((tmp_path / "cache" / "voices").glob("*.voice"))
   assert len(entries) == 1
 
   def no_parse(*a, **k):
@@ -250,7 +250,10 @@ def test_second_load_reads_the_cached_conversion(tmp_path, monkeypatch, multi):
   monkeypatch.undo()
   monkeypatch.setenv("VITS_JAX_XLA_CACHE", str(tmp_path / "cache"))
   # A damaged entry is ignored (and rewritten).
-  entries[0].write_bytes(b"not an npz")
+  whole = entries[0].read_bytes()
+  entries[0].write_bytes(whole[:-64])    # truncated
+  assert cache.read(entries[0]) is None
+  entries[0].write_bytes(b"not a voice entry")
   assert cache.read(entries[0]) is None
   load_voice(onnx)
   assert cache.read(entries[0]) is not None
@@ -258,6 +261,6 @@ def test_second_load_reads_the_cached_conversion(tmp_path, monkeypatch, multi):
   import os
   os.utime(onnx, ns=(1, 1))
   load_voice(onnx)
-  assert len(list((tmp_path / "cache" / "voices").glob("*.npz"))) == 2
+  assert len(list((tmp_path / "cache" / "voices").glob("*.voice"))) == 2
   monkeypatch.setenv("VITS_JAX_XLA_CACHE", "")   # cache off: nothing written
   assert cache.entry_path([onnx]) is None

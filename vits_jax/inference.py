@@ -515,10 +515,13 @@ def _run(fn, model, static: Tuple, params, *args):
   """`fn(model, *static, params, *args)` as a compiled program, built once per model,
   static values and argument shapes (`trace_count` counts the builds).
 
-  With the persistent cache on (`vits_jax.xla_cache`) and one device, the traced program is
-  also exported (`jax.export`) to `<cache>/programs/`, keyed by the model, the shapes, the
-  jax version and a hash of this package's model code, so a later process loads it instead
-  of tracing the model again, and XLA's cache then supplies the compiled code.
+  With the persistent cache on (`vits_jax.xla_cache`) and one device, the program is kept
+  in `<cache>/programs/`, keyed by the model, the shapes, the jax version and a hash of this
+  package's model code: its compiled executable (`.xlaexe`, also keyed by jaxlib, the
+  platform, the CPU's features and XLA_FLAGS), which a later process loads and runs with
+  no tracing, lowering or compilation, and its exported form (`.jaxexport`), which a process
+  that cannot load the executable lowers instead of tracing the model again (XLA's cache
+  then supplies the compiled code).
   """
   import jax
   key = (fn.__name__, model, static, _params_signature(params), _signature(args),
@@ -537,19 +540,31 @@ def _build(fn, model, static, params, args, key):
   path = _export_path(key)
   if path is None:
     return jitted
+  exe_path = _executable_path(path)
+  loaded = _load_executable(exe_path, params, args)
+  if loaded is not None:
+    return loaded
   from jax import export
-  if path.is_file():
-    try:
-      return jax.jit(export.deserialize(bytearray(path.read_bytes())).call)
-    except Exception:  # pylint: disable=broad-except  (unreadable entry: rebuild it)
-      pass
   specs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype),
                                  (params,) + tuple(args))
-  try:
-    exported = export.export(jitted)(*specs)
-    blob = exported.serialize()
-  except Exception:  # pylint: disable=broad-except  (not exportable here: plain jit)
-    return jitted
+  program = None
+  if path.is_file():
+    try:
+      program = jax.jit(export.deserialize(bytearray(path.read_bytes())).call)
+    except Exception:  # pylint: disable=broad-except  (unreadable entry: rebuild it)
+      program = None
+  if program is None:
+    try:
+      exported = export.export(jitted)(*specs)
+      blob = exported.serialize()
+    except Exception:  # pylint: disable=broad-except  (not exportable here: plain jit)
+      return jitted
+    _write_atomic(path, blob)
+    program = jax.jit(exported.call)
+  return _save_executable(exe_path, program, specs) or program
+
+
+def _write_atomic(path: Path, blob: bytes) -> None:
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -557,7 +572,85 @@ def _build(fn, model, static, params, args, key):
     os.replace(tmp, path)
   except OSError:
     pass  # a read-only or full cache: run without saving
-  return jax.jit(exported.call)
+
+
+# Compiled executables: a header line (magic, sha256 of the payload, output arity) and the
+# payload of `jax.experimental.serialize_executable.serialize`.
+_EXE_MAGIC = b"vits_jax-xlaexe-1"
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_tag() -> str:
+  """What a compiled executable depends on beyond the program: jaxlib, the platform's
+  version, the CPU's features and XLA_FLAGS."""
+  import hashlib
+  import platform
+  import jax
+  import jaxlib
+  flags = ""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+      flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+  except OSError:
+    flags = platform.processor()
+  device = jax.devices()[0]
+  parts = (jaxlib.__version__, device.platform, device.client.platform_version,
+           getattr(device, "device_kind", ""), platform.machine(), flags,
+           os.environ.get("XLA_FLAGS", ""))
+  return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def _executable_path(export_path: Path) -> Path:
+  return export_path.with_name(f"{export_path.stem}-{_machine_tag()}.xlaexe")
+
+
+def _load_executable(path: Path, params, args):
+  """The compiled program saved at `path`, or None (absent, damaged, not loadable here)."""
+  import hashlib
+  import jax
+  try:
+    data = path.read_bytes()
+  except OSError:
+    return None
+  try:
+    header, payload = data.split(b"\n", 1)
+    magic, digest, n_out = header.split(b" ")
+    if magic != _EXE_MAGIC or hashlib.sha256(payload).hexdigest().encode() != digest:
+      return None
+    from jax.experimental import serialize_executable
+    in_tree = jax.tree_util.tree_structure(((params,) + tuple(args), {}))
+    n_out = int(n_out)
+    out_tree = jax.tree_util.tree_structure(0 if n_out < 0 else (0,) * n_out)
+    compiled = serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+  except Exception:  # pylint: disable=broad-except  (another jaxlib or machine: rebuild)
+    return None
+  return compiled
+
+
+def _save_executable(path: Path, program, specs):
+  """Compiles `program` for `specs` afresh (not from XLA's cache: an executable XLA's cache
+  supplied does not serialize into one that loads) and saves it; returns the compiled
+  program, or None where this backend cannot serialize one."""
+  import hashlib
+  import jax
+  try:
+    from jax.experimental import serialize_executable
+    previous = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+      compiled = program.lower(*specs).compile()
+    finally:
+      jax.config.update("jax_enable_compilation_cache", previous)
+    payload, _, out_tree = serialize_executable.serialize(compiled)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  leaves = out_tree.num_leaves
+  n_out = -1 if out_tree == jax.tree_util.tree_structure(0) else leaves
+  if n_out >= 0 and out_tree != jax.tree_util.tree_structure((0,) * leaves):
+    return compiled  # an output structure the header cannot describe: run, don't save
+  digest = hashlib.sha256(payload).hexdigest().encode()
+  _write_atomic(path, b" ".join([_EXE_MAGIC, digest, str(n_out).encode()]) + b"\n" + payload)
+  return compiled
 
 
 def _export_path(key):

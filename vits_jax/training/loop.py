@@ -274,7 +274,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       state = jax.jit(init_state, out_shardings=state_sharding,
                       compiler_options=init_compiler_options())(rng)
       if t.init_from:
-        state = warm_start.warm_start(state, t.init_from, config, repl)
+        state = warm_start.warm_start(state, t.init_from, config, repl, generator)
     if is_main:
       records.write_json_atomic(os.path.join(workdir, CONFIG_FILE),
                                 json.loads(json.dumps(config.to_dict(), default=str)))

@@ -8,6 +8,8 @@ Every generator parameter the source has is copied; those it lacks (a Piper expo
 posterior encoder `enc_q` and no `dp.post_*` flows) keep their fresh initialization, and the
 discriminator and optimizer states always start fresh. A parameter with a different shape is
 an error that names it: the config's model section must describe the source's architecture.
+A source without a posterior encoder gets one fitted to its own latents on the training
+transcripts (`train.fit_posterior_steps`, `vits_jax.training.posterior_fit`).
 """
 
 import logging
@@ -63,14 +65,36 @@ def merge_params(target: Dict[str, Any], source: Dict[str, Any],
 
 
 def warm_start(state: state_lib.TrainState, path: str, config: ml_collections.ConfigDict,
-               sharding) -> state_lib.TrainState:
-  """`state` with its generator params taken from `path` where it has them."""
+               sharding, generator=None) -> state_lib.TrainState:
+  """`state` with its generator params taken from `path` where it has them (and, when the
+  source has no posterior encoder and `generator` is given, `enc_q` fitted to it)."""
   source, name = load_source_params(path)
   target = jax.device_get(state.params["generator"])
   merged, copied, kept = merge_params(target, source, name)
   logging.info("init_from %s: %d generator tensors copied, %d freshly initialized",
                name, copied, kept)
-  if jax.process_index() == 0:
+  main = jax.process_index() == 0
+  if main:
     print(f"init_from {name}: {copied} generator tensors copied, {kept} fresh")
+  steps = int(config.train.get("fit_posterior_steps", 0))
+  if generator is not None and steps > 0 and "enc_q" in target and "enc_q" not in source:
+    merged = _fit_posterior(generator, merged, config, steps, main)
   merged = jax.device_put(merged, sharding)
   return state.replace(params={**state.params, "generator": merged})
+
+
+def _fit_posterior(generator, params, config, steps: int, verbose: bool):
+  """`params` with `enc_q` fitted on the training transcripts (the same on every host)."""
+  from vits_jax import data as data_lib
+  from vits_jax.training import posterior_fit
+  split = data_lib.PreparedSplit(config.data.dir, "train")
+  recs = split.read(range(min(len(split), posterior_fit.MAX_SENTENCES)))
+  if not recs:
+    return params
+  params, (first, last) = posterior_fit.fit_posterior(
+      generator, params, [r["tokens"] for r in recs], [r["sid"] for r in recs],
+      config.data, steps, int(config.train.seed))
+  if verbose:
+    print(f"posterior encoder fitted to the source voice: {len(recs)} sentences, "
+          f"{steps} steps, nll {first:.3f} -> {last:.3f}")
+  return params

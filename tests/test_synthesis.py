@@ -241,8 +241,8 @@ def test_windows_sharded_over_devices_equal_one_device(multi, tmp_path):
 _EXPORT_SCRIPT = """
 import sys, numpy as np
 from vits_jax import load_voice
-from vits_jax.models.synthesizer import SynthesizerTrn
-if sys.argv[3] != "trace":
+if sys.argv[3] == "damaged_executables":
+  from vits_jax.models.synthesizer import SynthesizerTrn
   def traced(*args, **kwargs):
     raise AssertionError("the model was traced")
   SynthesizerTrn.encode_text = SynthesizerTrn.decode_latent = traced
@@ -253,12 +253,15 @@ if sys.argv[3] == "executables_only":
   jax.export.deserialize = lowered
 voice = load_voice(sys.argv[1])
 np.save(sys.argv[2], voice.synthesize("Hello there. A second sentence.", speaker=2, seed=3))
+if sys.argv[3] == "executables_only":  # nothing traced: the model was never even built
+  assert "flax" not in sys.modules, "flax was imported"
 """
 
 
 def test_cached_programs_load_in_a_new_process_without_tracing(tmp_path):
   """The first process traces its programs and saves them (exported and compiled) in the
-  cache; a second one runs the compiled executables with no tracing or lowering; with the
+  cache; a second one runs the compiled executables with no tracing or lowering (nor
+  Flax imported); with the
   executables damaged, a third lowers the exported programs (still no tracing) and saves
   them again. All three speak the same samples."""
   import hashlib
@@ -286,3 +289,12 @@ def test_cached_programs_load_in_a_new_process_without_tracing(tmp_path):
     assert header.split(b" ")[1] == hashlib.sha256(payload).hexdigest().encode()
   np.testing.assert_array_equal(outs[0], outs[1])
   np.testing.assert_array_equal(outs[0], outs[2])
+
+
+def test_noise_key_is_prngkey():
+  """The host-built noise key is `jax.random.PRNGKey`'s, for every seed."""
+  from vits_jax.inference import noise_key
+  for seed in (0, 1, 3, 12345, 2 ** 31 - 1, -1, -5, 2 ** 31, 2 ** 32 + 3):
+    ours, theirs = np.asarray(noise_key(seed)), np.asarray(jax.random.PRNGKey(seed))
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    np.testing.assert_array_equal(ours, theirs)

@@ -217,7 +217,7 @@ def stream_ids(model, params, sentences: Iterable[Tuple[Sequence[int], int]],
     piece, else None.
   """
   import jax
-  key = jax.random.PRNGKey(int(options.seed))
+  key = noise_key(options.seed)
   scales = _scales(options)
   backend = jax.default_backend()
   tb = min(batch_bucket(max(1, int(text_batch or options.batch_size))),
@@ -252,7 +252,7 @@ def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
   import jax
   plan = plan_for(model, window)
   devices = _device_count()
-  key = jax.random.PRNGKey(int(options.seed))
+  key = noise_key(options.seed)
   scales = _scales(options)
   cap = MAX_WINDOW_BATCH.get(jax.default_backend(), MAX_BATCH_DEFAULT)
   wb = _round_up(min(batch_bucket(max(1, int(options.batch_size))), cap), devices)
@@ -281,6 +281,17 @@ def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
           yield i, piece, (None if seg is None else seg.durations)
     if exhausted and tape.ready(final=True) == 0:
       return
+
+
+def noise_key(seed: int):
+  """`jax.random.PRNGKey(seed)`, built on the host where it can be (the default threefry
+  key of a seed in [0, 2**31) is the pair (0, seed)): `PRNGKey` itself compiles and runs
+  two small programs, a cost every fresh process paid before its first sentence."""
+  import jax
+  seed = int(seed)
+  if 0 <= seed < 2 ** 31 and str(jax.config.jax_default_prng_impl) == "threefry2x32":
+    return np.array([0, seed], np.uint32)
+  return jax.random.PRNGKey(seed)
 
 
 def _scales(options: Options) -> np.ndarray:
@@ -334,7 +345,7 @@ def convert_audio(model, params, audio: np.ndarray, source_id: int, target_id: i
   padded = _round_up(frames, plan.window)  # posterior programs per window multiple
   wav = np.zeros((1, padded * hop), np.float32)
   wav[0, :frames * hop] = audio[:frames * hop]
-  key = jax.random.PRNGKey(int(seed))
+  key = noise_key(seed)
   _note(model, ("audio", wav.shape))
   z_p = np.asarray(_run(_audio_program, model, (n_fft,), params, wav,
                        np.asarray([frames * hop], np.int32),
@@ -661,10 +672,20 @@ def _export_path(key):
     return None
   import hashlib
   import jax
-  import flax
   digest = hashlib.sha256(repr((key[0], repr(key[1]), key[2], key[3], key[4], key[6],
-                                jax.__version__, flax.__version__, _code_hash())).encode())
+                                jax.__version__, _flax_version(), _code_hash())).encode())
   return Path(root) / "programs" / f"{key[0].strip('_')}-{digest.hexdigest()[:32]}.jaxexport"
+
+
+@functools.lru_cache(maxsize=1)
+def _flax_version() -> str:
+  """Flax's version without importing it (a cached program runs without Flax)."""
+  from importlib import metadata
+  try:
+    return metadata.version("flax")
+  except metadata.PackageNotFoundError:
+    import flax
+    return flax.__version__
 
 
 @functools.lru_cache(maxsize=1)

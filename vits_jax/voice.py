@@ -373,28 +373,33 @@ def load_voice(name_or_path: Optional[Union[str, os.PathLike]] = None,
     FileNotFoundError: nothing at the path.
     ValueError: a file or folder that is not a voice we can read.
   """
+  import json
   from vits_jax import xla_cache
   from vits_jax.convert import cache
-  from vits_jax.models.synthesizer import build_synthesizer
+  from vits_jax.models.lazy import LazySynthesizer
   from vits_jax.text import get_frontend
   xla_cache.enable()
   from vits_jax.convert.source import piper_files
   files = piper_files(name_or_path)
   entry = cache.entry_path(files) if files else None
   hit = cache.read(entry)
-  if hit is not None:
+  if hit is not None and "model" in hit["meta"]:
+    # Programs come from the cache: the Flax module is built only if one must be traced.
     import ml_collections
     meta, params = hit["meta"], hit["params"]
     config = ml_collections.ConfigDict(meta["config"])
+    model = LazySynthesizer(meta["model"])
   else:
     from vits_jax.convert.source import load_source
     from vits_jax.convert.torch_names import fold_weight_norm
+    from vits_jax.models.synthesizer import synthesizer_kwargs
     source = load_source(name_or_path, step=step)
     config, params = source.config, fold_weight_norm(source.params)
+    fields = json.loads(json.dumps(synthesizer_kwargs(config, dtype=None)))  # float32
+    model = LazySynthesizer(fields)
     meta = {"config": source.config.to_dict(), "frontend": source.frontend,
-            "name": source.name, "speaker_names": source.speaker_names}
+            "name": source.name, "speaker_names": source.speaker_names, "model": fields}
     cache.write(entry, meta, params)
   frontend = get_frontend(**meta["frontend"])
-  model = build_synthesizer(config, dtype=None)  # inference in float32
   return Voice(model, params, frontend, int(config.data.sampling_rate), name=meta["name"],
                speaker_names=meta["speaker_names"])

@@ -25,7 +25,6 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import ml_collections
 import numpy as np
-from flax import traverse_util
 
 DEFAULT_VOICE = "joe"
 SOURCES_HELP = ("'joe', a Piper .onnx voice, a training workdir, an HF VitsModel folder, "
@@ -197,6 +196,7 @@ def check_params(params: Mapping[str, Any], config: ml_collections.ConfigDict, w
   Raises:
     ValueError: an unexpected, missing or wrongly shaped parameter (the first few named).
   """
+  from flax import traverse_util
   from vits_jax.models.synthesizer import build_synthesizer, param_shapes
   want = traverse_util.flatten_dict(param_shapes(build_synthesizer(config)), sep="/")
   have = traverse_util.flatten_dict(dict(params), sep="/")

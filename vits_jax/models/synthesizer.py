@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from vits_jax.models import commons
+from vits_jax.models import receptive
 from vits_jax.models.duration import DurationPredictor, StochasticDurationPredictor
 from vits_jax.models.flow import ResidualCouplingBlock
 from vits_jax.models.decoder import Decoder
@@ -383,45 +384,16 @@ class SynthesizerTrn(nn.Module):
   def latent_margins(self) -> Tuple[int, int]:
     """(flow, decoder) one-sided receptive fields in frames, rounded up: the margins
     `decode_latent` needs so that a window's output equals a whole decode."""
-    return _flow_reach(self, total=True), _decoder_reach(self, total=True)
+    return receptive.flow_reach(self, total=True), receptive.decoder_reach(self, total=True)
 
   def isolation_gap(self) -> int:
     """Masked frames that make two utterances laid end to end independent: every conv
     input is masked, so a gap wider than the widest single conv's reach cuts them apart."""
-    return max(_flow_reach(self, total=False), _decoder_reach(self, total=False)) + 1
+    return receptive.isolation_gap(self)
 
 
 def _seeds(seeds, b):
   return jnp.zeros((b,), jnp.int32) if seeds is None else jnp.asarray(seeds, jnp.int32)
-
-
-def _flow_reach(model, total: bool) -> int:
-  """Frames the reverse flow looks to either side (whole block, or its widest conv)."""
-  k, r, n = model.flow_kernel_size, model.flow_dilation_rate, model.flow_n_layers
-  per_layer = [(k - 1) * r ** i // 2 for i in range(n)]
-  if not total:
-    return max(per_layer)
-  return model.flow_n_flows * sum(per_layer)
-
-
-def _decoder_reach(model, total: bool) -> int:
-  """Frames the decoder looks to either side (whole network, or its widest conv)."""
-  reaches = [3.0]  # conv_pre, kernel 7, at frame rate
-  rate = 1
-  for u, k in zip(model.upsample_rates, model.upsample_kernel_sizes):
-    rate *= u
-    reaches.append(k / rate)  # transposed conv: at most k samples at its output rate
-    convs = []
-    for rk, rd in zip(model.resblock_kernel_sizes, model.resblock_dilation_sizes):
-      half = (rk - 1) // 2
-      if str(model.resblock) == "1":
-        convs.append([half * d for d in rd] + [half] * len(rd))
-      else:
-        convs.append([half * d for d in rd])
-    widest = max(max(c) for c in convs) / rate
-    reaches.append(max(sum(c) for c in convs) / rate if total else widest)
-  reaches.append(3.0 / rate)  # conv_post, kernel 7, at the output rate
-  return int(math.ceil(sum(reaches) if total else max(reaches)))
 
 
 def init_params(model: SynthesizerTrn, rng: jax.Array):
@@ -456,9 +428,9 @@ def param_shapes(model: SynthesizerTrn):
 _PARAM_SHAPES = {}
 
 
-def build_synthesizer(config, **overrides) -> SynthesizerTrn:
-  """The SynthesizerTrn of a full config (`data`, `model`, `train` sections): the one place
-  a model is constructed (training, every voice source, export).
+def synthesizer_kwargs(config, **overrides) -> dict:
+  """The SynthesizerTrn constructor fields of a full config (`data`, `model`, `train`
+  sections).
 
   Every `config.model` key that is a constructor field is passed (a field the config lacks,
   e.g. in an older run's config.json, keeps its official default); spec_channels =
@@ -488,4 +460,10 @@ def build_synthesizer(config, **overrides) -> SynthesizerTrn:
       dtype=m.get("dtype", None),
   )
   kwargs.update(overrides)
-  return SynthesizerTrn(**kwargs)
+  return kwargs
+
+
+def build_synthesizer(config, **overrides) -> SynthesizerTrn:
+  """`SynthesizerTrn(**synthesizer_kwargs(config, **overrides))`: the one place a model is
+  constructed (training, every voice source, export)."""
+  return SynthesizerTrn(**synthesizer_kwargs(config, **overrides))

@@ -7,7 +7,8 @@
 
 The model is joe's (`presets.py:medium`, single speaker, Piper's phoneme ids), so every
 generator weight starts from the voice; the discriminator starts fresh, as Piper's
-fine-tuning does when only the generator is published. Settings for 40-400 clips on a CPU
+fine-tuning does when only the generator is published, and the posterior encoder the voice
+lacks is first fitted to the voice's own latents (`train.fit_posterior_steps`, 300). Settings for 40-400 clips on a CPU
 host: the text encoder and the duration predictor stay frozen (`train.freeze`: what is said
 and its timing stay joe's; the voice lives in the posterior encoder, flow and decoder, which
 train), learning rate 2e-4 (the official and Piper rate) without decay within the run,

@@ -54,15 +54,19 @@ def executed(tmp_path_factory):
          "MPLBACKEND": "module://matplotlib_inline.backend_inline",
          # Repository imports resolve from the checkout even when it is not installed.
          "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  client = nbclient.NotebookClient(
+      nb, km=_kernel_manager(tmp_path), timeout=900, allow_errors=False,
+      resources={"metadata": {"path": str(NOTEBOOK.parent)}})
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)  # the kernel process inherits this environment
   try:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, km=_kernel_manager(tmp_path), timeout=900, allow_errors=False,
-        resources={"metadata": {"path": str(NOTEBOOK.parent)}})
     client.execute()
   finally:
+    # A client given its own kernel manager leaves the kernel running (nbclient shuts down
+    # only kernels it started itself): stop it, or it holds its gigabytes to the end of the run.
+    if client.km is not None and client.km.has_kernel:
+      client.km.shutdown_kernel(now=True)
     for k, v in saved.items():
       if v is None:
         os.environ.pop(k, None)

@@ -111,8 +111,9 @@ def get_config(arg=None):
       checkpoint_every=1000,
       max_to_keep=5,
       init_from='',                # checkpoint/voice to warm-start from
-      fit_posterior_steps=300,     # init_from without a posterior encoder (Piper .onnx):
+      fit_posterior_steps=0,       # init_from without a posterior encoder (Piper .onnx):
                                    # updates fitting a fresh enc_q to the source's latents
+                                   # (configs/finetune.py: 300)
       freeze='',                   # generator modules that keep their weights, e.g. 'enc_p'
       weight_decay=0.01,           # torch.optim.AdamW's default, as in the official code
       max_nonfinite_steps=10,      # consecutive non-finite losses before training stops

@@ -8,17 +8,18 @@
 The model is joe's (`presets.py:medium`, single speaker, Piper's phoneme ids), so every
 generator weight starts from the voice; the discriminator starts fresh, as Piper's
 fine-tuning does when only the generator is published, and the posterior encoder the voice
-lacks is first fitted to the voice's own latents (`train.fit_posterior_steps`, 300). Settings for 40-400 clips on a CPU
-host: the text encoder and the duration predictor stay frozen (`train.freeze`: what is said
-and its timing stay joe's; the voice lives in the posterior encoder, flow and decoder, which
-train), learning rate 2e-4 (the official and Piper rate) without decay within the run,
+lacks is first fitted to the voice's own latents (`train.fit_posterior_steps`, 300; measured
+on p902: step 60 then reaches what took 180 steps without it). Settings for 40-400 clips on
+a CPU host: the text encoder and the duration predictor stay frozen (`train.freeze`: what is
+said and its timing stay joe's; the voice lives in the posterior encoder, flow and decoder,
+which train), learning rate 2e-4 (the official and Piper rate) without decay within the run,
 batch 4, an evaluation (mel L1, F0, MCD, WER) and a checkpoint every 100 steps, 1,000 steps.
 Measured on p902 of vctk_mini (bench/finetune.py): with the duration predictor training, it
 fits the early, poor alignments within 60 steps (predicted length 0.93 -> 0.77 of the real
-one); frozen, the length stays and the recognizer's WER recovers sooner (README). On an accelerator, raise `num_steps`
-(users report the new voice appearing after a few hundred epochs of 50-400 clips and
-over-training after 1,000-2,000) and `batch_size`. Not measured here end to end yet: see
-the README's fine-tuning section for what has been.
+one); frozen, the length stays and the recognizer's WER recovers sooner (README). On an
+accelerator, raise `num_steps` (users report the new voice appearing after a few hundred
+epochs of 50-400 clips and over-training after 1,000-2,000) and `batch_size`. Not measured
+here end to end yet: see the README's fine-tuning section for what has been.
 """
 
 from configs import presets
@@ -33,6 +34,7 @@ def get_config(arg=None):
   t.batch_size = 4
   t.learning_rate = 2e-4
   t.freeze = "enc_p,dp"
+  t.fit_posterior_steps = 300
   t.lr_decay = 1.0
   t.num_steps = 1000
   t.log_every = 20

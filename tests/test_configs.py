@@ -241,6 +241,7 @@ def test_finetune_config_is_the_joe_voice_with_its_recipe():
   # The text side stays joe's; the names are the generator's modules (else a clear error).
   from vits_jax.training.step import frozen_modules
   assert frozen_modules(config) == {'enc_p', 'dp'}
+  assert config.train.fit_posterior_steps > 0  # joe has no posterior encoder to start from
   assert config.train.eval_every <= config.train.num_steps
   with pytest.raises(ValueError):
     finetune.get_config('x')

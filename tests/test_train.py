@@ -476,12 +476,13 @@ def test_init_from_piper_voice(data_dir, tmp_path):
   from vits_jax.convert import piper, torch_names
   lr = tu_config().train.learning_rate
   proc = tu.run_train(tmp_path, data_dir, f"--config.train.init_from={PIPER_MULTI}",
-                      "--config.train.num_steps=1", "--config.train.checkpoint_every=1")
+                      "--config.train.num_steps=1", "--config.train.checkpoint_every=1",
+                      "--config.train.fit_posterior_steps=150")
   assert "generator tensors copied" in proc.stdout
   # The voice has no posterior encoder: a fresh one is fitted to the voice's own latents.
   fit = re.search(r"posterior encoder fitted .* nll (\S+) -> (\S+)", proc.stdout)
   assert fit, proc.stdout
-  assert float(fit.group(2)) < float(fit.group(1)) - 0.5
+  assert float(fit.group(2)) < float(fit.group(1)) - 0.3
   voice = torch_names.torch_to_flax(piper.load_piper(PIPER_MULTI).state_dict)
   trained = tu.checkpoint_params(tmp_path, 1)["generator"]
   flat_v = dict(jax.tree_util.tree_flatten_with_path(voice)[0])

@@ -8,7 +8,7 @@ the Flax module: `LazySynthesizer` answers those from the fields and builds the
 it are the same whether or not the module was built.
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from vits_jax.models import receptive
 
@@ -24,13 +24,12 @@ class LazySynthesizer:
 
   Args:
     fields: the constructor fields (`synthesizer.synthesizer_kwargs`; lists become tuples).
-    module: the module itself, if already built.
   """
 
-  def __init__(self, fields: Dict[str, Any], module: Optional[Any] = None):
+  def __init__(self, fields: Dict[str, Any]):
     self._fields = {k: _frozen(v) for k, v in sorted(fields.items())}
     self._key = tuple(self._fields.items())
-    self._module = module
+    self._module = None
 
   def module(self):
     """The Flax `SynthesizerTrn` (built once)."""
@@ -38,10 +37,6 @@ class LazySynthesizer:
       from vits_jax.models.synthesizer import SynthesizerTrn
       self._module = SynthesizerTrn(**self._fields)
     return self._module
-
-  @property
-  def fields(self) -> Dict[str, Any]:
-    return dict(self._fields)
 
   def __getattr__(self, name: str):
     if name.startswith("_"):

@@ -50,29 +50,30 @@ def synthesize_pairs(model, params, tokens: Sequence[Sequence[int]], sids: Seque
   key = jax.random.PRNGKey(seed)
   seeds = np.arange(ids.shape[0], dtype=np.int32)
 
+  # params are arguments, not closed-over constants (which XLA would fold into the program).
   @jax.jit
-  def durations(x, xl, s, sd):
-    w, _ = model.apply({"params": params}, x, xl, s if multi else None,
+  def durations(p, x, xl, s, sd):
+    w, _ = model.apply({"params": p}, x, xl, s if multi else None,
                        noise_scale_w=noise_scale_w, seeds=sd, key=key,
                        method=model.encode_text)
     return jnp.sum(w, axis=1)
 
   rows = [slice(i, i + SYNTH_BATCH) for i in range(0, ids.shape[0], SYNTH_BATCH)]
-  frames = np.concatenate([np.asarray(durations(ids[r], x_len[r], sid[r], seeds[r]))
+  frames = np.concatenate([np.asarray(durations(params, ids[r], x_len[r], sid[r], seeds[r]))
                            for r in rows])
   t_y = _round_up(max(1, int(frames.max())), 32)
   hop = int(data_cfg.hop_length)
 
   @jax.jit
-  def pair(x, xl, s, sd):
-    o, aux = model.apply({"params": params}, x, xl, s if multi else None,
+  def pair(p, x, xl, s, sd):
+    o, aux = model.apply({"params": p}, x, xl, s if multi else None,
                          noise_scale=noise_scale, noise_scale_w=noise_scale_w,
                          max_len=t_y, seeds=sd, key=key, method=model.infer)
     lengths = jnp.sum(aux["y_mask"][..., 0], axis=1).astype(jnp.int32)
     spec = audio.spectrogram_from_config(o[..., 0], data_cfg, lengths * hop)
     return spec, aux["z"], lengths
 
-  out = [jax.device_get(pair(ids[r], x_len[r], sid[r], seeds[r])) for r in rows]
+  out = [jax.device_get(pair(params, ids[r], x_len[r], sid[r], seeds[r])) for r in rows]
   spec, z, lengths = (np.concatenate(parts)[:n] for parts in zip(*out))
   return dict(spec=spec, z=z, lengths=lengths, sid=sid[:n])
 
@@ -121,20 +122,20 @@ def fit_posterior(model, params: Dict[str, Any], tokens: Sequence[Sequence[int]]
     steps: Adam updates of `enc_q`; seed: synthesis noise and crop order.
 
   Returns:
-    (params with the fitted `enc_q`, the loss before and after as a (first, last) pair).
+    (params with the fitted `enc_q`, (first update's loss, mean of the last ten)).
   """
   tokens, sids = list(tokens)[:MAX_SENTENCES], list(sids)[:MAX_SENTENCES]
   pairs = synthesize_pairs(model, params, tokens, sids, data_cfg, seed)
   rng = np.random.default_rng(seed)
   tx = optax.adam(learning_rate)
-  rest = {k: v for k, v in params.items() if k != "enc_q"}
+  rest = jax.device_put({k: v for k, v in params.items() if k != "enc_q"})  # copied once
 
-  def loss_fn(enc_q, batch):
+  def loss_fn(enc_q, rest, batch):
     return posterior_nll(model, {**rest, "enc_q": enc_q}, *batch)
 
   @jax.jit
-  def update(enc_q, opt, batch):
-    loss, grads = jax.value_and_grad(loss_fn)(enc_q, batch)
+  def update(enc_q, opt, rest, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(enc_q, rest, batch)
     updates, opt = tx.update(grads, opt, enc_q)
     return optax.apply_updates(enc_q, updates), opt, loss
 
@@ -142,7 +143,8 @@ def fit_posterior(model, params: Dict[str, Any], tokens: Sequence[Sequence[int]]
   opt = tx.init(enc_q)
   losses = []
   for _ in range(int(steps)):
-    enc_q, opt, loss = update(enc_q, opt, _crops(pairs, rng, CROP_FRAMES, CROPS_PER_STEP))
+    enc_q, opt, loss = update(enc_q, opt, rest,
+                              _crops(pairs, rng, CROP_FRAMES, CROPS_PER_STEP))
     losses.append(loss)
   losses = [float(x) for x in jax.device_get(losses)] or [float("nan")]
   logging.info("posterior fit: %d sentences, %d steps, nll %.3f -> %.3f", len(tokens),

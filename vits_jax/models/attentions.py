@@ -17,14 +17,30 @@ from vits_jax.models.layers import Conv1d, LayerNorm
 Dtype = Any
 
 
-def _relative_one_hot(length: int, window_size: int) -> jax.Array:
-  """[T, T, 2W+1] float, 1 where key j sits at relative offset k - W from query i.
+def _band_to_matrix(band: jax.Array) -> jax.Array:
+  """[..., T, 2W+1] -> [..., T, T] with out[i, j] = band[i, j - i + W] where |j - i| <= W,
+  else 0 (offsets beyond the window have no embedding: the official pad-and-slice of the
+  embedding table amounts to that).
 
-  Offsets beyond the window have no embedding (all-zero rows), which is what the official
-  pad-and-slice of the embedding table amounts to.
+  The skew trick: rows padded to T + 2W + 1 and read back with rows of T + 2W put band[i, k]
+  at column i + k, so no [T, T, 2W+1] one-hot is built or contracted (that took half the
+  text encoder's time at 768 ids).
   """
-  offset = jnp.arange(length)[None, :] - jnp.arange(length)[:, None]   # j - i
-  return jax.nn.one_hot(offset + window_size, 2 * window_size + 1, dtype=jnp.float32)
+  *lead, t, w = band.shape
+  half = (w - 1) // 2
+  flat = jnp.pad(band, [(0, 0)] * len(lead) + [(0, 0), (0, t)]).reshape(*lead, t * (t + w))
+  skewed = flat[..., :t * (t + w - 1)].reshape(*lead, t, t + w - 1)
+  return skewed[..., half:half + t]
+
+
+def _matrix_to_band(matrix: jax.Array, window_size: int) -> jax.Array:
+  """[..., T, T] -> [..., T, 2W+1]: out[i, k] = matrix[i, i + k - W], 0 outside [0, T)
+  (the transpose of `_band_to_matrix`)."""
+  *lead, t, _ = matrix.shape
+  w = 2 * window_size + 1
+  padded = jnp.pad(matrix, [(0, 0)] * len(lead) + [(0, 0), (window_size, window_size)])
+  flat = jnp.pad(padded.reshape(*lead, t * (t + w - 1)), [(0, 0)] * len(lead) + [(0, t)])
+  return flat.reshape(*lead, t, t + w)[..., :w]
 
 
 class MultiHeadAttention(nn.Module):
@@ -56,9 +72,8 @@ class MultiHeadAttention(nn.Module):
       emb_init = nn.initializers.normal(d ** -0.5)
       emb_rel_k = self.param("emb_rel_k", emb_init, (1, w, d))
       emb_rel_v = self.param("emb_rel_v", emb_init, (1, w, d))
-      rel = _relative_one_hot(t, self.window_size)                     # [T, T, W]
       rel_logits = jnp.einsum("bhid,kd->bhik", q, emb_rel_k[0])        # [B, H, T, W]
-      scores = scores + jnp.einsum("bhik,ijk->bhij", rel_logits, rel)
+      scores = scores + _band_to_matrix(rel_logits)
     # A large finite negative (not -inf) so fully padded query rows stay finite.
     scores = jnp.where(attn_mask > 0, scores, -1e4)
     p_attn = jax.nn.softmax(scores, axis=-1)
@@ -66,7 +81,7 @@ class MultiHeadAttention(nn.Module):
       p_attn = nn.Dropout(self.p_dropout, deterministic=not train)(p_attn)
     out = jnp.einsum("bhij,bhjd->bhid", p_attn, v)
     if self.window_size is not None:
-      rel_weights = jnp.einsum("bhij,ijk->bhik", p_attn, rel)
+      rel_weights = _matrix_to_band(p_attn, self.window_size)          # [B, H, T, W]
       out = out + jnp.einsum("bhik,kd->bhid", rel_weights, emb_rel_v[0])
     out = out.transpose(0, 2, 1, 3).reshape(b, t, self.channels)
     return Conv1d(self.out_channels, 1, dtype=self.dtype, name="conv_o")(

@@ -72,10 +72,30 @@ def conv_time(x: jax.Array, w: jax.Array, stride: int = 1, dilation: int = 1,
   input channels keep XLA's own VJP, which measured faster there.
   """
   args = (int(stride), int(dilation), (int(padding[0]), int(padding[1])), int(groups))
+  if groups > 1 and w.shape[1] == 1 and w.shape[2] == groups and x.shape[-1] == groups:
+    return _conv_time_depthwise(x, w, *args)
   same = stride == 1 and groups == 1 and sum(args[2]) == dilation * (w.shape[0] - 1)
   if same and x.ndim == 3 and w.shape[1] < 512:
     return _conv_time_lax(x, w, *args)       # XLA's own VJP is faster here (decoder, WN)
   return _conv_time(x, w, *args)
+
+
+def _conv_time_depthwise(x, w, stride, dilation, padding, groups):
+  """A depthwise conv (one input channel per group, the duration predictor's DDSConv) as K
+  shifted element-wise multiply-adds, one fused loop: XLA:CPU ran it as a grouped
+  convolution at ~0.2 GFLOP/s (2.5 ms for 768 x 192 x 3 taps, 12 of them per sentence).
+  Plain jnp, so its gradient is element-wise too."""
+  del groups
+  k = w.shape[0]
+  x = jnp.pad(x, [(0, 0), padding] + [(0, 0)] * (x.ndim - 2))
+  t_out = (x.shape[1] - dilation * (k - 1) - 1) // stride + 1
+  w = w[:, 0, :]
+  y = None
+  for i in range(k):
+    tap = jax.lax.slice_in_dim(x, i * dilation, i * dilation + (t_out - 1) * stride + 1,
+                               stride, axis=1) * w[i]
+    y = tap if y is None else y + tap
+  return y
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))

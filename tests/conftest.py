@@ -36,3 +36,18 @@ def _free_compiled_programs():
   jax.clear_caches()
   gc.collect()
 
+
+
+# Test modules that take minutes (compiling train steps, running the README and the
+# notebook), most expensive first. They are collected first so that `-n 2 --dist loadfile`
+# starts them first and fills the other worker with the short modules meanwhile, instead of
+# meeting them at the end of the alphabet with one worker idle.
+SLOW_MODULES = ("test_train.py", "test_readme.py", "test_train_multihost.py",
+                "test_model_properties.py", "test_train_full_size.py", "test_notebook.py",
+                "test_tfds.py", "test_synthesis.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+  del session, config
+  rank = {name: i for i, name in enumerate(SLOW_MODULES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_MODULES)))

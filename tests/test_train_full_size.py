@@ -1,5 +1,8 @@
-"""The full-size configs train on a CPU: configs/ljs_base.py and configs/vctk.py compile the
-real jitted step (D then G, MAS, every loss) and run two steps at batch 2.
+"""The full-size configs train on a CPU: configs/vctk.py compiles the real jitted step (D then
+G, MAS, every loss) and runs two steps at batch 2; configs/ljs_base.py, the same networks
+without the speaker table and its conditioning, is traced through initialization and the
+same step (every shape and dtype checked by JAX) without paying a second full-size
+compilation (about 130 s of the test suite's CPU time).
 
 Random tokens and noise audio of fixed shapes (60 tokens, 120 frames); for vctk, two
 different speakers. Checked: every loss finite and of the size a fresh VITS gives, both
@@ -10,7 +13,6 @@ the others do not (their gradient is zero; AdamW's decoupled decay still shrinks
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from configs import ljs_base, vctk
 from vits_jax.training import loop
@@ -18,17 +20,12 @@ from vits_jax.training import state as state_lib
 from vits_jax.training import step as step_lib
 
 
-@pytest.mark.parametrize("get_config", [ljs_base.get_config, vctk.get_config],
-                         ids=["ljs_base", "vctk"])
-def test_full_size_config_runs_two_steps_at_batch_2(get_config):
+def _setup(get_config):
   config = get_config()
   config.train.batch_size = 2
   gen, disc = loop.build_models(config)
   tx_g, tx_d = state_lib.make_optimizer(config.train), state_lib.make_optimizer(config.train)
-
   init = loop.make_init_state(config, gen, disc, tx_g, tx_d)
-  state = jax.jit(init, compiler_options=loop.init_compiler_options())(jax.random.PRNGKey(0))
-  before = jax.device_get(state.params)
   rng = np.random.default_rng(0)
   hop, frames, tokens = config.data.hop_length, 120, 60
   batch = {
@@ -38,9 +35,32 @@ def test_full_size_config_runs_two_steps_at_batch_2(get_config):
       "audio_lengths": jnp.array([frames * hop, (frames - 20) * hop], jnp.int32),
       "sid": jnp.array([3, 7], jnp.int32),
   }
-  step = jax.jit(step_lib.make_train_step(config, gen, disc, tx_g, tx_d,
-                                          state_lib.learning_rate_fn(config.train, 100)),
-                 donate_argnums=0)
+  step = step_lib.make_train_step(config, gen, disc, tx_g, tx_d,
+                                  state_lib.learning_rate_fn(config.train, 100))
+  return config, init, step, batch
+
+
+def test_ljs_base_traces_through_init_and_the_step():
+  config, init, step, batch = _setup(ljs_base.get_config)
+  state = jax.eval_shape(init, jax.random.PRNGKey(0))
+  assert "emb_g" not in state.params["generator"]           # single speaker
+  n_gen = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
+      state.params["generator"]))
+  assert 30e6 < n_gen < 45e6, n_gen                          # the official LJS model's size
+  new_state, metrics = jax.eval_shape(step, state, batch)
+  assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
+  for a, b in zip(jax.tree_util.tree_leaves(new_state), jax.tree_util.tree_leaves(state)):
+    assert (a.shape, a.dtype) == (b.shape, b.dtype)
+  for k in ("loss/d/total", "loss/g/mel", "loss/g/kl", "loss/g/dur", "loss/g/fm",
+            "loss/g/adv", "loss/g/total", "grad_norm/g", "grad_norm/d"):
+    assert metrics[k].shape == () and metrics[k].dtype == jnp.float32, k
+
+
+def test_vctk_config_runs_two_steps_at_batch_2():
+  config, init, step, batch = _setup(vctk.get_config)
+  state = jax.jit(init, compiler_options=loop.init_compiler_options())(jax.random.PRNGKey(0))
+  before = jax.device_get(state.params)
+  step = jax.jit(step, donate_argnums=0)
   for _ in range(2):
     state, metrics = step(state, batch)
   metrics = jax.device_get(metrics)

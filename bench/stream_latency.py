@@ -5,7 +5,8 @@ it is whole), warm, same ids, 2 threads each, interleaved runs.
     python bench/stream_latency.py [--runs 10] [--threads 2]
 
 The sentence (about 15 s of speech) is one sentence for both: vits_jax streams it window by
-window (`inference.WINDOW_FRAMES` frames), onnxruntime returns it at the end. Noise on
+window (a first window of `inference.LEAD_FRAMES` frames, then `inference.WINDOW_FRAMES`),
+onnxruntime returns it at the end. Noise on
 (0.667, 0.8) for both. Prints the medians and the ratio first-chunk / onnxruntime-whole.
 """
 
@@ -69,7 +70,7 @@ def main():
   firsts, wholes, orts = map(np.array, (firsts, wholes, orts))
   print(f"sentence: {len(ids)} ids, {n / voice.sample_rate:.1f} s of audio (onnxruntime "
         f"{n_ort / voice.sample_rate:.1f} s), {args.threads} threads, {args.runs} runs; "
-        f"window {inference.plan_for(voice.model)}")
+        f"window {inference.plan_for(voice.model)}, first window {inference.LEAD_FRAMES}")
   print(f"  vits_jax first chunk:   median {np.median(firsts) * 1e3:7.0f} ms")
   print(f"  vits_jax whole:         median {np.median(wholes) * 1e3:7.0f} ms")
   print(f"  onnxruntime whole:      median {np.median(orts) * 1e3:7.0f} ms")

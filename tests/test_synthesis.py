@@ -95,6 +95,33 @@ def test_windows_equal_whole_decoding(multi, noise_scale):
   assert np.abs(np.concatenate(cut) - want[4]).max() > 1e-3
 
 
+@pytest.mark.parametrize("first", [7 * WINDOW + 5, WINDOW + 1, WINDOW])
+def test_short_lead_window_equals_whole_decoding(multi, first):
+  """A stream whose first sentence is longer than a window starts with a `lead`-frame
+  window (earlier first audio); every sentence still equals its whole decode. A first
+  sentence of at most one window keeps one window size."""
+  rng = np.random.RandomState(1)
+  c = multi.model.inter_channels
+  lead = 5
+  lengths = [first, 1, WINDOW - 1, WINDOW + 1, 3 * WINDOW + 2]
+  m = [rng.randn(n, c).astype(np.float32) for n in lengths]
+  logs = [0.3 * rng.randn(n, c).astype(np.float32) for n in lengths]
+  seeds = [2, 7, 1, 8, 2]
+  options = inference.Options(speaker_id=1, noise_scale=0.8, seed=5, batch_size=4)
+  items = [(i, (m[i], logs[i], np.ones(n, np.int64)), seeds[i]) for i, n in enumerate(lengths)]
+  pieces = {}
+  for i, piece, _ in inference.decode_tokens(multi.model, multi.params, [items[:2], items[2:]],
+                                             options, WINDOW, lead=lead):
+    pieces.setdefault(i, []).append(piece)
+  hop = multi.hop_length
+  assert len(pieces[0][0]) == (lead if first > WINDOW else min(first, WINDOW)) * hop
+  want = _whole(multi, m, logs, seeds, 1, 0.8, jax.random.PRNGKey(5))
+  for i, n in enumerate(lengths):
+    got = np.concatenate(pieces[i])
+    assert got.shape == (n * hop,)
+    np.testing.assert_allclose(got, want[i], atol=1e-5, rtol=0)
+
+
 def test_voice_equals_model_infer_with_noise(multi):
   """Voice synthesis (text side, tape, windows) is `model.infer` with the same key."""
   rng = np.random.RandomState(0)
@@ -117,6 +144,7 @@ def test_voice_equals_model_infer_with_noise(multi):
 
 def test_stream_equals_synthesize(multi, monkeypatch):
   monkeypatch.setattr(inference, "WINDOW_FRAMES", WINDOW)
+  monkeypatch.setattr(inference, "LEAD_FRAMES", 5)   # the first sentence is > WINDOW frames
   text = ("The birch canoe slid on the smooth planks. Glue the sheet to the dark blue "
           "background.\n\nIt is easy to tell the depth of a well!")
   kw = dict(speaker="bob", noise_scale=0.667, noise_scale_w=0.8, seed=2,
@@ -125,6 +153,7 @@ def test_stream_equals_synthesize(multi, monkeypatch):
   chunks = list(multi.stream(text, **kw))
   assert all(c.dtype == np.float32 for c in chunks)
   streamed = np.concatenate(chunks)
+  assert len(chunks[0]) == 5 * multi.hop_length   # the short first window
   assert streamed.shape == whole.shape
   np.testing.assert_allclose(streamed, whole, atol=1e-5, rtol=0)
   # Three sentences, delivered in many pieces (windows inside sentences), with the two

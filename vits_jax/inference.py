@@ -17,7 +17,9 @@ Built from the model's two inference halves (`SynthesizerTrn.encode_text` and
   batch size, whatever the utterance lengths.
 
 Windows come out in tape order, so audio is delivered sentence by sentence and window by
-window inside a sentence (`stream_ids`), with memory bounded by the windows in flight.
+window inside a sentence (`stream_ids`), with memory bounded by the windows in flight; a
+stream whose first sentence is long starts with a shorter window (`LEAD_FRAMES`), so its
+first audio waits for less.
 Window batches are sharded over a 1-D mesh of all local devices (data parallel). Compiled
 programs live at module level keyed on the (hashable) model, so every voice of the same
 architecture shares them.
@@ -44,6 +46,11 @@ MAX_IDS = TEXT_BUCKETS[-1]
 # its margins: measured on the joe voice on 2 CPU cores, 0.71 / 0.58 / 0.54 ms per output
 # frame at 128 / 256 / 512 frames, against 0.49 for a whole-utterance decode.
 WINDOW_FRAMES = 256
+# Core frames of a stream's first window when its first sentence is longer than a window
+# (`stream_ids(lead=...)`, used by `Voice.stream`): the first audio then waits for a
+# 32-frame window (~0.37 s of audio) instead of a 256-frame one. Shorter first sentences
+# keep one window size, so a short line compiles and loads no extra program.
+LEAD_FRAMES = 32
 # Most sentences per text-side call and windows per decoder call, by backend. On CPU both
 # halves are compute-bound at batch 1 (per-row time falls < 20% at batch 16), so padding rows
 # would only waste work; accelerators take `batch_size`.
@@ -62,6 +69,7 @@ class Plan:
   dec_margin: int
   gap: int
   hop: int
+  lead: int = 0  # core frames of the tape's first window (0: `window`, like the others)
 
   @property
   def margin(self) -> int:
@@ -121,6 +129,24 @@ class _Tape:
     self.end = 0          # first free frame (after the last sentence's gap)
     self.next_window = 0  # index of the next window to hand out
 
+  def bounds(self, k: int) -> Tuple[int, int]:
+    """Core frames [lo, hi) of window k."""
+    p = self.plan
+    if not p.lead:
+      return k * p.window, (k + 1) * p.window
+    if k == 0:
+      return 0, p.lead
+    return p.lead + (k - 1) * p.window, p.lead + k * p.window
+
+  def _windows_before(self, frames: int, covering: bool) -> int:
+    """Windows whose cores cover [0, frames) (`covering`), or that end at or before it."""
+    p = self.plan
+    first = p.lead or p.window
+    if frames <= 0 or (not covering and frames < first):
+      return 0
+    rest = frames - first
+    return 1 + (-(-rest // p.window) if covering else rest // p.window)
+
   def append(self, index, m_tokens, logs_tokens, durations, seed):
     durations = np.asarray(durations, np.int64)
     token = np.repeat(np.arange(len(durations)), durations)
@@ -134,12 +160,10 @@ class _Tape:
 
   def ready(self, final: bool) -> int:
     """Windows whose input no later sentence can change (all of them when `final`)."""
-    p = self.plan
     if final:
-      last = self.segments[-1].end if self.segments else 0
-      total = -(-last // p.window)
+      total = self._windows_before(self.segments[-1].end if self.segments else 0, True)
     else:
-      total = max(0, (self.end - p.margin) // p.window)
+      total = self._windows_before(self.end - self.plan.margin, False)
     return max(0, total - self.next_window)
 
   def take(self, n: int):
@@ -147,14 +171,17 @@ class _Tape:
     p = self.plan
     ks = list(range(self.next_window, self.next_window + n))
     self.next_window += n
-    m = np.zeros((n, p.span, self.channels), np.float32)
+    cores = {self.bounds(k)[1] - self.bounds(k)[0] for k in ks}
+    assert len(cores) == 1, "windows of one call must have one size"
+    span = cores.pop() + 2 * p.margin
+    m = np.zeros((n, span, self.channels), np.float32)
     logs = np.zeros_like(m)
-    mask = np.zeros((n, p.span, 1), np.float32)
-    seeds = np.zeros((n, p.span), np.int32)
-    pos = np.zeros((n, p.span), np.int32)
+    mask = np.zeros((n, span, 1), np.float32)
+    seeds = np.zeros((n, span), np.int32)
+    pos = np.zeros((n, span), np.int32)
     for r, k in enumerate(ks):
-      lo = k * p.window - p.margin
-      hi = lo + p.span
+      lo = self.bounds(k)[0] - p.margin
+      hi = lo + span
       for seg in self.segments:
         a, b = max(lo, seg.start), min(hi, seg.end)
         if a >= b:
@@ -173,7 +200,7 @@ class _Tape:
     are delivered. Drops finished segments.
     """
     p = self.plan
-    lo, hi = k * p.window, (k + 1) * p.window
+    lo, hi = self.bounds(k)
     for seg in self.segments:
       a, b = max(lo, seg.start), min(hi, seg.end)
       if a >= b:
@@ -199,7 +226,8 @@ class Options:
 
 def stream_ids(model, params, sentences: Iterable[Tuple[Sequence[int], int]],
                options: Options, text_batch: Optional[int] = None,
-               window: Optional[int] = None) -> Iterator[Tuple[int, np.ndarray, Any]]:
+               window: Optional[int] = None,
+               lead: Optional[int] = None) -> Iterator[Tuple[int, np.ndarray, Any]]:
   """Token id sequences -> their audio, window by window, in order.
 
   Args:
@@ -210,6 +238,8 @@ def stream_ids(model, params, sentences: Iterable[Tuple[Sequence[int], int]],
     text_batch: sentences per text-side call (default `batch_bucket(batch_size)`; 1
       streams with the least latency).
     window: decoder window core frames (default `WINDOW_FRAMES`).
+    lead: core frames of the first window when the first sentence is longer than a window
+      (earlier first audio, one more program); None or 0: every window is `window` long.
 
   Yields:
     (sentence index, float32 samples, durations): consecutive pieces of each sentence's
@@ -234,17 +264,18 @@ def stream_ids(model, params, sentences: Iterable[Tuple[Sequence[int], int]],
       yield [(i, tokens, seed) for i, tokens, seed in _text_side(
           model, params, group, options.speaker_id, scales, key, tb)]
 
-  return decode_tokens(model, params, groups(), options, window)
+  return decode_tokens(model, params, groups(), options, window, lead)
 
 
 def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
-                  options: Options, window: Optional[int] = None
+                  options: Options, window: Optional[int] = None, lead: Optional[int] = None
                   ) -> Iterator[Tuple[int, np.ndarray, Any]]:
   """The latent side of `stream_ids`: per-token prior statistics -> audio, in windows.
 
   Args:
     groups: lists of (sentence index, (m_p [n, C], logs_p [n, C], durations [n] int),
       seed), consumed one list at a time as the decoder needs more frames.
+    window, lead: as `stream_ids`.
 
   Yields:
     as `stream_ids`.
@@ -257,6 +288,7 @@ def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
   cap = MAX_WINDOW_BATCH.get(jax.default_backend(), MAX_BATCH_DEFAULT)
   wb = _round_up(min(batch_bucket(max(1, int(options.batch_size))), cap), devices)
   tape = _Tape(plan, int(model.inter_channels))
+  lead = int(lead or 0)
   source = iter(groups)
   exhausted = False
   while True:
@@ -267,11 +299,16 @@ def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
       else:
         for i, (m_p, logs_p, dur), seed in group:
           tape.append(i, m_p, logs_p, dur, seed)
+        if (lead and 0 < lead < plan.window and tape.next_window == 0 and
+            len(tape.segments[0].m) > plan.window):
+          tape.plan = dataclasses.replace(plan, lead=lead)  # a long first sentence
+        lead = 0
     while True:
       ready = tape.ready(final=exhausted)
-      if ready == 0 or (ready < wb and not exhausted):
+      first_alone = tape.plan.lead and tape.next_window == 0
+      if ready == 0 or (ready < wb and not exhausted and not first_alone):
         break
-      n = min(ready, wb)
+      n = 1 if first_alone else min(ready, wb)
       inputs, ks = tape.take(n)
       batch = wb if n == wb else _round_up(batch_bucket(n), devices)
       audio = _latent_side(model, params, plan, inputs, batch, options.speaker_id, scales,

@@ -253,7 +253,9 @@ class Voice:
              sentence_silence: float = 0.0, batch_size: int = 1) -> Iterator[np.ndarray]:
     """Yields float32 pieces of `synthesize(text, ...)`'s waveform as they are ready:
     sentence by sentence, and window by window (`inference.WINDOW_FRAMES` frames) inside a
-    sentence. Their concatenation equals `synthesize`'s output.
+    sentence; when the first sentence is longer than a window, its first window is
+    `inference.LEAD_FRAMES` frames, so the first audio comes sooner. Their concatenation
+    equals `synthesize`'s output.
 
     Text is phonemized a paragraph (blank-line separated block) at a time, so memory stays
     bounded however long the text. `batch_size` > 1 runs the model on several sentences
@@ -270,7 +272,8 @@ class Voice:
         yield ids, s
 
     last = -1
-    for i, piece, _ in inference.stream_ids(self.model, self.params, sentences(), options):
+    for i, piece, _ in inference.stream_ids(self.model, self.params, sentences(), options,
+                                            lead=inference.LEAD_FRAMES):
       if i != last and i > 0 and gap.size:
         yield gap.copy()
       last = i

@@ -39,12 +39,14 @@ def _free_compiled_programs():
 
 
 # Test modules that take minutes (compiling train steps, running the README and the
-# notebook), most expensive first. They are collected first so that `-n 2 --dist loadfile`
-# starts them first and fills the other worker with the short modules meanwhile, instead of
-# meeting them at the end of the alphabet with one worker idle.
-SLOW_MODULES = ("test_train.py", "test_readme.py", "test_train_multihost.py",
-                "test_model_properties.py", "test_train_full_size.py", "test_notebook.py",
-                "test_tfds.py", "test_synthesis.py")
+# notebook), most expensive first. They are collected first, and pytest.ini's
+# `--no-loadscope-reorder` makes `-n 2 --dist loadfile` hand them out in that order, so the
+# two workers start on the long ones and the short modules fill the gaps, instead of one
+# worker meeting a long module at the end with the other idle.
+SLOW_MODULES = ("test_train.py", "test_readme.py", "test_model_properties.py", "test_tfds.py",
+                "test_train_full_size.py", "test_notebook.py", "test_train_multihost.py",
+                "test_synthesis.py", "test_export.py", "test_model_parity.py",
+                "test_infer_cli.py", "test_export_piper.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -57,11 +57,19 @@ def prepare(src: Path, out: Path) -> Path:
   return out
 
 
+# A test run compiles a train step and runs it a few times: XLA:CPU's LLVM optimizations
+# cost more there than they save (the micro step compiles in 53 s instead of 78 s here).
+# Every run of the tests uses it, so runs that are compared compiled alike.
+XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
 def _env(**extra) -> dict:
+  """The environment of a test's `train.py`: CPU, the shared cache, this checkout, and
+  XLA_FLAGS above followed by any `XLA_FLAGS` in `extra`."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", VITS_JAX_XLA_CACHE=XLA_CACHE,
              PYTHONPATH=str(REPO))
-  env.pop("XLA_FLAGS", None)
-  env.update(extra)
+  flags = " ".join(filter(None, [XLA_FLAGS, extra.pop("XLA_FLAGS", "")]))
+  env.update(extra, XLA_FLAGS=flags)
   return env
 
 
@@ -95,8 +103,9 @@ def losses(row: dict) -> dict:
   return {k: v for k, v in row.items() if k.startswith(("loss/", "grad_norm/"))}
 
 
-def checkpoint_params(workdir: Path, step: int) -> dict:
-  """The full `params` ({'generator', 'discriminator'}) of a checkpoint, as numpy."""
+def checkpoint_params(workdir: Path, step: int, part: str = "params") -> dict:
+  """The full `params` ({'generator', 'discriminator'}) of a checkpoint, as numpy (or
+  another `part` of the saved train state, e.g. 'opt_state')."""
   import orbax.checkpoint as ocp
   path = workdir / "checkpoints" / str(step) / "state"
   import jax
@@ -106,7 +115,7 @@ def checkpoint_params(workdir: Path, step: int) -> dict:
     meta = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
     as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
     tree = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-  return tree["params"]
+  return tree[part]
 
 
 def free_port() -> int:

@@ -45,7 +45,12 @@ def build_models(config: ml_collections.ConfigDict):
 
 
 def init_variables(config, generator, discriminator, rng: jax.Array):
-  """Initial (generator, discriminator) variables; shapes don't depend on the dummy inputs."""
+  """Initial (generator, discriminator) variables; shapes don't depend on the dummy inputs.
+
+  Params are float32 whatever the compute dtype, so the models initialize in float32: a
+  bfloat16 run starts from the same params as a float32 one, with the same init program.
+  """
+  generator, discriminator = generator.clone(dtype=None), discriminator.clone(dtype=None)
   hop = int(config.data.hop_length)
   segment = int(config.train.segment_size)
   frames = segment // hop

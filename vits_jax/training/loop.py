@@ -226,7 +226,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
 
   init_state = make_init_state(config, generator, discriminator, tx_g, tx_d)
   rng = jax.random.PRNGKey(int(t.seed))
-  abstract = jax.eval_shape(init_state, rng)
+  # Programs saved by an earlier run with the same settings load without tracing; the
+  # state's shapes then come from the saved init program instead of tracing init.
+  store = programs.ExecutableStore.for_run(config, steps_per_epoch=train_data.steps_per_epoch)
+  init_program = store.load("init", (rng,)) if store is not None else None
+  abstract = init_program.out_info if init_program is not None else \
+      jax.eval_shape(init_state, rng)
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
   state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, abstract)
@@ -263,7 +268,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   will_evaluate = evaluator is not None and (eval_at_start or (
       num_steps // eval_every > step // eval_every))
   abstract_batch = lambda bucket: _abstract_batch(bucket, int(t.batch_size), batch_sharding)
-  compiler = programs.AheadCompiler(ahead=bool(t.compile_ahead))
+  compiler = programs.AheadCompiler(ahead=bool(t.compile_ahead), store=store)
   if eval_at_start:
     compiler.submit("eval", evaluator.eval_fn,
                     *evaluator.abstract_args(abstract.params["generator"]))
@@ -276,8 +281,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
 
   try:
     if latest is None:   # (compiles while the workers compile the step programs)
-      state = jax.jit(init_state, out_shardings=state_sharding,
-                      compiler_options=init_compiler_options())(rng)
+      if init_program is None:
+        lowered = jax.jit(init_state, out_shardings=state_sharding).lower(rng)
+        if store is None:
+          init_program = lowered.compile(compiler_options=init_compiler_options())
+        else:
+          init_program = store.compile(lowered, init_compiler_options())
+          store.save("init", (rng,), init_program)
+      state = init_program(rng)
       if t.init_from:
         state = warm_start.warm_start(state, t.init_from, config, repl, generator)
     if is_main:
@@ -331,8 +342,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         host = jax.device_get(metrics)
         elapsed = time.perf_counter() - interval_start
         scalars = dict(host, steps_per_sec=interval_steps / max(elapsed, 1e-9), devices=devices)
-        # One trace per distinct batch shape (length bucket); more means recompiles.
-        scalars["jit/train_step_traces"] = traces[0]
+        # One step program per distinct batch shape (length bucket), traced or loaded from
+        # the program store; more means recompiles.
+        scalars["jit/train_step_traces"] = traces[0] + compiler.loaded_steps
+        scalars["jit/programs_loaded"] = store.loaded if store is not None else 0
         writer.write_scalars(step, scalars)
         progress.set_postfix({"g": f"{float(host['loss/g/total']):.3f}",
                               "d": f"{float(host['loss/d/total']):.3f}",

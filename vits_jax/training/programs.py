@@ -9,8 +9,13 @@ needs it and waits only for that one, in short slices so that SIGTERM is seen wh
 """
 
 import concurrent.futures
+import hashlib
+import json
+import os
+import pickle
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Hashable, Optional
 
 import jax
@@ -28,7 +33,10 @@ class AheadCompiler:
   turned true while waiting.
   """
 
-  def __init__(self, workers: int = DEFAULT_WORKERS, ahead: bool = True):
+  def __init__(self, workers: int = DEFAULT_WORKERS, ahead: bool = True,
+               store: Optional["ExecutableStore"] = None):
+    self._store = store
+    self.loaded_steps = 0   # step programs loaded from `store` (not traced)
     self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="compile")
     self._futures: dict[Hashable, concurrent.futures.Future] = {}
     self._lazy: dict[Hashable, Callable] = {}
@@ -43,14 +51,26 @@ class AheadCompiler:
       if not self._ahead:
         self._lazy.setdefault(key, jitted)
       elif key not in self._futures:
-        self._futures[key] = self._pool.submit(self._compile, jitted, abstract_args)
+        self._futures[key] = self._pool.submit(self._compile, key, jitted, abstract_args)
 
-  def _compile(self, jitted, abstract_args):
+  def _compile(self, key, jitted, abstract_args):
+    name = key if isinstance(key, str) else "step"
+    if self._store is not None:
+      compiled = self._store.load(name, abstract_args)
+      if compiled is not None:
+        if name == "step":
+          with self._lock:
+            self.loaded_steps += 1
+        return compiled
     # Tracing holds the GIL anyway; one at a time keeps each program's lowered text (and
     # so its persistent-cache key) independent of what another thread traces meanwhile.
     with self._lower_lock:
       lowered = jitted.lower(*abstract_args)
-    return lowered.compile()
+    if self._store is None:
+      return lowered.compile()
+    compiled = self._store.compile(lowered)
+    self._store.save(name, abstract_args, compiled)
+    return compiled
 
   def __contains__(self, key: Hashable) -> bool:
     return key in self._futures or key in self._lazy
@@ -94,3 +114,116 @@ def wait_ready(tree, interrupted: Callable[[], bool]) -> bool:
     time.sleep(pause)
     pause = min(2 * pause, 0.1)
   return True
+
+
+# Config fields that no program of a run depends on (where its files are, how long it runs,
+# what it logs and keeps): left out of `ExecutableStore`'s key, so runs that differ only in
+# them share programs. Anything else in the config is part of the key.
+_NOT_IN_PROGRAMS = {"data": ("dir",),
+                    "train": ("num_steps", "eval_every", "checkpoint_every", "log_every",
+                              "max_to_keep", "init_from", "compile_ahead", "seed")}
+_STORE_MAGIC = b"vits_jax-train-xlaexe-1"
+_FRESH = 987654321  # see ExecutableStore.compile
+
+
+class ExecutableStore:
+  """A run's compiled programs (init, one step per length bucket, evaluation) kept on disk
+  beside the compile cache (`<cache>/programs/train-*.xlaexe`), so that a restarted or
+  repeated run loads them with no tracing, lowering or compilation. XLA's persistent cache
+  alone saves only the compilation: JAX still traces and lowers the whole model to find
+  the cache entry (about 25 s for init and step of configs/tiny.py:micro on 2 CPU cores).
+
+  The key: the program's name, the config (less `_NOT_IN_PROGRAMS`), what the caller
+  passes as `extra` (values the programs bake in that the config does not hold, such as
+  the epoch length of the learning-rate schedule), the argument shapes and dtypes, the jax,
+  jaxlib, flax and optax versions, a hash of this package's code, and the machine tag of
+  `vits_jax.inference` (platform, CPU features, XLA_FLAGS). One process with one device
+  only; an entry that does not load (damaged, another jaxlib) is rebuilt.
+  """
+
+  def __init__(self, root: Path, identity: str):
+    self.root, self.identity = Path(root), identity
+    self.loaded = 0   # programs this process loaded from the store
+
+  @classmethod
+  def for_run(cls, config, **extra) -> Optional["ExecutableStore"]:
+    from vits_jax import inference, xla_cache
+    root = xla_cache.cache_dir()
+    if not root or jax.process_count() != 1 or jax.device_count() != 1:
+      return None
+    settings = config.to_dict()
+    for section, names in _NOT_IN_PROGRAMS.items():
+      for name in names:
+        settings.get(section, {}).pop(name, None)
+    from importlib import metadata
+    versions = []
+    for package in ("jax", "jaxlib", "flax", "optax"):
+      try:
+        versions.append(metadata.version(package))
+      except metadata.PackageNotFoundError:
+        versions.append("")
+    identity = repr((json.dumps(settings, sort_keys=True, default=str), sorted(extra.items()),
+                     versions, _package_hash(), inference._machine_tag(),  # pylint: disable=protected-access
+                     str(jax.config.jax_default_matmul_precision),
+                     bool(jax.config.jax_enable_x64)))
+    return cls(Path(root) / "programs", identity)
+
+  def path(self, name: str, abstract_args) -> Path:
+    leaves, treedef = jax.tree_util.tree_flatten(abstract_args)
+    shapes = [(tuple(x.shape), str(x.dtype)) for x in leaves]
+    digest = hashlib.sha256(repr((self.identity, name, str(treedef), shapes)).encode())
+    return self.root / f"train-{name}-{digest.hexdigest()[:32]}.xlaexe"
+
+  def load(self, name: str, abstract_args):
+    """The compiled program saved for `name` and these argument shapes, or None."""
+    try:
+      data = self.path(name, abstract_args).read_bytes()
+    except OSError:
+      return None
+    try:
+      header, payload = data.split(b"\n", 1)
+      magic, digest = header.split(b" ")
+      if magic != _STORE_MAGIC or hashlib.sha256(payload).hexdigest().encode() != digest:
+        return None
+      from jax.experimental import serialize_executable
+      executable, in_tree, out_tree = pickle.loads(payload)
+      compiled = serialize_executable.deserialize_and_load(executable, in_tree, out_tree)
+    except Exception:  # pylint: disable=broad-except  (another jaxlib or machine: rebuild)
+      return None
+    self.loaded += 1
+    return compiled
+
+  @staticmethod
+  def compile(lowered, compiler_options: Optional[dict] = None):
+    """`lowered.compile()`, compiled afresh: an executable that XLA's persistent cache
+    supplied serializes into one that loads but fails when run ('Function ... not found').
+    An option that only matters when dumping HLO gives the program a cache key of its own,
+    and this thread writes no cache entry under it, so XLA's cache never supplies it."""
+    from jax._src import config as jax_config  # thread-local settings
+    options = dict(compiler_options or {}, xla_dump_max_hlo_modules=_FRESH,
+                   xla_cpu_parallel_codegen_split_count=1)
+    with jax_config.persistent_cache_min_compile_time_secs(float("inf")):
+      return lowered.compile(compiler_options=options)
+
+  def save(self, name: str, abstract_args, compiled) -> bool:
+    """Saves a compiled program; False where it does not serialize or cannot be written."""
+    from vits_jax import inference
+    try:
+      from jax.experimental import serialize_executable
+      payload = pickle.dumps(serialize_executable.serialize(compiled))
+    except Exception:  # pylint: disable=broad-except  (this backend cannot serialize it)
+      return False
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    path = self.path(name, abstract_args)
+    inference._write_atomic(path, _STORE_MAGIC + b" " + digest + b"\n" + payload)  # pylint: disable=protected-access
+    return path.is_file()
+
+
+def _package_hash() -> str:
+  """Hash of this package's code (a change in any module re-traces)."""
+  here = Path(__file__).resolve().parents[1]
+  h = hashlib.sha256()
+  for path in sorted(here.rglob("*.py")):
+    h.update(str(path.relative_to(here)).encode())
+    h.update(path.read_bytes())
+  return h.hexdigest()

@@ -11,7 +11,6 @@ needs it and waits only for that one, in short slices so that SIGTERM is seen wh
 import concurrent.futures
 import hashlib
 import json
-import os
 import pickle
 import threading
 import time
@@ -144,6 +143,7 @@ class ExecutableStore:
   def __init__(self, root: Path, identity: str):
     self.root, self.identity = Path(root), identity
     self.loaded = 0   # programs this process loaded from the store
+    self._lock = threading.Lock()   # (compile threads load concurrently)
 
   @classmethod
   def for_run(cls, config, **extra) -> Optional["ExecutableStore"]:
@@ -190,7 +190,8 @@ class ExecutableStore:
       compiled = serialize_executable.deserialize_and_load(executable, in_tree, out_tree)
     except Exception:  # pylint: disable=broad-except  (another jaxlib or machine: rebuild)
       return None
-    self.loaded += 1
+    with self._lock:
+      self.loaded += 1
     return compiled
 
   @staticmethod

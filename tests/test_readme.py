@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import train_utils as tu
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
@@ -101,6 +103,9 @@ def ran(tmp_path_factory):
   env["PATH"] = os.pathsep.join([str(bindir), env.get("PATH", "")])
   env["JAX_PLATFORMS"] = "cpu"
   env["HOME"] = str(tmp / "home")            # a fresh shell: no caches from earlier runs
+  # As every train.py run of the tests: compile without LLVM's optimizations (the README's
+  # two training runs take a few steps; their compilation is most of this test's time).
+  env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""), tu.XLA_FLAGS]))
   env.pop("PYTHONPATH", None)
   transcript = []
   for command, reason in _bash_commands():

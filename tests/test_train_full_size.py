@@ -60,7 +60,10 @@ def test_vctk_config_runs_two_steps_at_batch_2():
   config, init, step, batch = _setup(vctk.get_config)
   state = jax.jit(init, compiler_options=loop.init_compiler_options())(jax.random.PRNGKey(0))
   before = jax.device_get(state.params)
-  step = jax.jit(step, donate_argnums=0)
+  # Two steps: LLVM's optimizations would cost more compile time than they save (as in
+  # every train.py run of the tests, tests/train_utils.py).
+  step = jax.jit(step, donate_argnums=0).lower(state, batch).compile(
+      compiler_options={"xla_backend_optimization_level": 0})
   for _ in range(2):
     state, metrics = step(state, batch)
   metrics = jax.device_get(metrics)

@@ -67,11 +67,24 @@ def init_variables(config, generator, discriminator, rng: jax.Array):
   return gen_vars, disc_vars
 
 
-def make_init_state(config, generator, discriminator, tx_g, tx_d):
-  """`rng -> TrainState`: fresh generator and discriminator, optimizer states (not jitted)."""
+def make_init_state(config, generator, discriminator, tx_g, tx_d,
+                    source_name: Optional[str] = None):
+  """`(rng, source=None) -> TrainState`: fresh generator and discriminator, optimizer
+  states (not jitted).
 
-  def init_state(rng):
+  A fine-tuning run (`train.init_from`, named `source_name` in errors) passes `source`, the
+  voice's generator params as `warm_start.init_args` gives them: they replace the fresh
+  ones where the paths match (`warm_start.merge_params`; a shape mismatch raises while
+  tracing), so the compiled program computes no random init for them.
+  """
+
+  def init_state(rng, source=None):
     gen_vars, disc_vars = init_variables(config, generator, discriminator, rng)
+    if source is not None:
+      from flax import traverse_util
+      params, _, _ = warm_start.merge_params(
+          gen_vars["params"], traverse_util.unflatten_dict(source, sep="/"), source_name)
+      gen_vars = {**gen_vars, "params": params}
     return state_lib.create_train_state(jax.random.fold_in(rng, 1), gen_vars, disc_vars,
                                         tx_g, tx_d)
 
@@ -224,21 +237,26 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   tx_g, tx_d = state_lib.make_optimizer(t), state_lib.make_optimizer(t)
   lr_fn = state_lib.learning_rate_fn(t, train_data.steps_per_epoch)
 
-  init_state = make_init_state(config, generator, discriminator, tx_g, tx_d)
-  rng = jax.random.PRNGKey(int(t.seed))
+  ckpt = checkpoint_lib.Checkpointer(workdir, int(t.max_to_keep))
+  preemption.wait_for_saves = ckpt.manager.wait_until_finished
+  latest = ckpt.latest_step()
+  # A fine-tuning run's init program takes the source voice's params as an argument.
+  source = source_name = None
+  if t.init_from and latest is None:
+    source, source_name = warm_start.load_source_params(t.init_from)
+    source = warm_start.init_args(source)
+  init_state = make_init_state(config, generator, discriminator, tx_g, tx_d, source_name)
+  init_args = (jax.random.PRNGKey(int(t.seed)),) + ((source,) if source is not None else ())
   # Programs saved by an earlier run with the same settings load without tracing; the
   # state's shapes then come from the saved init program instead of tracing init.
   store = programs.ExecutableStore.for_run(config, steps_per_epoch=train_data.steps_per_epoch)
-  init_program = store.load("init", (rng,)) if store is not None else None
+  init_program = store.load("init", init_args) if store is not None else None
   abstract = init_program.out_info if init_program is not None else \
-      jax.eval_shape(init_state, rng)
+      jax.eval_shape(init_state, *init_args)
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
   state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, abstract)
 
-  ckpt = checkpoint_lib.Checkpointer(workdir, int(t.max_to_keep))
-  preemption.wait_for_saves = ckpt.manager.wait_until_finished
-  latest = ckpt.latest_step()
   if latest is not None:
     state, data_state = ckpt.restore(latest, abstract)
     train_data.set_state(data_state)
@@ -281,16 +299,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
 
   try:
     if latest is None:   # (compiles while the workers compile the step programs)
+      if source is not None:   # (every process passes the same values)
+        init_args = (init_args[0], jax.device_put(source, repl))
       if init_program is None:
-        lowered = jax.jit(init_state, out_shardings=state_sharding).lower(rng)
+        lowered = jax.jit(init_state, out_shardings=state_sharding).lower(*init_args)
         if store is None:
           init_program = lowered.compile(compiler_options=init_compiler_options())
         else:
           init_program = store.compile(lowered, init_compiler_options())
-          store.save("init", (rng,), init_program)
-      state = init_program(rng)
-      if t.init_from:
-        state = warm_start.warm_start(state, t.init_from, config, repl, generator)
+          store.save("init", init_args, init_program)
+      state = init_program(*init_args)
+      if source is not None:
+        state = warm_start.after_init(state, source, source_name, config, repl, generator)
     if is_main:
       records.write_json_atomic(os.path.join(workdir, CONFIG_FILE),
                                 json.loads(json.dumps(config.to_dict(), default=str)))

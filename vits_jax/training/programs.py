@@ -134,14 +134,16 @@ class ExecutableStore:
 
   The key: the program's name, the config (less `_NOT_IN_PROGRAMS`), what the caller
   passes as `extra` (values the programs bake in that the config does not hold, such as
-  the epoch length of the learning-rate schedule), the argument shapes and dtypes, the jax,
+  the epoch length of the learning-rate schedule; not for the init program, which does
+  not see them), the argument shapes and dtypes, the jax,
   jaxlib, flax and optax versions, a hash of this package's code, and the machine tag of
   `vits_jax.inference` (platform, CPU features, XLA_FLAGS). One process with one device
   only; an entry that does not load (damaged, another jaxlib) is rebuilt.
   """
 
-  def __init__(self, root: Path, identity: str):
+  def __init__(self, root: Path, identity: str, extra: str = ""):
     self.root, self.identity = Path(root), identity
+    self.extra = extra  # (not part of the init program's key: init does not see it)
     self.loaded = 0   # programs this process loaded from the store
     self._lock = threading.Lock()   # (compile threads load concurrently)
 
@@ -162,16 +164,16 @@ class ExecutableStore:
         versions.append(metadata.version(package))
       except metadata.PackageNotFoundError:
         versions.append("")
-    identity = repr((json.dumps(settings, sort_keys=True, default=str), sorted(extra.items()),
-                     versions, _package_hash(), inference._machine_tag(),  # pylint: disable=protected-access
+    identity = repr((json.dumps(settings, sort_keys=True, default=str), versions, _package_hash(), inference._machine_tag(),  # pylint: disable=protected-access
                      str(jax.config.jax_default_matmul_precision),
                      bool(jax.config.jax_enable_x64)))
-    return cls(Path(root) / "programs", identity)
+    return cls(Path(root) / "programs", identity, repr(sorted(extra.items())))
 
   def path(self, name: str, abstract_args) -> Path:
     leaves, treedef = jax.tree_util.tree_flatten(abstract_args)
     shapes = [(tuple(x.shape), str(x.dtype)) for x in leaves]
-    digest = hashlib.sha256(repr((self.identity, name, str(treedef), shapes)).encode())
+    extra = "" if name == "init" else self.extra
+    digest = hashlib.sha256(repr((self.identity, extra, name, str(treedef), shapes)).encode())
     return self.root / f"train-{name}-{digest.hexdigest()[:32]}.xlaexe"
 
   def load(self, name: str, abstract_args):

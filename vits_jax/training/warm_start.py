@@ -6,8 +6,11 @@ training workdir (its latest checkpoint), an HF `VitsModel` folder, an official 
 
 Every generator parameter the source has is copied; those it lacks (a Piper export has no
 posterior encoder `enc_q` and no `dp.post_*` flows) keep their fresh initialization, and the
-discriminator and optimizer states always start fresh. A parameter with a different shape is
-an error that names it: the config's model section must describe the source's architecture.
+discriminator and optimizer states always start fresh. The copy happens inside the run's init
+program (`loop.make_init_state(..., source_name=...)`, the source as an argument), so XLA drops
+the random initialization of every tensor the source replaces: for a Piper medium voice the
+init program compiles in 22 s instead of 59 s here. A parameter with a different shape is an
+error that names it: the config's model section must describe the source's architecture.
 A source without a posterior encoder gets one fitted to its own latents on the training
 transcripts (`train.fit_posterior_steps`, `vits_jax.training.posterior_fit`).
 """
@@ -59,26 +62,40 @@ def merge_params(target: Dict[str, Any], source: Dict[str, Any],
   copied = [k for k in flat_t if k in flat_s]
   if not copied:
     raise ValueError(f"train.init_from: {source_name} shares no parameter with the model")
-  merged = {k: np.asarray(flat_s[k], np.asarray(flat_t[k]).dtype) if k in flat_s else v
-            for k, v in flat_t.items()}
+  # (leaves may be tracers: merge_params also runs inside the init program)
+  cast = lambda v, like: v if v.dtype == like.dtype else v.astype(like.dtype)
+  merged = {k: cast(flat_s[k], v) if k in flat_s else v for k, v in flat_t.items()}
   return traverse_util.unflatten_dict(merged, sep="/"), len(copied), len(flat_t) - len(copied)
 
 
-def warm_start(state: state_lib.TrainState, path: str, config: ml_collections.ConfigDict,
-               sharding, generator=None) -> state_lib.TrainState:
-  """`state` with its generator params taken from `path` where it has them (and, when the
-  source has no posterior encoder and `generator` is given, `enc_q` fitted to it)."""
-  source, name = load_source_params(path)
-  target = jax.device_get(state.params["generator"])
-  merged, copied, kept = merge_params(target, source, name)
+def init_args(source: Dict[str, Any]) -> Dict[str, np.ndarray]:
+  """The source's params as the init program's argument: flat ("enc_p/emb/embedding"),
+  floating leaves as float32 (the models' param dtype)."""
+  flat = traverse_util.flatten_dict(source, sep="/")
+  return {k: np.asarray(v, np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating)
+          else np.asarray(v) for k, v in flat.items()}
+
+
+def after_init(state: state_lib.TrainState, source: Dict[str, Any], name: str,
+               config: ml_collections.ConfigDict, sharding,
+               generator=None) -> state_lib.TrainState:
+  """`state` from an init program that copied `source` (`loop.make_init_state`): reports
+  what was copied and, when the source has no posterior encoder and `generator` is given,
+  fits `enc_q` to the source voice."""
+  target = state.params["generator"]
+  flat_t = traverse_util.flatten_dict(target, sep="/")
+  copied = sum(k in flat_t for k in source)
+  kept = len(flat_t) - copied
   logging.info("init_from %s: %d generator tensors copied, %d freshly initialized",
                name, copied, kept)
   main = jax.process_index() == 0
   if main:
     print(f"init_from {name}: {copied} generator tensors copied, {kept} fresh")
   steps = int(config.train.get("fit_posterior_steps", 0))
-  if generator is not None and steps > 0 and "enc_q" in target and "enc_q" not in source:
-    merged = _fit_posterior(generator, merged, config, steps, main)
+  has_enc_q = any(k.startswith("enc_q/") for k in source)
+  if generator is None or steps <= 0 or "enc_q" not in target or has_enc_q:
+    return state
+  merged = _fit_posterior(generator, jax.device_get(target), config, steps, main)
   merged = jax.device_put(merged, sharding)
   return state.replace(params={**state.params, "generator": merged})
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import train_utils as tu
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
@@ -53,7 +55,10 @@ def executed(tmp_path_factory):
   env = {"VITS_JAX_DEMO_SHORT": "1", "VITS_JAX_DEMO_DIR": str(work), "JAX_PLATFORMS": "cpu",
          "MPLBACKEND": "module://matplotlib_inline.backend_inline",
          # Repository imports resolve from the checkout even when it is not installed.
-         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+         # Compiled as the README's commands are (tests/test_readme.py): its quick-start
+         # trains configs/tiny.py on the same six clips, so this run loads its programs.
+         "XLA_FLAGS": " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), tu.XLA_FLAGS]))}
   nb = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(
       nb, km=_kernel_manager(tmp_path), timeout=900, allow_errors=False,

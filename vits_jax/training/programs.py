@@ -121,6 +121,9 @@ def wait_ready(tree, interrupted: Callable[[], bool]) -> bool:
 _NOT_IN_PROGRAMS = {"data": ("dir",),
                     "train": ("num_steps", "eval_every", "checkpoint_every", "log_every",
                               "max_to_keep", "init_from", "compile_ahead", "seed")}
+# Settings the init program does not see: it initializes in float32 whatever the compute
+# dtype (`loop.init_variables`); `extra` (the epoch length) is a step-program constant too.
+_NOT_IN_INIT = {"model": ("dtype",)}
 _STORE_MAGIC = b"vits_jax-train-xlaexe-1"
 _FRESH = 987654321  # see ExecutableStore.compile
 
@@ -134,16 +137,18 @@ class ExecutableStore:
 
   The key: the program's name, the config (less `_NOT_IN_PROGRAMS`), what the caller
   passes as `extra` (values the programs bake in that the config does not hold, such as
-  the epoch length of the learning-rate schedule; not for the init program, which does
-  not see them), the argument shapes and dtypes, the jax,
+  the epoch length of the learning-rate schedule; neither it nor `_NOT_IN_INIT` is part of
+  the init program's key), the argument shapes and dtypes, the jax,
   jaxlib, flax and optax versions, a hash of this package's code, and the machine tag of
   `vits_jax.inference` (platform, CPU features, XLA_FLAGS). One process with one device
   only; an entry that does not load (damaged, another jaxlib) is rebuilt.
   """
 
-  def __init__(self, root: Path, identity: str, extra: str = ""):
+  def __init__(self, root: Path, identity: str, settings: str = "", init_settings: str = ""):
     self.root, self.identity = Path(root), identity
-    self.extra = extra  # (not part of the init program's key: init does not see it)
+    # The config (and extras) as the step and evaluation programs see it, and as the init
+    # program does (`_NOT_IN_INIT`).
+    self.settings, self.init_settings = settings, init_settings
     self.loaded = 0   # programs this process loaded from the store
     self._lock = threading.Lock()   # (compile threads load concurrently)
 
@@ -153,10 +158,15 @@ class ExecutableStore:
     root = xla_cache.cache_dir()
     if not root or jax.process_count() != 1 or jax.device_count() != 1:
       return None
-    settings = config.to_dict()
-    for section, names in _NOT_IN_PROGRAMS.items():
-      for name in names:
-        settings.get(section, {}).pop(name, None)
+
+    def settings(*leave_out):
+      kept = config.to_dict()
+      for part in leave_out:
+        for section, names in part.items():
+          for name in names:
+            kept.get(section, {}).pop(name, None)
+      return json.dumps(kept, sort_keys=True, default=str)
+
     from importlib import metadata
     versions = []
     for package in ("jax", "jaxlib", "flax", "optax"):
@@ -164,16 +174,19 @@ class ExecutableStore:
         versions.append(metadata.version(package))
       except metadata.PackageNotFoundError:
         versions.append("")
-    identity = repr((json.dumps(settings, sort_keys=True, default=str), versions, _package_hash(), inference._machine_tag(),  # pylint: disable=protected-access
+    identity = repr((versions, _package_hash(), inference._machine_tag(),  # pylint: disable=protected-access
                      str(jax.config.jax_default_matmul_precision),
                      bool(jax.config.jax_enable_x64)))
-    return cls(Path(root) / "programs", identity, repr(sorted(extra.items())))
+    return cls(Path(root) / "programs", identity,
+               settings(_NOT_IN_PROGRAMS) + repr(sorted(extra.items())),
+               settings(_NOT_IN_PROGRAMS, _NOT_IN_INIT))
 
   def path(self, name: str, abstract_args) -> Path:
     leaves, treedef = jax.tree_util.tree_flatten(abstract_args)
     shapes = [(tuple(x.shape), str(x.dtype)) for x in leaves]
-    extra = "" if name == "init" else self.extra
-    digest = hashlib.sha256(repr((self.identity, extra, name, str(treedef), shapes)).encode())
+    settings = self.init_settings if name == "init" else self.settings
+    digest = hashlib.sha256(repr((self.identity, settings, name, str(treedef), shapes))
+                            .encode())
     return self.root / f"train-{name}-{digest.hexdigest()[:32]}.xlaexe"
 
   def load(self, name: str, abstract_args):

@@ -58,7 +58,7 @@ def executed(tmp_path_factory):
          "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
          # Compiled as the README's commands are (tests/test_readme.py): its quick-start
          # trains configs/tiny.py on the same six clips, so this run loads its programs.
-         "XLA_FLAGS": " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), tu.XLA_FLAGS]))}
+         "XLA_FLAGS": tu.xla_flags(os.environ.get("XLA_FLAGS", ""))}
   nb = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(
       nb, km=_kernel_manager(tmp_path), timeout=900, allow_errors=False,

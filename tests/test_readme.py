@@ -105,7 +105,7 @@ def ran(tmp_path_factory):
   env["HOME"] = str(tmp / "home")            # a fresh shell: no caches from earlier runs
   # As every train.py run of the tests: compile without LLVM's optimizations (the README's
   # two training runs take a few steps; their compilation is most of this test's time).
-  env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""), tu.XLA_FLAGS]))
+  env["XLA_FLAGS"] = tu.xla_flags(env.get("XLA_FLAGS", ""))
   env.pop("PYTHONPATH", None)
   transcript = []
   for command, reason in _bash_commands():

@@ -63,13 +63,18 @@ def prepare(src: Path, out: Path) -> Path:
 XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
+def xla_flags(more: str = "") -> str:
+  """XLA_FLAGS above followed by `more` (the flags of every process the tests start that
+  compiles a training program: train.py, the README's commands, the notebook)."""
+  return " ".join(filter(None, [XLA_FLAGS, more]))
+
+
 def _env(**extra) -> dict:
   """The environment of a test's `train.py`: CPU, the shared cache, this checkout, and
-  XLA_FLAGS above followed by any `XLA_FLAGS` in `extra`."""
+  `xla_flags` of any `XLA_FLAGS` in `extra`."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", VITS_JAX_XLA_CACHE=XLA_CACHE,
              PYTHONPATH=str(REPO))
-  flags = " ".join(filter(None, [XLA_FLAGS, extra.pop("XLA_FLAGS", "")]))
-  env.update(extra, XLA_FLAGS=flags)
+  env.update(extra, XLA_FLAGS=xla_flags(extra.pop("XLA_FLAGS", "")))
   return env
 
 

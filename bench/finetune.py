@@ -82,8 +82,12 @@ def main():
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=600)
   minutes = (time.time() - t0) / 60
+  metrics = os.path.join(run, "metrics.jsonl")
+  if proc.returncode or not os.path.isfile(metrics):
+    sys.exit(f"error: train.py exited with status {proc.returncode} before logging an "
+             "evaluation (its message is above)")
   rows = []
-  with open(os.path.join(run, "metrics.jsonl")) as f:
+  with open(metrics) as f:
     for line in f:
       if line.strip():
         r = json.loads(line)

@@ -128,6 +128,7 @@ def get_config(arg=None):
       dur=1.0,
       fm=1.0,
       adv=1.0,
+      stft=0.0,                    # ours: multi-resolution STFT loss (losses.stft_loss), off
   ))
 
   # The official MPD is fixed (periods 2,3,5,7,11; 46.7M params). `channel_div` divides every

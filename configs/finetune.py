@@ -41,4 +41,5 @@ def get_config(arg=None):
   t.eval_every = 100
   t.checkpoint_every = 100
   t.max_to_keep = 3
+  config.loss.stft = 20.0
   return config

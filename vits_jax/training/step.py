@@ -90,6 +90,8 @@ def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
   segment_frames = segment // hop
   w = config.loss
   weights = {k: float(w[k]) for k in ("mel", "kl", "dur", "fm", "adv")}
+  if float(w.get("stft", 0.0)):
+    weights["stft"] = float(w.stft)
   multi_speaker = int(config.model.n_speakers) > 1
   frozen = frozen_modules(config)
 
@@ -156,6 +158,8 @@ def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
           "fm": losses.feature_loss(fmap_real, fmap_fake),
           "adv": losses.generator_loss(d_fake)[0],
       }
+      if "stft" in weights:
+        terms["stft"] = losses.stft_loss(y[..., 0], y_hat[..., 0])
       total = sum(weights[k] * v for k, v in terms.items())
       return total, (terms, new_state)
 

@@ -12,7 +12,10 @@ lacks is first fitted to the voice's own latents (`train.fit_posterior_steps`, 3
 on p902: step 60 then reaches what took 180 steps without it). Settings for 40-400 clips on
 a CPU host: the text encoder and the duration predictor stay frozen (`train.freeze`: what is
 said and its timing stay joe's; the voice lives in the posterior encoder, flow and decoder,
-which train), learning rate 2e-4 (the official and Piper rate) without decay within the run,
+which train), a multi-resolution STFT loss beside the mel loss (`loss.stft`, 20: without
+it the decoder, fed the new speaker's latents, buzzed at the frame rate, 86 Hz, for the
+whole 26-minute runs; with it the sampled latents' pitch reached the speaker's after ~160
+steps, README), learning rate 2e-4 (the official and Piper rate) without decay within the run,
 batch 4, an evaluation (mel L1, F0, MCD, WER) and a checkpoint every 100 steps, 1,000 steps.
 Measured on p902 of vctk_mini (bench/finetune.py): with the duration predictor training, it
 fits the early, poor alignments within 60 steps (predicted length 0.93 -> 0.77 of the real

@@ -242,6 +242,8 @@ def test_finetune_config_is_the_joe_voice_with_its_recipe():
   from vits_jax.training.step import frozen_modules
   assert frozen_modules(config) == {'enc_p', 'dp'}
   assert config.train.fit_posterior_steps > 0  # joe has no posterior encoder to start from
+  # The STFT loss is what lets the decoder learn a new pitch (README); off elsewhere.
+  assert config.loss.stft > 0 and base.get_config().loss.stft == 0
   assert config.train.eval_every <= config.train.num_steps
   with pytest.raises(ValueError):
     finetune.get_config('x')

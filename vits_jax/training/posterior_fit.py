@@ -8,7 +8,10 @@ voice itself says what `enc_q` should do: synthesis draws a latent z, decodes it
 and `enc_q` maps that audio's linear spectrogram back to q(z | spec). `fit_posterior`
 synthesizes the training transcripts with the source voice, then fits `enc_q` alone by the
 Gaussian negative log-likelihood of z under (m_q, logs_q) on random frame crops, so training
-starts with a posterior in the decoder's own latent space.
+starts with a posterior in the decoder's own latent space. (It fits only the pitch range the
+voice speaks in: a new speaker far above it, p902 at 212 Hz against joe's 92, still gets
+latents the decoder renders as the frame-rate buzz until the decoder learns that pitch,
+which `loss.stft` makes happen within a 30-minute CPU run; README, fine-tuning.)
 """
 
 import logging

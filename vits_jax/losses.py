@@ -16,6 +16,8 @@ from typing import List, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
+from vits_jax import audio
+
 Array = jax.Array
 
 
@@ -128,7 +130,6 @@ def stft_loss(y: Array, y_hat: Array, resolutions=STFT_RESOLUTIONS) -> Array:
   Args:
     y, y_hat: `[B, T]` real and generated audio segments.
   """
-  from vits_jax import audio
   if y.shape != y_hat.shape:
     raise ValueError(f"audio shapes differ: {y.shape} vs {y_hat.shape}")
   total = 0.0

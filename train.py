@@ -72,5 +72,19 @@ def _exit_now(message: str, code: int):
   os._exit(code)   # pylint: disable=protected-access
 
 
+def _parse_flags(argv):
+  """absl's flag parsing; a --config.* override naming no field, or of the wrong type, is
+  one line and exit 2 (ml_collections raises it as an exception, not a flags error)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _exit_now(f"error: {e}", 2)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    while e.args and isinstance(e.args[0], BaseException):   # AttributeError(KeyError(...))
+      e = e.args[0]
+    detail = str(e.args[0] if e.args else e).strip().replace("\n", "; ")
+    _exit_now(f"error: bad --config override: {detail}", 2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

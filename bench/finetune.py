@@ -64,6 +64,9 @@ def main():
   corpus, data = os.path.join(workdir, "corpus"), os.path.join(workdir, "data")
   start = time.time()
   n = build_corpus(args.src, args.speaker, corpus)
+  if n == 0:
+    sys.exit(f"error: no clips of speaker {args.speaker!r} under {args.src} (a VCTK layout: "
+             "wav48_silence_trimmed/SPEAKER/*.flac and txt/SPEAKER/*.txt)")
   subprocess.run([sys.executable, os.path.join(REPO, "data_prep", "prepare.py"), "--dataset",
                   "ljspeech", "--src", corpus, "--out", data, "--frontend", "piper",
                   "--val-size", "4"], check=True)

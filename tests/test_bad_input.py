@@ -211,7 +211,7 @@ def _prepared(tmp_path, **manifest_edits):
 
 
 def test_bad_training_input_is_one_line_error(tmp_path):
-  """Four mistakes in one test (each a fresh train.py process: ~5 s of imports)."""
+  """Six mistakes in one test (each a fresh train.py process: ~5 s of imports)."""
   cases = [
       ([], ["config.data.dir is not set"]),
       ([f"--config.data.dir={tmp_path / 'nothing'}"], ["manifest.json not found"]),
@@ -219,6 +219,8 @@ def test_bad_training_input_is_one_line_error(tmp_path):
        ["sample rate 16000 Hz vs data.sampling_rate 22050"]),
       (["--config.train.num_steps=0", f"--config.data.dir={tmp_path}"],
        ["train.num_steps must be positive"]),
+      (["--config.loss.stftt=1"], ["bad --config override", 'Did you mean "stft"']),
+      (["--config.loss.stft=abc"], ["--config.loss.stft=abc", "could not convert"]),
   ]
   for overrides, needles in cases:
     code, err = _train(tmp_path, *overrides)

@@ -229,6 +229,25 @@ def test_nonfinite_streak_stops_with_the_step():
     loop._check_nonfinite(7, {"nonfinite/streak": 3}, 3, 4)  # pylint: disable=protected-access
 
 
+def test_initial_params_draw_with_one_op_per_tensor():
+  """The init program draws params with RngBitGenerator (`loop.params_key`), not threefry's
+  ~50 ops per draw; the run's own key (dropout, noise) stays threefry, and draws follow the
+  seed."""
+  from configs import tiny
+  config = tiny.get_config("micro")
+  gen, disc = loop.build_models(config)
+  tx = state_lib.make_optimizer(config.train)
+  text = jax.jit(loop.make_init_state(config, gen, disc, tx, tx)).lower(
+      jax.random.PRNGKey(0)).as_text()
+  assert text.count("rng_bit_generator") > 100          # one per random draw
+  assert len(re.findall(r"call @_threefry", text)) <= 2  # only TrainState.rng's fold_in
+  draw = jax.jit(lambda seed: jax.random.normal(loop.params_key(jax.random.PRNGKey(seed)),
+                                                (4096,)))
+  a, b, c = np.asarray(draw(0)), np.asarray(draw(0)), np.asarray(draw(1))
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c) and abs(a.mean()) < 0.1 and abs(a.std() - 1) < 0.05
+
+
 def test_merge_params_copies_matches_and_names_mismatches():
   target = {"enc_p": {"w": np.zeros((2, 3))}, "enc_q": {"w": np.zeros(4)}}
   merged, copied, kept = warm_start.merge_params(target, {"enc_p": {"w": np.ones((2, 3))}},

@@ -299,11 +299,20 @@ def test_run_logs_checkpoints_and_learns_nothing_nonfinite(run_a):
     assert np.isfinite(r["val/mcd"]) and r["val/mcd"] > 0
     assert 100 <= r["val/f0_median_real"] <= 230   # the gliding tones of make_corpus
     assert "val/f0_median" in r
+    if "val/wer" in r:   # (pocketsphinx installed) the real clips' score, once per run
+      assert 0 <= r["val/wer_real"] == val[0]["val/wer_real"], r
   p2, p4 = tu.checkpoint_params(run_a, 2), tu.checkpoint_params(run_a, 4)
   for part in ("generator", "discriminator"):
     diffs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
         lambda a, b: float(np.max(np.abs(a - b))), p2[part], p4[part]))
     assert min(diffs) > 0, part      # every tensor moved between step 2 and 4
+  # The speaker table: the corpus is one speaker (id 0) of the config's 3. Its row learns;
+  # the others get no gradient, so AdamW's decoupled decay alone moves them.
+  t = tu_config().train
+  e2, e4 = (p["generator"]["emb_g"]["weight"] for p in (p2, p4))
+  moved = np.abs(e4 - e2).max(axis=1)
+  decay_only = np.abs(e2).max(axis=1) * t.learning_rate * t.weight_decay * 2 * 1.5 + 1e-7
+  assert moved[0] > 10 * decay_only[0] and np.all(moved[1:] <= decay_only[1:]), moved
 
 
 def test_resume_continues_bitwise(run_a, data_dir, tmp_path):
@@ -311,8 +320,10 @@ def test_resume_continues_bitwise(run_a, data_dir, tmp_path):
   # second a restart) load init, step and evaluation with no tracing, lowering or XLA
   # compilation (a key that changed from run to run would trace and compile again).
   log = {"JAX_DEBUG_LOG_MODULES": "jax._src.compiler"}
-  first = tu.run_train(tmp_path, data_dir, "--config.train.num_steps=2", *EVAL, env=log)
-  proc = tu.run_train(tmp_path, data_dir, *EVAL, env=log)
+  # (the speech measures are host-side: off here, the same programs load)
+  quiet = "--config.train.eval_speech_measures=False"
+  first = tu.run_train(tmp_path, data_dir, "--config.train.num_steps=2", quiet, *EVAL, env=log)
+  proc = tu.run_train(tmp_path, data_dir, quiet, *EVAL, env=log)
   assert "resuming from step 2" in proc.stdout
   for run in (first, proc):
     for program in ("jit_counted_step", "jit_eval_fn", "jit_init_state"):
@@ -325,15 +336,38 @@ def test_resume_continues_bitwise(run_a, data_dir, tmp_path):
   chex.assert_trees_all_equal(tu.checkpoint_params(tmp_path, 4), tu.checkpoint_params(run_a, 4))
 
 
-def test_lazy_compilation_gives_the_same_run(run_a, data_dir, tmp_path):
-  """Programs compiled ahead in threads (the default) train exactly as jit's lazy path."""
-  tu.run_train(tmp_path, data_dir, "--config.train.compile_ahead=False", *EVAL)
-  rows, ref = tu.train_rows(tmp_path), tu.train_rows(run_a)
+TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+
+@pytest.fixture(scope="module")
+def run_two_devices(data_dir, tmp_path_factory):
+  """run_a's 4 steps and evaluations on two (simulated) devices: data parallel, programs
+  compiled ahead and kept in XLA's persistent cache (the program store is one-device)."""
+  workdir = tmp_path_factory.mktemp("run_two_devices")
+  tu.run_train(workdir, data_dir, *EVAL, env=TWO_DEVICES)
+  return workdir
+
+
+def test_lazy_compilation_gives_the_same_run(run_two_devices, data_dir, tmp_path):
+  """Programs compiled ahead in threads (the default) train exactly as jit's lazy path.
+
+  Compared on two devices, where no program store is used: the lazy run's jit calls find
+  the ahead-compiled run's programs in XLA's persistent cache (the same lowering, the same
+  key), so the test pays no second compilation; with the speech measures off (host-only,
+  not part of any program) it compares every program output."""
+  tu.run_train(tmp_path, data_dir, "--config.train.compile_ahead=False",
+               "--config.train.eval_speech_measures=False", *EVAL, env=TWO_DEVICES)
+  rows, ref = tu.train_rows(tmp_path), tu.train_rows(run_two_devices)
+  assert rows[4]["devices"] == 2
   for step in (1, 2, 3, 4):
     assert tu.losses(rows[step]) == tu.losses(ref[step]), step
   val = lambda w: {r["step"]: {k: v for k, v in r.items() if k.startswith("val/")}
                    for r in tu.metrics(w) if "val/mel_l1" in r}
-  assert val(tmp_path) == val(run_a)
+  got, want = val(tmp_path), val(run_two_devices)
+  assert sorted(got) == [0, 2, 4] and sorted(want) == [0, 2, 4]
+  for step in got:
+    assert "val/mel_l1" in got[step] and "val/f0_median" not in got[step]
+    assert got[step] == {k: want[step][k] for k in got[step]}, step
 
 
 def _sigterm_when(proc, ready, timeout=300, settle=1.0, check=lambda: True):
@@ -435,10 +469,8 @@ def test_checkpoint_on_a_full_disk_is_one_error_and_keeps_the_earlier_ones(run_a
                 if p.name.isdigit()) == [2, 4, 6]
 
 
-def test_two_devices_match_one(run_a, data_dir, tmp_path):
-  tu.run_train(tmp_path, data_dir, "--config.train.num_steps=2",
-               env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
-  rows, ref = tu.train_rows(tmp_path), tu.train_rows(run_a)
+def test_two_devices_match_one(run_a, run_two_devices):
+  rows, ref = tu.train_rows(run_two_devices), tu.train_rows(run_a)
   assert rows[2]["devices"] == 2
   for step in (1, 2):
     got, want = tu.losses(rows[step]), tu.losses(ref[step])
@@ -495,13 +527,16 @@ def test_sigterm_during_the_first_compilation_exits_at_once(data_dir, tmp_path):
   assert not ckpts.exists() or not [p for p in ckpts.iterdir() if p.name.isdigit()]
 
 
-def test_init_from_piper_voice(data_dir, tmp_path):
+def test_init_from_piper_voice(run_a, data_dir, tmp_path):
   from vits_jax.convert import piper, torch_names
   lr = tu_config().train.learning_rate
   proc = tu.run_train(tmp_path, data_dir, f"--config.train.init_from={PIPER_MULTI}",
                       "--config.train.num_steps=1", "--config.train.checkpoint_every=1",
                       "--config.train.fit_posterior_steps=150")
   assert "generator tensors copied" in proc.stdout
+  # The voice's architecture is the micro config's: the run loads run_a's step program (the
+  # posterior fit runs before it, on the host's side of the store key).
+  assert tu.train_rows(tmp_path)[1]["jit/programs_loaded"] >= 1
   # The voice has no posterior encoder: a fresh one is fitted to the voice's own latents.
   fit = re.search(r"posterior encoder fitted .* nll (\S+) -> (\S+)", proc.stdout)
   assert fit, proc.stdout

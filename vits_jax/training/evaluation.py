@@ -17,7 +17,10 @@ For each validation clip:
     `val/f0_median_real` (Hz, medians over the clips of the inferred and the real speech's
     median F0), `val/mcd` (mel-cepstral distance in dB of the teacher-timed speech to the
     real clip) and, when `pocketsphinx` is installed, `val/wer` (word error rate of the
-    recognizer's transcript of the inferred speech against the clip's text).
+    recognizer's transcript of the inferred speech against the clip's text) and
+    `val/wer_real` (the same for the real clips: the recognizer's score of the speaker's own
+    voice, against which `val/wer` reads; espeak-ng's voices score 0.85-0.93 where a VITS
+    voice scores ~0.3, so a voice that moves to such a speaker cannot keep its WER).
 TensorBoard also gets, for clip 0, the real / teacher-timed / inferred mels, both alignments
 and the audio (the real clip once, at the first evaluation).
 """
@@ -113,6 +116,7 @@ class Evaluator:
     self.texts = list(texts)
     self.with_speech_measures = bool(config.train.get("eval_speech_measures", True))
     self._real_f0 = None
+    self._real_wer = None
     self.hop = int(config.data.hop_length)
     self.sample_rate = int(config.data.sampling_rate)
     self.batch_np = {k: np.asarray(v) for k, v in batch.items()}
@@ -160,6 +164,11 @@ class Evaluator:
       wer = [sm.word_error_rate(t, recognizer.transcribe(a, sr))
              for t, a in zip(self.texts, inferred) if t]
       scalars["val/wer"] = float(np.mean(wer))
+      if self._real_wer is None:   # the recognizer on the real clips: what the speaker's
+        self._real_wer = float(np.mean([   # own voice scores (once per run)
+            sm.word_error_rate(t, recognizer.transcribe(r, sr))
+            for t, r in zip(self.texts, real) if t]))
+      scalars["val/wer_real"] = self._real_wer
     return scalars
 
   def run_and_log(self, params, step: int, writer: metrics_lib.MetricWriter, program=None,

@@ -116,11 +116,14 @@ def wait_ready(tree, interrupted: Callable[[], bool]) -> bool:
 
 
 # Config fields that no program of a run depends on (where its files are, how long it runs,
-# what it logs and keeps): left out of `ExecutableStore`'s key, so runs that differ only in
-# them share programs. Anything else in the config is part of the key.
+# what it logs and keeps, what the host does before or after a program): left out of
+# `ExecutableStore`'s key, so runs that differ only in them share programs (a fine-tuning
+# run that fits a posterior encoder first loads the step of a plain run). Anything else in
+# the config is part of the key.
 _NOT_IN_PROGRAMS = {"data": ("dir",),
                     "train": ("num_steps", "eval_every", "checkpoint_every", "log_every",
-                              "max_to_keep", "init_from", "compile_ahead", "seed")}
+                              "max_to_keep", "init_from", "compile_ahead", "seed",
+                              "fit_posterior_steps", "eval_speech_measures")}
 # Settings the init program does not see: it initializes in float32 whatever the compute
 # dtype (`loop.init_variables`); `extra` (the epoch length) is a step-program constant too.
 _NOT_IN_INIT = {"model": ("dtype",)}

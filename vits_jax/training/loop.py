@@ -96,15 +96,15 @@ def params_key(rng: jax.Array) -> jax.Array:
   threefry key `rng` (the seed's).
 
   Every param's initializer draws its own random numbers. With threefry keys each draw is
-  ~50 integer ops that XLA compiles one by one (a few hundred draws in a VITS model); an
+  dozens of integer ops that XLA compiles one by one (a few hundred draws in a VITS model); an
   `unsafe_rbg` key draws with XLA's RngBitGenerator, one op. The init program of
   `configs/tiny.py` then compiles in 29 s instead of 66 s, `tiny.py:micro`'s in 23 s instead
-  of 45 s (2 CPU cores, alone), and the first step comes that much sooner on every backend
-  (t5x and MaxText use rbg keys for the same reason). The values are as random, and the
-  same for a seed on every run and process of a backend; they are not the same across
-  backends (RngBitGenerator's algorithm is the backend's). The training randomness
-  (dropout, noise, slices: `TrainState.rng`) keeps the threefry key, so checkpoints and
-  their bitwise resume are unchanged.
+  of 45 s (2 CPU cores, alone; accelerators not measured), and the first step comes that
+  much sooner (t5x's `set_hardware_rng_ops` switches to unsafe_rbg keys for speed too). The
+  values are as random, and the same for a seed on every run and process of a backend;
+  they are not the same across backends (RngBitGenerator's algorithm is the backend's).
+  The training randomness (dropout, noise, slices: `TrainState.rng`) keeps the threefry
+  key, so checkpoints and their bitwise resume are unchanged.
   """
   data = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
   data = jnp.asarray(data, jnp.uint32).reshape(-1)[:2]

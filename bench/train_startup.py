@@ -76,16 +76,23 @@ def main():
   p.add_argument("--cache", default=None, help="compile cache dir (default: a new empty one)")
   p.add_argument("overrides", nargs="*", help="extra --config.a.b=value flags")
   args = p.parse_args()
+  if args.clips < 3:
+    p.error(f"--clips {args.clips}: need at least 3 (2 are held out for evaluation)")
   if not os.path.isfile(os.path.join(args.src, "metadata.csv")):
     sys.exit(f"error: --src {args.src}: no metadata.csv (an LJSpeech-layout corpus)")
 
   tmp = tempfile.mkdtemp(prefix="train_startup_")
   try:
     n = build_corpus(args.src, os.path.join(tmp, "corpus"), args.clips)
+    if n < 3:
+      sys.exit(f"error: {n} usable clips in {args.src}; need at least 3")
     data = os.path.join(tmp, "data")
-    subprocess.run([sys.executable, os.path.join(REPO, "data_prep", "prepare.py"),
-                    "--dataset", "ljspeech", "--src", os.path.join(tmp, "corpus"), "--out",
-                    data, "--val-size", "2"], check=True, capture_output=True)
+    prep = subprocess.run([sys.executable, os.path.join(REPO, "data_prep", "prepare.py"),
+                           "--dataset", "ljspeech", "--src", os.path.join(tmp, "corpus"),
+                           "--out", data, "--val-size", "2"], capture_output=True, text=True)
+    if prep.returncode != 0:
+      tail = prep.stderr.strip().splitlines()[-1:] or ["(no output)"]
+      sys.exit(f"error: prepare.py exited {prep.returncode}: {tail[0]}")
     cache = args.cache or os.path.join(tmp, "cache")
     env = dict(os.environ, VITS_JAX_XLA_CACHE=cache, PYTHONPATH=REPO)
     print(f"{args.config}, {n} clips, cache {'given' if args.cache else 'empty at start'}")

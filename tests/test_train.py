@@ -231,10 +231,9 @@ def test_nonfinite_streak_stops_with_the_step():
 
 def test_initial_params_draw_with_one_op_per_tensor():
   """The init program draws params with RngBitGenerator (`loop.params_key`), not threefry's
-  ~50 ops per draw; the run's own key (dropout, noise) stays threefry, and draws follow the
-  seed."""
-  from configs import tiny
-  config = tiny.get_config("micro")
+  dozens of ops per draw; the run's own key (dropout, noise) stays threefry, and draws
+  follow the seed."""
+  config = tu_config()
   gen, disc = loop.build_models(config)
   tx = state_lib.make_optimizer(config.train)
   text = jax.jit(loop.make_init_state(config, gen, disc, tx, tx)).lower(

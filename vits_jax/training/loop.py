@@ -106,8 +106,7 @@ def params_key(rng: jax.Array) -> jax.Array:
   The training randomness (dropout, noise, slices: `TrainState.rng`) keeps the threefry
   key, so checkpoints and their bitwise resume are unchanged.
   """
-  data = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
-  data = jnp.asarray(data, jnp.uint32).reshape(-1)[:2]
+  data = jnp.asarray(rng, jnp.uint32)   # a raw jax.random.PRNGKey: uint32 [2]
   return jax.random.wrap_key_data(jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)]),
                                   impl="unsafe_rbg")
 

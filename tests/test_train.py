@@ -328,7 +328,9 @@ def test_resume_continues_bitwise(run_a, data_dir, tmp_path):
     for program in ("jit_counted_step", "jit_eval_fn", "jit_init_state"):
       assert f"'{program}'" not in run.stderr, (program, run.stderr[-2000:])
   rows, ref = tu.train_rows(tmp_path), tu.train_rows(run_a)
-  assert rows[1]["jit/programs_loaded"] == 3 and rows[4]["jit/programs_loaded"] >= 2
+  # The restart loads step and evaluation; it reads the init program's output shapes
+  # (`ExecutableStore.load_shapes`) instead of loading the program (seconds on XLA:CPU).
+  assert rows[1]["jit/programs_loaded"] == 3 and rows[4]["jit/programs_loaded"] == 2
   assert [r["step"] for r in tu.metrics(tmp_path)] == [r["step"] for r in tu.metrics(run_a)]
   for step in (1, 2, 3, 4):
     assert tu.losses(rows[step]) == tu.losses(ref[step]), step

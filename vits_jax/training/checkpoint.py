@@ -148,6 +148,11 @@ class Checkpointer:
     state = flax.serialization.from_state_dict(abstract_state, restored["state"])
     return state, restored["data"]
 
+  def restore_data_state(self, step: int):
+    """The input pipeline's position saved with checkpoint `step` (without the state)."""
+    return self.manager.restore(step, args=ocp.args.Composite(
+        data=DataStateRestore()))["data"]
+
   def _check_room(self, step: int, state) -> None:
     """SaveError before writing anything if the checkpoint cannot fit: the free disk space
     or the process's file-size limit is below the state's size (a failed write would be

@@ -270,18 +270,24 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   # Programs saved by an earlier run with the same settings load without tracing; the
   # state's shapes then come from the saved init program instead of tracing init.
   store = programs.ExecutableStore.for_run(config, steps_per_epoch=train_data.steps_per_epoch)
-  init_program = store.load("init", init_args) if store is not None else None
-  abstract = init_program.out_info if init_program is not None else \
-      jax.eval_shape(init_state, *init_args)
+  init_program = abstract = None
+  if store is not None:   # (a resumed run needs only the init program's output shapes)
+    abstract = store.load_shapes("init", init_args) if latest is not None else None
+    if abstract is None:
+      init_program = store.load("init", init_args)
+      abstract = init_program.out_info if init_program is not None else None
+      if abstract is not None and latest is not None:   # (a store saved before .shapes)
+        store.save_shapes("init", init_args, abstract)
+  if abstract is None:
+    abstract = jax.eval_shape(init_state, *init_args)
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
   state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, abstract)
 
   if latest is not None:
-    state, data_state = ckpt.restore(latest, abstract)
-    train_data.set_state(data_state)
-    if is_main:
-      print(f"resuming from step {latest} ({ckpt.directory})", flush=True)
+    # The data position first: it says which buckets come next, so their programs start
+    # loading (below) while the state is read.
+    train_data.set_state(ckpt.restore_data_state(latest))
 
   # --- Update step and evaluation: compiled ahead, concurrently -------------------------
   step_fn = step_lib.make_train_step(config, generator, discriminator, tx_g, tx_d, lr_fn)
@@ -297,7 +303,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                                    input_pipeline.validation_texts(config)) \
       if val_batch is not None else None
 
-  step = int(state.step) if latest is not None else 0
+  step = int(latest) if latest is not None else 0
   num_steps = int(t.num_steps)
   eval_every = int(t.eval_every)
   # A reference point before any update (fresh runs that will evaluate at all).
@@ -318,7 +324,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   stopping = preemption.is_set
 
   try:
-    if latest is None:   # (compiles while the workers compile the step programs)
+    if latest is not None:   # (read while the workers load or compile the programs)
+      state, _ = ckpt.restore(latest, abstract)
+      if int(state.step) != step:
+        raise ValueError(
+            f"checkpoint {latest} in {ckpt.directory} holds the state of step "
+            f"{int(state.step)}")
+      if is_main:
+        print(f"resuming from step {latest} ({ckpt.directory})", flush=True)
+    else:                    # (compiles while the workers compile the step programs)
       if source is not None:   # (every process passes the same values)
         init_args = (init_args[0], jax.device_put(source, repl))
       if init_program is None:

@@ -235,7 +235,34 @@ class ExecutableStore:
     digest = hashlib.sha256(payload).hexdigest().encode()
     path = self.path(name, abstract_args)
     inference._write_atomic(path, _STORE_MAGIC + b" " + digest + b"\n" + payload)  # pylint: disable=protected-access
+    self.save_shapes(name, abstract_args, compiled.out_info)
     return path.is_file()
+
+  def save_shapes(self, name: str, abstract_args, out_info) -> None:
+    """Saves the output shapes of `name`'s program for `load_shapes` (best effort)."""
+    from vits_jax import inference
+    try:
+      shapes = pickle.dumps(jax.tree_util.tree_map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), out_info))
+    except Exception:  # pylint: disable=broad-except  (optional: load() still gives them)
+      return
+    inference._write_atomic(self.path(name, abstract_args).with_suffix(".shapes"), shapes)  # pylint: disable=protected-access
+
+  def load_shapes(self, name: str, abstract_args):
+    """The output shapes (ShapeDtypeStructs) of the program saved for `name` and these
+    argument shapes, or None: a resumed run needs the init program's output shapes, and
+    reading them costs nothing where loading the program costs seconds (XLA:CPU's
+    executable load grows with the square of its kernel count: 7 s for configs/tiny.py's
+    init)."""
+    try:
+      with open(self.path(name, abstract_args).with_suffix(".shapes"), "rb") as f:
+        shapes = pickle.load(f)
+    except Exception:  # pylint: disable=broad-except  (absent or unreadable: load instead)
+      return None
+    leaves = jax.tree_util.tree_leaves(shapes)
+    if not leaves or not all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):
+      return None
+    return shapes
 
 
 def _package_hash() -> str:

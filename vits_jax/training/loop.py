@@ -268,7 +268,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   init_state = make_init_state(config, generator, discriminator, tx_g, tx_d, source_name)
   init_args = (jax.random.PRNGKey(int(t.seed)),) + ((source,) if source is not None else ())
   # Programs saved by an earlier run with the same settings load without tracing; the
-  # state's shapes then come from the saved init program instead of tracing init.
+  # state's shapes then come from the saved init program (or, for a resumed run, which
+  # does not run init, from its stored output shapes) instead of tracing init.
   store = programs.ExecutableStore.for_run(config, steps_per_epoch=train_data.steps_per_epoch)
   init_program = abstract = None
   if store is not None:   # (a resumed run needs only the init program's output shapes)

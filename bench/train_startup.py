@@ -1,7 +1,8 @@
 """How soon does training start? A cold run and a warm restart of train.py, timed.
 
     python bench/train_startup.py                      # configs/tiny.py on 48 clips
-    python bench/train_startup.py --config configs/ljs_base.py --steps 2 --more 1
+    python bench/train_startup.py --config configs/ljs_base.py --steps 2 --more 1 \
+        --config.train.batch_size=4
 
 Builds an LJSpeech-layout corpus of the first `--clips` clips of `--src`, prepares it, then
 runs `python train.py` twice with a compile cache of its own (empty at the start):
@@ -60,8 +61,11 @@ def timed_run(cmd: list, env: dict, workdir: str, label: str):
   first = steps[0]["time"] - start if steps else float("nan")
   later = [r["steps_per_sec"] for r in steps[len(steps) // 2:]]
   steady = statistics.median(later) if later else float("nan")
+  last = steps[-1] if steps else {}
   print(f"{label:8s} wall {wall:6.1f} s   first step {first:6.1f} s   "
-        f"steady {steady:5.2f} steps/s   ({len(steps)} steps)", flush=True)
+        f"steady {steady:5.2f} steps/s   ({len(steps)} steps; step programs "
+        f"{last.get('jit/train_step_traces', '?')}, programs loaded from the store "
+        f"{last.get('jit/programs_loaded', '?')})", flush=True)
   return wall, first
 
 
@@ -75,7 +79,11 @@ def main():
   p.add_argument("--more", type=int, default=10, help="steps of the restarted run")
   p.add_argument("--cache", default=None, help="compile cache dir (default: a new empty one)")
   p.add_argument("overrides", nargs="*", help="extra --config.a.b=value flags")
-  args = p.parse_args()
+  args, extra = p.parse_known_args()   # (argparse takes --config.x=y for an option)
+  unknown = [a for a in extra if not a.startswith("--config.")]
+  if unknown:
+    p.error(f"unrecognized arguments: {' '.join(unknown)}")
+  args.overrides = list(args.overrides) + extra
   if args.clips < 3:
     p.error(f"--clips {args.clips}: need at least 3 (2 are held out for evaluation)")
   if not os.path.isfile(os.path.join(args.src, "metadata.csv")):

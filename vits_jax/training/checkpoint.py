@@ -132,21 +132,14 @@ class Checkpointer:
     self._pending = step
     return True
 
-  def restore(self, step: int, abstract_state: state_lib.TrainState):
-    """Restores checkpoint `step` onto the shardings of `abstract_state`.
-
-    Args:
-      step: checkpoint step.
-      abstract_state: `TrainState` of `jax.ShapeDtypeStruct`s with shardings attached.
-
-    Returns:
-      (TrainState, data_state).
-    """
+  def restore(self, step: int, abstract_state: state_lib.TrainState) -> state_lib.TrainState:
+    """Restores the train state of checkpoint `step` onto the shardings of
+    `abstract_state` (a `TrainState` of `jax.ShapeDtypeStruct`s with shardings attached);
+    the input pipeline's position is `restore_data_state`."""
     target = flax.serialization.to_state_dict(abstract_state)
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), data=DataStateRestore()))
-    state = flax.serialization.from_state_dict(abstract_state, restored["state"])
-    return state, restored["data"]
+        state=ocp.args.StandardRestore(target)))
+    return flax.serialization.from_state_dict(abstract_state, restored["state"])
 
   def restore_data_state(self, step: int):
     """The input pipeline's position saved with checkpoint `step` (without the state)."""

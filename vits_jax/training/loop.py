@@ -272,12 +272,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   # does not run init, from its stored output shapes) instead of tracing init.
   store = programs.ExecutableStore.for_run(config, steps_per_epoch=train_data.steps_per_epoch)
   init_program = abstract = None
-  if store is not None:   # (a resumed run needs only the init program's output shapes)
-    abstract = store.load_shapes("init", init_args) if latest is not None else None
-    if abstract is None:
-      init_program = store.load("init", init_args)
-      abstract = init_program.out_info if init_program is not None else None
-      if abstract is not None and latest is not None:   # (a store saved before .shapes)
+  if store is not None and latest is not None:   # (a resumed run needs only the shapes)
+    abstract = store.load_shapes("init", init_args)
+  if store is not None and abstract is None:
+    init_program = store.load("init", init_args)
+    if init_program is not None:
+      abstract = init_program.out_info
+      if latest is not None:   # (a store written before the shapes were kept)
         store.save_shapes("init", init_args, abstract)
   if abstract is None:
     abstract = jax.eval_shape(init_state, *init_args)
@@ -326,7 +327,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
 
   try:
     if latest is not None:   # (read while the workers load or compile the programs)
-      state, _ = ckpt.restore(latest, abstract)
+      state = ckpt.restore(latest, abstract)
       if int(state.step) != step:
         raise ValueError(
             f"checkpoint {latest} in {ckpt.directory} holds the state of step "
@@ -343,6 +344,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         else:
           init_program = store.compile(lowered, init_compiler_options())
           store.save("init", init_args, init_program)
+          store.save_shapes("init", init_args, init_program.out_info)
       state = init_program(*init_args)
       if source is not None:
         state = warm_start.after_init(state, source, source_name, config, repl, generator)

@@ -235,7 +235,6 @@ class ExecutableStore:
     digest = hashlib.sha256(payload).hexdigest().encode()
     path = self.path(name, abstract_args)
     inference._write_atomic(path, _STORE_MAGIC + b" " + digest + b"\n" + payload)  # pylint: disable=protected-access
-    self.save_shapes(name, abstract_args, compiled.out_info)
     return path.is_file()
 
   def save_shapes(self, name: str, abstract_args, out_info) -> None:

@@ -280,19 +280,29 @@ if sys.argv[3] == "executables_only":
   def lowered(*args, **kwargs):
     raise AssertionError("an exported program was lowered")
   jax.export.deserialize = lowered
+from vits_jax import inference
+queued = []
+preload = inference._preload
+inference._preload = lambda *args: queued.append(preload(*args)) or queued[-1]
 voice = load_voice(sys.argv[1])
-np.save(sys.argv[2], voice.synthesize("Hello there. A second sentence.", speaker=2, seed=3))
+np.save(sys.argv[2], voice.synthesize(
+    "Hello there. A second sentence, a good deal longer than the first one, which needs "
+    "a larger bucket of ids.", speaker=2, seed=3))
+assert not inference._PENDING, "a preloaded program was never used"
 if sys.argv[3] == "executables_only":  # nothing traced: the model was never even built
   assert "flax" not in sys.modules, "flax was imported"
+  assert queued == [3], queued  # two text programs and the latent one loaded ahead
 """
 
 
 def test_cached_programs_load_in_a_new_process_without_tracing(tmp_path):
   """The first process traces its programs and saves them (exported and compiled) in the
   cache; a second one runs the compiled executables with no tracing or lowering (nor
-  Flax imported); with the
+  Flax imported), loaded ahead in background threads; with the
   executables damaged, a third lowers the exported programs (still no tracing) and saves
-  them again. All three speak the same samples."""
+  them again; with the two text programs' executables swapped (they load, but do not run
+  on these shapes), a fourth drops them and builds afresh. All four speak the same
+  samples."""
   import hashlib
   import os
   import subprocess
@@ -301,10 +311,16 @@ def test_cached_programs_load_in_a_new_process_without_tracing(tmp_path):
              PYTHONPATH=str(Path(__file__).parents[1]))
   programs = tmp_path / "cache" / "programs"
   outs = []
-  for k, mode in enumerate(("trace", "executables_only", "damaged_executables")):
+  for k, mode in enumerate(("trace", "executables_only", "damaged_executables",
+                            "swapped_executables")):
     if mode == "damaged_executables":
       for exe in programs.glob("*.xlaexe"):
         exe.write_bytes(exe.read_bytes()[:-100])
+    if mode == "swapped_executables":
+      texts = sorted(programs.glob("text_*.xlaexe"))
+      blobs = [t.read_bytes() for t in texts]
+      texts[0].write_bytes(blobs[1])
+      texts[1].write_bytes(blobs[0])
     out = tmp_path / f"{k}.npy"
     proc = subprocess.run([sys.executable, "-c", _EXPORT_SCRIPT, str(MULTI), str(out), mode],
                           env=env, capture_output=True, text=True, timeout=600)
@@ -316,8 +332,9 @@ def test_cached_programs_load_in_a_new_process_without_tracing(tmp_path):
   for exe in programs.glob("*.xlaexe"):  # saved again, whole
     header, payload = exe.read_bytes().split(b"\n", 1)
     assert header.split(b" ")[1] == hashlib.sha256(payload).hexdigest().encode()
-  np.testing.assert_array_equal(outs[0], outs[1])
-  np.testing.assert_array_equal(outs[0], outs[2])
+  assert [t.read_bytes() for t in texts] != blobs[::-1]  # rebuilt
+  for out in outs[1:]:
+    np.testing.assert_array_equal(outs[0], out)
 
 
 def test_noise_key_is_prngkey():

@@ -25,10 +25,12 @@ programs live at module level keyed on the (hashable) model, so every voice of t
 architecture shares them.
 """
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
 import os
+import threading
 from pathlib import Path
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
                     Tuple)
@@ -174,11 +176,8 @@ class _Tape:
     cores = {self.bounds(k)[1] - self.bounds(k)[0] for k in ks}
     assert len(cores) == 1, "windows of one call must have one size"
     span = cores.pop() + 2 * p.margin
-    m = np.zeros((n, span, self.channels), np.float32)
-    logs = np.zeros_like(m)
-    mask = np.zeros((n, span, 1), np.float32)
-    seeds = np.zeros((n, span), np.int32)
-    pos = np.zeros((n, span), np.int32)
+    inputs = _latent_inputs(n, span, self.channels)
+    m, logs, mask, seeds, pos = (inputs[name] for name in _LATENT_INPUTS)
     for r, k in enumerate(ks):
       lo = self.bounds(k)[0] - p.margin
       hi = lo + span
@@ -191,7 +190,7 @@ class _Tape:
         mask[r, a - lo:b - lo] = 1.0
         seeds[r, a - lo:b - lo] = seg.seed
         pos[r, a - lo:b - lo] = np.arange(a - seg.start, b - seg.start)
-    return dict(m=m, logs=logs, mask=mask, seeds=seeds, positions=pos), ks
+    return inputs, ks
 
   def deliver(self, k: int, audio: np.ndarray):
     """Splits window k's core audio [window * hop] among its sentences.
@@ -212,6 +211,18 @@ class _Tape:
     self.segments = [s for s in self.segments if s.end > keep_from]
 
 
+_LATENT_INPUTS = ("m", "logs", "mask", "seeds", "positions")
+
+
+def _latent_inputs(n: int, span: int, channels: int) -> Dict[str, np.ndarray]:
+  """Zeroed host inputs of `n` latent windows of `span` frames (`_Tape.take` fills them)."""
+  return dict(m=np.zeros((n, span, channels), np.float32),
+              logs=np.zeros((n, span, channels), np.float32),
+              mask=np.zeros((n, span, 1), np.float32),
+              seeds=np.zeros((n, span), np.int32),
+              positions=np.zeros((n, span), np.int32))
+
+
 # ----------------------------------------------------------------------- synthesis
 @dataclasses.dataclass
 class Options:
@@ -226,8 +237,9 @@ class Options:
 
 def stream_ids(model, params, sentences: Iterable[Tuple[Sequence[int], int]],
                options: Options, text_batch: Optional[int] = None,
-               window: Optional[int] = None,
-               lead: Optional[int] = None) -> Iterator[Tuple[int, np.ndarray, Any]]:
+               window: Optional[int] = None, lead: Optional[int] = None,
+               lengths: Optional[Sequence[int]] = None
+               ) -> Iterator[Tuple[int, np.ndarray, Any]]:
   """Token id sequences -> their audio, window by window, in order.
 
   Args:
@@ -240,6 +252,8 @@ def stream_ids(model, params, sentences: Iterable[Tuple[Sequence[int], int]],
     window: decoder window core frames (default `WINDOW_FRAMES`).
     lead: core frames of the first window when the first sentence is longer than a window
       (earlier first audio, one more program); None or 0: every window is `window` long.
+    lengths: the id counts of `sentences`, where the caller knows them: the stored
+      programs they will run start loading at once, in background threads (`_preload`).
 
   Yields:
     (sentence index, float32 samples, durations): consecutive pieces of each sentence's
@@ -254,6 +268,8 @@ def stream_ids(model, params, sentences: Iterable[Tuple[Sequence[int], int]],
            MAX_TEXT_BATCH.get(backend, MAX_BATCH_DEFAULT))
   tb = _round_up(tb, _device_count())
   group_size = tb * (TEXT_GROUP_BATCHES if tb > 1 else 1)
+  if lengths:
+    _preload(model, params, lengths, options, tb, window)
 
   def groups():
     source = iter(enumerate(sentences))
@@ -285,8 +301,7 @@ def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
   devices = _device_count()
   key = noise_key(options.seed)
   scales = _scales(options)
-  cap = MAX_WINDOW_BATCH.get(jax.default_backend(), MAX_BATCH_DEFAULT)
-  wb = _round_up(min(batch_bucket(max(1, int(options.batch_size))), cap), devices)
+  wb = _window_batch(options)
   tape = _Tape(plan, int(model.inter_channels))
   lead = int(lead or 0)
   source = iter(groups)
@@ -318,6 +333,13 @@ def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
           yield i, piece, (None if seg is None else seg.durations)
     if exhausted and tape.ready(final=True) == 0:
       return
+
+
+def _window_batch(options: Options) -> int:
+  """Windows per latent-side call."""
+  import jax
+  cap = MAX_WINDOW_BATCH.get(jax.default_backend(), MAX_BATCH_DEFAULT)
+  return _round_up(min(batch_bucket(max(1, int(options.batch_size))), cap), _device_count())
 
 
 def noise_key(seed: int):
@@ -352,7 +374,8 @@ def synthesize_ids(model, params, ids_list: Sequence[Sequence[int]],
   pieces: Dict[int, List[np.ndarray]] = {}
   out: List[Optional[np.ndarray]] = [None] * len(ids_list)
   for i, piece, durations in stream_ids(model, params, list(zip(ids_list, seeds)), options,
-                                        text_batch=min(batch_size, len(ids_list))):
+                                        text_batch=min(batch_size, len(ids_list)),
+                                        lengths=[len(ids) for ids in ids_list]):
     pieces.setdefault(i, []).append(piece)
     if durations is not None:
       out[i] = np.concatenate(pieces.pop(i)).astype(np.float32)
@@ -417,15 +440,12 @@ def _text_side(model, params, group, sid, scales, key, batch):
     taken = set(rows)
     order = [j for j in order if j not in taken]
     padded = rows + [rows[0]] * (batch - len(rows))
-    x = np.zeros((batch, t), np.int32)
-    lengths = np.zeros((batch,), np.int32)
-    seeds = np.zeros((batch,), np.int32)
+    x, lengths, sids, seeds = _text_inputs(batch, t, sid)
     for r, j in enumerate(padded):
       ids, seed = group[j][1]
       x[r, :len(ids)] = ids
       lengths[r] = len(ids)
       seeds[r] = seed
-    sids = None if sid is None else np.full((batch,), sid, np.int32)
     _note(model, ("text", x.shape, sid is None))
     m_p, logs_p, w_ceil = (np.asarray(a) for a in _run(
         _text_program, model, (), params, *_shard((x, lengths, sids, seeds)), scales, key))
@@ -436,11 +456,19 @@ def _text_side(model, params, group, sid, scales, key, batch):
     yield i, results[j], seed
 
 
+def _text_inputs(batch: int, t: int, sid: Optional[int]):
+  """Zeroed host inputs of a text-side call: ids [batch, t], lengths, speaker ids (None
+  for a single-speaker voice), seeds."""
+  sids = None if sid is None else np.full((batch,), sid, np.int32)
+  return (np.zeros((batch, t), np.int32), np.zeros((batch,), np.int32), sids,
+          np.zeros((batch,), np.int32))
+
+
 def _latent_side(model, params, plan, inputs, batch, sid, scales, key):
   """Decodes `n` windows (padded to `batch` rows); returns [n, window * hop] float32."""
   n = inputs["m"].shape[0]
   arrays = []
-  for name in ("m", "logs", "mask", "seeds", "positions"):
+  for name in _LATENT_INPUTS:
     a = inputs[name]
     if batch > n:
       a = np.concatenate([a, np.zeros((batch - n,) + a.shape[1:], a.dtype)])
@@ -571,15 +599,85 @@ def _run(fn, model, static: Tuple, params, *args):
   that cannot load the executable lowers instead of tracing the model again (XLA's cache
   then supplies the compiled code).
   """
-  import jax
-  key = (fn.__name__, model, static, _params_signature(params), _signature(args),
-         _device_count(), jax.default_backend())
+  key = _program_key(fn, model, static, params, args)
   program = _PROGRAMS.get(key)
+  if program is not None:
+    return program(params, *args)
+  with _PENDING_LOCK:
+    pending = _PENDING.pop(key, None)
+  program = pending.result() if pending is not None else None
   if program is None:
     program = _build(fn, model, static, params, args, key)
-    _PROGRAMS[key] = program
-    _count_trace(model)
-  return program(params, *args)
+  _count_trace(model)
+  import jax
+  try:
+    out = jax.block_until_ready(program(params, *args))   # (errors surface here)
+  except Exception:  # pylint: disable=broad-except
+    stored = _export_path(key)
+    if stored is None or not _executable_path(stored).is_file():
+      raise
+    # A stored executable that loads but does not run (one saved by an older version split
+    # into several objects: "Function ... not found"): drop it and build afresh.
+    _executable_path(stored).unlink(missing_ok=True)
+    program = _build(fn, model, static, params, args, key)
+    out = program(params, *args)
+  _PROGRAMS[key] = program
+  return out
+
+
+def _program_key(fn, model, static: Tuple, params, args) -> Tuple:
+  import jax
+  return (fn.__name__, model, static, _params_signature(params), _signature(args),
+          _device_count(), jax.default_backend())
+
+
+# Stored programs being loaded ahead of their first call (`_preload`), by `_run`'s key.
+_PENDING: Dict[Any, concurrent.futures.Future] = {}
+_PENDING_LOCK = threading.Lock()
+_LOADERS: List[concurrent.futures.ThreadPoolExecutor] = []
+
+
+def _preload(model, params, lengths: Sequence[int], options: Options, text_batch: int,
+             window: Optional[int]) -> int:
+  """Starts loading the stored executables that sentences of these id counts will run
+  (their text-side buckets and the latent window program), in order of first use, on two
+  background threads: XLA deserializes outside the GIL, so the loads overlap each other and
+  the first sentence's work instead of each stalling the first call that needs it (about
+  0.3 s per text program here). Only programs already stored on disk are queued; anything
+  else is built on first use as before. Returns the number queued."""
+  if _device_count() != 1:
+    return 0
+  plan = plan_for(model, window)
+  sid = options.speaker_id
+  scales, key = _scales(options), noise_key(options.seed)
+  wb = _window_batch(options)
+  latent = tuple(_latent_inputs(wb, plan.span, int(model.inter_channels))[name]
+                 for name in _LATENT_INPUTS)
+  latent = latent + (None if sid is None else np.full((wb,), sid, np.int32),)
+  calls, seen = [], set()
+  for n in lengths:
+    t = text_bucket(max(1, int(n)))
+    if t not in seen:
+      seen.add(t)
+      calls.append((_text_program, (), _text_inputs(text_batch, t, sid)))
+      if len(seen) == 1:
+        calls.append((_latent_program, (plan.flow_margin, plan.dec_margin), latent))
+  queued = 0
+  for fn, static, arrays in calls:
+    args = tuple(arrays) + (scales, key)
+    pkey = _program_key(fn, model, static, params, args)
+    path = _export_path(pkey)
+    if pkey in _PROGRAMS or path is None or not _executable_path(path).is_file():
+      continue
+    with _PENDING_LOCK:
+      if pkey in _PENDING:
+        continue
+      if not _LOADERS:
+        _LOADERS.append(concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="load"))
+      _PENDING[pkey] = _LOADERS[0].submit(_load_executable, _executable_path(path), params,
+                                          args)
+    queued += 1
+  return queued
 
 
 def _build(fn, model, static, params, args, key):
@@ -685,8 +783,10 @@ def _save_executable(path: Path, program, specs):
     from jax.experimental import serialize_executable
     previous = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
-    try:
-      compiled = program.lower(*specs).compile()
+    try:   # (one object file: a split executable loads but fails when run, as training's)
+      compiled = program.lower(*specs).compile(
+          compiler_options={"xla_cpu_parallel_codegen_split_count": 1}
+          if jax.default_backend() == "cpu" else None)
     finally:
       jax.config.update("jax_enable_compilation_cache", previous)
     payload, _, out_tree = serialize_executable.serialize(compiled)

@@ -235,8 +235,10 @@ class Voice:
     pieces: List[np.ndarray] = []
     durations: List[np.ndarray] = []
     total = sum(len(ids_list) for ids_list in per_text)
-    for i, piece, dur in inference.stream_ids(self.model, self.params, sentences(), options,
-                                              text_batch=min(options.batch_size, total)):
+    for i, piece, dur in inference.stream_ids(
+        self.model, self.params, sentences(), options,
+        text_batch=min(options.batch_size, total),
+        lengths=[len(ids) for ids_list in per_text for ids in ids_list]):
       pieces.append(piece)
       if dur is None:
         continue

@@ -10,13 +10,14 @@ rate, so samples past an item's length are exactly zero before each conv and bat
 never leaks into real samples: an item decodes to the same waveform alone or in any batch.
 """
 
+import math
 from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from vits_jax.models import commons
+from vits_jax.models import commons, receptive
 from vits_jax.models.commons import LRELU_SLOPE
 from vits_jax.models.layers import Conv1d, ConvTranspose1d
 
@@ -95,33 +96,54 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, g: Optional[jax.Array] = None,
-               x_mask: Optional[jax.Array] = None) -> jax.Array:
+               x_mask: Optional[jax.Array] = None, margin: int = 0) -> jax.Array:
     """Decodes latent frames.
 
     Args:
       x: [B, T, inter_channels] latent frames.
       g: [B, 1, gin] speaker embedding or None.
       x_mask: [B, T, 1] valid frames, or None (no masking, as the official decoder).
+      margin: frames at each end of `x` that are context only (static; at least
+        `receptive.decoder_reach`): the output leaves them out, and after each stage the
+        part of them that the later stages cannot see is dropped, so the later, wider
+        stages work on little more than the core. The core's samples are those of decoding
+        all of `x`.
 
     Returns:
-      [B, T * prod(upsample_rates), 1] waveform in [-1, 1] (float32).
+      [B, (T - 2 * margin) * prod(upsample_rates), 1] waveform in [-1, 1] (float32).
     """
     if str(self.resblock) not in ("1", "2"):
       raise ValueError(f"resblock must be '1' or '2', got {self.resblock!r}")
     block = ResBlock1 if str(self.resblock) == "1" else ResBlock2
     num_kernels = len(self.resblock_kernel_sizes)
     dtype = self.dtype or x.dtype
+    reaches = receptive.decoder_stage_reaches(self) if margin else []
+    context = [int(margin)]  # context samples on each side at the current rate
+
+    def crop(x, x_mask, rate: int, later: list):
+      """Drops the context the `later` stages (reaches in frames) do not need."""
+      cut = context[0] - int(math.ceil(sum(later) * rate))
+      if cut <= 0:
+        return x, x_mask
+      context[0] -= cut
+      x = x[:, cut:x.shape[1] - cut]
+      return x, (None if x_mask is None else x_mask[:, cut:x_mask.shape[1] - cut])
 
     x = Conv1d(self.upsample_initial_channel, 7, padding=3, dtype=dtype, name="conv_pre")(
         _mask(x, x_mask))
     if g is not None and self.gin_channels:
       x = x + Conv1d(self.upsample_initial_channel, 1, dtype=dtype, name="cond")(g)
     x = _mask(x, x_mask)
+    rate = 1
+    if margin:
+      x, x_mask = crop(x, x_mask, rate, reaches[1:])
     for i, (u, k) in enumerate(zip(self.upsample_rates, self.upsample_kernel_sizes)):
       ch = self.upsample_initial_channel // (2 ** (i + 1))
       x = nn.leaky_relu(x, LRELU_SLOPE)
       x = ConvTranspose1d(ch, k, stride=u, padding=(k - u) // 2, weight_norm=True,
                           init_std=0.01, dtype=dtype, name=f"ups_{i}")(x)
+      rate *= u
+      context[0] *= u
       if x_mask is not None:
         x_mask = commons.upsample_mask(x_mask, u, x.shape[1])
       x = _mask(x, x_mask)
@@ -132,7 +154,12 @@ class Decoder(nn.Module):
             x, x_mask)
         xs = y if xs is None else xs + y
       x = xs / num_kernels
+      if margin:
+        x, x_mask = crop(x, x_mask, rate, reaches[i + 2:])
     # torch's F.leaky_relu default slope (0.01) here, not LRELU_SLOPE: as official.
     x = nn.leaky_relu(x, 0.01)
     x = Conv1d(1, 7, padding=3, use_bias=False, dtype=dtype, name="conv_post")(x)
-    return _mask(jnp.tanh(x.astype(jnp.float32)), x_mask)
+    x = _mask(jnp.tanh(x.astype(jnp.float32)), x_mask)
+    if margin:
+      x, _ = crop(x, None, rate, [])
+    return x

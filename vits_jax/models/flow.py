@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from vits_jax.models import receptive
 from vits_jax.models.modules import Flip, ResidualCouplingLayer
 
 Dtype = Any
@@ -45,17 +46,33 @@ class ResidualCouplingBlock(nn.Module):
     self.flows = flows  # auto-named flows_0, flows_1, ... as the official list
 
   def __call__(self, x: jax.Array, x_mask: jax.Array, g: Optional[jax.Array] = None,
-               reverse: bool = False, train: bool = False) -> Tuple[jax.Array, jax.Array]:
+               reverse: bool = False, train: bool = False,
+               margin: int = 0) -> Tuple[jax.Array, jax.Array]:
     """Maps z -> z_p (reverse=False) or z_p -> z (reverse=True).
 
     Args:
       x: [B, T, channels]; x_mask: [B, T, 1]; g: [B, 1, gin] or None.
+      margin: frames at each end of `x` that are context only (static; at least
+        `receptive.flow_reach`): the output leaves them out, and each coupling layer drops
+        the context the later ones cannot see. The other frames are those of mapping all
+        of `x`.
 
     Returns:
-      (y [B, T, channels], logdet [B]) with logdet the log|det| of the map applied.
+      (y [B, T - 2 * margin, channels], logdet [B]) with logdet the log|det| of the map
+      applied (over the frames each layer saw).
     """
+    reach = receptive.coupling_reach(self.kernel_size, self.dilation_rate, self.n_layers)
     logdet = jnp.zeros((x.shape[0],), jnp.float32)
-    for flow in (reversed(self.flows) if reverse else self.flows):
+    flows = list(reversed(self.flows) if reverse else self.flows)
+    for i, flow in enumerate(flows):
       x, ld = flow(x, x_mask, g=g, reverse=reverse, train=train)
       logdet = logdet + ld
+      if margin and isinstance(flow, ResidualCouplingLayer):
+        later = sum(isinstance(f, ResidualCouplingLayer) for f in flows[i + 1:])
+        cut = margin - max(later * reach, 0)
+        if cut > 0:
+          margin -= cut
+          x, x_mask = x[:, cut:x.shape[1] - cut], x_mask[:, cut:x_mask.shape[1] - cut]
+    if margin:
+      x = x[:, margin:x.shape[1] - margin]
     return x, logdet

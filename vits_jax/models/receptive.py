@@ -8,22 +8,25 @@ masked frames keep two utterances on one tape apart (`isolation_gap`).
 import math
 
 
+def coupling_reach(kernel_size: int, dilation_rate: int, n_layers: int) -> int:
+  """Frames one coupling layer's WN looks to either side."""
+  return sum((kernel_size - 1) * dilation_rate ** i // 2 for i in range(n_layers))
+
+
 def flow_reach(model, total: bool) -> int:
   """Frames the reverse flow looks to either side (whole block, or its widest conv)."""
   k, r, n = model.flow_kernel_size, model.flow_dilation_rate, model.flow_n_layers
-  per_layer = [(k - 1) * r ** i // 2 for i in range(n)]
   if not total:
-    return max(per_layer)
-  return model.flow_n_flows * sum(per_layer)
+    return max((k - 1) * r ** i // 2 for i in range(n))
+  return model.flow_n_flows * coupling_reach(k, r, n)
 
 
-def decoder_reach(model, total: bool) -> int:
-  """Frames the decoder looks to either side (whole network, or its widest conv)."""
-  reaches = [3.0]  # conv_pre, kernel 7, at frame rate
+def _decoder_stages(model):
+  """(rate, transposed conv kernel, per residual block its convs' one-sided reaches in
+  samples) of each upsampling stage."""
   rate = 1
   for u, k in zip(model.upsample_rates, model.upsample_kernel_sizes):
     rate *= u
-    reaches.append(k / rate)  # transposed conv: at most k samples at its output rate
     convs = []
     for rk, rd in zip(model.resblock_kernel_sizes, model.resblock_dilation_sizes):
       half = (rk - 1) // 2
@@ -31,10 +34,32 @@ def decoder_reach(model, total: bool) -> int:
         convs.append([half * d for d in rd] + [half] * len(rd))
       else:
         convs.append([half * d for d in rd])
-    widest = max(max(c) for c in convs) / rate
-    reaches.append(max(sum(c) for c in convs) / rate if total else widest)
-  reaches.append(3.0 / rate)  # conv_post, kernel 7, at the output rate
-  return int(math.ceil(sum(reaches) if total else max(reaches)))
+    yield rate, k, convs
+
+
+def decoder_stage_reaches(model) -> list:
+  """Frames (float) the decoder looks to either side, per stage: conv_pre, then each
+  upsampling stage (transposed conv and its residual blocks, which run side by side), then
+  conv_post."""
+  stages = [3.0]  # conv_pre, kernel 7, at frame rate
+  rate = 1
+  for rate, k, convs in _decoder_stages(model):
+    # transposed conv: at most k samples at its output rate
+    stages.append(k / rate + max(sum(c) for c in convs) / rate)
+  stages.append(3.0 / rate)  # conv_post, kernel 7, at the output rate
+  return stages
+
+
+def decoder_reach(model, total: bool) -> int:
+  """Frames the decoder looks to either side (whole network, or its widest conv)."""
+  if total:
+    return int(math.ceil(sum(decoder_stage_reaches(model))))
+  reaches = [3.0]
+  rate = 1
+  for rate, k, convs in _decoder_stages(model):
+    reaches += [k / rate, max(max(c) for c in convs) / rate]
+  reaches.append(3.0 / rate)
+  return int(math.ceil(max(reaches)))
 
 
 def isolation_gap(model) -> int:

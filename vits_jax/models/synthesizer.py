@@ -255,10 +255,12 @@ class SynthesizerTrn(nn.Module):
     The prior noise of a frame is `frame_normal(fold_in(key, 1), seed, position)`: with
     `seeds` and `positions` per frame, a window of a longer utterance (or of several
     utterances laid end to end, `vits_jax.inference`) draws exactly the noise that
-    utterance draws when decoded whole. The flow runs on all T frames, the decoder on
-    frames [flow_margin, T - flow_margin), and `dec_margin * hop` samples are cut from each
-    end of its output: with margins no smaller than the receptive fields
-    (`latent_margins`), the output equals the same frames of a whole decode.
+    utterance draws when decoded whole. The flow maps all T frames to frames
+    [flow_margin, T - flow_margin) (`ResidualCouplingBlock`'s `margin`: each coupling drops
+    the context the later ones cannot see), the decoder runs on those, and its output
+    leaves out `dec_margin` frames at each end (`Decoder`'s `margin`, likewise stage by
+    stage): with margins no smaller than the receptive fields (`latent_margins`), the
+    output equals the same frames of a whole decode.
 
     Args:
       m, logs: [B, T, C] per-frame prior statistics; y_mask: [B, T, 1] valid frames.
@@ -271,7 +273,7 @@ class SynthesizerTrn(nn.Module):
 
     Returns:
       (o [B, (T - 2 * (flow_margin + dec_margin)) * hop, 1] float32 waveform, aux dict with
-       `z_p` and `z` [B, T, C]).
+       `z_p` [B, T, C] and `z` [B, T - 2 * flow_margin, C]).
     """
     b, t, c = m.shape
     g = self._speaker(sid)
@@ -282,14 +284,9 @@ class SynthesizerTrn(nn.Module):
       eps = commons.frame_normal(jax.random.fold_in(key, 1), _seeds(seeds, b), t, c,
                                  positions)
       z_p = m + eps * jnp.exp(logs) * noise_scale
-    z, _ = self.flow(z_p, y_mask, g=g, reverse=True)
-    zd, md = z, y_mask
-    if flow_margin:
-      zd, md = z[:, flow_margin:t - flow_margin], y_mask[:, flow_margin:t - flow_margin]
-    o = self.dec(zd * md, g=g, x_mask=md)
-    if dec_margin:
-      cut = dec_margin * self.hop_length
-      o = o[:, cut:o.shape[1] - cut]
+    z, _ = self.flow(z_p, y_mask, g=g, reverse=True, margin=flow_margin)
+    md = y_mask[:, flow_margin:t - flow_margin]
+    o = self.dec(z * md, g=g, x_mask=md, margin=dec_margin)
     return o, dict(z_p=z_p, z=z)
 
   def infer(self, x, x_lengths, sid=None, noise_scale=1.0, length_scale=1.0,

@@ -166,6 +166,14 @@ def _pcm16(audio):
   return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
 
 
+class _NotWritten(Exception):
+  """Carries an error of the audio source out of `_write_audio`'s write-error handling."""
+
+  def __init__(self, error: BaseException):
+    super().__init__(str(error))
+    self.error = error
+
+
 def _write_audio(path, sample_rate, chunks) -> int:
   """Writes float chunks as 16-bit audio (or Vorbis) to `path`, through a temporary file
   beside it that replaces `path` only when complete: a full disk or a kill never leaves a
@@ -176,13 +184,24 @@ def _write_audio(path, sample_rate, chunks) -> int:
   directory, name = os.path.split(path)
   tmp = os.path.join(directory, f".{name}.partial-{os.getpid()}")
   samples = 0
+  chunks = iter(chunks)
   try:
     with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, format=fmt,
                       subtype=subtype) as f:
-      for chunk in chunks:
+      while True:
+        try:
+          chunk = next(chunks)
+        except StopIteration:
+          break
+        except Exception as e:   # synthesis failed: not a write error (re-raised below)
+          raise _NotWritten(e) from e
         f.write(_pcm16(chunk))
         samples += len(chunk)
     os.replace(tmp, path)
+  except _NotWritten as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise e.error from None
   except (OSError, RuntimeError) as e:   # LibsndfileError is a RuntimeError
     if os.path.exists(tmp):
       os.remove(tmp)

@@ -299,6 +299,18 @@ def test_infer_with_a_full_disk_keeps_the_old_file(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["hello.wav"]
 
 
+def test_a_failing_synthesis_is_not_called_a_write_error(tmp_path):
+  """An error of the audio source mid-file keeps its own type and message (it was reported
+  as 'cannot write PATH'), and leaves neither the file nor a partial one."""
+  def chunks():
+    yield np.zeros(100, np.float32)
+    raise RuntimeError("the model failed")
+  out = tmp_path / "a.wav"
+  with pytest.raises(RuntimeError, match="^the model failed$"):
+    infer._write_audio(str(out), 16000, chunks())
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_prepare_with_a_full_disk_keeps_the_prepared_data(tmp_path, capsys, monkeypatch):
   import errno
   from data_prep import writer

@@ -285,13 +285,19 @@ queued = []
 preload = inference._preload
 inference._preload = lambda *args: queued.append(preload(*args)) or queued[-1]
 voice = load_voice(sys.argv[1])
-np.save(sys.argv[2], voice.synthesize(
-    "Hello there. A second sentence, a good deal longer than the first one, which needs "
-    "a larger bucket of ids.", speaker=2, seed=3))
+text = ("Hello there. A second sentence, a good deal longer than the first one, which "
+        "needs a larger bucket of ids.")
+if sys.argv[3] == "executables_only":   # a stream reads its first sentence to preload
+  streamed = np.concatenate(list(voice.stream(text, speaker=2, seed=3)))
+audio = voice.synthesize(text, speaker=2, seed=3)
+np.save(sys.argv[2], audio)
 assert not inference._PENDING, "a preloaded program was never used"
 if sys.argv[3] == "executables_only":  # nothing traced: the model was never even built
   assert "flax" not in sys.modules, "flax was imported"
-  assert queued == [3], queued  # two text programs and the latent one loaded ahead
+  # the stream: the first sentence's text program and the latent one, loaded ahead (the
+  # second sentence's on first use); then the batch finds all three loaded
+  assert queued == [2, 0], queued
+  np.testing.assert_array_equal(streamed, audio)
 """
 
 

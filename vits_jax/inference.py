@@ -29,6 +29,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import itertools
 import os
 import threading
 from pathlib import Path
@@ -253,7 +254,8 @@ def stream_ids(model, params, sentences: Iterable[Tuple[Sequence[int], int]],
     lead: core frames of the first window when the first sentence is longer than a window
       (earlier first audio, one more program); None or 0: every window is `window` long.
     lengths: the id counts of `sentences`, where the caller knows them: the stored
-      programs they will run start loading at once, in background threads (`_preload`).
+      programs they will run start loading at once, in background threads (`_preload`);
+      otherwise the first sentence is read now and its programs start loading.
 
   Yields:
     (sentence index, float32 samples, durations): consecutive pieces of each sentence's
@@ -268,6 +270,11 @@ def stream_ids(model, params, sentences: Iterable[Tuple[Sequence[int], int]],
            MAX_TEXT_BATCH.get(backend, MAX_BATCH_DEFAULT))
   tb = _round_up(tb, _device_count())
   group_size = tb * (TEXT_GROUP_BATCHES if tb > 1 else 1)
+  if not lengths:   # a lazy source: its first sentence says which programs come first
+    source = iter(sentences)
+    first = next(source, None)
+    lengths = [] if first is None else [len(first[0])]
+    sentences = itertools.chain([] if first is None else [first], source)
   if lengths:
     _preload(model, params, lengths, options, tb, window)
 

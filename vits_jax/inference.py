@@ -466,9 +466,13 @@ def _text_side(model, params, group, sid, scales, key, batch):
 def _text_inputs(batch: int, t: int, sid: Optional[int]):
   """Zeroed host inputs of a text-side call: ids [batch, t], lengths, speaker ids (None
   for a single-speaker voice), seeds."""
-  sids = None if sid is None else np.full((batch,), sid, np.int32)
-  return (np.zeros((batch, t), np.int32), np.zeros((batch,), np.int32), sids,
+  return (np.zeros((batch, t), np.int32), np.zeros((batch,), np.int32), _sids(batch, sid),
           np.zeros((batch,), np.int32))
+
+
+def _sids(batch: int, sid: Optional[int]) -> Optional[np.ndarray]:
+  """Speaker ids of a call's rows (None for a single-speaker voice)."""
+  return None if sid is None else np.full((batch,), sid, np.int32)
 
 
 def _latent_side(model, params, plan, inputs, batch, sid, scales, key):
@@ -480,7 +484,7 @@ def _latent_side(model, params, plan, inputs, batch, sid, scales, key):
     if batch > n:
       a = np.concatenate([a, np.zeros((batch - n,) + a.shape[1:], a.dtype)])
     arrays.append(a)
-  sids = None if sid is None else np.full((batch,), sid, np.int32)
+  sids = _sids(batch, sid)
   _note(model, ("latent", arrays[0].shape, sid is None))
   o = _run(_latent_program, model, (plan.flow_margin, plan.dec_margin), params,
            *_shard(tuple(arrays) + (sids,)), scales, key)
@@ -660,7 +664,7 @@ def _preload(model, params, lengths: Sequence[int], options: Options, text_batch
   wb = _window_batch(options)
   latent = tuple(_latent_inputs(wb, plan.span, int(model.inter_channels))[name]
                  for name in _LATENT_INPUTS)
-  latent = latent + (None if sid is None else np.full((wb,), sid, np.int32),)
+  latent = latent + (_sids(wb, sid),)
   calls, seen = [], set()
   for n in lengths:
     t = text_bucket(max(1, int(n)))

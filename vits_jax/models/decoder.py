@@ -10,7 +10,6 @@ rate, so samples past an item's length are exactly zero before each conv and bat
 never leaks into real samples: an item decodes to the same waveform alone or in any batch.
 """
 
-import math
 from typing import Any, Optional, Sequence
 
 import jax
@@ -26,6 +25,11 @@ Dtype = Any
 
 def _mask(x, x_mask):
   return x if x_mask is None else x * x_mask.astype(x.dtype)
+
+
+def _crop(x, cut: int):
+  """`x` [B, T, C] (or None) less `cut` steps at each end."""
+  return x if x is None or not cut else x[:, cut:x.shape[1] - cut]
 
 
 def _padding(kernel_size: int, dilation: int = 1) -> int:
@@ -117,33 +121,19 @@ class Decoder(nn.Module):
     block = ResBlock1 if str(self.resblock) == "1" else ResBlock2
     num_kernels = len(self.resblock_kernel_sizes)
     dtype = self.dtype or x.dtype
-    reaches = receptive.decoder_stage_reaches(self) if margin else []
-    context = [int(margin)]  # context samples on each side at the current rate
-
-    def crop(x, x_mask, rate: int, later: list):
-      """Drops the context the `later` stages (reaches in frames) do not need."""
-      cut = context[0] - int(math.ceil(sum(later) * rate))
-      if cut <= 0:
-        return x, x_mask
-      context[0] -= cut
-      x = x[:, cut:x.shape[1] - cut]
-      return x, (None if x_mask is None else x_mask[:, cut:x_mask.shape[1] - cut])
+    cuts = receptive.decoder_crops(self, margin)   # (all 0 without a margin)
 
     x = Conv1d(self.upsample_initial_channel, 7, padding=3, dtype=dtype, name="conv_pre")(
         _mask(x, x_mask))
     if g is not None and self.gin_channels:
       x = x + Conv1d(self.upsample_initial_channel, 1, dtype=dtype, name="cond")(g)
     x = _mask(x, x_mask)
-    rate = 1
-    if margin:
-      x, x_mask = crop(x, x_mask, rate, reaches[1:])
+    x, x_mask = _crop(x, cuts[0]), _crop(x_mask, cuts[0])
     for i, (u, k) in enumerate(zip(self.upsample_rates, self.upsample_kernel_sizes)):
       ch = self.upsample_initial_channel // (2 ** (i + 1))
       x = nn.leaky_relu(x, LRELU_SLOPE)
       x = ConvTranspose1d(ch, k, stride=u, padding=(k - u) // 2, weight_norm=True,
                           init_std=0.01, dtype=dtype, name=f"ups_{i}")(x)
-      rate *= u
-      context[0] *= u
       if x_mask is not None:
         x_mask = commons.upsample_mask(x_mask, u, x.shape[1])
       x = _mask(x, x_mask)
@@ -154,12 +144,9 @@ class Decoder(nn.Module):
             x, x_mask)
         xs = y if xs is None else xs + y
       x = xs / num_kernels
-      if margin:
-        x, x_mask = crop(x, x_mask, rate, reaches[i + 2:])
+      x, x_mask = _crop(x, cuts[i + 1]), _crop(x_mask, cuts[i + 1])
     # torch's F.leaky_relu default slope (0.01) here, not LRELU_SLOPE: as official.
     x = nn.leaky_relu(x, 0.01)
     x = Conv1d(1, 7, padding=3, use_bias=False, dtype=dtype, name="conv_post")(x)
     x = _mask(jnp.tanh(x.astype(jnp.float32)), x_mask)
-    if margin:
-      x, _ = crop(x, None, rate, [])
-    return x
+    return _crop(x, cuts[-1])

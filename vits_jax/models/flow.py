@@ -63,13 +63,13 @@ class ResidualCouplingBlock(nn.Module):
     """
     reach = receptive.coupling_reach(self.kernel_size, self.dilation_rate, self.n_layers)
     logdet = jnp.zeros((x.shape[0],), jnp.float32)
-    flows = list(reversed(self.flows) if reverse else self.flows)
-    for i, flow in enumerate(flows):
+    later = self.n_flows   # coupling layers still to come
+    for flow in (reversed(self.flows) if reverse else self.flows):
       x, ld = flow(x, x_mask, g=g, reverse=reverse, train=train)
       logdet = logdet + ld
       if margin and isinstance(flow, ResidualCouplingLayer):
-        later = sum(isinstance(f, ResidualCouplingLayer) for f in flows[i + 1:])
-        cut = margin - max(later * reach, 0)
+        later -= 1
+        cut = margin - later * reach
         if cut > 0:
           margin -= cut
           x, x_mask = x[:, cut:x.shape[1] - cut], x_mask[:, cut:x_mask.shape[1] - cut]

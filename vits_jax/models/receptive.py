@@ -50,6 +50,20 @@ def decoder_stage_reaches(model) -> list:
   return stages
 
 
+def decoder_crops(model, margin: int) -> list:
+  """Samples a decode with `margin` context frames a side can drop at each end after
+  conv_pre, after each upsampling stage and after conv_post: all of the context the later
+  stages cannot see."""
+  reaches = decoder_stage_reaches(model)
+  cuts, context, rate = [], int(margin), 1
+  for p, u in enumerate([1, *model.upsample_rates, 1]):
+    rate, context = rate * u, context * u
+    cut = max(context - int(math.ceil(sum(reaches[p + 1:]) * rate)), 0)
+    cuts.append(cut)
+    context -= cut
+  return cuts
+
+
 def decoder_reach(model, total: bool) -> int:
   """Frames the decoder looks to either side (whole network, or its widest conv)."""
   if total:

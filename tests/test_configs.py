@@ -45,7 +45,7 @@ MODEL_KEYS = (set(OFFICIAL_LJS['model']) | set(OFFICIAL_HARD_CODED)
               | {'gin_channels', 'use_sdp', 'n_vocab', 'n_speakers', 'dtype'})
 TRAIN_EXTRA = {'num_steps', 'log_every', 'checkpoint_every', 'eval_every', 'max_to_keep',
                'init_from', 'weight_decay', 'max_nonfinite_steps'}
-DATA_EXTRA = {'frontend', 'dir'}
+DATA_EXTRA = {'frontend', 'dir', 'num_buckets'}
 
 
 def _plain(x):
@@ -248,3 +248,31 @@ def test_finetune_config_is_the_joe_voice_with_its_recipe():
   assert config.train.eval_every <= config.train.num_steps
   with pytest.raises(ValueError):
     finetune.get_config('x')
+
+
+def test_bucket_count_follows_the_run_length_and_a_resume_keeps_it(tmp_path):
+  from vits_jax.training import loop
+  c = tiny.get_config()
+  assert c.data.num_buckets == 0
+  counts = {}
+  for steps in (4, 30, 999, 1000, 1500, 1999, 2000, 800_000):
+    c.train.num_steps = steps
+    counts[steps] = loop.num_buckets(c, str(tmp_path), resuming=False)
+  assert counts == {4: 1, 30: 1, 999: 1, 1000: 2, 1500: 3, 1999: 3, 2000: 4, 800_000: 4}
+  c.data.num_buckets = 3                       # set: used as is, fresh or resumed
+  assert loop.num_buckets(c, str(tmp_path), resuming=False) == 3
+  assert loop.num_buckets(c, str(tmp_path), resuming=True) == 3
+  c.data.num_buckets = 0
+  # A resumed run takes the count its first run wrote to config.json, whatever num_steps
+  # says now (the batch plan depends on it); a workdir from before the field: 4.
+  (tmp_path / loop.CONFIG_FILE).write_text(json.dumps({"data": {"num_buckets": 1}}))
+  c.train.num_steps = 5000
+  assert loop.num_buckets(c, str(tmp_path), resuming=True) == 1
+  (tmp_path / loop.CONFIG_FILE).write_text(json.dumps({"data": {"dir": "x"}}))
+  assert loop.num_buckets(c, str(tmp_path), resuming=True) == 4
+  (tmp_path / loop.CONFIG_FILE).write_text("{not json")
+  assert loop.num_buckets(c, str(tmp_path), resuming=True) == 4
+  c.data.num_buckets = -1
+  c.data.dir = "x"
+  with pytest.raises(ValueError, match="num_buckets"):
+    loop.check_config(c)

@@ -287,6 +287,9 @@ def test_run_logs_checkpoints_and_learns_nothing_nonfinite(run_a):
   assert rows[4]["jit/train_step_traces"] == 1
   config = json.loads((run_a / "config.json").read_text())
   assert config["train"]["num_steps"] == 4 and config["model"]["n_speakers"] == 3
+  # A 4-step run trains on one length bucket (data.num_buckets 0: from num_steps), and
+  # config.json keeps the count for a resume.
+  assert config["data"]["num_buckets"] == 1
   assert sorted(int(p.name) for p in (run_a / "checkpoints").iterdir()) == [2, 4]
   assert list(run_a.glob("events.out.tfevents.*"))
   val = {r["step"]: r for r in tu.metrics(run_a) if "val/mel_l1" in r}

@@ -120,7 +120,7 @@ def wait_ready(tree, interrupted: Callable[[], bool]) -> bool:
 # `ExecutableStore`'s key, so runs that differ only in them share programs (a fine-tuning
 # run that fits a posterior encoder first loads the step of a plain run). Anything else in
 # the config is part of the key.
-_NOT_IN_PROGRAMS = {"data": ("dir",),
+_NOT_IN_PROGRAMS = {"data": ("dir", "num_buckets"),
                     "train": ("num_steps", "eval_every", "checkpoint_every", "log_every",
                               "max_to_keep", "init_from", "compile_ahead", "seed",
                               "fit_posterior_steps", "eval_speech_measures")}

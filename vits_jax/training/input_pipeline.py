@@ -17,20 +17,19 @@ class TrainInput:
   """This host's share of each global training batch, resumable from a saved position.
 
   Args:
-    config: full config (`data.dir`, `train.batch_size` (global), `train.seed`,
-      `train.segment_size`).
+    config: full config (`data.dir`, `data.num_buckets` (resolved, > 0: the loop's
+      `num_buckets`), `train.batch_size` (global), `train.seed`, `train.segment_size`).
     local_batch: rows per batch on this host (checked against the loader's split).
-    num_buckets: length buckets (step programs) of the training split.
   """
 
-  def __init__(self, config, local_batch: int, num_buckets: int = 4):
+  def __init__(self, config, local_batch: int):
     d = config.data
     hop = int(d.hop_length)
     # Buckets: audio padded to whole ~2048-sample blocks of frames,
     # never shorter than one decoder window.
     self.loader = data_lib.make_train_loader(
         d.dir, int(config.train.batch_size), int(config.train.seed),
-        num_buckets=int(num_buckets), audio_multiple=hop * max(1, 2048 // hop),
+        num_buckets=int(d.num_buckets), audio_multiple=hop * max(1, 2048 // hop),
         min_audio_len=int(config.train.segment_size))
     if self.loader.host_batch_size != local_batch:
       raise ValueError(f"loader gives {self.loader.host_batch_size} rows per host, "

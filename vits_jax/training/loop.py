@@ -285,7 +285,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
 
   # --- Input -----------------------------------------------------------------------------
   buckets = num_buckets(config, workdir, latest is not None)
-  train_data = input_pipeline.TrainInput(config, local_batch, buckets)
+  if int(config.data.get("num_buckets", 0)) != buckets:
+    # The count in the config from here on, so config.json and every checkpoint's config
+    # record what the batch plan was built with (a resume reads it back).
+    config = config.copy_and_resolve_references()
+    config.data.num_buckets = buckets
+    t = config.train
+  train_data = input_pipeline.TrainInput(config, local_batch)
   val_batch = input_pipeline.validation_batch(config)
 
   # --- Models, optimizers, state ---------------------------------------------------------
@@ -381,9 +387,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       if source is not None:
         state = warm_start.after_init(state, source, source_name, config, repl, generator)
     if is_main:
-      saved = json.loads(json.dumps(config.to_dict(), default=str))
-      saved["data"]["num_buckets"] = buckets   # (the count this run uses, for a resume)
-      records.write_json_atomic(os.path.join(workdir, CONFIG_FILE), saved)
+      records.write_json_atomic(os.path.join(workdir, CONFIG_FILE),
+                                json.loads(json.dumps(config.to_dict(), default=str)))
   except BaseException:
     compiler.close()
     raise

@@ -784,6 +784,12 @@ def _load_executable(path: Path, params, args):
   return compiled
 
 
+# Compiler options of every executable saved to disk (here and `training.programs`): one
+# object file. XLA:CPU may split a program's code into several, and such an executable
+# serializes and loads but fails when run ("Function ... not found").
+SAVED_EXECUTABLE_OPTIONS = {"xla_cpu_parallel_codegen_split_count": 1}
+
+
 def _save_executable(path: Path, program, specs):
   """Compiles `program` for `specs` afresh (not from XLA's cache: an executable XLA's cache
   supplied does not serialize into one that loads) and saves it; returns the compiled
@@ -794,10 +800,8 @@ def _save_executable(path: Path, program, specs):
     from jax.experimental import serialize_executable
     previous = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
-    try:   # (one object file: a split executable loads but fails when run, as training's)
-      compiled = program.lower(*specs).compile(
-          compiler_options={"xla_cpu_parallel_codegen_split_count": 1}
-          if jax.default_backend() == "cpu" else None)
+    try:
+      compiled = program.lower(*specs).compile(compiler_options=dict(SAVED_EXECUTABLE_OPTIONS))
     finally:
       jax.config.update("jax_enable_compilation_cache", previous)
     payload, _, out_tree = serialize_executable.serialize(compiled)

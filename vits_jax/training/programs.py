@@ -219,8 +219,9 @@ class ExecutableStore:
     An option that only matters when dumping HLO gives the program a cache key of its own,
     and this thread writes no cache entry under it, so XLA's cache never supplies it."""
     from jax._src import config as jax_config  # thread-local settings
+    from vits_jax import inference
     options = dict(compiler_options or {}, xla_dump_max_hlo_modules=_FRESH,
-                   xla_cpu_parallel_codegen_split_count=1)
+                   **inference.SAVED_EXECUTABLE_OPTIONS)
     with jax_config.persistent_cache_min_compile_time_secs(float("inf")):
       return lowered.compile(compiler_options=options)
 

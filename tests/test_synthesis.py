@@ -95,6 +95,43 @@ def test_windows_equal_whole_decoding(multi, noise_scale):
   assert np.abs(np.concatenate(cut) - want[4]).max() > 1e-3
 
 
+def test_short_last_windows_run_small_and_equal_whole_decoding(multi, monkeypatch):
+  """A window whose sentences end early in it (here each utterance's last window, decoded
+  alone) runs the smallest core size that holds them (`tail_cores`: quarters of the window),
+  inside the one latent program, and still equals the whole decode."""
+  plan = inference.plan_for(multi.model, WINDOW)
+  sizes = inference.tail_cores(plan, WINDOW)
+  assert sizes == (4, 8, 12, 16)
+  assert inference.tail_cores(inference.dataclasses.replace(plan, lead=5), 5) == (5,)
+  ran = []
+  real_run = inference._run
+
+  def spy(fn, model, static, params, *args):
+    if fn is inference._latent_program:
+      ran.append(static[2][int(args[-1])])
+    return real_run(fn, model, static, params, *args)
+
+  monkeypatch.setattr(inference, "_run", spy)
+  rng = np.random.RandomState(2)
+  c = multi.model.inter_channels
+  options = inference.Options(speaker_id=0, noise_scale=0.8, seed=3, batch_size=1)
+  for n in (1, 4, 5, 9, 12, 13, 16, 2 * WINDOW + 7):
+    m = rng.randn(n, c).astype(np.float32)
+    logs = 0.3 * rng.randn(n, c).astype(np.float32)
+    del ran[:]
+    with inference.record_programs() as used:
+      got = np.concatenate([p for _, p, _ in inference.decode_tokens(
+          multi.model, multi.params, [[(0, (m, logs, np.ones(n, np.int64)), 4)]], options,
+          WINDOW)])
+    assert len(used) == 1
+    tail = n - WINDOW * ((n - 1) // WINDOW)
+    assert ran[-1] == min(s for s in sizes if s >= tail), (n, ran)
+    assert all(s == WINDOW for s in ran[:-1])
+    want = _whole(multi, [m], [logs], [4], 0, 0.8, jax.random.PRNGKey(3))[0]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("first", [7 * WINDOW + 5, WINDOW + 1, WINDOW])
 def test_short_lead_window_equals_whole_decoding(multi, first):
   """A stream whose first sentence is longer than a window starts with a `lead`-frame

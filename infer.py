@@ -57,19 +57,27 @@ _FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 
 
 def _read_lines(path):
+  name = "stdin" if path == "-" else path
   if path == "-":
-    lines = sys.stdin.read().splitlines()
+    if sys.stdin is None:
+      raise ValueError("--input -: stdin is closed")
+    buffer = getattr(sys.stdin, "buffer", None)   # a text-only stand-in has none
+    data = (buffer.read() if buffer is not None else
+            sys.stdin.read().encode("utf-8", "surrogateescape"))
   else:
+    if os.path.isdir(path):
+      raise ValueError(f"--input {path} is a folder, not a text file")
     if not os.path.isfile(path):
       raise FileNotFoundError(f"input file not found: {path}")
-    try:
-      with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    except UnicodeDecodeError as e:
-      raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    with open(path, "rb") as f:
+      data = f.read()
+  try:
+    lines = data.decode("utf-8").splitlines()
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
   lines = [line.strip() for line in lines if line.strip()]
   if not lines:
-    raise ValueError(f"no text in {'stdin' if path == '-' else path}")
+    raise ValueError(f"no text in {name}")
   return lines
 
 
@@ -86,22 +94,33 @@ def _check_args(args):
     raise ValueError("--convert writes a file: use --out")
   if args.convert is None and args.source_speaker is not None:
     raise ValueError("--source-speaker goes with --convert")
-  if not args.length_scale > 0:
-    raise ValueError(f"--length-scale must be positive, got {args.length_scale}")
-  if args.noise_scale < 0 or args.noise_scale_w < 0:
-    raise ValueError("noise scales must be >= 0")
-  if args.batch_size < 1:
-    raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-  if args.sentence_silence < 0:
-    raise ValueError("--sentence-silence must be >= 0")
+  from vits_jax.voice import check_knobs
+  try:
+    check_knobs(args.noise_scale, args.noise_scale_w, args.length_scale, args.seed,
+                args.sentence_silence, args.batch_size)
+  except ValueError as e:   # the API's knob names as this CLI's flags
+    raise ValueError("--" + str(e).replace("_", "-")) from None
+  if not args.voice:
+    raise ValueError("--voice is empty (leave it out for the default voice, joe)")
   if args.text is not None and not args.text.strip():
     raise ValueError("text is empty")
   if args.output_raw:
+    if sys.stdout is None:
+      raise ValueError("--output-raw: stdout is closed")
     return
   if args.out_dir:
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
       raise ValueError(f"--out-dir {args.out_dir} exists and is not a folder")
+    try:
+      os.makedirs(args.out_dir, exist_ok=True)
+    except OSError as e:
+      raise ValueError(f"cannot create --out-dir {args.out_dir}: {e.strerror}") from None
+    if not os.access(args.out_dir, os.W_OK):
+      raise ValueError(f"--out-dir {args.out_dir} cannot be written (permission denied or "
+                       "read-only)")
     return
+  if args.out == "":
+    raise ValueError("--out is empty")
   out = args.out or "out.wav"
   suffix = os.path.splitext(out)[1].lower()
   if suffix not in _FORMATS:
@@ -142,10 +161,15 @@ def run(args):
   if args.convert is not None:
     return _convert(args, voice)
   if args.output_raw:
-    for text in ([args.text] if texts is None else texts):
-      for chunk in voice.stream(text, **knobs):
-        sys.stdout.buffer.write(_pcm16(chunk).tobytes())
-        sys.stdout.buffer.flush()
+    try:
+      for text in ([args.text] if texts is None else texts):
+        for chunk in voice.stream(text, **knobs):
+          sys.stdout.buffer.write(_pcm16(chunk).tobytes())
+          sys.stdout.buffer.flush()
+    except BrokenPipeError:   # the reader closed the pipe (`| head -c N`): done
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as e:
+      raise ValueError(f"cannot write to stdout: {e.strerror}") from None
     return
   if texts is None:
     return _text_to_file(args, voice, knobs)
@@ -181,6 +205,7 @@ def _write_audio(path, sample_rate, chunks) -> int:
   import soundfile as sf
   fmt = _FORMATS[os.path.splitext(path)[1].lower()]
   subtype = "VORBIS" if fmt == "OGG" else "PCM_16"
+  path = os.path.realpath(path)   # a link: write (and replace) the file it points to
   directory, name = os.path.split(path)
   tmp = os.path.join(directory, f".{name}.partial-{os.getpid()}")
   samples = 0
@@ -229,7 +254,6 @@ def _lines_to_files(args, voice, knobs, texts):
   multi-host run each process takes every process_count-th line and writes its files."""
   from tqdm import tqdm
   from vits_jax import inference
-  os.makedirs(args.out_dir, exist_ok=True)
   width = max(4, len(str(len(texts))))
   index, count = inference.process_share()
   mine = list(range(index, len(texts), count))
@@ -239,14 +263,24 @@ def _lines_to_files(args, voice, knobs, texts):
     print(f"warning: {args.out_dir} already holds {len(others)} other file(s) (e.g. "
           f"{others[0]}); only this run's {min(ours)}..{max(ours)} are written",
           file=sys.stderr)
+  skipped = []
   with tqdm(total=len(mine), unit="utt", disable=len(mine) < 2, file=sys.stderr) as bar:
     for k, (audio, _) in zip(mine, voice.iter_batch([texts[i] for i in mine],
-                                                    batch_size=args.batch_size, **knobs)):
+                                                    batch_size=args.batch_size,
+                                                    skip_unsayable=True, **knobs)):
+      bar.update(1)
+      if audio.size == 0:   # nothing this voice can say: no file, counted below
+        skipped.append(k)
+        continue
       path = os.path.join(args.out_dir, f"{k + 1:0{width}d}.wav")
       _write_audio(path, voice.sample_rate, [audio])
-      bar.update(1)
   where = f" (process {index} of {count})" if count > 1 else ""
-  print(f"wrote {len(mine)} files to {args.out_dir}{where}", file=sys.stderr)
+  print(f"wrote {len(mine) - len(skipped)} files to {args.out_dir}{where}", file=sys.stderr)
+  if skipped:
+    names = ", ".join(f"{k + 1:0{width}d}.wav" for k in skipped[:5])
+    print(f"warning: skipped {len(skipped)} line(s) with nothing to say for this voice, so "
+          f"no {names}{' ...' if len(skipped) > 5 else ''} (the first: "
+          f"{texts[skipped[0]][:40]!r})", file=sys.stderr)
 
 
 def _convert(args, voice):
@@ -275,6 +309,9 @@ def main(argv=None):
       error = None
     except (ValueError, FileNotFoundError) as e:
       error = e
+    except KeyboardInterrupt:
+      print("interrupted", file=sys.stderr)
+      return 130
   for w in caught:
     print(f"warning: {w.message}", file=sys.stderr)
   if error is not None:
@@ -283,10 +320,21 @@ def main(argv=None):
   return 0
 
 
+def _terminate(signum, frame):
+  """SIGTERM unwinds like Ctrl-C, so a file being written is removed, not left partial."""
+  raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+  import signal
+  signal.signal(signal.SIGTERM, _terminate)
   code = main()
   # Everything is written and closed; skip the interpreter's teardown of JAX's runtime
   # (about 0.3 s of a one-line synthesis).
-  sys.stdout.flush()
-  sys.stderr.flush()
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      if stream is not None:
+        stream.flush()
+    except OSError:
+      pass
   os._exit(code)   # pylint: disable=protected-access

@@ -180,6 +180,18 @@ def test_unknown_characters_warn(tmp_path, capsys):
     ["--convert", "WAV", "--speaker", "0", "--source-speaker", "0", "--voice", TINY_SINGLE],
     ["--convert", "NOT_AUDIO", "--speaker", "1", "--source-speaker", "0", "--voice", TINY],
     ["--text", "Hi.", "--source-speaker", "1", "--voice", TINY],
+    # Knobs whose values would exhaust memory or cannot be used (found by hand, session 16).
+    ["--text", "Hi.", "--length-scale", "1e6", "--voice", TINY],
+    ["--text", "Hi.", "--noise-scale-w", "1e3", "--voice", TINY],
+    ["--text", "Hi.", "--length-scale", "nan", "--voice", TINY],
+    ["--text", "Hi. Ho.", "--sentence-silence", "1e12", "--voice", TINY],
+    ["--text", "Hi.", "--sentence-silence", "nan", "--voice", TINY],
+    ["--text", "Hi.", "--seed", str(2 ** 70), "--voice", TINY],
+    ["--text", "Hi.", "--batch-size", "0", "--voice", TINY],
+    ["--text", "Hi.", "--out", "", "--voice", TINY],
+    ["--text", "Hi.", "--voice", ""],
+    ["--input", "FOLDER", "--out-dir", "OUT", "--voice", TINY],
+    ["--input", "LINES", "--out-dir", "/proc/no/such", "--voice", TINY],
 ])
 def test_bad_input_is_one_line_error(argv, tmp_path, capsys):
   argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]
@@ -193,6 +205,7 @@ def test_bad_input_is_one_line_error(argv, tmp_path, capsys):
   if "NOT_AUDIO" in argv:
     (tmp_path / "bad.wav").write_bytes(b"RIFF....not audio")
     argv = [str(tmp_path / "bad.wav") if a == "NOT_AUDIO" else a for a in argv]
+  argv = [str(tmp_path) if a == "FOLDER" else a for a in argv]
   if "LINES" in argv:
     (tmp_path / "l.txt").write_text("Hi.\n")
     argv = [str(tmp_path / "l.txt") if a == "LINES" else a for a in argv]
@@ -226,3 +239,38 @@ def test_out_dir_with_other_files_is_not_mixed_silently(tmp_path, capsys, monkey
   assert (out / "0007.wav").read_bytes() == b"an older run's file"
   assert sorted(p.name for p in out.iterdir()) == ["0001.wav", "0002.wav", "0007.wav",
                                                    "notes.txt"]
+
+
+def test_lines_with_nothing_to_say_are_skipped_and_counted(tmp_path, capsys, monkeypatch):
+  """One unsayable line in a file of lines costs its own file only: the others are written
+  under their own numbers, and the skip is counted in a warning."""
+  out = tmp_path / "o"
+  code, err = _run(["--input", "-", "--out-dir", str(out), "--voice", TINY_SINGLE], capsys,
+                   "First line.\n\U0001F600\nThird line.\n", monkeypatch)
+  assert code == 0, err
+  assert sorted(p.name for p in out.iterdir()) == ["0001.wav", "0003.wav"]
+  assert "wrote 2 files" in err and "skipped 1 line(s)" in err and "0002.wav" in err
+  # Every line unsayable: nothing written, still no traceback.
+  code, err = _run(["--input", "-", "--out-dir", str(tmp_path / "e"), "--voice", TINY_SINGLE],
+                   capsys, "\U0001F600\n", monkeypatch)
+  assert code == 0 and "wrote 0 files" in err and "Traceback" not in err
+
+
+def test_output_raw_to_a_full_or_closed_stdout_is_one_line_error(capsys, monkeypatch):
+  class _Full:
+    def write(self, data):
+      raise OSError(28, "No space left on device")
+
+    def flush(self):
+      pass
+
+  class _FullStdout:
+    buffer = _Full()
+
+  monkeypatch.setattr(sys, "stdout", _FullStdout())
+  code, err = _run(["--text", "Hi.", "--output-raw", "--voice", TINY_SINGLE], capsys)
+  assert code == 2 and err.strip().splitlines()[-1] == (
+      "error: cannot write to stdout: No space left on device")
+  monkeypatch.setattr(sys, "stdout", None)
+  code, err = _run(["--text", "Hi.", "--output-raw", "--voice", TINY_SINGLE], capsys)
+  assert code == 2 and "stdout is closed" in err

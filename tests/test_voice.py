@@ -264,3 +264,29 @@ def test_second_load_reads_the_cached_conversion(tmp_path, monkeypatch, multi):
   assert len(list((tmp_path / "cache" / "voices").glob("*.voice"))) == 2
   monkeypatch.setenv("VITS_JAX_XLA_CACHE", "")   # cache off: nothing written
   assert cache.entry_path([onnx]) is None
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(seed=2 ** 64), "seed"), (dict(seed=1.5), "seed"), (dict(seed=True), "seed"),
+    (dict(sentence_silence=-1), "sentence_silence"),
+    (dict(sentence_silence=float("inf")), "sentence_silence"),
+    (dict(noise_scale=float("nan")), "noise_scale"), (dict(length_scale="1"), "length_scale"),
+    (dict(length_scale=1e6), "frames"), (dict(noise_scale_w=1e3), "frames"),
+])
+def test_bad_knobs_are_value_errors_naming_them(multi, kw, needle):
+  with pytest.raises(ValueError, match=needle):
+    multi.synthesize("Hi. Ho.", **kw)
+  with pytest.raises(ValueError, match=needle):
+    list(multi.stream("Hi. Ho.", **kw))
+
+
+def test_non_string_text_and_skipped_texts(multi):
+  for bad in (b"Hello.", 5, None):
+    with pytest.raises(ValueError, match="must be a string"):
+      multi.synthesize(bad)
+  with pytest.raises(ValueError, match="text 1: .*nothing to say"):
+    multi.synthesize_batch(["Hi.", "\U0001F600"])
+  out = list(multi.iter_batch(["\U0001F600", "Hi.", "\U0001F600", "Ho.", "\U0001F600"],
+                              skip_unsayable=True))
+  assert [a.size > 0 for a, _ in out] == [False, True, False, True, False]
+  np.testing.assert_array_equal(out[1][0], multi.synthesize("Hi."))

@@ -65,6 +65,9 @@ LEAD_FRAMES = 32
 # vs 0.394 s, a one-line CLI call 1.64 vs 1.92 s warm; the price is compilation, 16.4 vs
 # 13.4 s for that call with an empty cache. The output is the same to the bit.
 TAIL_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+# Most frames one sentence may last (about 12 minutes at 22.05 kHz, hop 256): more comes
+# only from an extreme length_scale or noise_scale_w, and is refused before it is expanded.
+MAX_SENTENCE_FRAMES = 2 ** 16
 # Most sentences per text-side call and windows per decoder call, by backend. On CPU both
 # halves are compute-bound at batch 1 (per-row time falls < 20% at batch 16), so padding rows
 # would only waste work; accelerators take `batch_size`.
@@ -474,7 +477,12 @@ def _text_side(model, params, group, sid, scales, key, batch):
         _text_program, model, (), params, *_shard((x, lengths, sids, seeds)), scales, key))
     for r, j in enumerate(rows):
       n = int(lengths[r])
-      results[j] = (m_p[r, :n], logs_p[r, :n], w_ceil[r, :n].astype(np.int64))
+      w = w_ceil[r, :n]
+      if not (np.all(np.isfinite(w)) and float(w.sum()) <= MAX_SENTENCE_FRAMES):
+        raise ValueError(f"a sentence would last more than {MAX_SENTENCE_FRAMES} frames "
+                         f"(length_scale {scales[2]:g}, noise_scale_w {scales[1]:g}): lower "
+                         "them")
+      results[j] = (m_p[r, :n], logs_p[r, :n], w.astype(np.int64))
   for j, (i, (_, seed)) in enumerate(group):
     yield i, results[j], seed
 

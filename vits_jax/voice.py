@@ -36,6 +36,36 @@ _LOGGER = logging.getLogger(__name__)
 MAX_IDS = inference.MAX_IDS
 
 
+# The longest pause `sentence_silence` may ask for, in seconds.
+MAX_SILENCE_SECONDS = 600.0
+
+
+def check_knobs(noise_scale: float = 0.667, noise_scale_w: float = 0.8,
+                length_scale: float = 1.0, seed: int = 0, sentence_silence: float = 0.0,
+                batch_size: int = 1) -> None:
+  """Validates synthesis knobs (the API's and `infer.py`'s one check).
+
+  Raises:
+    ValueError: naming the knob and the value.
+  """
+  if not isinstance(length_scale, (int, float, np.number)) or not (
+      math.isfinite(length_scale) and length_scale > 0):
+    raise ValueError(f"length_scale must be a positive number, got {length_scale!r}")
+  for name, v in (("noise_scale", noise_scale), ("noise_scale_w", noise_scale_w)):
+    if not isinstance(v, (int, float, np.number)) or not (math.isfinite(v) and v >= 0):
+      raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+  if not isinstance(sentence_silence, (int, float, np.number)) or not (
+      0 <= sentence_silence <= MAX_SILENCE_SECONDS):
+    raise ValueError(f"sentence_silence must be 0 to {MAX_SILENCE_SECONDS:g} seconds, got "
+                     f"{sentence_silence!r}")
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (
+      -2 ** 63 <= int(seed) < 2 ** 63):
+    raise ValueError(f"seed must be an integer in [-2**63, 2**63), got {seed!r}")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
+      batch_size < 1):
+    raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
+
 class Voice:
   """A VITS voice ready to synthesize.
 
@@ -98,14 +128,6 @@ class Voice:
                        f"{self.num_speakers} speakers (0..{self.num_speakers - 1})")
     return sid
 
-  @staticmethod
-  def _check_scales(noise_scale, noise_scale_w, length_scale):
-    if not length_scale > 0 or not math.isfinite(length_scale):
-      raise ValueError(f"length_scale must be positive, got {length_scale}")
-    for name, v in (("noise_scale", noise_scale), ("noise_scale_w", noise_scale_w)):
-      if not v >= 0 or not math.isfinite(v):
-        raise ValueError(f"{name} must be >= 0, got {v}")
-
   # ----------------------------------------------------------------- text
   def text_to_sentence_ids(self, text: str) -> List[List[int]]:
     """Ids per sentence of `text`, as the voice's own runtime splits it.
@@ -145,9 +167,7 @@ class Voice:
     Raises:
       ValueError: empty text, or nothing sayable in it.
     """
-    if not isinstance(text, str) or not text.strip():
-      raise ValueError("text is empty")
-
+    _check_text(text)
     blocks = _paragraphs(text)
 
     def gen():
@@ -210,21 +230,32 @@ class Voice:
 
   def iter_batch(self, texts: Sequence[str], speaker=None, noise_scale: float = 0.667,
                  noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
-                 batch_size: int = 16, sentence_silence: float = 0.0
+                 batch_size: int = 16, sentence_silence: float = 0.0,
+                 skip_unsayable: bool = False
                  ) -> Iterator[Tuple[np.ndarray, List[np.ndarray]]]:
     """`synthesize_batch` as a generator: yields (audio, per-sentence durations) for each
     text, in order, as soon as it is complete (so a caller can write and drop it).
 
-    Texts are phonemized lazily, a few batches ahead of the decoder.
+    Every text is phonemized before any audio is made, so a text with nothing to say (empty,
+    or nothing the voice can pronounce) raises ValueError up front; with `skip_unsayable`
+    it yields an empty waveform and no durations instead, and the others are synthesized.
     """
     if isinstance(texts, str):
       raise ValueError("synthesize_batch takes a list of texts")
     options = self._options(speaker, noise_scale, noise_scale_w, length_scale, seed,
-                            batch_size)
+                            batch_size, sentence_silence)
     gap = np.zeros(int(round(sentence_silence * self.sample_rate)), np.float32)
     owner: List[Tuple[int, bool]] = []  # sentence -> (utterance, is its last sentence)
 
-    per_text = [self._sentence_ids(text) for text in texts]  # fail before any audio
+    per_text = []   # phonemized before any audio: a bad text fails the call up front
+    for k, text in enumerate(texts):
+      try:
+        per_text.append(self._sentence_ids(text))
+      except ValueError as e:
+        if not skip_unsayable:
+          raise ValueError(f"text {k}: {e}" if len(texts) > 1 else str(e)) from None
+        per_text.append([])
+    skipped = (np.zeros(0, np.float32), [])
 
     def sentences():
       for u, ids_list in enumerate(per_text):
@@ -235,6 +266,7 @@ class Voice:
     pieces: List[np.ndarray] = []
     durations: List[np.ndarray] = []
     total = sum(len(ids_list) for ids_list in per_text)
+    done = 0   # texts yielded so far
     for i, piece, dur in inference.stream_ids(
         self.model, self.params, sentences(), options,
         text_batch=min(options.batch_size, total),
@@ -247,8 +279,13 @@ class Voice:
         if gap.size:
           pieces.append(gap)
         continue
+      for _ in range(done, owner[i][0]):   # skipped texts before this one
+        yield skipped
       yield np.concatenate(pieces).astype(np.float32), durations
+      done = owner[i][0] + 1
       pieces, durations = [], []
+    for _ in range(done, len(per_text)):
+      yield skipped
 
   def stream(self, text: str, speaker=None, noise_scale: float = 0.667,
              noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
@@ -263,10 +300,9 @@ class Voice:
     bounded however long the text. `batch_size` > 1 runs the model on several sentences
     (or windows) per call: more throughput, later first audio.
     """
-    if not isinstance(text, str) or not text.strip():
-      raise ValueError("text is empty")
+    _check_text(text)
     options = self._options(speaker, noise_scale, noise_scale_w, length_scale, seed,
-                            batch_size)
+                            batch_size, sentence_silence)
     gap = np.zeros(int(round(sentence_silence * self.sample_rate)), np.float32)
 
     def sentences():
@@ -295,16 +331,15 @@ class Voice:
       seeds: per-sentence noise seeds (default all 0); the noise key is `PRNGKey(seed)`.
       batch_size: most sentences per call.
     """
-    self._check_scales(noise_scale, noise_scale_w, length_scale)
+    check_knobs(noise_scale, noise_scale_w, length_scale, seed, batch_size=batch_size)
     return inference.synthesize_ids(
         self.model, self.params, ids_list, speaker_id, noise_scale, noise_scale_w,
         length_scale, seed, seeds, batch_size)
 
-  def _options(self, speaker, noise_scale, noise_scale_w, length_scale, seed, batch_size):
+  def _options(self, speaker, noise_scale, noise_scale_w, length_scale, seed, batch_size,
+               sentence_silence=0.0):
     sid = self.speaker_id(speaker)
-    self._check_scales(noise_scale, noise_scale_w, length_scale)
-    if int(batch_size) < 1:
-      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_knobs(noise_scale, noise_scale_w, length_scale, seed, sentence_silence, batch_size)
     return inference.Options(sid, float(noise_scale), float(noise_scale_w),
                              float(length_scale), int(seed), int(batch_size))
 
@@ -352,6 +387,13 @@ class Voice:
                        f"{self.sample_rate} Hz)")
     return inference.convert_audio(self.model, self.params, audio[:frames * self.hop_length],
                                    src, tgt, float(noise_scale), int(seed))
+
+
+def _check_text(text) -> None:
+  if not isinstance(text, str):
+    raise ValueError(f"text must be a string, got {type(text).__name__}")
+  if not text.strip():
+    raise ValueError("text is empty")
 
 
 def _paragraphs(text: str) -> List[str]:

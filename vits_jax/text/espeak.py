@@ -164,7 +164,11 @@ class ClausePhonemizer:
     self._mode = (0 if mnemonics else _PHONEME_MODE_IPA) | (ord(separator) << 8 if separator else 0)
     self._api = EspeakAPI(library, data_path)
     self._lock = threading.Lock()
-    if self._api.set_voice_by_name(voice.encode('utf-8')) != 0:
+    try:
+      failed = self._api.set_voice_by_name(voice.encode('utf-8')) != 0
+    except RuntimeError:   # phonemizer raises for a voice espeak-ng does not know
+      failed = True
+    if failed:
       raise ValueError(f'espeak-ng has no voice {voice!r}')
 
   def clauses(self, text):

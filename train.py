@@ -39,7 +39,16 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _CONFIG.value is None or not _WORKDIR.value:
+  try:
+    config = _CONFIG.value
+    if config is not None:
+      config.get("train")   # a file that failed to load stands in an object raising here
+  except Exception as e:  # pylint: disable=broad-except  (a missing or broken config file)
+    cause = e.__cause__ or e.__context__ or e
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    _exit_now(f"error: cannot load --config: {type(cause).__name__}: "
+              f"{lines[-1] if lines else cause!r}", 2)
+  if config is None or not _WORKDIR.value:
     print("error: --config and --workdir are required", file=sys.stderr)
     sys.exit(2)
 
@@ -54,7 +63,9 @@ def main(argv):
   try:
     # Must run before anything touches a JAX device.
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    training.train_and_evaluate(config, _WORKDIR.value)
+  except KeyboardInterrupt:
+    _exit_now("interrupted", 130)
   except (training.NonFiniteError, training.SaveError) as e:
     _exit_now(f"error: {e}", 1)
   except (ValueError, FileNotFoundError) as e:
@@ -84,6 +95,8 @@ def _parse_flags(argv):
       e = e.args[0]
     detail = str(e.args[0] if e.args else e).strip().replace("\n", "; ")
     _exit_now(f"error: bad --config override: {detail}", 2)
+  except Exception as e:  # pylint: disable=broad-except  (the config file itself fails)
+    _exit_now(f"error: cannot load --config: {type(e).__name__}: {e}", 2)
 
 
 if __name__ == "__main__":

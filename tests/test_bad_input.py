@@ -211,7 +211,14 @@ def _prepared(tmp_path, **manifest_edits):
 
 
 def test_bad_training_input_is_one_line_error(tmp_path):
-  """Six mistakes in one test (each a fresh train.py process: ~5 s of imports)."""
+  """Mistakes of the config, its values, the data dir and the workdir (each a fresh
+  train.py process: ~5 s of imports)."""
+  nul_config = tmp_path / "nul.py"
+  nul_config.write_bytes(b"x = 1\0")
+  a_file = tmp_path / "a_file"
+  a_file.write_text("not a folder")
+  (tmp_path / "ok").mkdir()
+  good = _prepared(tmp_path / "ok")
   cases = [
       ([], ["config.data.dir is not set"]),
       ([f"--config.data.dir={tmp_path / 'nothing'}"], ["manifest.json not found"]),
@@ -221,6 +228,12 @@ def test_bad_training_input_is_one_line_error(tmp_path):
        ["train.num_steps must be positive"]),
       (["--config.loss.stftt=1"], ["bad --config override", 'Did you mean "stft"']),
       (["--config.loss.stft=abc"], ["--config.loss.stft=abc", "could not convert"]),
+      (["--config.train.learning_rate=nan"], ["train.learning_rate must be a positive"]),
+      (["--config.model.dtype=float8"], ["model.dtype must be float32, bfloat16 or"]),
+      ([f"--config={tmp_path / 'no_such_config.py'}"], ["cannot load --config", "OSError"]),
+      ([f"--config={nul_config}"], ["cannot load --config", "null bytes"]),
+      ([f"--config.data.dir={good}", f"--workdir={a_file}"],
+       [f"--workdir {a_file} exists and is not a folder"]),
   ]
   for overrides, needles in cases:
     code, err = _train(tmp_path, *overrides)

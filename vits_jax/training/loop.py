@@ -6,6 +6,7 @@ mesh -> input -> models -> state (fresh, warm-started or restored) -> jitted ste
 
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -127,6 +128,11 @@ def check_config(config: ml_collections.ConfigDict):
   for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
     if int(t[key]) <= 0:
       raise ValueError(f"train.{key} must be positive, got {t[key]}")
+  if not (math.isfinite(float(t.learning_rate)) and float(t.learning_rate) > 0):
+    raise ValueError(f"train.learning_rate must be a positive number, got {t.learning_rate}")
+  if str(config.model.dtype) not in ("float32", "bfloat16", "float16"):
+    raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got "
+                     f"{config.model.dtype!r}")
   if not d.dir:
     raise ValueError("config.data.dir is not set: pass --config.data.dir=<dir written by "
                      "data_prep/prepare.py>")
@@ -261,7 +267,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   check_config(config)
   records.check_manifest(records.load_manifest(config.data.dir), config)
-  os.makedirs(workdir, exist_ok=True)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir} exists and is not a folder")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"cannot create --workdir {workdir}: {e.strerror}") from None
+  if not os.access(workdir, os.W_OK):
+    raise ValueError(f"--workdir {workdir} cannot be written (permission denied or "
+                     "read-only)")
   preemption = _Preemption()   # from here on, SIGTERM leaves a resumable workdir
   try:
     return _train(config, workdir, preemption)

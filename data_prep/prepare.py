@@ -29,6 +29,7 @@ import functools
 import glob
 import itertools
 import json
+import math
 import multiprocessing
 import os
 from pathlib import Path
@@ -106,6 +107,16 @@ def parse_args(argv=None) -> argparse.Namespace:
   args = p.parse_args(argv)
   if not args.tfds and not args.src:
     p.error("--src is required (or --tfds)")
+  if args.val_size < 0:
+    p.error(f"--val-size must be >= 0, got {args.val_size}")
+  if args.seed < 0:
+    p.error(f"--seed must be >= 0, got {args.seed}")
+  if not (math.isfinite(args.shard_mb) and args.shard_mb > 0):
+    p.error(f"--shard-mb must be a positive number, got {args.shard_mb}")
+  if not (math.isfinite(args.min_seconds) and math.isfinite(args.max_seconds)
+          and 0 <= args.min_seconds < args.max_seconds):
+    p.error(f"--min-seconds and --max-seconds must satisfy 0 <= min < max, got "
+            f"{args.min_seconds} and {args.max_seconds}")
   return args
 
 
@@ -317,12 +328,17 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
   rows = 0
   add = lambda split, r: writers[split].add(r["id"], r["speaker"], speakers[r["speaker"]],
                                             r["text"], r["tokens"], r["audio"])
+  seen_ids = set()
   try:
     for pos, res in enumerate(_results(clips, settings, workers)):
       rows += 1
       if "skip" not in res and res["speaker"] not in speakers:
         res = {**res, "skip": "unknown speaker",
                "detail": f"{res['speaker']!r} is not in --speaker-map"}
+      if "skip" not in res and res["id"] in seen_ids:
+        res = {**res, "skip": "duplicate id",
+               "detail": f"{res['id']!r} appears earlier in the corpus; the first is kept"}
+      seen_ids.add(res["id"])
       if "skip" in res:
         skipped.append({"id": res["id"], "reason": res["skip"], "detail": res["detail"]})
       elif pos in ranked_set:
@@ -403,9 +419,12 @@ def main(argv=None) -> int:
   except PrepareError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except OSError as e:   # a full disk, a file-size limit, permissions: the old data is intact
+  except (OSError, RuntimeError) as e:   # a full disk, a file-size limit, permissions
+    if isinstance(e, RuntimeError) and "write() failed" not in str(e):
+      raise   # array_record reports a failed write as a RuntimeError; anything else is a bug
     where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-    print(f"error: cannot write the prepared data{where}: {e.strerror or e}; "
+    reason = getattr(e, "strerror", None) or str(e).split(";")[0]
+    print(f"error: cannot write the prepared data{where}: {reason}; "
           f"the previous prepared data in {args.out} is intact", file=sys.stderr)
     return 2
   print(summary(manifest, args.out))

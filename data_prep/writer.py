@@ -91,7 +91,11 @@ class SplitWriter:
             "lengths": records.file_entry(lengths_path)}
 
   def abort(self) -> None:
-    self._close_current()
+    """Removes this run's temporaries, also where closing the open one fails (full disk)."""
+    try:
+      self._close_current()
+    except Exception:  # pylint: disable=broad-except
+      self._writer = None
     for path in self._tmp_paths:
       if os.path.exists(path):
         os.remove(path)

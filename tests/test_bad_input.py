@@ -349,3 +349,60 @@ def test_prepare_with_a_full_disk_keeps_the_prepared_data(tmp_path, capsys, monk
   _one_error(code, capsys.readouterr().err, "No space left on device", "intact")
   assert records.load_manifest(str(out), checksums=True) == before
   assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+
+
+def test_prepare_when_array_record_cannot_write_leaves_no_temporaries(tmp_path, capsys,
+                                                                      monkeypatch):
+  """array_record reports a full disk as a RuntimeError, and then fails to close the shard
+  too: still one error line, and this run's temporaries are removed."""
+  from data_prep import writer
+  src = _corpus(tmp_path)
+  out = tmp_path / "prepared"
+  calls = []
+  original_add = writer.SplitWriter.add
+
+  def full(self, *a):
+    result = original_add(self, *a)
+    calls.append(1)
+    if len(calls) == 2:
+      real = self._writer
+
+      class _FailingClose:
+        def close(self):
+          real.close()
+          raise RuntimeError("Failed to close chunk_writer")
+
+      self._writer = _FailingClose()
+      raise RuntimeError("write() failed: No space left on device; writing " + str(out))
+    return result
+
+  monkeypatch.setattr(writer.SplitWriter, "add", full)
+  code = prepare.main(["--dataset", "ljspeech", "--src", str(src), "--out", str(out),
+                       "--workers", "1", "--val-size", "1"])
+  _one_error(code, capsys.readouterr().err, "No space left on device")
+  assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("flag,value", [("--val-size", "-1"), ("--seed", "-1"),
+                                        ("--shard-mb", "nan"), ("--min-seconds", "nan"),
+                                        ("--max-seconds", "0.1")])
+def test_bad_prepare_numbers_are_usage_errors(flag, value, tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    prepare.main(["--dataset", "ljspeech", "--src", str(tmp_path), "--out",
+                  str(tmp_path / "p"), flag, value])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert flag in err.splitlines()[-1] and "Traceback" not in err
+
+
+def test_prepare_skips_and_counts_duplicate_ids(tmp_path, capsys):
+  from vits_jax.data import records
+  src = _corpus(tmp_path)
+  with open(src / "metadata.csv", "a") as f:
+    f.write("A1|A second text for the same clip.|A second text for the same clip.\n")
+  out = tmp_path / "prepared"
+  assert prepare.main(["--dataset", "ljspeech", "--src", str(src), "--out", str(out),
+                       "--workers", "1", "--val-size", "1"]) == 0
+  m = records.load_manifest(str(out))
+  assert m["counts"]["kept"] == 3 and m["counts"]["skipped_by_reason"] == {"duplicate id": 1}
+  assert "duplicate id 1" in capsys.readouterr().out

@@ -171,12 +171,15 @@ def test_bad_prepare_is_one_line_error(name, build, needles, tmp_path, capsys):
 
 EXPORTS = [
     (["--to", "tflite"], ["unknown export target"]),
+    (["--voice", "tests/fixtures/piper_tiny_multi.onnx", "--to", "piper", "--step", "5"],
+     ["--step 5", "not one"]),
     (["--voice", "tests/fixtures/official_tiny/G_7.pth", "--to", "piper"], ["Piper"]),
     (["--voice", "tests/fixtures/piper_tiny_multi.onnx", "--to", "hf"], ["ResBlock1"]),
 ]
 
 
-@pytest.mark.parametrize("args,needles", EXPORTS, ids=["target", "symbols-to-piper",
+@pytest.mark.parametrize("args,needles", EXPORTS, ids=["target", "step-of-no-workdir",
+                                                       "symbols-to-piper",
                                                        "rb2-to-hf"])
 def test_bad_export_is_one_line_error(args, needles, tmp_path, capsys, monkeypatch):
   monkeypatch.chdir(ROOT)

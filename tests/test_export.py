@@ -4,6 +4,8 @@ errors. (Real transformers / PyTorch load the exports in tests/fixtures/make_exp
 Piper export: tests/test_export_piper.py."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -151,6 +153,10 @@ def test_cli_writes_and_keeps_existing_output(tmp_path):
   r = _cli("--voice", MULTI, "--to", "official", "--out", out, "--force")
   assert r.returncode == 0 and sorted(p.name for p in out.iterdir()) == ["G_0.pth",
                                                                          "config.json"]
+  mask = os.umask(0o022)
+  os.umask(mask)
+  assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask   # not mkdtemp's private 0700
+  assert all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask for p in out.iterdir())
 
 
 @pytest.mark.parametrize("args,message", [

@@ -11,6 +11,7 @@ for inputs fed with our model's own noise), and statistical (the graph's own noi
 
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -465,3 +466,8 @@ def test_existing_output_is_kept(tmp_path, monkeypatch):
   assert onnx_path == target and json_path == tmp_path / "voice.onnx.json"
   assert onnx.load(str(target)).graph.output[0].name == "output"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["voice.onnx", "voice.onnx.json"]
+  # Readable by others as a plain file would be (temp files start private: 0600).
+  mask = os.umask(0o022)
+  os.umask(mask)
+  for path in (onnx_path, json_path):
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask

@@ -367,9 +367,10 @@ class Voice:
       raise ValueError("voice conversion needs a source and a target speaker")
     src, tgt = self.speaker_id(source_speaker), self.speaker_id(target_speaker)
     if "enc_q" not in self.params:
-      raise ValueError(f"voice {self.name} has no posterior encoder (Piper exports leave it "
-                       "out): voice conversion needs a training workdir or an official or "
-                       "HF checkpoint")
+      raise ValueError(f"voice {self.name} has no posterior encoder weights (Piper exports "
+                       "and inference-only checkpoints leave them out): voice conversion "
+                       "needs a voice that has them (a training workdir, a full official or "
+                       "HF checkpoint)")
     if not noise_scale >= 0 or not math.isfinite(noise_scale):
       raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
     audio = np.asarray(audio, np.float32)

@@ -232,9 +232,12 @@ def load_source(name_or_path: Optional[Union[str, os.PathLike]] = None,
       params are inconsistent (the message names the file and the field).
   """
   source = str(name_or_path) if name_or_path else DEFAULT_VOICE
+  path = Path(source).expanduser()
+  if step is not None and not (path / "checkpoints").is_dir():
+    raise ValueError(f"a checkpoint step (--step {step}) picks a checkpoint of a training "
+                     f"workdir; {source} is not one")
   if source == DEFAULT_VOICE and not os.path.exists(source):
     return load_piper(_bundled_voice())
-  path = Path(source).expanduser()
   if not path.exists():
     raise FileNotFoundError(f"voice not found: {source} (expected {SOURCES_HELP})")
   if path.is_file():

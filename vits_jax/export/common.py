@@ -50,6 +50,17 @@ def _fresh(name: str, shape, rng) -> np.ndarray:
   return (0.02 * rng.standard_normal(shape)).astype(np.float32)
 
 
+def share_as_usual(path: Path) -> None:
+  """Gives `path` (a file, or a folder and all in it) the permissions a plain `open` or
+  `mkdir` would under the process's umask: `tempfile` creates them private (0600, 0700),
+  which would keep an exported voice from other users and services."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  path = Path(path)
+  for p in [path] + (sorted(path.rglob("*")) if path.is_dir() else []):
+    p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def output_dir(out: Path, force: bool) -> Iterator[Path]:
   """A temporary folder beside `out` that becomes `out` when the block succeeds (replacing
@@ -66,6 +77,7 @@ def output_dir(out: Path, force: bool) -> Iterator[Path]:
   tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
   try:
     yield tmp
+    share_as_usual(tmp)
     if out.exists():
       old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
       os.replace(out, old / out.name)

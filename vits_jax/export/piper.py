@@ -872,12 +872,14 @@ def _output_paths(voice, out_path) -> Tuple[Path, Path]:
 
 def _write_atomic(path: Path, data: bytes) -> Path:
   """Writes `data` to a temp file beside `path`; returns the temp path (not yet moved)."""
+  from vits_jax.export.common import share_as_usual
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
+    share_as_usual(Path(tmp))
   except BaseException:
     Path(tmp).unlink(missing_ok=True)
     raise
@@ -909,7 +911,7 @@ def export_piper(voice, out_path: Union[str, os.PathLike], force: bool = False,
   if not force:
     for p in (onnx_path, json_path):
       if p.exists():
-        raise FileExistsError(f"{p} exists (pass force=True to overwrite)")
+        raise FileExistsError(f"{p} exists (pass --force to replace it)")
   config = voice_json(voice, config)
   state_dict = torch_names.flax_to_torch(voice.params, fold_weight_norm=True)
   model = build_graph(state_dict, hparams_of(voice.model))

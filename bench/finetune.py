@@ -53,6 +53,8 @@ def main():
   p.add_argument("--workdir", default="runs/bench_finetune")
   p.add_argument("--minutes", type=float, default=30.0)
   p.add_argument("--eval-every", type=int, default=None, help="default: the config's")
+  p.add_argument("--val-seed", type=int, default=1234,
+                 help="prepare.py's --seed: which 4 clips are held out (default: its default)")
   p.add_argument("overrides", nargs="*", help="extra --config.a.b=value flags")
   args, extra = p.parse_known_args()
   bad = [a for a in extra if not a.startswith("--config.")]
@@ -69,7 +71,7 @@ def main():
              "wav48_silence_trimmed/SPEAKER/*.flac and txt/SPEAKER/*.txt)")
   subprocess.run([sys.executable, os.path.join(REPO, "data_prep", "prepare.py"), "--dataset",
                   "ljspeech", "--src", corpus, "--out", data, "--frontend", "piper",
-                  "--val-size", "4"], check=True)
+                  "--val-size", "4", "--seed", str(args.val_seed)], check=True)
   print(f"{n} clips of {args.speaker} ready in {time.time() - start:.0f} s", flush=True)
   run = os.path.join(workdir, "run")
   cmd = [sys.executable, os.path.join(REPO, "train.py"), "--config",

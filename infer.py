@@ -98,8 +98,9 @@ def _check_args(args):
   try:
     check_knobs(args.noise_scale, args.noise_scale_w, args.length_scale, args.seed,
                 args.sentence_silence, args.batch_size)
-  except ValueError as e:   # the API's knob names as this CLI's flags
-    raise ValueError("--" + str(e).replace("_", "-")) from None
+  except ValueError as e:   # the message starts with the API's knob name: the CLI's flag
+    knob, rest = str(e).split(" ", 1)
+    raise ValueError(f"--{knob.replace('_', '-')} {rest}") from None
   if not args.voice:
     raise ValueError("--voice is empty (leave it out for the default voice, joe)")
   if args.text is not None and not args.text.strip():

@@ -48,21 +48,23 @@ def check_knobs(noise_scale: float = 0.667, noise_scale_w: float = 0.8,
   Raises:
     ValueError: naming the knob and the value.
   """
-  if not isinstance(length_scale, (int, float, np.number)) or not (
-      math.isfinite(length_scale) and length_scale > 0):
+  def number(v):
+    return isinstance(v, (int, float, np.number)) and math.isfinite(v)
+
+  def integer(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+  if not (number(length_scale) and length_scale > 0):
     raise ValueError(f"length_scale must be a positive number, got {length_scale!r}")
   for name, v in (("noise_scale", noise_scale), ("noise_scale_w", noise_scale_w)):
-    if not isinstance(v, (int, float, np.number)) or not (math.isfinite(v) and v >= 0):
+    if not (number(v) and v >= 0):
       raise ValueError(f"{name} must be a number >= 0, got {v!r}")
-  if not isinstance(sentence_silence, (int, float, np.number)) or not (
-      0 <= sentence_silence <= MAX_SILENCE_SECONDS):
+  if not (number(sentence_silence) and 0 <= sentence_silence <= MAX_SILENCE_SECONDS):
     raise ValueError(f"sentence_silence must be 0 to {MAX_SILENCE_SECONDS:g} seconds, got "
                      f"{sentence_silence!r}")
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (
-      -2 ** 63 <= int(seed) < 2 ** 63):
+  if not (integer(seed) and -2 ** 63 <= int(seed) < 2 ** 63):
     raise ValueError(f"seed must be an integer in [-2**63, 2**63), got {seed!r}")
-  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
-      batch_size < 1):
+  if not (integer(batch_size) and batch_size >= 1):
     raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
 
@@ -255,7 +257,6 @@ class Voice:
         if not skip_unsayable:
           raise ValueError(f"text {k}: {e}" if len(texts) > 1 else str(e)) from None
         per_text.append([])
-    skipped = (np.zeros(0, np.float32), [])
 
     def sentences():
       for u, ids_list in enumerate(per_text):
@@ -280,12 +281,12 @@ class Voice:
           pieces.append(gap)
         continue
       for _ in range(done, owner[i][0]):   # skipped texts before this one
-        yield skipped
+        yield np.zeros(0, np.float32), []
       yield np.concatenate(pieces).astype(np.float32), durations
       done = owner[i][0] + 1
       pieces, durations = [], []
     for _ in range(done, len(per_text)):
-      yield skipped
+      yield np.zeros(0, np.float32), []
 
   def stream(self, text: str, speaker=None, noise_scale: float = 0.667,
              noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
@@ -371,8 +372,7 @@ class Voice:
                        "and inference-only checkpoints leave them out): voice conversion "
                        "needs a voice that has them (a training workdir, a full official or "
                        "HF checkpoint)")
-    if not noise_scale >= 0 or not math.isfinite(noise_scale):
-      raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
+    check_knobs(noise_scale=noise_scale, seed=seed)
     audio = np.asarray(audio, np.float32)
     if audio.ndim == 2:
       audio = audio.mean(axis=1)

@@ -110,15 +110,8 @@ def _check_args(args):
       raise ValueError("--output-raw: stdout is closed")
     return
   if args.out_dir:
-    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
-      raise ValueError(f"--out-dir {args.out_dir} exists and is not a folder")
-    try:
-      os.makedirs(args.out_dir, exist_ok=True)
-    except OSError as e:
-      raise ValueError(f"cannot create --out-dir {args.out_dir}: {e.strerror}") from None
-    if not os.access(args.out_dir, os.W_OK):
-      raise ValueError(f"--out-dir {args.out_dir} cannot be written (permission denied or "
-                       "read-only)")
+    from vits_jax.files import writable_folder
+    writable_folder(args.out_dir, "--out-dir")
     return
   if args.out == "":
     raise ValueError("--out is empty")

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vits_jax import files
 from vits_jax.data import records
 from vits_jax.training import checkpoint as checkpoint_lib
 from vits_jax.training import evaluation
@@ -267,15 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   check_config(config)
   records.check_manifest(records.load_manifest(config.data.dir), config)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f"--workdir {workdir} exists and is not a folder")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise ValueError(f"cannot create --workdir {workdir}: {e.strerror}") from None
-  if not os.access(workdir, os.W_OK):
-    raise ValueError(f"--workdir {workdir} cannot be written (permission denied or "
-                     "read-only)")
+  files.writable_folder(workdir, "--workdir")
   preemption = _Preemption()   # from here on, SIGTERM leaves a resumable workdir
   try:
     return _train(config, workdir, preemption)

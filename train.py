@@ -5,7 +5,8 @@
         --config.data.dir=data/ljs --config.train.num_steps=5000
 
 Any config field can be overridden with `--config.<section>.<key>=value`. A run restarted with
-the same workdir resumes from its latest checkpoint; SIGTERM saves a checkpoint and exits 0.
+the same workdir resumes from its latest checkpoint; SIGTERM saves a checkpoint and exits 0,
+Ctrl-C saves one and exits 130 (Ctrl-C twice quits without saving).
 On a multi-host TPU/GPU cluster the processes find each other automatically
 (`jax.distributed.initialize()`); elsewhere pass `--coordinator_address`, `--num_processes`
 and `--process_id` (or the JAX_* environment variables), e.g. two CPU processes on one machine:

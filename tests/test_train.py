@@ -374,9 +374,10 @@ def test_lazy_compilation_gives_the_same_run(run_two_devices, data_dir, tmp_path
     assert got[step] == {k: want[step][k] for k in got[step]}, step
 
 
-def _sigterm_when(proc, ready, timeout=300, settle=1.0, check=lambda: True):
+def _sigterm_when(proc, ready, timeout=300, settle=1.0, check=lambda: True,
+                  signum=signal.SIGTERM):
   """Waits until `ready()` (or the process ends) and `settle` s more, asserts `check()`,
-  then SIGTERM; (stdout, stderr, seconds from the signal to the exit)."""
+  then sends `signum`; (stdout, stderr, seconds from the signal to the exit)."""
   try:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and not ready():
@@ -385,7 +386,7 @@ def _sigterm_when(proc, ready, timeout=300, settle=1.0, check=lambda: True):
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     assert check()
     sent = time.time()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
     return out, err, time.time() - sent
   finally:
@@ -437,6 +438,30 @@ def test_sigterm_while_a_program_compiles_saves_the_steps_within_seconds(run_a, 
   tu.run_train(tmp_path / "run", data_dir, "--config.train.num_steps=7",
                "--config.train.eval_every=100", "--config.train.log_every=1")
   assert max(tu.train_rows(tmp_path / "run")) == 7
+
+
+def test_ctrl_c_saves_the_steps_run_and_exits_130(run_a, data_dir, tmp_path):
+  """Ctrl-C (SIGINT) in the middle of training saves the step it stops at, like SIGTERM,
+  then exits 130; the checkpoint resumes."""
+  shutil.copytree(run_a, tmp_path / "run")
+  proc = subprocess.Popen(
+      tu.train_cmd(tmp_path / "run", data_dir, "--config.train.num_steps=100000",
+                   "--config.train.checkpoint_every=100000", "--config.train.log_every=1",
+                   "--config.train.eval_every=1000000"),
+      cwd=tu.REPO, env=tu._env(),  # pylint: disable=protected-access
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  out, err, _ = _sigterm_when(proc, lambda: max(tu.train_rows(tmp_path / "run")) >= 6,
+                              settle=0.5, signum=signal.SIGINT)
+  assert proc.returncode == 130, err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
+  saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  last = max(tu.train_rows(tmp_path / "run"))
+  assert saved[-1] == last > 4, (saved, last)
+  assert f"interrupted: checkpoint saved at step {last}" in out + err
+  tu.run_train(tmp_path / "run", data_dir, f"--config.train.num_steps={last + 1}",
+               "--config.train.eval_every=1000000", "--config.train.log_every=1")
+  assert max(tu.train_rows(tmp_path / "run")) == last + 1
 
 
 def _limit_file_size(limit):

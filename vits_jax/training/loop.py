@@ -171,8 +171,10 @@ def num_buckets(config: ml_collections.ConfigDict, workdir: str, resuming: bool)
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks at step boundaries, and exits at once when
-  there is nothing to save.
+  """Turns SIGTERM (preemption) and Ctrl-C (SIGINT) into a flag the loop checks at step
+  boundaries, and exits at once when there is nothing to save. SIGTERM then exits 0 (the
+  run was stopped from outside and resumes), Ctrl-C 130; a second Ctrl-C quits at once
+  (the latest finished checkpoint stays; orbax writes each one to a temporary name first).
 
   A Python signal handler only runs when the main thread is between bytecodes, which it is
   not during an XLA compilation (minutes for the first step); a preemptible VM gives about
@@ -193,8 +195,12 @@ class _Preemption:
     self._unsaved_steps = 0
     self.wait_for_saves = lambda: None
     self._sockets = None
+    self._previous_int = None
+    self.reason = "SIGTERM"   # what stopped the run: "SIGTERM" or "SIGINT" (Ctrl-C)
+    self._interrupts = 0
     if not self.multi_process and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
+      self._previous_int = signal.signal(signal.SIGINT, self._on_sigint)
       try:
         r, w = socket.socketpair()
         w.setblocking(False)
@@ -213,16 +219,45 @@ class _Preemption:
         return
       if not data:
         return
-      if signal.SIGTERM in data:
-        self._flag.set()
-        if self._unsaved_steps == 0:
-          logging.warning("SIGTERM with nothing to save: exiting now")
-          try:
-            self.wait_for_saves()
-          finally:
-            sys.stderr.write("preempted: nothing to save since the last checkpoint\n")
-            sys.stderr.flush()
-            os._exit(0)   # pylint: disable=protected-access
+      for signum in data:
+        if signum == signal.SIGINT:
+          self._interrupt()
+        elif signum == signal.SIGTERM:
+          self._stop("SIGTERM")
+
+  def _on_sigint(self, *_):
+    if self._sockets is None:   # (otherwise the watcher has seen it already)
+      self._interrupt()
+
+  def _interrupt(self):
+    self._interrupts += 1
+    if self._interrupts > 1:
+      _exit_process("interrupted again: quitting without saving", 130)
+    if not self._flag.is_set() and (self._unsaved_steps or self._sockets is None):
+      sys.stderr.write("interrupted: saving a checkpoint at the end of this step "
+                       "(Ctrl-C again to quit without saving)\n")
+      sys.stderr.flush()
+    self._stop("SIGINT")
+
+  def _stop(self, reason: str):
+    if not self._flag.is_set():
+      self.reason = reason
+    self._flag.set()
+    if self._unsaved_steps == 0 and self._sockets is not None:
+      logging.warning("%s with nothing to save: exiting now", reason)
+      try:
+        self.wait_for_saves()
+      finally:
+        _exit_process(f"{self.verb}: nothing to save since the last checkpoint",
+                      self.exit_code)
+
+  @property
+  def verb(self) -> str:
+    return "interrupted" if self.reason == "SIGINT" else "preempted"
+
+  @property
+  def exit_code(self) -> int:
+    return 130 if self.reason == "SIGINT" else 0
 
   def stepped(self):
     self._unsaved_steps += 1
@@ -231,7 +266,7 @@ class _Preemption:
     self._unsaved_steps = 0
 
   def is_set(self) -> bool:
-    """SIGTERM seen (this process; with several processes, see `reached`)."""
+    """SIGTERM or Ctrl-C seen (this process; with several processes, see `reached`)."""
     return self._flag.is_set()
 
   def reached(self, step: int) -> bool:
@@ -249,6 +284,17 @@ class _Preemption:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
+    if self._previous_int is not None:
+      signal.signal(signal.SIGINT, self._previous_int)
+      self._previous_int = None
+
+
+def _exit_process(message: str, code: int):
+  """Ends the process now (a compilation in a worker thread would hold a normal exit)."""
+  sys.stdout.flush()
+  sys.stderr.write(message + "\n")
+  sys.stderr.flush()
+  os._exit(code)   # pylint: disable=protected-access
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -263,17 +309,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The final train state.
 
   Raises:
+    KeyboardInterrupt: Ctrl-C, after the step it stopped at was saved.
     ValueError / FileNotFoundError: bad config, data dir or init_from.
     NonFiniteError: too many consecutive non-finite steps.
   """
   check_config(config)
   records.check_manifest(records.load_manifest(config.data.dir), config)
   files.writable_folder(workdir, "--workdir")
-  preemption = _Preemption()   # from here on, SIGTERM leaves a resumable workdir
+  preemption = _Preemption()   # from here on, SIGTERM and Ctrl-C leave a resumable workdir
   try:
-    return _train(config, workdir, preemption)
+    state = _train(config, workdir, preemption)
   finally:
     preemption.close()
+  if preemption.is_set() and preemption.reason == "SIGINT":
+    raise KeyboardInterrupt   # (after the save: the caller sees the Ctrl-C as usual)
+  return state
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str,
@@ -420,14 +470,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       if bucket not in compiler:   # beyond the epochs planned ahead: compile now
         compiler.submit(bucket, train_step, abstract, abstract_batch(bucket))
       program = compiler.get(bucket, stopping)
-      if program is None:          # SIGTERM while this bucket compiled: save, stop
+      if program is None:          # SIGTERM / Ctrl-C while this bucket compiled: save, stop
         if pending is not None:
           _check_nonfinite(*pending, max_nonfinite, last_saved)
         if step != last_saved and ckpt.save(step, state, train_data.get_state(), config):
           preemption.saved()
-        logging.warning("SIGTERM while compiling: saved step %d, exiting", step)
+        logging.warning("%s while compiling: saved step %d, exiting", preemption.reason, step)
         if is_main:
-          progress.write(f"preempted: checkpoint saved at step {step}")
+          progress.write(f"{preemption.verb}: checkpoint saved at step {step}")
         break
       state, metrics = program(state, batch)
       step += 1
@@ -456,7 +506,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
 
       if evaluator is not None and step % eval_every == 0:
         program = compiler.get("eval", stopping)
-        if program is not None:    # (None, or an unfinished run: SIGTERM, saved below)
+        if program is not None:    # (None, or an unfinished run: SIGTERM/Ctrl-C, saved below)
           evaluator.run_and_log(state.params["generator"], step, writer, program, stopping)
         interval_start, interval_steps = time.perf_counter(), 0
 
@@ -468,9 +518,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           last_saved = step
           preemption.saved()
       if preempted:
-        logging.warning("SIGTERM: saved step %d, exiting", step)
+        logging.warning("%s: saved step %d, exiting", preemption.reason, step)
         if is_main:
-          progress.write(f"preempted: checkpoint saved at step {step}")
+          progress.write(f"{preemption.verb}: checkpoint saved at step {step}")
         break
   finally:
     compiler.close()
@@ -482,7 +532,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     # A compilation still running in a worker would hold the exit for its whole length.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)   # pylint: disable=protected-access
+    os._exit(preemption.exit_code)   # pylint: disable=protected-access
   return state
 
 

@@ -278,13 +278,10 @@ def _lines_to_files(args, voice, knobs, texts):
 
 
 def _convert(args, voice):
-  import soundfile as sf
+  from vits_jax import files
   if args.speaker is None or args.source_speaker is None:
     raise ValueError("--convert needs --source-speaker and --speaker (the target)")
-  try:
-    audio, rate = sf.read(args.convert, dtype="float32", always_2d=True)
-  except (RuntimeError, sf.LibsndfileError) as e:
-    raise ValueError(f"cannot read {args.convert}: {e}") from None
+  audio, rate = files.read_audio(args.convert)
   out = args.out or "out.wav"
   converted = voice.convert(audio.mean(axis=1), rate, args.source_speaker, args.speaker,
                             seed=args.seed)

@@ -6,7 +6,8 @@ codes are stable strings (they are counted in the manifest):
 
   missing audio       the audio file does not exist
   empty audio file    the file has zero bytes
-  unreadable audio    the decoder rejected it (corrupt header, truncated data, ...)
+  unreadable audio    the decoder rejected it (corrupt header, ...)
+  audio cut short     a WAV file holding fewer samples than its header says
   no audio samples    it decodes to zero samples
   silent audio        every sample is zero
   no transcript       the corpus has no text for it
@@ -71,10 +72,10 @@ def make_frontend(settings: Settings):
 
 
 def load_audio(path: str) -> tuple[np.ndarray, int]:
-  """Decodes an audio file to float32 [T, C] in [-1, 1] and its rate (soundfile: WAV, FLAC...)."""
-  import soundfile as sf  # pylint: disable=import-outside-toplevel
-  data, rate = sf.read(path, dtype="float32", always_2d=True)
-  return data, rate
+  """Decodes an audio file to float32 [T, C] in [-1, 1] and its rate (soundfile: WAV,
+  FLAC...); a WAV file cut short is a ValueError (`vits_jax.files.read_audio`)."""
+  from vits_jax import files  # pylint: disable=import-outside-toplevel
+  return files.read_audio(path)
 
 
 def to_int16(audio: np.ndarray) -> np.ndarray:
@@ -138,8 +139,11 @@ def process_clip(clip: Clip, settings: Settings, frontend=None) -> dict[str, Any
       return skip("missing audio", f"{clip.path} does not exist")
     if os.path.getsize(clip.path) == 0:
       return skip("empty audio file", f"{clip.path} has 0 bytes")
+    from vits_jax import files  # pylint: disable=import-outside-toplevel
     try:
       audio, rate = load_audio(clip.path)
+    except files.CutShortError as e:
+      return skip("audio cut short", str(e))
     except Exception as e:  # pylint: disable=broad-except  # libsndfile raises many kinds
       return skip("unreadable audio", f"{clip.path}: {str(e).splitlines()[0][:200]}")
   if audio.shape[0] == 0:

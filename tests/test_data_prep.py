@@ -45,19 +45,24 @@ def _ljspeech(root, rate=16000):
   for cid in ("LJ-0010", "LJ-0011", "LJ-0012"):
     seconds = 0.1 if cid == "LJ-0012" else 1.0
     sf.write(os.path.join(root, "wavs", cid + ".wav"), _tone(seconds, rate), rate)
+  cut = os.path.join(root, "wavs", "LJ-0013.wav")   # a copy cut off halfway
+  sf.write(cut, _tone(1.0, rate), rate, subtype="PCM_16")
+  os.truncate(cut, os.path.getsize(cut) // 2)
   rows += ["LJ-0007|Corrupt file.|Corrupt file.",
            "LJ-0008|Empty file.|Empty file.",
            "LJ-0009|Missing file.|Missing file.",       # no wav at all
            "LJ-0010||",                                 # empty transcript
            "LJ-0011|\u266a \U0001F600 \u266a|\u266a \U0001F600 \u266a",  # only dropped symbols
-           "LJ-0012|Too short.|Too short."]
+           "LJ-0012|Too short.|Too short.",
+           "LJ-0013|Cut short.|Cut short."]
   with open(os.path.join(root, "metadata.csv"), "w", encoding="utf-8") as f:
     f.write("\n".join(rows) + "\n")
 
 
 BAD = {"LJ-0007": "unreadable audio", "LJ-0008": "empty audio file",
        "LJ-0009": "missing audio", "LJ-0010": "empty transcript",
-       "LJ-0011": "no speakable text", "LJ-0012": "too short"}
+       "LJ-0011": "no speakable text", "LJ-0012": "too short",
+       "LJ-0013": "audio cut short"}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +86,7 @@ def test_ljspeech_bad_rows_are_skipped_counted_and_listed(ljs_src, tmp_path, cap
   assert {s["id"]: s["reason"] for s in manifest["skipped"]} == BAD
   assert manifest["counts"]["skipped_by_reason"] == {r: 1 for r in BAD.values()}
   counts = {k: manifest["counts"][k] for k in ("rows", "kept", "skipped", "train", "validation")}
-  assert counts == {"rows": 12, "kept": 6, "skipped": 6, "train": 4, "validation": 2}
+  assert counts == {"rows": 13, "kept": 6, "skipped": 7, "train": 4, "validation": 2}
   assert manifest["speakers"] == {"ljspeech": 0} and manifest["sample_rate"] == 22050
   assert manifest["frontend"]["kind"] == "vits" and manifest["frontend"]["n_vocab"] == 178
 

@@ -179,6 +179,7 @@ def test_unknown_characters_warn(tmp_path, capsys):
     ["--convert", "WAV", "--speaker", "1", "--source-speaker", "0", "--voice", TINY],
     ["--convert", "WAV", "--speaker", "0", "--source-speaker", "0", "--voice", TINY_SINGLE],
     ["--convert", "NOT_AUDIO", "--speaker", "1", "--source-speaker", "0", "--voice", TINY],
+    ["--convert", "CUT_WAV", "--speaker", "1", "--source-speaker", "0", "--voice", TINY],
     ["--text", "Hi.", "--source-speaker", "1", "--voice", TINY],
     # Knobs whose values would exhaust memory or cannot be used (found by hand, session 16).
     ["--text", "Hi.", "--length-scale", "1e6", "--voice", TINY],
@@ -205,6 +206,10 @@ def test_bad_input_is_one_line_error(argv, tmp_path, capsys):
   if "NOT_AUDIO" in argv:
     (tmp_path / "bad.wav").write_bytes(b"RIFF....not audio")
     argv = [str(tmp_path / "bad.wav") if a == "NOT_AUDIO" else a for a in argv]
+  if "CUT_WAV" in argv:   # a copy cut off halfway: libsndfile reads half and says nothing
+    sf.write(tmp_path / "cut.wav", np.zeros(8000, np.float32), 16000, subtype="PCM_16")
+    os.truncate(tmp_path / "cut.wav", 8000)
+    argv = [str(tmp_path / "cut.wav") if a == "CUT_WAV" else a for a in argv]
   argv = [str(tmp_path) if a == "FOLDER" else a for a in argv]
   if "LINES" in argv:
     (tmp_path / "l.txt").write_text("Hi.\n")

@@ -1,6 +1,11 @@
-"""Output folders the CLIs write into: made, or refused with one clear message."""
+"""Files the CLIs touch: output folders made or refused, and audio files read whole or
+refused, each with one clear message."""
 
 import os
+import struct
+from typing import Optional, Tuple
+
+import numpy as np
 
 
 def writable_folder(path: str, flag: str) -> None:
@@ -20,3 +25,50 @@ def writable_folder(path: str, flag: str) -> None:
     raise ValueError(f"cannot create {flag} {path}: {e.strerror}") from None
   if not os.access(path, os.W_OK):
     raise ValueError(f"{flag} {path} cannot be written (permission denied or read-only)")
+
+
+class CutShortError(ValueError):
+  """A WAV file holds fewer samples than its header says (a copy or download cut off)."""
+
+
+def read_audio(path: str) -> Tuple[np.ndarray, int]:
+  """Decodes an audio file (WAV, FLAC, OGG...: libsndfile) to float32 [T, C] and its rate.
+
+  Raises:
+    ValueError: the file cannot be decoded.
+    CutShortError (a ValueError): a WAV file cut short (libsndfile would return the
+      samples that are there and say nothing).
+  """
+  import soundfile as sf  # pylint: disable=import-outside-toplevel
+  try:
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+  except (RuntimeError, sf.LibsndfileError) as e:  # (LibsndfileError is a RuntimeError)
+    lines = str(e).splitlines()
+    raise ValueError(f"cannot read {path}: {lines[0] if lines else type(e).__name__}") from None
+  short = wav_shortfall(path)
+  if short:
+    raise CutShortError(f"{path} is cut short: its header promises {short[0]} bytes of samples, "
+                     f"the file holds {short[1]}")
+  return data, rate
+
+
+def wav_shortfall(path: str) -> Optional[Tuple[int, int]]:
+  """(bytes the data chunk's header promises, bytes the file holds) of a RIFF/WAVE file cut
+  short; None for a whole file, a file that is not RIFF/WAVE, or a streamed WAV whose size
+  field was never filled in (0 or 0xFFFFFFFF)."""
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+      return None
+    offset = 12
+    while offset + 8 <= size:
+      f.seek(offset)
+      chunk, length = struct.unpack("<4sI", f.read(8))
+      if chunk == b"data":
+        held = size - offset - 8
+        if length in (0, 0xFFFFFFFF) or held >= length:
+          return None
+        return length, held
+      offset += 8 + length + (length & 1)   # chunks are padded to an even length
+  return None

@@ -66,7 +66,7 @@ XLA_FLAGS = "--xla_backend_optimization_level=0"
 def xla_flags(more: str = "") -> str:
   """XLA_FLAGS above followed by `more` (the flags of every process the tests start that
   compiles a training program: train.py, the README's commands, the notebook)."""
-  return " ".join(filter(None, [XLA_FLAGS, more]))
+  return " ".join(filter(None, [XLA_FLAGS, more.replace(XLA_FLAGS, "").strip()]))
 
 
 def _env(**extra) -> dict:

@@ -180,8 +180,8 @@ class _Preemption:
   not during an XLA compilation (minutes for the first step); a preemptible VM gives about
   30 s. So the C-level handler also writes to a wakeup socket, a watcher thread reads it
   immediately, and if no step has run since the last checkpoint (e.g. during the first
-  compilation) it waits for a save in flight and ends the process with status 0: the
-  workdir is as resumable as it would be after a save. Otherwise the loop saves at the next
+  compilation) it waits for a save in flight and ends the process (status 0, or 130 for
+  Ctrl-C): the workdir is as resumable as it would be after a save. Otherwise the loop saves at the next
   step boundary.
 
   With several processes, JAX's preemption service (which listens to SIGTERM itself) picks

@@ -806,7 +806,8 @@ def voice_json(voice, base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any
   Piper reads filled or overridden from the model.
 
   Raises:
-    ValueError: the voice's frontend is not Piper's, or its id map does not fit the model.
+    ValueError: the voice's frontend is not Piper's, its id map does not fit the model, or
+      espeak-ng has no voice of its name.
   """
   check_piper_frontend(voice)
   model = voice.model
@@ -833,6 +834,9 @@ def voice_json(voice, base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any
   audio["sample_rate"] = sample_rate
   if audio.get("quality") not in ("x_low", "low", "medium", "high"):
     audio["quality"] = _quality(hp, sample_rate)   # a label Piper's tools know
+  if frontend.phoneme_type == "espeak":   # Piper would fail on its first sentence
+    from vits_jax.text import espeak as espeak_ng  # pylint: disable=import-outside-toplevel
+    espeak_ng.clause_phonemizer(frontend.voice)   # ValueError: espeak-ng has no voice 'xx'
   espeak = dict(config.get("espeak") or {})
   espeak["voice"] = frontend.voice
   language = dict(config.get("language") or {})

@@ -605,8 +605,26 @@ def test_infer_cli_speaks_with_the_trained_workdir(run_a, tmp_path):
       cwd=tu.REPO, env=tu._env(), capture_output=True, text=True, timeout=600)  # pylint: disable=protected-access
   assert proc.returncode == 0, proc.stderr[-3000:]
   import soundfile as sf
-  wav, sr = sf.read(out)
+  wav, sr = sf.read(out, dtype="float32")
   assert sr == 22050 and len(wav) > 256 and np.all(np.isfinite(wav))
+  # --convert (a workdir keeps the posterior encoder): the file holds Voice.convert's audio
+  # for the same speakers and seed; another target speaker gives other audio.
+  converted = {}
+  for target in ("2", "0"):
+    conv = tmp_path / f"conv{target}.wav"
+    proc = subprocess.run(
+        [sys.executable, str(tu.REPO / "infer.py"), "--voice", str(run_a), "--convert",
+         str(out), "--source-speaker", "1", "--speaker", target, "--seed", "3",
+         "--out", str(conv)],
+        cwd=tu.REPO, env=tu._env(), capture_output=True, text=True, timeout=600)  # pylint: disable=protected-access
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    converted[target], rate = sf.read(conv, dtype="float32")
+    assert rate == sr
+  from vits_jax import load_voice
+  want = load_voice(str(run_a)).convert(wav, sr, 1, 2, seed=3)
+  assert converted["2"].shape == want.shape
+  np.testing.assert_allclose(converted["2"], np.clip(want, -1, 1), atol=2 / 32768, rtol=0)
+  assert np.abs(converted["2"] - converted["0"]).max() > 1e-4
 
 
 def test_bfloat16_step_tracks_float32(run_a, data_dir, tmp_path):

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.readers import Clip
+from vits_jax import files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +75,6 @@ def make_frontend(settings: Settings):
 def load_audio(path: str) -> tuple[np.ndarray, int]:
   """Decodes an audio file to float32 [T, C] in [-1, 1] and its rate (soundfile: WAV,
   FLAC...); a WAV file cut short is a ValueError (`vits_jax.files.read_audio`)."""
-  from vits_jax import files  # pylint: disable=import-outside-toplevel
   return files.read_audio(path)
 
 
@@ -139,7 +139,6 @@ def process_clip(clip: Clip, settings: Settings, frontend=None) -> dict[str, Any
       return skip("missing audio", f"{clip.path} does not exist")
     if os.path.getsize(clip.path) == 0:
       return skip("empty audio file", f"{clip.path} has 0 bytes")
-    from vits_jax import files  # pylint: disable=import-outside-toplevel
     try:
       audio, rate = load_audio(clip.path)
     except files.CutShortError as e:

@@ -10,14 +10,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VITS_JAX_XLA_CACHE", os.path.join(
     __import__("tempfile").gettempdir(), "vits_jax_test_xla_cache"))
 
-# Tests compile many programs and run each a few times: without LLVM's optimizations their
-# compilation is cheaper than what the optimizations save (test_model_properties.py 235 vs
-# 291 s, test_synthesis.py + test_piper.py 274 vs 293 s here); processes the tests start
-# inherit it, so programs compared across processes are compiled alike.
-_NO_LLVM_OPT = "--xla_backend_optimization_level=0"
-if _NO_LLVM_OPT not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""),
-                                                   _NO_LLVM_OPT]))
+# Tests compile many programs and run each a few times: the test processes compile with
+# `train_utils.XLA_FLAGS` (no LLVM optimizations) as their train.py runs do
+# (test_model_properties.py 235 vs 291 s, test_synthesis.py + test_piper.py 274 vs 293 s
+# here); processes the tests start inherit it, so programs compared across processes are
+# compiled alike.
+import train_utils  # noqa: E402  (no jax import)
+
+os.environ["XLA_FLAGS"] = train_utils.xla_flags(os.environ.get("XLA_FLAGS", ""))
 
 import jax  # noqa: E402
 

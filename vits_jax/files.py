@@ -47,8 +47,8 @@ def read_audio(path: str) -> Tuple[np.ndarray, int]:
     raise ValueError(f"cannot read {path}: {lines[0] if lines else type(e).__name__}") from None
   short = wav_shortfall(path)
   if short:
-    raise CutShortError(f"{path} is cut short: its header promises {short[0]} bytes of samples, "
-                     f"the file holds {short[1]}")
+    raise CutShortError(f"{path} is cut short: its header promises {short[0]} bytes of "
+                        f"samples, the file holds {short[1]}")
   return data, rate
 
 

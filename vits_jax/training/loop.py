@@ -181,8 +181,8 @@ class _Preemption:
   30 s. So the C-level handler also writes to a wakeup socket, a watcher thread reads it
   immediately, and if no step has run since the last checkpoint (e.g. during the first
   compilation) it waits for a save in flight and ends the process (status 0, or 130 for
-  Ctrl-C): the workdir is as resumable as it would be after a save. Otherwise the loop saves at the next
-  step boundary.
+  Ctrl-C): the workdir is as resumable as it would be after a save. Otherwise the loop
+  saves at the next step boundary.
 
   With several processes, JAX's preemption service (which listens to SIGTERM itself) picks
   one step at which every process saves, so they write the same checkpoint.
@@ -289,10 +289,11 @@ class _Preemption:
       self._previous_int = None
 
 
-def _exit_process(message: str, code: int):
+def _exit_process(message: Optional[str], code: int):
   """Ends the process now (a compilation in a worker thread would hold a normal exit)."""
   sys.stdout.flush()
-  sys.stderr.write(message + "\n")
+  if message:
+    sys.stderr.write(message + "\n")
   sys.stderr.flush()
   os._exit(code)   # pylint: disable=protected-access
 
@@ -530,9 +531,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     train_data.close()
   if preemption.is_set() and compiler.busy():
     # A compilation still running in a worker would hold the exit for its whole length.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(preemption.exit_code)   # pylint: disable=protected-access
+    _exit_process(None, preemption.exit_code)
   return state
 
 

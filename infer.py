@@ -17,6 +17,7 @@ so later runs start faster.
 """
 
 import argparse
+import io
 import os
 import sys
 import warnings
@@ -47,6 +48,11 @@ def parse_args(argv=None):
                  help="speaking time multiplier, > 1 is slower (default 1.0)")
   p.add_argument("--sentence-silence", type=float, default=0.0,
                  help="seconds of silence between sentences (default 0)")
+  p.add_argument("--volume", type=float, default=1.0,
+                 help="multiply the audio by this (default 1.0; clipped to full scale)")
+  p.add_argument("--normalize", action="store_true",
+                 help="scale each sentence to full scale, as Piper does by default "
+                      "(--output-raw then streams sentence by sentence)")
   p.add_argument("--batch-size", type=int, default=16,
                  help="sentences per model call for --input (--text streams one at a time)")
   p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
@@ -56,14 +62,34 @@ def parse_args(argv=None):
 _FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 
 
+def _stdin_bytes():
+  if sys.stdin is None:
+    raise ValueError("--input -: stdin is closed")
+  buffer = getattr(sys.stdin, "buffer", None)   # a text-only stand-in has none
+  return buffer if buffer is not None else io.BytesIO(
+      sys.stdin.read().encode("utf-8", "surrogateescape"))
+
+
+def _live_lines():
+  """Lines of stdin as they arrive, for --output-raw: a program writing lines into the pipe
+  hears each one as soon as it is written, as with Piper's CLI."""
+  said = False
+  for number, raw in enumerate(iter(_stdin_bytes().readline, b""), 1):
+    try:
+      line = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+      raise ValueError(f"stdin is not UTF-8 text ({e.reason} in line {number})") from None
+    if line:
+      said = True
+      yield line
+  if not said:
+    raise ValueError("no text in stdin")
+
+
 def _read_lines(path):
   name = "stdin" if path == "-" else path
   if path == "-":
-    if sys.stdin is None:
-      raise ValueError("--input -: stdin is closed")
-    buffer = getattr(sys.stdin, "buffer", None)   # a text-only stand-in has none
-    data = (buffer.read() if buffer is not None else
-            sys.stdin.read().encode("utf-8", "surrogateescape"))
+    data = _stdin_bytes().read()
   else:
     if os.path.isdir(path):
       raise ValueError(f"--input {path} is a folder, not a text file")
@@ -97,7 +123,7 @@ def _check_args(args):
   from vits_jax.voice import check_knobs
   try:
     check_knobs(args.noise_scale, args.noise_scale_w, args.length_scale, args.seed,
-                args.sentence_silence, args.batch_size)
+                args.sentence_silence, args.batch_size, args.volume)
   except ValueError as e:   # the message starts with the API's knob name: the CLI's flag
     knob, rest = str(e).split(" ", 1)
     raise ValueError(f"--{knob.replace('_', '-')} {rest}") from None
@@ -133,7 +159,9 @@ def run(args):
   """Synthesizes as `args` say; raises ValueError/FileNotFoundError for bad input."""
   _check_args(args)
   texts = None
-  if args.input is not None:
+  if args.input == "-" and args.output_raw:
+    texts = _live_lines()
+  elif args.input is not None:
     texts = _read_lines(args.input)
   if args.convert is not None and not os.path.isfile(args.convert):
     raise FileNotFoundError(f"--convert recording not found: {args.convert}")
@@ -151,23 +179,42 @@ def run(args):
   speaker = voice.speaker_id(args.speaker)
   knobs = dict(speaker=speaker, noise_scale=args.noise_scale,
                noise_scale_w=args.noise_scale_w, length_scale=args.length_scale,
-               seed=args.seed, sentence_silence=args.sentence_silence)
+               seed=args.seed, sentence_silence=args.sentence_silence, volume=args.volume,
+               normalize=args.normalize)
   if args.convert is not None:
     return _convert(args, voice)
   if args.output_raw:
-    try:
-      for text in ([args.text] if texts is None else texts):
-        for chunk in voice.stream(text, **knobs):
-          sys.stdout.buffer.write(_pcm16(chunk).tobytes())
-          sys.stdout.buffer.flush()
-    except BrokenPipeError:   # the reader closed the pipe (`| head -c N`): done
-      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except OSError as e:
-      raise ValueError(f"cannot write to stdout: {e.strerror}") from None
-    return
+    return _stream_raw(voice, knobs, [args.text] if texts is None else texts,
+                       skip_unsayable=texts is not None)
   if texts is None:
     return _text_to_file(args, voice, knobs)
   _lines_to_files(args, voice, knobs, texts)
+
+
+def _stream_raw(voice, knobs, texts, skip_unsayable):
+  """Each text's audio to stdout as 16-bit PCM as it is made. With `skip_unsayable`
+  (--input), a line with nothing the voice can say is skipped and counted, as with
+  --out-dir."""
+  skipped = []
+  try:
+    for text in texts:
+      started = False
+      try:
+        for chunk in voice.stream(text, **knobs):
+          started = True
+          sys.stdout.buffer.write(_pcm16(chunk).tobytes())
+          sys.stdout.buffer.flush()
+      except ValueError:
+        if started or not skip_unsayable:
+          raise
+        skipped.append(text)
+  except BrokenPipeError:   # the reader closed the pipe (`| head -c N`): done
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+  except OSError as e:
+    raise ValueError(f"cannot write to stdout: {e.strerror}") from None
+  if skipped:
+    print(f"warning: skipped {len(skipped)} line(s) with nothing to say for this voice (the "
+          f"first: {skipped[0][:40]!r})", file=sys.stderr)
 
 
 def _in_cluster() -> bool:
@@ -283,8 +330,9 @@ def _convert(args, voice):
     raise ValueError("--convert needs --source-speaker and --speaker (the target)")
   audio, rate = files.read_audio(args.convert)
   out = args.out or "out.wav"
-  converted = voice.convert(audio.mean(axis=1), rate, args.source_speaker, args.speaker,
-                            seed=args.seed)
+  from vits_jax.voice import loudness
+  converted = loudness(voice.convert(audio.mean(axis=1), rate, args.source_speaker,
+                                     args.speaker, seed=args.seed), args.volume, args.normalize)
   _write_audio(out, voice.sample_rate, [converted])
   print(f"wrote {out} ({len(converted) / voice.sample_rate:.2f} s)", file=sys.stderr)
 

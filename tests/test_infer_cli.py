@@ -189,6 +189,8 @@ def test_unknown_characters_warn(tmp_path, capsys):
     ["--text", "Hi.", "--sentence-silence", "nan", "--voice", TINY],
     ["--text", "Hi.", "--seed", str(2 ** 70), "--voice", TINY],
     ["--text", "Hi.", "--batch-size", "0", "--voice", TINY],
+    ["--text", "Hi.", "--volume", "-1", "--voice", TINY],
+    ["--text", "Hi.", "--volume", "inf", "--voice", TINY],
     ["--text", "Hi.", "--out", "", "--voice", TINY],
     ["--text", "Hi.", "--voice", ""],
     ["--input", "FOLDER", "--out-dir", "OUT", "--voice", TINY],
@@ -221,6 +223,46 @@ def test_bad_input_is_one_line_error(argv, tmp_path, capsys):
   lines = [line for line in err.splitlines() if line.strip()]
   assert lines[-1].startswith("error: ") and "Traceback" not in err
   assert all(line.startswith(("error: ", "warning: ")) for line in lines)
+
+
+def test_output_raw_speaks_stdin_lines_as_they_arrive(capsys, monkeypatch):
+  """`--input - --output-raw` speaks each line as soon as it is written into the pipe (a
+  program feeding it lines hears them one by one), skips and counts a line with nothing to
+  say, and streams the same samples as each line alone; `--volume` and `--normalize` set
+  the level as `Voice` does."""
+  import threading
+  import time
+  from vits_jax.voice import load_voice
+  read_fd, write_fd = os.pipe()
+  monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(os.fdopen(read_fd, "rb")))
+  out = _Stdout()
+  monkeypatch.setattr(sys, "stdout", out)
+  heard_first = []
+
+  def feed():
+    with os.fdopen(write_fd, "wb") as pipe:
+      pipe.write("First line.\n".encode())
+      pipe.flush()
+      deadline = time.monotonic() + 300
+      while not out.buffer.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.05)
+      heard_first.append(len(out.buffer.getvalue()))   # before the next line was written
+      pipe.write("\U0001F600\n\nSecond line!\n".encode())
+
+  writer = threading.Thread(target=feed)
+  writer.start()
+  argv = ["--input", "-", "--output-raw", "--voice", TINY_SINGLE, "--volume", "0.5",
+          "--normalize"]
+  code, err = _run(argv, capsys)
+  writer.join()
+  assert code == 0, err
+  assert heard_first and heard_first[0] > 0
+  assert "skipped 1 line(s)" in err and "Traceback" not in err
+  voice = load_voice(TINY_SINGLE)
+  expected = np.concatenate([infer._pcm16(voice.synthesize(t, volume=0.5, normalize=True))
+                             for t in ("First line.", "Second line!")])
+  np.testing.assert_array_equal(np.frombuffer(out.buffer.getvalue(), "<i2"), expected)
+  assert np.abs(expected).max() == 16384   # each sentence's peak at half of full scale
 
 
 def test_real_process_exit_code():

@@ -115,6 +115,33 @@ def test_joe_parity_text_with_several_sentences(joe_voice, joe_session):
   assert np.abs(audio - ref).max() <= 1e-3
 
 
+def test_joe_normalized_level_equals_piper_tts(joe_voice):
+  """`normalize` and `volume` give piper-tts's output level (its default: each sentence
+  scaled to a peak of 1), sentence for sentence; streaming then delivers whole sentences."""
+  piper_tts = pytest.importorskip("piper")
+  theirs = piper_tts.PiperVoice.load(str(JOE))
+  text = "Loud and clear. Half as loud, please!"
+  knobs = dict(noise_scale=0.0, noise_scale_w=0.0)
+  for volume in (1.0, 0.5, 3.0):
+    config = piper_tts.SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0, volume=volume)
+    chunks = [c.audio_float_array for c in theirs.synthesize(text, syn_config=config)]
+    ours = joe_voice.synthesize(text, normalize=True, volume=volume, **knobs)
+    ref = np.concatenate(chunks)
+    assert len(chunks) == 2 and ours.shape == ref.shape
+    # 1e-3 of graph difference, scaled up by the normalization (peaks about 0.45).
+    assert np.abs(ours - ref).max() <= 3e-3, volume
+    assert np.abs(ours).max() == pytest.approx(min(volume, 1.0), abs=1e-6)
+  streamed = list(joe_voice.stream(text, normalize=True, volume=0.5, **knobs))
+  assert [len(c) for c in streamed] == [len(c) for c in chunks]
+  np.testing.assert_array_equal(np.concatenate(streamed),
+                                joe_voice.synthesize(text, normalize=True, volume=0.5, **knobs))
+  # Volume alone scales the model's own level; the default leaves it as it is.
+  raw = joe_voice.synthesize(text, **knobs)
+  np.testing.assert_allclose(joe_voice.synthesize(text, volume=0.5, **knobs), raw * 0.5,
+                             rtol=1e-6, atol=1e-7)
+  assert 0.2 < np.abs(raw).max() < 0.9
+
+
 @pytest.mark.parametrize("name", ["multi", "high"])
 def test_tiny_exports_parity(name):
   path = FIXTURES / f"piper_tiny_{name}.onnx"

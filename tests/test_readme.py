@@ -151,6 +151,8 @@ def test_synthesis_commands_write_speech(ran):
   assert [p.name for p in (repo / "wavs_stdin").glob("*.wav")] == ["0001.wav"]
   raw = np.frombuffer((repo / "hello.raw").read_bytes(), "<i2").astype(np.float32) / 32767
   assert raw.size > 1.0 * 22050 and 0.01 < float(np.sqrt(np.mean(raw ** 2))) < 0.5
+  # --normalize: Piper's level, each sentence at full scale (the model's own peaks lower).
+  assert np.abs(_speech(repo / "piper_level.wav")).max() > 0.99 > np.abs(hello).max()
 
 
 def test_streaming_example_writes_what_it_says(ran):

@@ -214,6 +214,43 @@ def test_piper_joe_voice_config(fixture):
   assert ids[:2] == m['^'] + m['_'] and ids[-1:] == m['$'] and set(ids[3:-1:2]) == {0}
 
 
+# Texts with Piper's raw phoneme blocks, avoiding the few words whose IPA the espeak-ng of
+# piper-tts renders differently from piper-phonemize's ('four', 'more': 'ɔː' vs 'oː').
+PHONEME_BLOCK_TEXTS = [
+    'Hello [[ wˈɜːld ]] again.', '[[ həlˈoʊ ]] world. How are you?',
+    'Say [[tˈɒmɑːtoʊ]], not tomato. Fine!', 'One. [[ tˈuː ]]. Three.', '[[ a ]][[ b ]]',
+    'A [[b]] c [[ d ]]e', 'Hello.[[ x ]]  Next one.', 'Is it [[ ɹˈɛd ]]? Yes, [[ ɹˈɛd ]].',
+    'Quote "[[ ðɪs ]]" here.', 'Two [[ wˈʌn ]]\n[[ tˈuː ]] lines. And then this!',
+    'no block but [[ unclosed', 'Zebra [[ zˈiːbɹə ]] and zebra. ',
+]
+
+
+@needs_piper_phonemize
+def test_piper_phoneme_blocks_equal_piper_tts():
+  """`[[ phonemes ]]` in the text are spoken as written, sentence for sentence as piper-tts
+  reads them (its `PiperVoice.phonemize`), and `split_sentences` keeps each block in its
+  sentence."""
+  piper = pytest.importorskip('piper')
+  config = _joe_config()
+  theirs = piper.PiperVoice(session=None, config=piper.PiperConfig.from_dict(config))
+  frontend = text_lib.get_frontend('piper', config=config)
+  for text in PHONEME_BLOCK_TEXTS:
+    expected = theirs.phonemize(text)
+    assert frontend.phonemize(text) == expected, text
+    ids = [theirs.phonemes_to_ids(s) for s in expected if frontend._sayable(s)]
+    assert frontend.text_to_sentence_ids(text) == ids, text
+    assert [frontend.text_to_ids(s) for s in frontend.split_sentences(text)] == ids, text
+  # The block's phonemes reach the ids unchanged: 'tˈɒmɑːtoʊ' is not what espeak-ng says.
+  m = config['phoneme_id_map']
+  ids = frontend.text_to_ids('Say [[tˈɒmɑːtoʊ]].')
+  said = [i for i in ids if i != m['_'][0]]
+  block = [m[p][0] for p in 'tˈɒmɑːtoʊ']
+  assert any(said[k:k + len(block)] == block for k in range(len(said)))
+  assert frontend.text_to_ids('Say tomato.') != ids
+  with pytest.raises(ValueError, match='nothing to say'):
+    frontend.text_to_sentence_ids('[[ ]]')
+
+
 def test_piper_drops_unknown_characters(fixture):
   frontend = _piper(fixture, 'en-us')
   with pytest.warns(text_lib.UnknownCharactersWarning, match='U\\+1F600'):

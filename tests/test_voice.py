@@ -272,6 +272,8 @@ def test_second_load_reads_the_cached_conversion(tmp_path, monkeypatch, multi):
     (dict(sentence_silence=float("inf")), "sentence_silence"),
     (dict(noise_scale=float("nan")), "noise_scale"), (dict(length_scale="1"), "length_scale"),
     (dict(length_scale=1e6), "frames"), (dict(noise_scale_w=1e3), "frames"),
+    (dict(volume=-0.5), "volume"), (dict(volume=float("nan")), "volume"),
+    (dict(volume="2"), "volume"),
 ])
 def test_bad_knobs_are_value_errors_naming_them(multi, kw, needle):
   with pytest.raises(ValueError, match=needle):

@@ -42,7 +42,7 @@ MAX_SILENCE_SECONDS = 600.0
 
 def check_knobs(noise_scale: float = 0.667, noise_scale_w: float = 0.8,
                 length_scale: float = 1.0, seed: int = 0, sentence_silence: float = 0.0,
-                batch_size: int = 1) -> None:
+                batch_size: int = 1, volume: float = 1.0) -> None:
   """Validates synthesis knobs (the API's and `infer.py`'s one check).
 
   Raises:
@@ -66,6 +66,22 @@ def check_knobs(noise_scale: float = 0.667, noise_scale_w: float = 0.8,
     raise ValueError(f"seed must be an integer in [-2**63, 2**63), got {seed!r}")
   if not (integer(batch_size) and batch_size >= 1):
     raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+  if not (number(volume) and volume >= 0):
+    raise ValueError(f"volume must be a number >= 0, got {volume!r}")
+
+
+def loudness(audio: np.ndarray, volume: float = 1.0, normalize: bool = False) -> np.ndarray:
+  """Piper's output level for one sentence's audio: with `normalize`, scaled so that its
+  peak is 1 (silence stays silent), then times `volume`, clipped to [-1, 1]. With the
+  defaults the model's audio is returned as it is."""
+  if volume == 1.0 and not normalize:
+    return audio
+  if normalize:
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    audio = audio / peak if peak >= 1e-8 else np.zeros_like(audio)
+  if volume != 1.0:
+    audio = audio * volume
+  return np.clip(audio, -1.0, 1.0).astype(np.float32)
 
 
 class Voice:
@@ -192,25 +208,31 @@ class Voice:
   # ----------------------------------------------------------------- synthesis
   def synthesize(self, text: str, speaker=None, noise_scale: float = 0.667,
                  noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
-                 sentence_silence: float = 0.0, with_durations: bool = False):
+                 sentence_silence: float = 0.0, with_durations: bool = False,
+                 volume: float = 1.0, normalize: bool = False):
     """Text -> float32 waveform [T] in [-1, 1] at `sample_rate`.
 
     With `with_durations`, returns (audio, durations): durations holds one int array per
     sentence (the ids of `text_to_sentence_ids` on each paragraph of `text`), the frames (of `hop_length` samples) each id
     is spoken for -- the text-to-audio alignment.
 
+    `normalize` scales each sentence to a peak of 1 and `volume` multiplies the audio, both
+    as Piper does (its CLI and `SynthesisConfig` normalize by default; here the model's own
+    level is the default, which Piper voices leave at about half the full scale).
+
     Raises:
       ValueError: empty text, bad speaker, or bad scales.
     """
     (audio, durations), = self.iter_batch(
         [text], speaker, noise_scale, noise_scale_w, length_scale, seed,
-        sentence_silence=sentence_silence)
+        sentence_silence=sentence_silence, volume=volume, normalize=normalize)
     return (audio, durations) if with_durations else audio
 
   def synthesize_batch(self, texts: Sequence[str], speaker=None, noise_scale: float = 0.667,
                        noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
                        batch_size: int = 16, sentence_silence: float = 0.0,
-                       progress: Optional[Callable[[int], None]] = None) -> List[np.ndarray]:
+                       progress: Optional[Callable[[int], None]] = None,
+                       volume: float = 1.0, normalize: bool = False) -> List[np.ndarray]:
     """Many texts -> one float32 waveform each (same as `synthesize` on each alone).
 
     Args:
@@ -221,10 +243,12 @@ class Voice:
       batch_size: sentences per model call (at most).
       sentence_silence: seconds of silence between the sentences of an utterance.
       progress: called with 1 each time an utterance is finished.
+      volume, normalize: output level (see `synthesize`).
     """
     out = []
     for audio, _ in self.iter_batch(texts, speaker, noise_scale, noise_scale_w, length_scale,
-                                    seed, batch_size, sentence_silence):
+                                    seed, batch_size, sentence_silence, volume=volume,
+                                    normalize=normalize):
       out.append(audio)
       if progress is not None:
         progress(1)
@@ -233,7 +257,7 @@ class Voice:
   def iter_batch(self, texts: Sequence[str], speaker=None, noise_scale: float = 0.667,
                  noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
                  batch_size: int = 16, sentence_silence: float = 0.0,
-                 skip_unsayable: bool = False
+                 skip_unsayable: bool = False, volume: float = 1.0, normalize: bool = False
                  ) -> Iterator[Tuple[np.ndarray, List[np.ndarray]]]:
     """`synthesize_batch` as a generator: yields (audio, per-sentence durations) for each
     text, in order, as soon as it is complete (so a caller can write and drop it).
@@ -245,7 +269,7 @@ class Voice:
     if isinstance(texts, str):
       raise ValueError("synthesize_batch takes a list of texts")
     options = self._options(speaker, noise_scale, noise_scale_w, length_scale, seed,
-                            batch_size, sentence_silence)
+                            batch_size, sentence_silence, volume)
     gap = np.zeros(int(round(sentence_silence * self.sample_rate)), np.float32)
     owner: List[Tuple[int, bool]] = []  # sentence -> (utterance, is its last sentence)
 
@@ -265,6 +289,7 @@ class Voice:
           yield ids, s
 
     pieces: List[np.ndarray] = []
+    sentence: List[np.ndarray] = []   # the pieces of the sentence being made
     durations: List[np.ndarray] = []
     total = sum(len(ids_list) for ids_list in per_text)
     done = 0   # texts yielded so far
@@ -272,9 +297,14 @@ class Voice:
         self.model, self.params, sentences(), options,
         text_batch=min(options.batch_size, total),
         lengths=[len(ids) for ids_list in per_text for ids in ids_list]):
-      pieces.append(piece)
+      sentence.append(piece)
       if dur is None:
         continue
+      if volume == 1.0 and not normalize:
+        pieces.extend(sentence)
+      else:
+        pieces.append(loudness(np.concatenate(sentence), volume, normalize))
+      sentence = []
       durations.append(dur)
       if not owner[i][1]:
         if gap.size:
@@ -290,7 +320,8 @@ class Voice:
 
   def stream(self, text: str, speaker=None, noise_scale: float = 0.667,
              noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
-             sentence_silence: float = 0.0, batch_size: int = 1) -> Iterator[np.ndarray]:
+             sentence_silence: float = 0.0, batch_size: int = 1, volume: float = 1.0,
+             normalize: bool = False) -> Iterator[np.ndarray]:
     """Yields float32 pieces of `synthesize(text, ...)`'s waveform as they are ready:
     sentence by sentence, and window by window (`inference.WINDOW_FRAMES` frames) inside a
     sentence; when the first sentence is longer than a window, its first window is
@@ -299,11 +330,12 @@ class Voice:
 
     Text is phonemized a paragraph (blank-line separated block) at a time, so memory stays
     bounded however long the text. `batch_size` > 1 runs the model on several sentences
-    (or windows) per call: more throughput, later first audio.
+    (or windows) per call: more throughput, later first audio. `normalize` needs a sentence's
+    peak before its first sample, so with it each sentence comes whole.
     """
     _check_text(text)
     options = self._options(speaker, noise_scale, noise_scale_w, length_scale, seed,
-                            batch_size, sentence_silence)
+                            batch_size, sentence_silence, volume)
     gap = np.zeros(int(round(sentence_silence * self.sample_rate)), np.float32)
 
     def sentences():
@@ -311,11 +343,18 @@ class Voice:
         yield ids, s
 
     last = -1
-    for i, piece, _ in inference.stream_ids(self.model, self.params, sentences(), options,
-                                            lead=inference.LEAD_FRAMES):
+    held: List[np.ndarray] = []   # with `normalize`, the sentence so far
+    for i, piece, dur in inference.stream_ids(self.model, self.params, sentences(), options,
+                                              lead=None if normalize else inference.LEAD_FRAMES):
+      if normalize:
+        held.append(piece)
+        if dur is None:
+          continue
+        piece, held = np.concatenate(held), []
       if i != last and i > 0 and gap.size:
         yield gap.copy()
       last = i
+      piece = loudness(piece, volume, normalize)
       if piece.size:
         yield piece.astype(np.float32)
 
@@ -338,9 +377,10 @@ class Voice:
         length_scale, seed, seeds, batch_size)
 
   def _options(self, speaker, noise_scale, noise_scale_w, length_scale, seed, batch_size,
-               sentence_silence=0.0):
+               sentence_silence=0.0, volume=1.0):
     sid = self.speaker_id(speaker)
-    check_knobs(noise_scale, noise_scale_w, length_scale, seed, sentence_silence, batch_size)
+    check_knobs(noise_scale, noise_scale_w, length_scale, seed, sentence_silence, batch_size,
+                volume)
     return inference.Options(sid, float(noise_scale), float(noise_scale_w),
                              float(length_scale), int(seed), int(batch_size))
 

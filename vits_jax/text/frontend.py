@@ -14,6 +14,7 @@ raise `ValueError` for text with nothing to say.
 
 import functools
 import logging
+import re
 import unicodedata
 
 from vits_jax.text import chars, piper_phonemes, sentences, symbols
@@ -155,6 +156,10 @@ class VitsFrontend(Frontend):
     return sentences.split_sentences(text, max_chars=self.max_sentence_chars)
 
 
+# Piper's raw phoneme blocks: `[[ phonemes ]]` inside the text (not across lines).
+_PHONEME_BLOCK = re.compile(r'(\[\[.*?\]\])')
+
+
 def _cut_phonemes(phonemes, max_phonemes):
   """Cuts a phoneme list into pieces of at most `max_phonemes`, after ', ' / '; ' / ': '
   where possible, else after a space."""
@@ -209,12 +214,43 @@ class PiperFrontend(Frontend):
     return bool(self.fallback) or piper_phonemes.piper_phonemize_module() is None
 
   def phonemize(self, text):
-    """Phonemes per sentence (sentences may be empty), exactly as piper-phonemize splits."""
+    """Phonemes per sentence (sentences may be empty), exactly as piper-phonemize splits.
+
+    Phonemes written as `[[ ... ]]` in the text are taken as they are, one per code point
+    (Piper's raw phoneme blocks, piper-tts >= 1.3): a block joins the sentence before it,
+    and the text after it continues that sentence.
+    """
     _check_text(text)
-    text = chars.drop_unknown(text, self._can_say)
     if self.phoneme_type == 'text':
       # piper-phonemize's phonemize_codepoints: casefold, NFD, one sentence.
+      text = chars.drop_unknown(text, self._can_say)
       return [list(unicodedata.normalize('NFD', text.casefold()))]
+    parts = _PHONEME_BLOCK.split(text)
+    if len(parts) == 1:
+      return self._phonemize_text(text)
+    sentences, after_block = [], False
+    for i, part in enumerate(parts):
+      if i % 2:   # a block, as piper-tts reads it: spaces around it become word spaces
+        if not sentences:
+          sentences.append([])
+        if parts[i - 1].endswith(' '):
+          sentences[-1].append(' ')
+        sentences[-1].extend(part[2:-2].strip())
+        if parts[i + 1].startswith(' '):
+          sentences[-1].append(' ')
+        after_block = True
+        continue
+      said = self._phonemize_text(part) if part else []
+      if after_block and said:
+        sentences[-1].extend(said.pop(0))
+      sentences.extend(said)
+      after_block = False
+    if sentences and not sentences[-1]:
+      sentences.pop()
+    return sentences
+
+  def _phonemize_text(self, text):
+    text = chars.drop_unknown(text, self._can_say)
     if self.voice == 'ar' and not self.uses_fallback:
       text = piper_phonemes.piper_phonemize_module().tashkeel_run(text)  # diacritics, as piper does
     return piper_phonemes.phonemize(text, self.voice, fallback=self.uses_fallback)
@@ -258,8 +294,21 @@ class PiperFrontend(Frontend):
     _check_text(text)
     if self.phoneme_type == 'text':
       return [text.strip()]
-    text = chars.drop_unknown(text, self._can_say)
-    return piper_phonemes.split_sentences(text, self.voice)
+    parts = _PHONEME_BLOCK.split(text)
+    out, after_block = [], False
+    for i, part in enumerate(parts):
+      if i % 2:   # a phoneme block stays in the sentence before it, with what follows it
+        out[-1:] = [(out[-1] if out else '') + parts[i - 1][len(parts[i - 1].rstrip()):]
+                    + part]
+        after_block = True
+        continue
+      said = (piper_phonemes.split_sentences(chars.drop_unknown(part, self._can_say),
+                                             self.voice) if part.strip() else [])
+      if after_block and said:
+        out[-1] += part[:len(part) - len(part.lstrip())] + said.pop(0)
+      out.extend(said)
+      after_block = False
+    return [s.strip() for s in out if s.strip()]
 
   def __repr__(self):
     source = 'espeakng-loader fallback' if self.uses_fallback else 'piper-phonemize'

@@ -32,8 +32,10 @@ def parse_args(argv=None):
   src.add_argument("--convert", metavar="IN.wav",
                    help="voice conversion: re-speak this recording as --speaker "
                         "(multi-speaker voices; give --source-speaker)")
+  src.add_argument("--list-speakers", action="store_true",
+                   help="print the voice's speaker ids and names, then exit")
   p.add_argument("--out", help="output audio file for --text / --convert (default out.wav; "
-                               ".wav, .flac or .ogg)")
+                               ".wav, .flac, .ogg or .mp3)")
   p.add_argument("--out-dir", help="output folder for --input (0001.wav, 0002.wav, ...)")
   p.add_argument("--output-raw", action="store_true",
                  help="write 16-bit mono PCM to stdout as audio is ready (for aplay/sox)")
@@ -59,7 +61,8 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
+_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3"}
+_SUBTYPES = {"OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}   # others: 16-bit PCM
 
 
 def _stdin_bytes():
@@ -108,6 +111,9 @@ def _read_lines(path):
 
 
 def _check_args(args):
+  if args.list_speakers and (args.out or args.out_dir or args.output_raw):
+    raise ValueError("--list-speakers prints to stdout: leave out --out, --out-dir and "
+                     "--output-raw")
   if args.out_dir and args.input is None:
     raise ValueError("--out-dir goes with --input; use --out for --text")
   if args.input is not None and args.out:
@@ -131,6 +137,8 @@ def _check_args(args):
     raise ValueError("--voice is empty (leave it out for the default voice, joe)")
   if args.text is not None and not args.text.strip():
     raise ValueError("text is empty")
+  if args.list_speakers:
+    return
   if args.output_raw:
     if sys.stdout is None:
       raise ValueError("--output-raw: stdout is closed")
@@ -176,6 +184,8 @@ def run(args):
   from vits_jax.voice import load_voice
 
   voice = load_voice(args.voice)
+  if args.list_speakers:
+    return _list_speakers(voice)
   speaker = voice.speaker_id(args.speaker)
   knobs = dict(speaker=speaker, noise_scale=args.noise_scale,
                noise_scale_w=args.noise_scale_w, length_scale=args.length_scale,
@@ -189,6 +199,16 @@ def run(args):
   if texts is None:
     return _text_to_file(args, voice, knobs)
   _lines_to_files(args, voice, knobs, texts)
+
+
+def _list_speakers(voice):
+  """One line per speaker, `ID<TAB>NAME` (the name where the voice has one)."""
+  if voice.num_speakers <= 1:
+    print(f"voice {voice.name} has a single speaker (no --speaker)")
+    return
+  names = {sid: name for name, sid in voice.speaker_names.items()}
+  for sid in range(voice.num_speakers):
+    print(f"{sid}\t{names.get(sid, '')}".rstrip())
 
 
 def _stream_raw(voice, knobs, texts, skip_unsayable):
@@ -245,7 +265,7 @@ def _write_audio(path, sample_rate, chunks) -> int:
   truncated file, or destroys an older one. Returns the number of samples."""
   import soundfile as sf
   fmt = _FORMATS[os.path.splitext(path)[1].lower()]
-  subtype = "VORBIS" if fmt == "OGG" else "PCM_16"
+  subtype = _SUBTYPES.get(fmt, "PCM_16")
   path = os.path.realpath(path)   # a link: write (and replace) the file it points to
   directory, name = os.path.split(path)
   tmp = os.path.join(directory, f".{name}.partial-{os.getpid()}")

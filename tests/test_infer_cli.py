@@ -170,7 +170,7 @@ def test_unknown_characters_warn(tmp_path, capsys):
     ["--input", "/no/such/file.txt", "--out-dir", "OUT"],
     ["--input", "LINES"],
     ["--text", "Hi.", "--out", "/no/such/dir/x.wav", "--voice", TINY],
-    ["--text", "Hi.", "--out", "OUTFILE.mp3", "--voice", TINY],
+    ["--text", "Hi.", "--out", "OUTFILE.aiff", "--voice", TINY],
     ["--text", "Hi.", "--out", "OUTFILE", "--voice", TINY],
     ["--text", "Hi.", "--output-raw", "--out", "OUTFILE.wav"],
     ["--input", "LINES", "--out-dir", "FILE_AS_DIR"],
@@ -190,6 +190,8 @@ def test_unknown_characters_warn(tmp_path, capsys):
     ["--text", "Hi.", "--seed", str(2 ** 70), "--voice", TINY],
     ["--text", "Hi.", "--batch-size", "0", "--voice", TINY],
     ["--text", "Hi.", "--volume", "-1", "--voice", TINY],
+    ["--list-speakers", "--voice", TINY, "--out", "OUTFILE.wav"],
+    ["--list-speakers", "--voice", "/no/such/voice.onnx"],
     ["--text", "Hi.", "--volume", "inf", "--voice", TINY],
     ["--text", "Hi.", "--out", "", "--voice", TINY],
     ["--text", "Hi.", "--voice", ""],
@@ -263,6 +265,31 @@ def test_output_raw_speaks_stdin_lines_as_they_arrive(capsys, monkeypatch):
                              for t in ("First line.", "Second line!")])
   np.testing.assert_array_equal(np.frombuffer(out.buffer.getvalue(), "<i2"), expected)
   assert np.abs(expected).max() == 16384   # each sentence's peak at half of full scale
+
+
+def test_list_speakers_and_mp3_output(tmp_path, capsys):
+  """--list-speakers prints `id<TAB>name` per speaker (names from the voice's map) and the
+  ids work as --speaker; --out .mp3 writes MPEG audio of the same speech as the WAV."""
+  code = infer.main(["--list-speakers", "--voice", TINY])
+  out = capsys.readouterr().out
+  assert code == 0 and out.splitlines() == ["0\talice", "1\tbob", "2\tcarol"]
+  assert infer.main(["--list-speakers", "--voice", TINY_SINGLE]) == 0
+  assert "single speaker" in capsys.readouterr().out
+  argv = ["--text", "The birch canoe slid on the smooth planks.", "--voice", TINY,
+          "--speaker", "2"]
+  code, err = _run(argv + ["--out", str(tmp_path / "a.wav")], capsys)
+  assert code == 0, err
+  code, err = _run(argv + ["--out", str(tmp_path / "a.mp3")], capsys)
+  assert code == 0, err
+  assert sf.info(tmp_path / "a.mp3").format == "MP3"
+  wav, _ = sf.read(tmp_path / "a.wav", dtype="float32")
+  mp3, sr = sf.read(tmp_path / "a.mp3", dtype="float32")
+  assert sr == 16000 and abs(len(mp3) - len(wav)) <= 2048
+  n = min(len(wav), len(mp3))
+  lag = max(range(-1200, 1201), key=lambda d: float(np.dot(
+      wav[max(0, d):n + min(0, d)], mp3[max(0, -d):n - max(0, d)])))   # the codec's delay
+  a, b = wav[max(0, lag):n + min(0, lag)], mp3[max(0, -lag):n - max(0, lag)]
+  assert np.corrcoef(a, b)[0, 1] > 0.95
 
 
 def test_real_process_exit_code():

@@ -138,6 +138,24 @@ def test_text_of_only_unknown_characters_is_empty(vits, fixture):
       frontend.text_to_ids('😀 你好')
 
 
+def test_vits_phoneme_blocks_are_taken_as_written(vits):
+  """`[[ phonemes ]]` in the text of a VITS voice: its symbols as written, where the words
+  beside it are phonemized as usual; a block equal to espeak-ng's own phonemes changes
+  nothing, and characters the voice cannot say next to a block are still dropped."""
+  assert vits.clean('Hello [[ wˈɜːld ]] again.') == vits.clean('Hello world again.')
+  assert vits.text_to_ids('Hello [[ wˈɜːld ]] again.') == vits.text_to_ids('Hello world again.')
+  said = vits.clean('Say [[tˈɒmɑːtoʊ]], not tomato.')
+  assert said.startswith(vits.clean('Say') + ' tˈɒmɑːtoʊ,') and 'təmˈeɪɾoʊ' in said
+  block = 'ɛmˈiːl'
+  assert vits.text_to_ids(f'[[ {block} ]]') == text_lib.intersperse(
+      [symbols.SYMBOL_TO_ID[c] for c in block], 0)
+  with pytest.warns(text_lib.UnknownCharactersWarning, match='U\\+1F600'):
+    ids = vits.text_to_sentence_ids(f'Émile \U0001F600 [[ {block} ]] came. And left.')
+  assert len(ids) == 2 and ids[1] == vits.text_to_ids('And left.')
+  assert vits.clean(f'Émile \U0001F600 [[ {block} ]] came.') == (
+      f"{vits.clean('Émile')} {block} {vits.clean('came.')}")
+
+
 def test_vits_split_sentences(vits):
   text = ('Dr. Smith arrived at 3.30 p.m. on Monday. "Really?" she asked! yes, really... '
           'The end\n\nA new paragraph without a stop')

@@ -106,14 +106,36 @@ class VitsFrontend(Frontend):
     # Control characters (NUL, escapes) would end or garble the text inside espeak-ng: they
     # separate words, like whitespace.
     text = ''.join(' ' if unicodedata.category(c) == 'Cc' else c for c in text)
-    text = chars.drop_unknown(text, self._can_say)
+    parts = _PHONEME_BLOCK.split(text)   # `[[ symbols ]]` blocks are kept as written
+    if len(parts) == 1:
+      text = chars.drop_unknown(text, self._can_say)
+    else:   # the spaces around a block stay: they say where words end
+      text = ''.join(p if i % 2 or not p.strip() else
+                     p[:len(p) - len(p.lstrip())] + chars.drop_unknown(p.strip(), self._can_say)
+                     + p[len(p.rstrip()):] for i, p in enumerate(parts))
     if not text.strip():
       raise ValueError('text is empty after dropping characters the voice cannot say')
     return text
 
+  def _clean_filtered(self, text):
+    parts = _PHONEME_BLOCK.split(text)
+    if len(parts) == 1:
+      return cleaners_lib.clean(text, self.cleaners)
+    # As Piper reads its blocks: the block's symbols as written, a space on a side where
+    # the text beside it has one; the text between blocks is cleaned piece by piece.
+    out = []
+    for i, part in enumerate(parts):
+      if i % 2 == 0:
+        out.append(cleaners_lib.clean(part, self.cleaners).strip() if part.strip() else '')
+        continue
+      out.append((' ' if parts[i - 1][-1:].isspace() else '') + part[2:-2].strip()
+                 + (' ' if parts[i + 1][:1].isspace() else ''))
+    return cleaners_lib.collapse_whitespace(''.join(out)).strip()
+
   def clean(self, text):
-    """The cleaned text (phonemes for english_cleaners2) before it becomes ids."""
-    return cleaners_lib.clean(self._filter(text), self.cleaners)
+    """The cleaned text (phonemes for english_cleaners2) before it becomes ids. Symbols
+    written as `[[ ... ]]` (phonemes, for a phonemizing cleaner) are taken as written."""
+    return self._clean_filtered(self._filter(text))
 
   def cleaned_to_ids(self, cleaned):
     """Ids of already cleaned text (no blanks); symbols outside the table are skipped."""
@@ -128,7 +150,7 @@ class VitsFrontend(Frontend):
     return ids
 
   def _filtered_to_ids(self, text):
-    ids = self.cleaned_to_ids(cleaners_lib.clean(text, self.cleaners))
+    ids = self.cleaned_to_ids(self._clean_filtered(text))
     # Punctuation and spaces alone say nothing.
     if all(i <= symbols.SPACE_ID for i in ids):
       raise ValueError(f'text has nothing to say (empty after cleaning): {text[:50]!r}')

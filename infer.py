@@ -215,6 +215,7 @@ def _stream_raw(voice, knobs, texts, skip_unsayable):
   """Each text's audio to stdout as 16-bit PCM as it is made. With `skip_unsayable`
   (--input), a line with nothing the voice can say is skipped and counted, as with
   --out-dir."""
+  from vits_jax.files import pcm16
   skipped = []
   try:
     for text in texts:
@@ -222,7 +223,7 @@ def _stream_raw(voice, knobs, texts, skip_unsayable):
       try:
         for chunk in voice.stream(text, **knobs):
           started = True
-          sys.stdout.buffer.write(_pcm16(chunk).tobytes())
+          sys.stdout.buffer.write(pcm16(chunk).tobytes())
           sys.stdout.buffer.flush()
       except ValueError:
         if started or not skip_unsayable:
@@ -246,11 +247,6 @@ def _in_cluster() -> bool:
               or int(env.get("SLURM_NTASKS", "1") or 1) > 1)
 
 
-def _pcm16(audio):
-  import numpy as np
-  return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
-
-
 class _NotWritten(Exception):
   """Carries an error of the audio source out of `_write_audio`'s write-error handling."""
 
@@ -264,6 +260,7 @@ def _write_audio(path, sample_rate, chunks) -> int:
   beside it that replaces `path` only when complete: a full disk or a kill never leaves a
   truncated file, or destroys an older one. Returns the number of samples."""
   import soundfile as sf
+  from vits_jax.files import pcm16
   fmt = _FORMATS[os.path.splitext(path)[1].lower()]
   subtype = _SUBTYPES.get(fmt, "PCM_16")
   path = os.path.realpath(path)   # a link: write (and replace) the file it points to
@@ -281,7 +278,7 @@ def _write_audio(path, sample_rate, chunks) -> int:
           break
         except Exception as e:   # synthesis failed: not a write error (re-raised below)
           raise _NotWritten(e) from e
-        f.write(_pcm16(chunk))
+        f.write(pcm16(chunk))
         samples += len(chunk)
     os.replace(tmp, path)
   except _NotWritten as e:

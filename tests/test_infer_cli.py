@@ -234,6 +234,7 @@ def test_output_raw_speaks_stdin_lines_as_they_arrive(capsys, monkeypatch):
   the level as `Voice` does."""
   import threading
   import time
+  from vits_jax import files
   from vits_jax.voice import load_voice
   read_fd, write_fd = os.pipe()
   monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(os.fdopen(read_fd, "rb")))
@@ -261,7 +262,7 @@ def test_output_raw_speaks_stdin_lines_as_they_arrive(capsys, monkeypatch):
   assert heard_first and heard_first[0] > 0
   assert "skipped 1 line(s)" in err and "Traceback" not in err
   voice = load_voice(TINY_SINGLE)
-  expected = np.concatenate([infer._pcm16(voice.synthesize(t, volume=0.5, normalize=True))
+  expected = np.concatenate([files.pcm16(voice.synthesize(t, volume=0.5, normalize=True))
                              for t in ("First line.", "Second line!")])
   np.testing.assert_array_equal(np.frombuffer(out.buffer.getvalue(), "<i2"), expected)
   assert np.abs(expected).max() == 16384   # each sentence's peak at half of full scale

@@ -36,6 +36,7 @@ SKIP = [
     (r"data/ljs\b|data/vctk\b|~/tensorflow_datasets", "needs LJSpeech / VCTK (GBs)"),
     (r"--coordinator_address", "two processes that must run at the same time"),
     (r"^tensorboard ", "a server"),
+    (r"^python serve\.py |localhost:5000", "a server and its client (tests/test_serve.py runs both)"),
 ]
 # Commands that must run, so a README edit cannot make this test check nothing.
 MUST_RUN = [

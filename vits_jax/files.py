@@ -1,5 +1,5 @@
-"""Files the CLIs touch: output folders made or refused, and audio files read whole or
-refused, each with one clear message."""
+"""Files the CLIs touch: output folders made or refused, audio files read whole or refused,
+each with one clear message, and the 16-bit samples they write."""
 
 import os
 import struct
@@ -25,6 +25,12 @@ def writable_folder(path: str, flag: str) -> None:
     raise ValueError(f"cannot create {flag} {path}: {e.strerror}") from None
   if not os.access(path, os.W_OK):
     raise ValueError(f"{flag} {path} cannot be written (permission denied or read-only)")
+
+
+def pcm16(audio: np.ndarray) -> np.ndarray:
+  """Float audio in [-1, 1] -> 16-bit little-endian samples (rounded, clipped): what every
+  output of the CLIs and the server holds."""
+  return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
 
 
 class CutShortError(ValueError):

@@ -1,0 +1,251 @@
+"""Text to speech over HTTP, with the endpoints of Piper's `piper.http_server`.
+
+    python serve.py                              # the bundled voice 'joe' on port 5000
+    python serve.py --voice path/to/voice.onnx --host 127.0.0.1 --port 8080
+    curl -X POST -H 'Content-Type: application/json' -d '{"text": "Hello there."}' \\
+        localhost:5000/synthesize -o hello.wav
+
+Endpoints:
+- `POST /synthesize`: JSON `{"text": ..., "speaker" or "speaker_id", "length_scale",
+  "noise_scale", "noise_w_scale", "sentence_silence", "volume", "normalize", "seed"}` (all
+  but `text` optional; `--length-scale` etc. set the server's defaults) -> a 16-bit WAV.
+- `POST /` with the text as the body, or `GET /?text=...` (what Piper's first server
+  took) -> the same WAV with the server's defaults.
+- `GET /voices`, `GET /info`: the voice (name, sample rate, speakers).
+
+A request the server cannot serve (bad JSON, empty text, an unknown speaker or key, a knob
+out of range) gets status 400 and `{"error": "<one line>"}`; the server keeps running.
+Requests are served one synthesis at a time (each uses every core).
+"""
+
+import argparse
+import http.server
+import io
+import json
+import os
+import sys
+import threading
+import urllib.parse
+import wave
+
+# The largest request body read (text and options); a larger one gets status 413.
+MAX_BODY_BYTES = 1 << 20
+_KNOBS = {"length_scale": float, "noise_scale": float, "noise_w_scale": float,
+          "sentence_silence": float, "volume": float, "normalize": bool, "seed": int}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--voice", default="joe", help="voice name or path (default: joe)")
+  p.add_argument("--host", default="127.0.0.1",
+                 help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+  p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+  p.add_argument("--speaker", default=None, help="default speaker id or name")
+  p.add_argument("--length-scale", type=float, default=1.0)
+  p.add_argument("--noise-scale", type=float, default=0.667)
+  p.add_argument("--noise-w-scale", "--noise-scale-w", dest="noise_w_scale", type=float,
+                 default=0.8)
+  p.add_argument("--sentence-silence", type=float, default=0.0)
+  p.add_argument("--volume", type=float, default=1.0)
+  p.add_argument("--normalize", action="store_true",
+                 help="scale each sentence to full scale, as Piper does by default")
+  return p.parse_args(argv)
+
+
+class TextToSpeech:
+  """What the endpoints do, apart from HTTP: request fields -> WAV bytes.
+
+  Args:
+    voice: a loaded `vits_jax.voice.Voice`.
+    defaults: knob -> value for requests that leave it out (keys of `_KNOBS`, `speaker`).
+  """
+
+  def __init__(self, voice, defaults):
+    self.voice = voice
+    self.defaults = dict(defaults)
+    self._lock = threading.Lock()
+
+  def info(self):
+    v = self.voice
+    speakers = {name: sid for name, sid in v.speaker_names.items()}
+    return {"name": v.name, "sample_rate": v.sample_rate, "num_speakers": v.num_speakers,
+            "speaker_id_map": speakers}
+
+  def request(self, fields):
+    """Validated synthesis options of one request (ValueError names what is wrong)."""
+    if not isinstance(fields, dict):
+      raise ValueError("the request must be a JSON object")
+    unknown = sorted(set(fields) - set(_KNOBS) - {"text", "speaker", "speaker_id", "voice"})
+    if unknown:
+      raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+    text = fields.get("text")
+    if not isinstance(text, str) or not text.strip():
+      raise ValueError("no text to speak (give \"text\")")
+    voice = fields.get("voice")   # Piper's clients name a voice without '.onnx'
+    if voice not in (None, "", self.voice.name, self.voice.name.removesuffix(".onnx")):
+      raise ValueError(f"this server speaks with voice {self.voice.name!r}, not {voice!r}")
+    options = {k: v for k, v in self.defaults.items() if k != "speaker"}
+    for name, kind in _KNOBS.items():
+      if name in fields:
+        value = fields[name]
+        if kind is bool:
+          if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float) if kind is float
+                                                      else int):
+          raise ValueError(f"{name} must be a number, got {value!r}")
+        options[name] = value
+    speaker = fields.get("speaker_id", fields.get("speaker"))
+    if speaker is not None and (isinstance(speaker, bool) or
+                                not isinstance(speaker, (int, str))):
+      raise ValueError(f"speaker must be an id or a name, got {speaker!r}")
+    options["speaker"] = (self.defaults.get("speaker") if speaker is None else
+                          self.voice.speaker_id(speaker))
+    return text, options
+
+  def synthesize(self, fields):
+    """WAV bytes for one request's fields."""
+    text, o = self.request(fields)
+    with self._lock:   # the voice checks the knobs' ranges (ValueError)
+      audio = self.voice.synthesize(
+          text, speaker=o["speaker"], noise_scale=o["noise_scale"],
+          noise_scale_w=o["noise_w_scale"], length_scale=o["length_scale"], seed=o["seed"],
+          sentence_silence=o["sentence_silence"], volume=o["volume"],
+          normalize=o["normalize"])
+    return wav_bytes(audio, self.voice.sample_rate)
+
+
+def wav_bytes(audio, sample_rate):
+  """16-bit mono WAV of float audio (the samples `infer.py` writes)."""
+  from vits_jax.files import pcm16
+  out = io.BytesIO()
+  with wave.open(out, "wb") as w:
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(int(sample_rate))
+    w.writeframes(pcm16(audio).tobytes())
+  return out.getvalue()
+
+
+def make_handler(tts):
+  """The request handler class of a server for `tts` (a `TextToSpeech`)."""
+
+  class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):   # one line per request on stderr
+      sys.stderr.write(f"{self.address_string()} {fmt % args}\n")
+
+    def _send(self, status, body, content_type):
+      self.send_response(status)
+      self.send_header("Content-Type", content_type)
+      self.send_header("Content-Length", str(len(body)))
+      self.end_headers()
+      if self.command != "HEAD":
+        self.wfile.write(body)
+
+    def _json(self, status, obj):
+      self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
+
+    def _speak(self, fields):
+      try:
+        wav = tts.synthesize(fields)
+      except ValueError as e:
+        return self._json(400, {"error": str(e).splitlines()[0]})
+      self._send(200, wav, "audio/wav")
+
+    def _body(self):
+      try:
+        length = int(self.headers.get("Content-Length") or 0)
+      except ValueError:
+        length = -1
+      if length < 0 or length > MAX_BODY_BYTES:
+        self._json(413 if length > 0 else 400,
+                   {"error": f"the request body must be 0 to {MAX_BODY_BYTES} bytes"})
+        self.close_connection = True
+        return None
+      try:
+        return self.rfile.read(length).decode("utf-8")
+      except UnicodeDecodeError:
+        self._json(400, {"error": "the request body is not UTF-8 text"})
+        return None
+
+    def do_GET(self):
+      url = urllib.parse.urlsplit(self.path)
+      if url.path in ("/voices", "/info"):
+        info = tts.info()
+        return self._json(200, {info["name"]: info} if url.path == "/voices" else
+                          {"voice": info})
+      if url.path == "/":
+        query = urllib.parse.parse_qs(url.query)
+        return self._speak({"text": query.get("text", [""])[0]})
+      self._json(404, {"error": f"no such endpoint: {url.path}"})
+
+    def do_POST(self):
+      url = urllib.parse.urlsplit(self.path)
+      if url.path not in ("/", "/synthesize"):
+        return self._json(404, {"error": f"no such endpoint: {url.path}"})
+      body = self._body()
+      if body is None:
+        return None
+      kind = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+      if url.path == "/" and kind != "application/json":
+        return self._speak({"text": body})
+      try:
+        fields = json.loads(body)
+      except json.JSONDecodeError as e:
+        return self._json(400, {"error": f"the request body is not JSON ({e.msg})"})
+      return self._speak(fields)
+
+  return Handler
+
+
+def serve(tts, host, port):
+  """A running `ThreadingHTTPServer` for `tts` (call `serve_forever`, or use its port)."""
+  server = http.server.ThreadingHTTPServer((host, port), make_handler(tts))
+  server.daemon_threads = True
+  return server
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  try:
+    if not 0 <= args.port <= 65535:
+      raise ValueError(f"--port must be 0 to 65535, got {args.port}")
+    from vits_jax import xla_cache
+    from vits_jax.voice import check_knobs, load_voice
+    try:
+      check_knobs(args.noise_scale, args.noise_w_scale, args.length_scale, 0,
+                  args.sentence_silence, volume=args.volume)
+    except ValueError as e:   # the message starts with the knob's name: the flag's
+      knob, rest = str(e).split(" ", 1)
+      raise ValueError(f"--{knob.replace('_', '-')} {rest}") from None
+    xla_cache.enable()
+    voice = load_voice(args.voice)
+    defaults = dict(length_scale=args.length_scale, noise_scale=args.noise_scale,
+                    noise_w_scale=args.noise_w_scale, sentence_silence=args.sentence_silence,
+                    volume=args.volume, normalize=args.normalize, seed=0,
+                    speaker=voice.speaker_id(args.speaker))
+    tts = TextToSpeech(voice, defaults)
+    tts.synthesize({"text": "Ready."})   # compiles (or loads) the programs before serving
+    server = serve(tts, args.host, args.port)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:   # the port is taken, or not ours to bind
+    print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
+    return 2
+  host, port = server.server_address[:2]
+  print(f"serving {voice.name} on http://{host}:{port} (Ctrl-C stops)", file=sys.stderr)
+  try:
+    server.serve_forever()
+  except KeyboardInterrupt:
+    pass
+  finally:
+    server.server_close()
+  return 0
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  sys.exit(main())

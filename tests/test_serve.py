@@ -1,0 +1,147 @@
+"""serve.py: Piper's HTTP endpoints speak what `Voice.synthesize` says, and bad requests get
+status 400 with a one-line error while the server goes on serving."""
+
+import io
+import json
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT))
+import serve  # noqa: E402  (the server module at the repo root)
+from vits_jax import files  # noqa: E402
+from vits_jax.voice import load_voice  # noqa: E402
+
+TINY = str(ROOT / "tests" / "fixtures" / "piper_tiny_multi.onnx")
+
+
+@pytest.fixture(scope="module")
+def server():
+  voice = load_voice(TINY)
+  defaults = dict(length_scale=1.0, noise_scale=0.667, noise_w_scale=0.8,
+                  sentence_silence=0.0, volume=1.0, normalize=False, seed=0, speaker=1)
+  httpd = serve.serve(serve.TextToSpeech(voice, defaults), "127.0.0.1", 0)
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  yield voice, f"http://127.0.0.1:{httpd.server_address[1]}"
+  httpd.shutdown()
+  httpd.server_close()
+
+
+def _call(url, data=None, content_type="application/json"):
+  request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})
+  try:
+    with urllib.request.urlopen(request, timeout=300) as response:
+      return response.status, response.headers.get("Content-Type"), response.read()
+  except urllib.error.HTTPError as e:
+    return e.code, e.headers.get("Content-Type"), e.read()
+
+
+def _samples(wav_bytes):
+  audio, rate = sf.read(io.BytesIO(wav_bytes), dtype="int16")
+  return audio, rate
+
+
+def test_synthesize_equals_the_voice(server):
+  voice, url = server
+  fields = {"text": "Hello there. How are you?", "speaker": "carol", "noise_scale": 0.3,
+            "seed": 4, "sentence_silence": 0.1, "volume": 0.5, "normalize": True}
+  status, kind, body = _call(url + "/synthesize", json.dumps(fields).encode())
+  assert status == 200 and kind == "audio/wav"
+  audio, rate = _samples(body)
+  expected = voice.synthesize(fields["text"], speaker=2, noise_scale=0.3, seed=4,
+                              sentence_silence=0.1, volume=0.5, normalize=True)
+  assert rate == voice.sample_rate
+  np.testing.assert_array_equal(audio, files.pcm16(expected))
+  # The voice may be named as Piper's clients do; speaker_id wins over speaker; the server's default speaker (1) where neither is given.
+  _, _, by_id = _call(url + "/synthesize", json.dumps(
+      {"text": "Hi.", "speaker_id": 0, "speaker": "carol",
+       "voice": Path(voice.name).stem}).encode())
+  np.testing.assert_array_equal(_samples(by_id)[0], files.pcm16(voice.synthesize("Hi.", speaker=0)))
+  # Piper's first server: the text as the body, or ?text= -- the server's defaults.
+  default = files.pcm16(voice.synthesize("Hi.", speaker=1))
+  status, _, plain = _call(url + "/", "Hi.".encode(), "text/plain")
+  assert status == 200
+  np.testing.assert_array_equal(_samples(plain)[0], default)
+  status, _, got = _call(url + "/?text=" + urllib.request.quote("Hi."))
+  assert status == 200
+  np.testing.assert_array_equal(_samples(got)[0], default)
+  status, _, info = _call(url + "/voices")
+  (name, entry), = json.loads(info).items()
+  assert status == 200 and name == voice.name and entry["num_speakers"] == 3
+  assert entry["speaker_id_map"]["carol"] == 2 and entry["sample_rate"] == voice.sample_rate
+
+
+@pytest.mark.parametrize("path,data,needle", [
+    ("/synthesize", b"{not json", "not JSON"),
+    ("/synthesize", b'["a list"]', "JSON object"),
+    ("/synthesize", b'{"text": "  "}', "no text"),
+    ("/synthesize", b'{"text": "Hi.", "speaker": "nobody"}', "unknown speaker"),
+    ("/synthesize", b'{"text": "Hi.", "speaker_id": 7}', "out of range"),
+    ("/synthesize", b'{"text": "Hi.", "speaker": 1.5}', "speaker must be"),
+    ("/synthesize", b'{"text": "Hi.", "volume": -1}', "volume"),
+    ("/synthesize", b'{"text": "Hi.", "length_scale": "fast"}', "length_scale"),
+    ("/synthesize", b'{"text": "Hi.", "normalize": 1}', "normalize"),
+    ("/synthesize", b'{"text": "Hi.", "colour": "blue"}', "unknown field"),
+    ("/synthesize", b'{"text": "Hi.", "voice": "someone-else"}', "speaks with voice"),
+    ("/synthesize", '{"text": "\U0001F600"}'.encode(), "nothing to say"),
+    ("/", b"\xff\xfe", "UTF-8"),
+])
+def test_bad_requests_are_400_with_one_line(server, path, data, needle):
+  _, url = server
+  status, kind, body = _call(url + path, data)
+  assert status == 400 and kind == "application/json"
+  error = json.loads(body)["error"]
+  assert needle in error and "\n" not in error
+  status, _, _ = _call(url + "/synthesize", b'{"text": "Still here."}')
+  assert status == 200
+
+
+def test_unknown_endpoint_and_oversized_body(server):
+  _, url = server
+  assert _call(url + "/nope")[0] == 404
+  assert _call(url + "/nope", b"{}")[0] == 404
+  status, _, body = _call(url + "/synthesize", b"x" * (serve.MAX_BODY_BYTES + 1))
+  assert status == 413 and "bytes" in json.loads(body)["error"]
+
+
+def test_real_server_process_speaks_and_stops_on_ctrl_c(tmp_path):
+  """`python serve.py --port 0` prints where it listens, answers, and exits 0 on Ctrl-C;
+  a bad start is one `error:` line and exit 2."""
+  import os
+  import signal
+  import subprocess
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--voice", TINY,
+                           "--port", "0", "--speaker", "bob"],
+                          cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+  try:
+    line = ""
+    while "serving" not in line:
+      line = proc.stderr.readline()
+      assert line, "the server exited before serving"
+    url = line.split(" on ", 1)[1].split()[0]
+    status, kind, body = _call(url + "/synthesize", b'{"text": "Hi.", "seed": 2}')
+    assert status == 200 and kind == "audio/wav"
+    voice = load_voice(TINY)
+    np.testing.assert_array_equal(_samples(body)[0],
+                                  files.pcm16(voice.synthesize("Hi.", speaker=1, seed=2)))
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    assert "Traceback" not in proc.stderr.read()
+  finally:
+    proc.kill()
+  for argv, needle in ((["--voice", "/no/such.onnx"], "not found"),
+                       (["--voice", TINY, "--speaker", "nobody"], "unknown speaker"),
+                       (["--volume", "-1"], "--volume"), (["--port", "70000"], "--port")):
+    done = subprocess.run([sys.executable, str(ROOT / "serve.py")] + argv, cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().startswith("error: "), done.stderr
+    assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1

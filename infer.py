@@ -3,6 +3,7 @@
     python infer.py --text "Hello there." --out hello.wav            # default voice 'joe'
     python infer.py --input lines.txt --out-dir wavs/ --voice runs/vctk --speaker 12
     cat lines.txt | python infer.py --input - --out-dir wavs/
+    cat chapter.txt | python infer.py --text - --out chapter.wav
 
 `--input` takes one utterance per line (blank lines are skipped) and writes 0001.wav,
 0002.wav, ... in input order, each as soon as it is done. `--voice` is 'joe' (bundled), a
@@ -27,7 +28,8 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   src = p.add_mutually_exclusive_group(required=True)
-  src.add_argument("--text", help="text to speak (several sentences are fine)")
+  src.add_argument("--text", help="text to speak (several sentences are fine; '-' reads "
+                                   "all of stdin)")
   src.add_argument("--input", help="file with one utterance per line, '-' for stdin")
   src.add_argument("--convert", metavar="IN.wav",
                    help="voice conversion: re-speak this recording as --speaker "
@@ -89,6 +91,13 @@ def _live_lines():
     raise ValueError("no text in stdin")
 
 
+def _decode(data, name):
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def _read_lines(path):
   name = "stdin" if path == "-" else path
   if path == "-":
@@ -100,10 +109,7 @@ def _read_lines(path):
       raise FileNotFoundError(f"input file not found: {path}")
     with open(path, "rb") as f:
       data = f.read()
-  try:
-    lines = data.decode("utf-8").splitlines()
-  except UnicodeDecodeError as e:
-    raise ValueError(f"{name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+  lines = _decode(data, name).splitlines()
   lines = [line.strip() for line in lines if line.strip()]
   if not lines:
     raise ValueError(f"no text in {name}")
@@ -165,6 +171,8 @@ def _check_args(args):
 
 def run(args):
   """Synthesizes as `args` say; raises ValueError/FileNotFoundError for bad input."""
+  if args.text == "-":   # the whole of stdin is the text (`cat chapter.txt | ...`)
+    args.text = _decode(_stdin_bytes().read(), "stdin")
   _check_args(args)
   texts = None
   if args.input == "-" and args.output_raw:

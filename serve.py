@@ -9,6 +9,8 @@ Endpoints:
 - `POST /synthesize`: JSON `{"text": ..., "speaker" or "speaker_id", "length_scale",
   "noise_scale", "noise_w_scale", "sentence_silence", "volume", "normalize", "seed"}` (all
   but `text` optional; `--length-scale` etc. set the server's defaults) -> a 16-bit WAV.
+  With `"stream": true` the WAV is sent as it is made (chunked; the header's sizes are
+  0xFFFFFFFF): the first audio leaves before the sentence is done.
 - `POST /` with the text as the body, or `GET /?text=...` (what Piper's first server
   took) -> the same WAV with the server's defaults.
 - `GET /voices`, `GET /info`: the voice (name, sample rate, speakers).
@@ -21,8 +23,10 @@ Requests are served one synthesis at a time (each uses every core).
 import argparse
 import http.server
 import io
+import itertools
 import json
 import os
+import struct
 import sys
 import threading
 import urllib.parse
@@ -75,7 +79,8 @@ class TextToSpeech:
     """Validated synthesis options of one request (ValueError names what is wrong)."""
     if not isinstance(fields, dict):
       raise ValueError("the request must be a JSON object")
-    unknown = sorted(set(fields) - set(_KNOBS) - {"text", "speaker", "speaker_id", "voice"})
+    unknown = sorted(set(fields) - set(_KNOBS) - {"text", "speaker", "speaker_id", "voice",
+                                                  "stream"})
     if unknown:
       raise ValueError(f"unknown field(s): {', '.join(unknown)}")
     text = fields.get("text")
@@ -103,16 +108,39 @@ class TextToSpeech:
                           self.voice.speaker_id(speaker))
     return text, options
 
+  def _knobs(self, o):
+    return dict(speaker=o["speaker"], noise_scale=o["noise_scale"],
+                noise_scale_w=o["noise_w_scale"], length_scale=o["length_scale"],
+                seed=o["seed"], sentence_silence=o["sentence_silence"], volume=o["volume"],
+                normalize=o["normalize"])
+
   def synthesize(self, fields):
     """WAV bytes for one request's fields."""
     text, o = self.request(fields)
     with self._lock:   # the voice checks the knobs' ranges (ValueError)
-      audio = self.voice.synthesize(
-          text, speaker=o["speaker"], noise_scale=o["noise_scale"],
-          noise_scale_w=o["noise_w_scale"], length_scale=o["length_scale"], seed=o["seed"],
-          sentence_silence=o["sentence_silence"], volume=o["volume"],
-          normalize=o["normalize"])
+      audio = self.voice.synthesize(text, **self._knobs(o))
     return wav_bytes(audio, self.voice.sample_rate)
+
+  def stream(self, fields):
+    """A streamed WAV for one request's fields: its header, then 16-bit samples as
+    `Voice.stream` makes them (a generator; a bad request raises on the first item)."""
+    from vits_jax.files import pcm16
+    text, o = self.request(fields)
+    with self._lock:
+      chunks = self.voice.stream(text, **self._knobs(o))
+      first = next(chunks, None)   # the text and knobs are checked before any byte is sent
+      yield stream_header(self.voice.sample_rate)
+      for chunk in itertools.chain([] if first is None else [first], chunks):
+        yield pcm16(chunk).tobytes()
+
+
+def stream_header(sample_rate):
+  """A 16-bit mono WAV header whose sizes are 0xFFFFFFFF: the length is not known yet
+  (players and libsndfile read such a stream to its end)."""
+  rate = int(sample_rate)
+  return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt "
+          + struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, 16)
+          + b"data" + struct.pack("<I", 0xFFFFFFFF))
 
 
 def wav_bytes(audio, sample_rate):
@@ -148,11 +176,32 @@ def make_handler(tts):
       self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
 
     def _speak(self, fields):
+      stream = isinstance(fields, dict) and fields.get("stream") is True
       try:
-        wav = tts.synthesize(fields)
+        if isinstance(fields, dict) and fields.get("stream", False) not in (True, False):
+          raise ValueError(f"stream must be true or false, got {fields['stream']!r}")
+        if stream:
+          chunks = tts.stream(fields)
+          header = next(chunks)
+        else:
+          wav = tts.synthesize(fields)
       except ValueError as e:
         return self._json(400, {"error": str(e).splitlines()[0]})
-      self._send(200, wav, "audio/wav")
+      if not stream:
+        return self._send(200, wav, "audio/wav")
+      self.send_response(200)   # chunked: each piece goes out as soon as it is made
+      self.send_header("Content-Type", "audio/wav")
+      self.send_header("Transfer-Encoding", "chunked")
+      self.end_headers()
+      try:
+        for piece in itertools.chain([header], chunks):
+          self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+          self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+      except (BrokenPipeError, ConnectionResetError):   # the client went away
+        self.close_connection = True
+      finally:
+        chunks.close()
 
     def _body(self):
       try:

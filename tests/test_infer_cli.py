@@ -100,6 +100,25 @@ def test_text_and_stdin(tmp_path, capsys, monkeypatch):
                              sf.read(tmp_path / "o" / "0002.wav")[0], atol=2 / 32768)
 
 
+def test_text_from_stdin(tmp_path, capsys, monkeypatch):
+  """`--text -` speaks all of stdin as one text, as `--text` would; stdin that is empty or
+  not UTF-8 is a one-line error."""
+  text = "The birch canoe slid on the smooth planks.\nGlue the sheet to the dark blue background."
+  argv = ["--voice", TINY_SINGLE, "--out"]
+  code, err = _run(["--text", text] + argv + [str(tmp_path / "a.wav")], capsys)
+  assert code == 0, err
+  code, err = _run(["--text", "-"] + argv + [str(tmp_path / "b.wav")], capsys, text + "\n",
+                   monkeypatch)
+  assert code == 0, err
+  np.testing.assert_array_equal(sf.read(tmp_path / "b.wav", dtype="int16")[0],
+                                sf.read(tmp_path / "a.wav", dtype="int16")[0])
+  for stdin, needle in (("  \n", "text is empty"), ("caf\udce9", "not UTF-8")):
+    code, err = _run(["--text", "-"] + argv + [str(tmp_path / "c.wav")], capsys, stdin,
+                     monkeypatch)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+  assert not (tmp_path / "c.wav").exists()
+
+
 class _Stdout:
   """Stands in for sys.stdout: a text stream with a bytes `buffer`."""
 

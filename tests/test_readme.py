@@ -150,6 +150,7 @@ def test_synthesis_commands_write_speech(ran):
   for p in (repo / "wavs").glob("*.wav"):
     _speech(p)
   assert [p.name for p in (repo / "wavs_stdin").glob("*.wav")] == ["0001.wav"]
+  assert len(_speech(repo / "stdin_text.wav")) > 1.5 * 22050   # both lines of stdin
   raw = np.frombuffer((repo / "hello.raw").read_bytes(), "<i2").astype(np.float32) / 32767
   assert raw.size > 1.0 * 22050 and 0.01 < float(np.sqrt(np.mean(raw ** 2))) < 0.5
   # --normalize: Piper's level, each sentence at full scale (the model's own peaks lower).

@@ -73,6 +73,15 @@ def test_synthesize_equals_the_voice(server):
   status, _, got = _call(url + "/?text=" + urllib.request.quote("Hi."))
   assert status == 200
   np.testing.assert_array_equal(_samples(got)[0], default)
+  # "stream": the same samples, sent chunk by chunk behind a header of unknown length.
+  request = urllib.request.Request(url + "/synthesize", data=json.dumps(
+      dict(fields, stream=True)).encode(), headers={"Content-Type": "application/json"})
+  with urllib.request.urlopen(request, timeout=300) as response:
+    assert response.headers.get("Transfer-Encoding") == "chunked"
+    streamed = response.read()
+  assert streamed[:4] == b"RIFF" and streamed[40:44] == b"\xff\xff\xff\xff"
+  assert streamed[24:28] == voice.sample_rate.to_bytes(4, "little")
+  np.testing.assert_array_equal(np.frombuffer(streamed[44:], "<i2"), files.pcm16(expected))
   status, _, info = _call(url + "/voices")
   (name, entry), = json.loads(info).items()
   assert status == 200 and name == voice.name and entry["num_speakers"] == 3
@@ -90,6 +99,8 @@ def test_synthesize_equals_the_voice(server):
     ("/synthesize", b'{"text": "Hi.", "length_scale": "fast"}', "length_scale"),
     ("/synthesize", b'{"text": "Hi.", "normalize": 1}', "normalize"),
     ("/synthesize", b'{"text": "Hi.", "colour": "blue"}', "unknown field"),
+    ("/synthesize", b'{"text": "Hi.", "stream": "yes"}', "stream must be"),
+    ("/synthesize", '{"text": "\U0001F600", "stream": true}'.encode(), "nothing to say"),
     ("/synthesize", b'{"text": "Hi.", "voice": "someone-else"}', "speaks with voice"),
     ("/synthesize", '{"text": "\U0001F600"}'.encode(), "nothing to say"),
     ("/", b"\xff\xfe", "UTF-8"),

@@ -132,13 +132,11 @@ def _check_args(args):
     raise ValueError("--convert writes a file: use --out")
   if args.convert is None and args.source_speaker is not None:
     raise ValueError("--source-speaker goes with --convert")
-  from vits_jax.voice import check_knobs
-  try:
-    check_knobs(args.noise_scale, args.noise_scale_w, args.length_scale, args.seed,
-                args.sentence_silence, args.batch_size, args.volume)
-  except ValueError as e:   # the message starts with the API's knob name: the CLI's flag
-    knob, rest = str(e).split(" ", 1)
-    raise ValueError(f"--{knob.replace('_', '-')} {rest}") from None
+  from vits_jax.voice import check_flags
+  check_flags(noise_scale=args.noise_scale, noise_scale_w=args.noise_scale_w,
+              length_scale=args.length_scale, seed=args.seed,
+              sentence_silence=args.sentence_silence, batch_size=args.batch_size,
+              volume=args.volume)
   if not args.voice:
     raise ValueError("--voice is empty (leave it out for the default voice, joe)")
   if args.text is not None and not args.text.strip():

@@ -262,13 +262,10 @@ def main(argv=None):
     if not 0 <= args.port <= 65535:
       raise ValueError(f"--port must be 0 to 65535, got {args.port}")
     from vits_jax import xla_cache
-    from vits_jax.voice import check_knobs, load_voice
-    try:
-      check_knobs(args.noise_scale, args.noise_w_scale, args.length_scale, 0,
-                  args.sentence_silence, volume=args.volume)
-    except ValueError as e:   # the message starts with the knob's name: the flag's
-      knob, rest = str(e).split(" ", 1)
-      raise ValueError(f"--{knob.replace('_', '-')} {rest}") from None
+    from vits_jax.voice import check_flags, load_voice
+    check_flags(noise_scale=args.noise_scale, noise_scale_w=args.noise_w_scale,
+                length_scale=args.length_scale, sentence_silence=args.sentence_silence,
+                volume=args.volume)
     xla_cache.enable()
     voice = load_voice(args.voice)
     defaults = dict(length_scale=args.length_scale, noise_scale=args.noise_scale,

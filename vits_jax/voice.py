@@ -70,6 +70,16 @@ def check_knobs(noise_scale: float = 0.667, noise_scale_w: float = 0.8,
     raise ValueError(f"volume must be a number >= 0, got {volume!r}")
 
 
+def check_flags(**knobs) -> None:
+  """`check_knobs` for a command line: the message names the flag (`--length-scale ...`)
+  instead of the API's keyword."""
+  try:
+    check_knobs(**knobs)
+  except ValueError as e:   # every message starts with the knob's name
+    knob, rest = str(e).split(" ", 1)
+    raise ValueError(f"--{knob.replace('_', '-')} {rest}") from None
+
+
 def loudness(audio: np.ndarray, volume: float = 1.0, normalize: bool = False) -> np.ndarray:
   """Piper's output level for one sentence's audio: with `normalize`, scaled so that its
   peak is 1 (silence stays silent), then times `volume`, clipped to [-1, 1]. With the

@@ -17,18 +17,23 @@ Endpoints:
 
 A request the server cannot serve (bad JSON, empty text, an unknown speaker or key, a knob
 out of range) gets status 400 and `{"error": "<one line>"}`; the server keeps running.
-Requests are served one synthesis at a time (each uses every core).
+Syntheses run one at a time (each uses every core); requests that arrive together with the
+same options share one batched call (`--max-batch`, `--batch-wait-ms`), each answered as
+soon as its own audio is done.
 """
 
 import argparse
+import concurrent.futures
 import http.server
 import io
 import itertools
 import json
 import os
+import queue
 import struct
 import sys
 import threading
+import time
 import urllib.parse
 import wave
 
@@ -53,21 +58,38 @@ def parse_args(argv=None):
   p.add_argument("--volume", type=float, default=1.0)
   p.add_argument("--normalize", action="store_true",
                  help="scale each sentence to full scale, as Piper does by default")
+  p.add_argument("--max-batch", type=int, default=16,
+                 help="most requests synthesized together (default 16; 1: one at a time)")
+  p.add_argument("--batch-wait-ms", type=float, default=10.0,
+                 help="how long a request waits for others to share its batch (default 10)")
   return p.parse_args(argv)
 
 
 class TextToSpeech:
   """What the endpoints do, apart from HTTP: request fields -> WAV bytes.
 
+  Requests that arrive together with the same options are synthesized in one
+  `Voice.iter_batch` call (each text's audio is the same as alone; each request is answered
+  as soon as its own audio is done): a worker thread takes a request, waits up to
+  `batch_wait` seconds for more, up to `max_batch` texts.
+
   Args:
     voice: a loaded `vits_jax.voice.Voice`.
     defaults: knob -> value for requests that leave it out (keys of `_KNOBS`, `speaker`).
+    max_batch: most texts per synthesis call (1: one request at a time).
+    batch_wait: seconds the first request of a batch waits for others.
   """
 
-  def __init__(self, voice, defaults):
+  def __init__(self, voice, defaults, max_batch=16, batch_wait=0.01):
     self.voice = voice
     self.defaults = dict(defaults)
-    self._lock = threading.Lock()
+    self.max_batch = max(1, int(max_batch))
+    self.batch_wait = float(batch_wait)
+    self.batches = 0   # synthesis calls made for whole-WAV requests
+    self._lock = threading.Lock()   # one synthesis at a time (each uses every core)
+    self._queue = queue.Queue()
+    self._worker = None
+    self._start_lock = threading.Lock()
 
   def info(self):
     v = self.voice
@@ -115,11 +137,50 @@ class TextToSpeech:
                 normalize=o["normalize"])
 
   def synthesize(self, fields):
-    """WAV bytes for one request's fields."""
+    """WAV bytes for one request's fields (waits for its batch; ValueError for a bad
+    request: the voice checks the knobs' ranges and the text)."""
     text, o = self.request(fields)
-    with self._lock:   # the voice checks the knobs' ranges (ValueError)
-      audio = self.voice.synthesize(text, **self._knobs(o))
-    return wav_bytes(audio, self.voice.sample_rate)
+    knobs = self._knobs(o)
+    done = concurrent.futures.Future()
+    with self._start_lock:
+      if self._worker is None:
+        self._worker = threading.Thread(target=self._serve_queue, daemon=True)
+        self._worker.start()
+    self._queue.put((tuple(sorted(knobs.items())), text, done))
+    return wav_bytes(done.result(), self.voice.sample_rate)
+
+  def _serve_queue(self):
+    waiting = []   # requests taken while a batch of other options was being gathered
+    while True:
+      first = waiting.pop(0) if waiting else self._queue.get()
+      batch = [first] + [r for r in waiting if r[0] == first[0]][:self.max_batch - 1]
+      waiting = [r for r in waiting if r not in batch]
+      deadline = time.monotonic() + self.batch_wait
+      while len(batch) < self.max_batch:
+        try:
+          item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+          break
+        (batch if item[0] == first[0] else waiting).append(item)
+      self._run(batch)
+
+  def _run(self, batch):
+    texts = [text for _, text, _ in batch]
+    try:
+      with self._lock:
+        self.batches += 1
+        results = self.voice.iter_batch(texts, batch_size=self.max_batch,
+                                        skip_unsayable=True, **dict(batch[0][0]))
+        for (_, text, done), (audio, _) in zip(batch, results):
+          if audio.size:
+            done.set_result(audio)
+          else:
+            done.set_exception(ValueError(
+                f"text has nothing to say for this voice: {text[:50]!r}"))
+    except Exception as e:  # pylint: disable=broad-except  (the requests' error, not ours)
+      for _, _, done in batch:
+        if not done.done():
+          done.set_exception(e)
 
   def stream(self, fields):
     """A streamed WAV for one request's fields: its header, then 16-bit samples as
@@ -272,7 +333,9 @@ def main(argv=None):
                     noise_w_scale=args.noise_w_scale, sentence_silence=args.sentence_silence,
                     volume=args.volume, normalize=args.normalize, seed=0,
                     speaker=voice.speaker_id(args.speaker))
-    tts = TextToSpeech(voice, defaults)
+    if args.max_batch < 1 or not 0 <= args.batch_wait_ms <= 10000:
+      raise ValueError("--max-batch must be >= 1 and --batch-wait-ms 0 to 10000")
+    tts = TextToSpeech(voice, defaults, args.max_batch, args.batch_wait_ms / 1000)
     tts.synthesize({"text": "Ready."})   # compiles (or loads) the programs before serving
     server = serve(tts, args.host, args.port)
   except (ValueError, FileNotFoundError) as e:

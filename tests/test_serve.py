@@ -27,10 +27,11 @@ def server():
   voice = load_voice(TINY)
   defaults = dict(length_scale=1.0, noise_scale=0.667, noise_w_scale=0.8,
                   sentence_silence=0.0, volume=1.0, normalize=False, seed=0, speaker=1)
-  httpd = serve.serve(serve.TextToSpeech(voice, defaults), "127.0.0.1", 0)
+  tts = serve.TextToSpeech(voice, defaults)
+  httpd = serve.serve(tts, "127.0.0.1", 0)
   thread = threading.Thread(target=httpd.serve_forever, daemon=True)
   thread.start()
-  yield voice, f"http://127.0.0.1:{httpd.server_address[1]}"
+  yield voice, f"http://127.0.0.1:{httpd.server_address[1]}", tts
   httpd.shutdown()
   httpd.server_close()
 
@@ -50,7 +51,7 @@ def _samples(wav_bytes):
 
 
 def test_synthesize_equals_the_voice(server):
-  voice, url = server
+  voice, url, _ = server
   fields = {"text": "Hello there. How are you?", "speaker": "carol", "noise_scale": 0.3,
             "seed": 4, "sentence_silence": 0.1, "volume": 0.5, "normalize": True}
   status, kind, body = _call(url + "/synthesize", json.dumps(fields).encode())
@@ -106,7 +107,7 @@ def test_synthesize_equals_the_voice(server):
     ("/", b"\xff\xfe", "UTF-8"),
 ])
 def test_bad_requests_are_400_with_one_line(server, path, data, needle):
-  _, url = server
+  _, url, _ = server
   status, kind, body = _call(url + path, data)
   assert status == 400 and kind == "application/json"
   error = json.loads(body)["error"]
@@ -116,7 +117,7 @@ def test_bad_requests_are_400_with_one_line(server, path, data, needle):
 
 
 def test_unknown_endpoint_and_oversized_body(server):
-  _, url = server
+  _, url, _ = server
   assert _call(url + "/nope")[0] == 404
   assert _call(url + "/nope", b"{}")[0] == 404
   status, _, body = _call(url + "/synthesize", b"x" * (serve.MAX_BODY_BYTES + 1))
@@ -156,3 +157,25 @@ def test_real_server_process_speaks_and_stops_on_ctrl_c(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.strip().startswith("error: "), done.stderr
     assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_requests_that_come_together_share_a_batch(server):
+  """Concurrent requests with the same options are synthesized in one batched call, and
+  each gets exactly its own text's audio alone; other options wait for their own batch."""
+  from concurrent.futures import ThreadPoolExecutor
+  voice, url, tts = server
+  texts = ["One.", "Two words.", "Three little words.", "Four. With two sentences.",
+           "Five is \U0001F600 here.", "Six."]
+  calls = [(t, {}) for t in texts] + [("Other options.", {"length_scale": 1.3})]
+  tts.batch_wait, before = 1.0, tts.batches
+  try:
+    with ThreadPoolExecutor(len(calls)) as pool:
+      replies = list(pool.map(lambda c: _call(url + "/synthesize", json.dumps(
+          dict(text=c[0], **c[1])).encode()), calls))
+  finally:
+    tts.batch_wait = 0.01
+  assert tts.batches - before < len(calls)   # at least two requests shared a call
+  for (text, knobs), (status, _, body) in zip(calls, replies):
+    assert status == 200
+    np.testing.assert_array_equal(
+        _samples(body)[0], files.pcm16(voice.synthesize(text, speaker=1, **knobs)))

@@ -39,6 +39,11 @@ import wave
 
 # The largest request body read (text and options); a larger one gets status 413.
 MAX_BODY_BYTES = 1 << 20
+# The longest text answered with a whole WAV (about 2 hours of speech, held in memory until
+# sent); longer texts are refused unless streamed, which holds one window at a time.
+MAX_WAV_TEXT_CHARS = 100_000
+# Seconds a connection may stay silent before the server drops it.
+IDLE_SECONDS = 120
 _KNOBS = {"length_scale": float, "noise_scale": float, "noise_w_scale": float,
           "sentence_silence": float, "volume": float, "normalize": bool, "seed": int}
 
@@ -140,6 +145,9 @@ class TextToSpeech:
     """WAV bytes for one request's fields (waits for its batch; ValueError for a bad
     request: the voice checks the knobs' ranges and the text)."""
     text, o = self.request(fields)
+    if len(text) > MAX_WAV_TEXT_CHARS:
+      raise ValueError(f"text too long for one WAV ({len(text)} characters, at most "
+                       f"{MAX_WAV_TEXT_CHARS}): split it, or ask for \"stream\": true")
     knobs = self._knobs(o)
     done = concurrent.futures.Future()
     with self._start_lock:
@@ -221,6 +229,7 @@ def make_handler(tts):
 
   class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_SECONDS   # a client that sends nothing is dropped, not waited for
 
     def log_message(self, fmt, *args):   # one line per request on stderr
       sys.stderr.write(f"{self.address_string()} {fmt % args}\n")

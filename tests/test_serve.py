@@ -122,6 +122,10 @@ def test_unknown_endpoint_and_oversized_body(server):
   assert _call(url + "/nope", b"{}")[0] == 404
   status, _, body = _call(url + "/synthesize", b"x" * (serve.MAX_BODY_BYTES + 1))
   assert status == 413 and "bytes" in json.loads(body)["error"]
+  # A text longer than one WAV may hold is refused before any synthesis.
+  long_text = json.dumps({"text": "Hi. " * (serve.MAX_WAV_TEXT_CHARS // 4 + 1)}).encode()
+  status, _, body = _call(url + "/synthesize", long_text)
+  assert status == 400 and "stream" in json.loads(body)["error"]
 
 
 def test_real_server_process_speaks_and_stops_on_ctrl_c(tmp_path):

@@ -303,6 +303,7 @@ def make_handler(tts):
     def do_POST(self):
       url = urllib.parse.urlsplit(self.path)
       if url.path not in ("/", "/synthesize"):
+        self.close_connection = True   # its body is not read
         return self._json(404, {"error": f"no such endpoint: {url.path}"})
       body = self._body()
       if body is None:

@@ -23,6 +23,7 @@ split into sentences; their audio is concatenated directly, as Piper does
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -179,7 +180,8 @@ class Voice:
       ids = self.frontend.text_to_ids(text)
     except ValueError:
       return []  # a piece with nothing to say
-    words = text.split()
+    # Words, a `[[ phoneme block ]]` counting as part of one, so a cut never splits a block.
+    words = re.findall(r"(?:\[\[.*?\]\]|\S)+", text)
     if len(ids) <= MAX_IDS:
       return [ids]
     if len(words) < 2:  # one absurdly long word: cut the ids themselves
@@ -449,7 +451,6 @@ def _check_text(text) -> None:
 
 def _paragraphs(text: str) -> List[str]:
   """Blank-line separated blocks of `text` (a sentence never spans two)."""
-  import re
   blocks = [b for b in re.split(r"\n\s*\n", text) if b.strip()]
   return blocks or [text]
 

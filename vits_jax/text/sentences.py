@@ -6,6 +6,7 @@ follows; a full stop does not when the next word starts in lowercase, or after a
 abbreviation ("Dr.", "Mrs.") or a lone initial. An ellipsis does not end a sentence (as in
 espeak-ng); a blank line always does.
 Sentences longer than `max_chars` are cut again at clause punctuation, then at spaces.
+Nothing inside a `[[ phoneme block ]]` ends or cuts a sentence.
 """
 
 import re
@@ -16,6 +17,13 @@ _ABBREVIATIONS = frozenset(
 
 _END_RE = re.compile(r'([.!?]+)(["\'”’»)\]]*)(\s+)')
 _CLAUSE_RE = re.compile(r'[,;:—–]\s+')
+_BLOCK_RE = re.compile(r'\[\[.*?\]\]')
+
+
+def _outside_blocks(text):
+  """A predicate on positions of `text`: True where no phoneme block covers them."""
+  spans = [m.span() for m in _BLOCK_RE.finditer(text)]
+  return lambda i: not any(a < i < b for a, b in spans)
 
 
 def _ends_sentence(text, match):
@@ -36,9 +44,10 @@ def _cut_long(sentence, max_chars):
   pieces = []
   while len(sentence) > max_chars:
     window = sentence[:max_chars + 1]
-    cuts = [m.end() for m in _CLAUSE_RE.finditer(window)]
+    outside = _outside_blocks(sentence)
+    cuts = [m.end() for m in _CLAUSE_RE.finditer(window) if outside(m.start())]
     if not cuts or cuts[-1] < max_chars // 4:
-      cuts = [m.end() for m in re.finditer(r'\s+', window)]
+      cuts = [m.end() for m in re.finditer(r'\s+', window) if outside(m.start())]
     cut = cuts[-1] if cuts else max_chars
     pieces.append(sentence[:cut].strip())
     sentence = sentence[cut:].strip()
@@ -58,9 +67,10 @@ def split_sentences(text, max_chars=None):
     list of non-empty, stripped sentences, in order.
   """
   sentences, start = [], 0
+  outside = _outside_blocks(text)
   for match in _END_RE.finditer(text):
-    if match.group(1).startswith('..'):
-      continue  # an ellipsis
+    if match.group(1).startswith('..') or not outside(match.start()):
+      continue  # an ellipsis, or inside a phoneme block
     if match.end() < len(text) and _ends_sentence(text, match):
       sentences.append(text[start:match.end()].strip())
       start = match.end()

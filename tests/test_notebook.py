@@ -126,8 +126,12 @@ def test_every_cell_ran_in_order(executed):
 def test_audio_players_hold_real_speech(executed):
   nb, _ = executed
   audios = _audios(nb)
-  # 3 sentences, the infer() alignment sentence, 4 batch settings, the trained voice.
-  assert len(audios) >= 9
+  # 3 sentences, the infer() alignment sentence, 4 batch settings, tomato said, written in
+  # phonemes and normalized, the trained voice.
+  assert len(audios) >= 12
+  (said, _), (written, _), (level, _) = audios[-4:-1]
+  assert len(said) != len(written)   # the phoneme block changed what was said
+  assert np.abs(level).max() > 0.99 and np.abs(written).max() < 0.9   # Piper's level
   # All but the last (the 3-step model) are the bundled voice: speech-like, not silent.
   for wav, rate in audios[:-1]:
     assert rate == 22050

@@ -39,6 +39,9 @@ import wave
 
 # The largest request body read (text and options); a larger one gets status 413.
 MAX_BODY_BYTES = 1 << 20
+# How much of a larger body is read and dropped before answering 413 (past it the client may
+# see the connection close instead).
+DRAIN_BYTES = 16 << 20
 # The longest text answered with a whole WAV (about 2 hours of speech, held in memory until
 # sent); longer texts are refused unless streamed, which holds one window at a time.
 MAX_WAV_TEXT_CHARS = 100_000
@@ -279,6 +282,14 @@ def make_handler(tts):
       except ValueError:
         length = -1
       if length < 0 or length > MAX_BODY_BYTES:
+        # Read what was sent (up to a bound) so the client gets this answer, not a broken
+        # pipe while it is still sending; the connection is closed after it.
+        left = min(max(length, 0), DRAIN_BYTES)
+        while left > 0:
+          got = self.rfile.read(min(left, 1 << 16))
+          if not got:
+            break
+          left -= len(got)
         self._json(413 if length > 0 else 400,
                    {"error": f"the request body must be 0 to {MAX_BODY_BYTES} bytes"})
         self.close_connection = True

@@ -113,6 +113,8 @@ class TextToSpeech:
                                                   "stream"})
     if unknown:
       raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+    if not isinstance(fields.get("stream", False), bool):
+      raise ValueError(f"stream must be true or false, got {fields['stream']!r}")
     text = fields.get("text")
     if not isinstance(text, str) or not text.strip():
       raise ValueError("no text to speak (give \"text\")")
@@ -251,8 +253,6 @@ def make_handler(tts):
     def _speak(self, fields):
       stream = isinstance(fields, dict) and fields.get("stream") is True
       try:
-        if isinstance(fields, dict) and fields.get("stream", False) not in (True, False):
-          raise ValueError(f"stream must be true or false, got {fields['stream']!r}")
         if stream:
           chunks = tts.stream(fields)
           header = next(chunks)

@@ -39,6 +39,12 @@ def parse_args(argv=None):
   p.add_argument("--out", help="output audio file for --text / --convert (default out.wav; "
                                ".wav, .flac, .ogg or .mp3)")
   p.add_argument("--out-dir", help="output folder for --input (0001.wav, 0002.wav, ...)")
+  p.add_argument("--json-input", action="store_true",
+                 help="--input lines are JSON objects, as Piper's --json-input: {\"text\": ..., "
+                      "\"output_file\" (in --out-dir), \"speaker\" or \"speaker_id\", "
+                      "\"length_scale\", \"noise_scale\", \"noise_w_scale\", "
+                      "\"sentence_silence\", \"volume\", \"normalize\", \"seed\"}; "
+                      "the flags set what a line leaves out")
   p.add_argument("--output-raw", action="store_true",
                  help="write 16-bit mono PCM to stdout as audio is ready (for aplay/sox)")
   p.add_argument("--voice", default="joe", help="voice name or path (default: joe)")
@@ -98,7 +104,8 @@ def _decode(data, name):
     raise ValueError(f"{name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def _read_lines(path):
+def _numbered_lines(path):
+  """(line number, line) of each non-blank line of the --input file ('-': stdin)."""
   name = "stdin" if path == "-" else path
   if path == "-":
     data = _stdin_bytes().read()
@@ -109,11 +116,65 @@ def _read_lines(path):
       raise FileNotFoundError(f"input file not found: {path}")
     with open(path, "rb") as f:
       data = f.read()
-  lines = _decode(data, name).splitlines()
-  lines = [line.strip() for line in lines if line.strip()]
+  lines = [(n, line.strip()) for n, line in enumerate(_decode(data, name).splitlines(), 1)
+           if line.strip()]
   if not lines:
     raise ValueError(f"no text in {name}")
   return lines
+
+
+def _read_lines(path):
+  return [line for _, line in _numbered_lines(path)]
+
+
+def _json_lines(path):
+  """(line number, object) of each line of a --json-input file; a line that is not JSON is
+  an error naming it, before any audio is made."""
+  import json
+  name = "stdin" if path == "-" else path
+  entries = []
+  for number, line in _numbered_lines(path):
+    try:
+      entries.append((number, json.loads(line)))
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{name} line {number}: not a JSON object ({e.msg})") from None
+  return entries
+
+
+def _json_jobs(args, voice, knobs, entries):
+  """--json-input lines -> (text, synthesis keywords, output file) each, every line checked
+  before any audio is made: its fields (`vits_jax.request`), its speaker and its
+  `output_file` (a new file inside --out-dir; numbered like --input where left out)."""
+  from vits_jax import request
+  name = "stdin" if args.input == "-" else args.input
+  width = max(4, len(str(len(entries))))
+  jobs, taken = [], {}
+  for k, (number, fields) in enumerate(entries):
+    try:
+      text, line_knobs = request.parse(fields, voice, knobs, extra=("output_file",))
+      out = _output_name(fields.get("output_file", f"{k + 1:0{width}d}.wav"))
+      if out in taken:
+        raise ValueError(f"output_file {out} is also line {taken[out]}'s")
+    except ValueError as e:
+      raise ValueError(f"{name} line {number}: {e}") from None
+    taken[out] = number
+    jobs.append((text, line_knobs, out))
+  return jobs
+
+
+def _output_name(value):
+  """A --json-input line's output file, relative to --out-dir (ValueError if it is not a
+  path of a known audio format inside it)."""
+  if not isinstance(value, str) or not value.strip() or "\0" in value:
+    raise ValueError(f"output_file must be a file name, got {value!r}")
+  out = os.path.normpath(value)
+  if os.path.isabs(value) or out == os.curdir or out.split(os.sep)[0] == os.pardir:
+    raise ValueError(f"output_file {value} is not inside --out-dir (give a relative path)")
+  suffix = os.path.splitext(out)[1].lower()
+  if suffix not in _FORMATS:
+    raise ValueError(f"output_file {value}: unknown audio format {suffix or '(no suffix)'!r} "
+                     f"(use {', '.join(_FORMATS)})")
+  return out
 
 
 def _check_args(args):
@@ -128,6 +189,8 @@ def _check_args(args):
     raise ValueError("--output-raw writes to stdout: leave out --out and --out-dir")
   if args.input is not None and not args.out_dir and not args.output_raw:
     raise ValueError("--input needs --out-dir (or --output-raw)")
+  if args.json_input and (args.input is None or args.output_raw):
+    raise ValueError("--json-input goes with --input and --out-dir (its lines name files)")
   if args.convert is not None and args.output_raw:
     raise ValueError("--convert writes a file: use --out")
   if args.convert is None and args.source_speaker is not None:
@@ -175,6 +238,8 @@ def run(args):
   texts = None
   if args.input == "-" and args.output_raw:
     texts = _live_lines()
+  elif args.json_input:
+    texts = _json_lines(args.input)
   elif args.input is not None:
     texts = _read_lines(args.input)
   if args.convert is not None and not os.path.isfile(args.convert):
@@ -204,7 +269,12 @@ def run(args):
                        skip_unsayable=texts is not None)
   if texts is None:
     return _text_to_file(args, voice, knobs)
-  _lines_to_files(args, voice, knobs, texts)
+  if args.json_input:
+    jobs = _json_jobs(args, voice, knobs, texts)
+  else:
+    width = max(4, len(str(len(texts))))
+    jobs = [(text, knobs, f"{k + 1:0{width}d}.wav") for k, text in enumerate(texts)]
+  _lines_to_files(args, voice, jobs)
 
 
 def _list_speakers(voice):
@@ -313,38 +383,47 @@ def _text_to_file(args, voice, knobs):
   print(f"wrote {out} ({samples / voice.sample_rate:.2f} s)", file=sys.stderr)
 
 
-def _lines_to_files(args, voice, knobs, texts):
-  """--input lines to numbered files, each written as soon as its audio is complete. On a
-  multi-host run each process takes every process_count-th line and writes its files."""
+def _lines_to_files(args, voice, jobs):
+  """(text, synthesis keywords, file name) jobs to files in --out-dir, each written as soon
+  as its audio is complete; jobs with the same keywords are synthesized together. On a
+  multi-host run each process takes every process_count-th job and writes its files."""
   from tqdm import tqdm
   from vits_jax import inference
-  width = max(4, len(str(len(texts))))
   index, count = inference.process_share()
-  mine = list(range(index, len(texts), count))
-  ours = {f"{k + 1:0{width}d}.wav" for k in range(len(texts))}
+  mine = list(range(index, len(jobs), count))
+  ours = {name.split(os.sep)[0] for _, _, name in jobs}
   others = sorted(set(os.listdir(args.out_dir)) - ours)
   if others and index == 0:
     print(f"warning: {args.out_dir} already holds {len(others)} other file(s) (e.g. "
-          f"{others[0]}); only this run's {min(ours)}..{max(ours)} are written",
-          file=sys.stderr)
+          f"{others[0]}); only this run's {len(jobs)} file(s) are written", file=sys.stderr)
+  groups = {}   # the same keywords -> one batched call, in order of first appearance
+  for k in mine:
+    groups.setdefault(tuple(sorted(jobs[k][1].items())), []).append(k)
   skipped = []
   with tqdm(total=len(mine), unit="utt", disable=len(mine) < 2, file=sys.stderr) as bar:
-    for k, (audio, _) in zip(mine, voice.iter_batch([texts[i] for i in mine],
-                                                    batch_size=args.batch_size,
-                                                    skip_unsayable=True, **knobs)):
-      bar.update(1)
-      if audio.size == 0:   # nothing this voice can say: no file, counted below
-        skipped.append(k)
-        continue
-      path = os.path.join(args.out_dir, f"{k + 1:0{width}d}.wav")
-      _write_audio(path, voice.sample_rate, [audio])
+    for key, group in groups.items():
+      results = voice.iter_batch([jobs[k][0] for k in group], batch_size=args.batch_size,
+                                 skip_unsayable=True, **dict(key))
+      for k, (audio, _) in zip(group, results):
+        bar.update(1)
+        if audio.size == 0:   # nothing this voice can say: no file, counted below
+          skipped.append(k)
+          continue
+        path = os.path.join(args.out_dir, jobs[k][2])
+        folder = os.path.dirname(path)
+        try:
+          os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+          raise ValueError(f"cannot make folder {folder}: {e.strerror}") from None
+        _write_audio(path, voice.sample_rate, [audio])
   where = f" (process {index} of {count})" if count > 1 else ""
   print(f"wrote {len(mine) - len(skipped)} files to {args.out_dir}{where}", file=sys.stderr)
   if skipped:
-    names = ", ".join(f"{k + 1:0{width}d}.wav" for k in skipped[:5])
+    skipped.sort()
+    names = ", ".join(jobs[k][2] for k in skipped[:5])
     print(f"warning: skipped {len(skipped)} line(s) with nothing to say for this voice, so "
           f"no {names}{' ...' if len(skipped) > 5 else ''} (the first: "
-          f"{texts[skipped[0]][:40]!r})", file=sys.stderr)
+          f"{jobs[skipped[0]][0][:40]!r})", file=sys.stderr)
 
 
 def _convert(args, voice):

@@ -47,8 +47,6 @@ DRAIN_BYTES = 16 << 20
 MAX_WAV_TEXT_CHARS = 100_000
 # Seconds a connection may stay silent before the server drops it.
 IDLE_SECONDS = 120
-_KNOBS = {"length_scale": float, "noise_scale": float, "noise_w_scale": float,
-          "sentence_silence": float, "volume": float, "normalize": bool, "seed": int}
 
 
 def parse_args(argv=None):
@@ -83,7 +81,7 @@ class TextToSpeech:
 
   Args:
     voice: a loaded `vits_jax.voice.Voice`.
-    defaults: knob -> value for requests that leave it out (keys of `_KNOBS`, `speaker`).
+    defaults: `Voice.synthesize` keywords for the fields a request leaves out.
     max_batch: most texts per synthesis call (1: one request at a time).
     batch_wait: seconds the first request of a batch waits for others.
   """
@@ -106,54 +104,24 @@ class TextToSpeech:
             "speaker_id_map": speakers}
 
   def request(self, fields):
-    """Validated synthesis options of one request (ValueError names what is wrong)."""
-    if not isinstance(fields, dict):
-      raise ValueError("the request must be a JSON object")
-    unknown = sorted(set(fields) - set(_KNOBS) - {"text", "speaker", "speaker_id", "voice",
-                                                  "stream"})
-    if unknown:
-      raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+    """One request's text and `Voice.synthesize` keywords (ValueError names what is wrong:
+    `vits_jax.request.parse`, plus the server's own fields `voice` and `stream`)."""
+    from vits_jax import request
+    text, knobs = request.parse(fields, self.voice, self.defaults, extra=("voice", "stream"))
     if not isinstance(fields.get("stream", False), bool):
       raise ValueError(f"stream must be true or false, got {fields['stream']!r}")
-    text = fields.get("text")
-    if not isinstance(text, str) or not text.strip():
-      raise ValueError("no text to speak (give \"text\")")
     voice = fields.get("voice")   # Piper's clients name a voice without '.onnx'
     if voice not in (None, "", self.voice.name, self.voice.name.removesuffix(".onnx")):
       raise ValueError(f"this server speaks with voice {self.voice.name!r}, not {voice!r}")
-    options = {k: v for k, v in self.defaults.items() if k != "speaker"}
-    for name, kind in _KNOBS.items():
-      if name in fields:
-        value = fields[name]
-        if kind is bool:
-          if not isinstance(value, bool):
-            raise ValueError(f"{name} must be true or false, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float) if kind is float
-                                                      else int):
-          raise ValueError(f"{name} must be a number, got {value!r}")
-        options[name] = value
-    speaker = fields.get("speaker_id", fields.get("speaker"))
-    if speaker is not None and (isinstance(speaker, bool) or
-                                not isinstance(speaker, (int, str))):
-      raise ValueError(f"speaker must be an id or a name, got {speaker!r}")
-    options["speaker"] = (self.defaults.get("speaker") if speaker is None else
-                          self.voice.speaker_id(speaker))
-    return text, options
-
-  def _knobs(self, o):
-    return dict(speaker=o["speaker"], noise_scale=o["noise_scale"],
-                noise_scale_w=o["noise_w_scale"], length_scale=o["length_scale"],
-                seed=o["seed"], sentence_silence=o["sentence_silence"], volume=o["volume"],
-                normalize=o["normalize"])
+    return text, knobs
 
   def synthesize(self, fields):
     """WAV bytes for one request's fields (waits for its batch; ValueError for a bad
     request: the voice checks the knobs' ranges and the text)."""
-    text, o = self.request(fields)
+    text, knobs = self.request(fields)
     if len(text) > MAX_WAV_TEXT_CHARS:
       raise ValueError(f"text too long for one WAV ({len(text)} characters, at most "
                        f"{MAX_WAV_TEXT_CHARS}): split it, or ask for \"stream\": true")
-    knobs = self._knobs(o)
     done = concurrent.futures.Future()
     with self._start_lock:
       if self._worker is None:
@@ -199,9 +167,9 @@ class TextToSpeech:
     """A streamed WAV for one request's fields: its header, then 16-bit samples as
     `Voice.stream` makes them (a generator; a bad request raises on the first item)."""
     from vits_jax.files import pcm16
-    text, o = self.request(fields)
+    text, knobs = self.request(fields)
     with self._lock:
-      chunks = self.voice.stream(text, **self._knobs(o))
+      chunks = self.voice.stream(text, **knobs)
       first = next(chunks, None)   # the text and knobs are checked before any byte is sent
       yield stream_header(self.voice.sample_rate)
       for chunk in itertools.chain([] if first is None else [first], chunks):
@@ -351,7 +319,7 @@ def main(argv=None):
     xla_cache.enable()
     voice = load_voice(args.voice)
     defaults = dict(length_scale=args.length_scale, noise_scale=args.noise_scale,
-                    noise_w_scale=args.noise_w_scale, sentence_silence=args.sentence_silence,
+                    noise_scale_w=args.noise_w_scale, sentence_silence=args.sentence_silence,
                     volume=args.volume, normalize=args.normalize, seed=0,
                     speaker=voice.speaker_id(args.speaker))
     if args.max_batch < 1 or not 0 <= args.batch_wait_ms <= 10000:

@@ -368,3 +368,86 @@ def test_output_raw_to_a_full_or_closed_stdout_is_one_line_error(capsys, monkeyp
   monkeypatch.setattr(sys, "stdout", None)
   code, err = _run(["--text", "Hi.", "--output-raw", "--voice", TINY_SINGLE], capsys)
   assert code == 2 and "stdout is closed" in err
+
+
+def test_json_input_lines_choose_file_speaker_and_knobs(tmp_path, capsys):
+  """`--json-input`: each line's own output file, speaker and knobs (the flags fill in what a
+  line leaves out); every file equals `Voice.synthesize` with those settings."""
+  import json
+  from vits_jax.files import pcm16
+  from vits_jax.voice import load_voice
+  lines = [
+      {"text": "The birch canoe slid on the smooth planks.", "speaker_id": 0,
+       "output_file": "alice/first.wav"},
+      {"text": "Glue the sheet to the dark blue background.", "speaker": "carol",
+       "length_scale": 1.4},
+      {"text": "Rice is often served in round bowls.", "output_file": "third.flac",
+       "noise_w_scale": 0.0, "seed": 3},
+      {"text": "The juice of lemons makes fine punch.", "volume": 0.5},
+  ]
+  src = tmp_path / "lines.jsonl"
+  src.write_text("\n".join(json.dumps(x) for x in lines[:2]) + "\n\n"
+                 + "\n".join(json.dumps(x) for x in lines[2:]) + "\n", encoding="utf-8")
+  out = tmp_path / "o"
+  code, err = _run(["--input", str(src), "--json-input", "--out-dir", str(out), "--voice",
+                    TINY, "--speaker", "bob", "--noise-scale", "0.5", "--batch-size", "2"],
+                   capsys)
+  assert code == 0, err
+  names = ["alice/first.wav", "0002.wav", "third.flac", "0004.wav"]
+  assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == sorted(names)
+  voice = load_voice(TINY)
+  expected = [
+      voice.synthesize(lines[0]["text"], speaker=0, noise_scale=0.5),
+      voice.synthesize(lines[1]["text"], speaker="carol", noise_scale=0.5, length_scale=1.4),
+      voice.synthesize(lines[2]["text"], speaker="bob", noise_scale=0.5, noise_scale_w=0.0,
+                       seed=3),
+      voice.synthesize(lines[3]["text"], speaker="bob", noise_scale=0.5, volume=0.5),
+  ]
+  for name, audio in zip(names, expected):
+    written, rate = sf.read(out / name, dtype="int16")
+    assert rate == voice.sample_rate
+    np.testing.assert_array_equal(written, pcm16(audio), err_msg=name)
+  # The knobs did act: another speaker, length and level than the flags' defaults.
+  plain = voice.synthesize(lines[1]["text"], speaker="bob", noise_scale=0.5)
+  assert expected[1].size > 1.2 * plain.size
+
+
+@pytest.mark.parametrize("lines, needle", [
+    (['{"text": "Hi."}', '{"text": "Ho.", "speeker": 1}'], "line 2: unknown field(s): speeker"),
+    (['{"text": "Hi."}', "Ho."], "line 2: not a JSON object"),
+    (['["Hi."]'], "line 1: the request must be a JSON object"),
+    (['{"text": ""}'], "line 1: no text to speak"),
+    (['{"text": "Hi.", "output_file": "../up.wav"}'], "not inside --out-dir"),
+    (['{"text": "Hi.", "output_file": "/tmp/abs.wav"}'], "not inside --out-dir"),
+    (['{"text": "Hi.", "output_file": "a/../../up.wav"}'], "not inside --out-dir"),
+    (['{"text": "Hi.", "output_file": "notes.txt"}'], "unknown audio format"),
+    (['{"text": "Hi.", "output_file": 7}'], "output_file must be a file name"),
+    (['{"text": "Hi.", "output_file": "a.wav"}', '{"text": "Ho.", "output_file": "./a.wav"}'],
+     "line 2: output_file a.wav is also line 1's"),
+    (['{"text": "Hi."}', '{"text": "Ho.", "output_file": "0001.wav"}'], "also line 1's"),
+    (['{"text": "Hi.", "speaker": "nobody"}'], "unknown speaker 'nobody'"),
+    (['{"text": "Hi.", "speaker_id": 9}'], "speaker id 9 out of range"),
+    (['{"text": "Hi.", "length_scale": -1}'], "length_scale must be a positive number"),
+    (['{"text": "Hi.", "noise_w_scale": "high"}'], "noise_w_scale must be a number"),
+    (['{"text": "Hi.", "noise_w_scale": -0.5}'], "noise_w_scale must be a number >= 0"),
+    (['{"text": "Hi.", "noise_w_scale": 0, "noise_scale_w": 0}'], "not both"),
+    (['{"text": "Hi.", "normalize": "yes"}'], "normalize must be true or false"),
+])
+def test_json_input_bad_line_is_one_line_error_before_any_audio(lines, needle, tmp_path,
+                                                               capsys):
+  src = tmp_path / "lines.jsonl"
+  src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  out = tmp_path / "o"
+  out.mkdir()
+  code, err = _run(["--input", str(src), "--json-input", "--out-dir", str(out), "--voice",
+                    TINY], capsys)
+  assert code == 2 and needle in err, err
+  assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: {src} line "), err
+  assert not list(out.iterdir())   # nothing synthesized, nothing written
+
+
+def test_json_input_needs_files(tmp_path, capsys):
+  for argv in (["--text", "Hi.", "--json-input"],
+               ["--input", "-", "--json-input", "--output-raw"]):
+    code, err = _run(argv + ["--voice", TINY], capsys)
+    assert code == 2 and "--json-input goes with --input and --out-dir" in err, err

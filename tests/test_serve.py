@@ -25,7 +25,7 @@ TINY = str(ROOT / "tests" / "fixtures" / "piper_tiny_multi.onnx")
 @pytest.fixture(scope="module")
 def server():
   voice = load_voice(TINY)
-  defaults = dict(length_scale=1.0, noise_scale=0.667, noise_w_scale=0.8,
+  defaults = dict(length_scale=1.0, noise_scale=0.667, noise_scale_w=0.8,
                   sentence_silence=0.0, volume=1.0, normalize=False, seed=0, speaker=1)
   tts = serve.TextToSpeech(voice, defaults)
   httpd = serve.serve(tts, "127.0.0.1", 0)

@@ -150,9 +150,21 @@ def test_cli_writes_and_keeps_existing_output(tmp_path):
   assert r.returncode == 2 and r.stderr.strip().splitlines() == [
       f"error: {out} exists (pass --force to replace it)"]
   assert (out / "G_7.pth").read_bytes() == before and not (out / "G_0.pth").exists()
+  # --force replaces an earlier export of the same files, never a file it would not write
+  # again: here G_7.pth (another step), then the user's own file.
   r = _cli("--voice", MULTI, "--to", "official", "--out", out, "--force")
-  assert r.returncode == 0 and sorted(p.name for p in out.iterdir()) == ["G_0.pth",
+  assert r.returncode == 2 and "holds files this export does not write (G_7.pth)" in r.stderr
+  assert (out / "G_7.pth").read_bytes() == before and not (out / "G_0.pth").exists()
+  assert [p.name for p in tmp_path.iterdir()] == ["o"]   # no temporary folder left
+  (out / "notes.txt").write_text("mine")
+  r = _cli("--voice", OFFICIAL, "--to", "official", "--out", out, "--force")
+  assert r.returncode == 2 and "(notes.txt)" in r.stderr and len(r.stderr.splitlines()) == 1
+  (out / "notes.txt").unlink()
+  (out / "G_7.pth").write_bytes(b"an older export")
+  r = _cli("--voice", OFFICIAL, "--to", "official", "--out", out, "--force")
+  assert r.returncode == 0 and sorted(p.name for p in out.iterdir()) == ["G_7.pth",
                                                                          "config.json"]
+  assert (out / "G_7.pth").read_bytes() == before
   mask = os.umask(0o022)
   os.umask(mask)
   assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask   # not mkdtemp's private 0700
@@ -164,10 +176,17 @@ def test_cli_writes_and_keeps_existing_output(tmp_path):
     (["--voice", "nothing/here.onnx", "--to", "hf"], "voice not found: nothing/here.onnx"),
     (["--voice", REPO / "README.md", "--to", "hf"], "is not a voice"),
     (["--voice", MULTI, "--to", "hf"], "transformers' VitsModel has only ResBlock1"),
+    (["--voice", MULTI, "--to", "piper", "--out", "OUT.wav"], "a Piper voice is written as "
+     "NAME.onnx"),
+    (["--voice", OFFICIAL, "--to", "official", "--out", ""], "--out is empty"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
   out = tmp_path / "out"
-  r = _cli(*args, "--out", out)
+  if "--out" in args:
+    args = [str(tmp_path / a) if str(a).startswith("OUT.") else a for a in args]
+  else:
+    args = args + ["--out", out]
+  r = _cli(*args)
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
   assert message in lines[0] and "Traceback" not in r.stderr
@@ -218,3 +237,8 @@ def test_trained_workdir_exports_to_piper_and_official(tmp_path):
       assert got.shape == w.shape and np.abs(got - w).max() <= 1e-3
   result = export_voice(work, "official", tmp_path / "official")
   assert sorted(p.name for p in result.files) == ["G_9.pth", "config.json"]
+  # Exported into its own workdir with force: refused, the run left whole.
+  before = sorted(str(p.relative_to(work)) for p in work.rglob("*"))
+  with pytest.raises(FileExistsError, match=r"does not write \(checkpoints\)"):
+    export_voice(work, "official", work, force=True)
+  assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == before

@@ -38,6 +38,8 @@ def export_voice(source, to: str, out, step: Optional[int] = None,
   """
   if to not in TARGETS:
     raise ValueError(f"unknown export target {to!r}; expected one of {', '.join(TARGETS)}")
+  if not str(out).strip():
+    raise ValueError("--out is empty")
   from vits_jax.convert.source import load_source
   src = load_source(source, step=step, discriminator=(to == "official"))
   out = Path(out)

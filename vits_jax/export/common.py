@@ -63,13 +63,19 @@ def share_as_usual(path: Path) -> None:
 
 @contextlib.contextmanager
 def output_dir(out: Path, force: bool) -> Iterator[Path]:
-  """A temporary folder beside `out` that becomes `out` when the block succeeds (replacing
-  an existing `out` only with `force`); on any error nothing is left behind.
+  """A temporary folder beside `out` that becomes `out` when the block succeeds; on any error
+  nothing is left behind. With `force` an existing `out` is replaced only where it holds
+  nothing but files the block wrote again (an earlier export of the same files): a folder
+  with anything else in it (a training workdir, another step's checkpoint, the user's own
+  files) is never deleted.
 
   Raises:
-    FileExistsError: `out` exists and not `force`.
+    FileExistsError: `out` exists and not `force`, or `out` is a file, or it holds files
+      this export does not write.
   """
   out = Path(out)
+  if out.exists() and not out.is_dir():
+    raise FileExistsError(f"{out} is a file, not a folder: give a folder to export into")
   if out.exists() and not force:
     raise FileExistsError(f"{out} exists (pass --force to replace it)")
   parent = out.parent if str(out.parent) else Path(".")
@@ -79,6 +85,12 @@ def output_dir(out: Path, force: bool) -> Iterator[Path]:
     yield tmp
     share_as_usual(tmp)
     if out.exists():
+      others = sorted(set(os.listdir(out)) - set(os.listdir(tmp)))
+      if others:
+        raise FileExistsError(
+            f"{out} holds files this export does not write ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}), so it is not replaced even with --force: "
+            "export into a new folder")
       old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
       os.replace(out, old / out.name)
       os.replace(tmp, out)

@@ -835,8 +835,8 @@ def voice_json(voice, base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any
   if audio.get("quality") not in ("x_low", "low", "medium", "high"):
     audio["quality"] = _quality(hp, sample_rate)   # a label Piper's tools know
   if frontend.phoneme_type == "espeak":   # Piper would fail on its first sentence
-    from vits_jax.text import espeak as espeak_ng  # pylint: disable=import-outside-toplevel
-    espeak_ng.clause_phonemizer(frontend.voice)   # ValueError: espeak-ng has no voice 'xx'
+    from vits_jax.text import piper_phonemes  # pylint: disable=import-outside-toplevel
+    piper_phonemes.check_espeak_voice(frontend.voice)   # ValueError: espeak-ng has no voice
   espeak = dict(config.get("espeak") or {})
   espeak["voice"] = frontend.voice
   language = dict(config.get("language") or {})
@@ -870,6 +870,11 @@ def _default_name(voice) -> str:
 def _output_paths(voice, out_path) -> Tuple[Path, Path]:
   out = Path(out_path).expanduser()
   if out.suffix != ".onnx":   # a folder (created if missing)
+    if out.suffix[1:].isalpha():
+      raise ValueError(f"{out}: a Piper voice is written as NAME.onnx (or into a folder), "
+                       f"not {out.suffix}")
+    if out.exists() and not out.is_dir():
+      raise FileExistsError(f"{out} is a file, not a folder: give NAME.onnx or a folder")
     out = out / f"{_default_name(voice)}.onnx"
   return out, Path(str(out) + ".json")
 

@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import warnings
 import wave
 
 # The largest request body read (text and options); a larger one gets status 413.
@@ -168,12 +169,16 @@ class TextToSpeech:
     `Voice.stream` makes them (a generator; a bad request raises on the first item)."""
     from vits_jax.files import pcm16
     text, knobs = self.request(fields)
+    chunks = self.voice.stream(text, **knobs)
+    # The lock is held while a window is computed, not while its bytes are sent: a client
+    # that reads slowly (or not at all) holds up only itself.
     with self._lock:
-      chunks = self.voice.stream(text, **knobs)
       first = next(chunks, None)   # the text and knobs are checked before any byte is sent
-      yield stream_header(self.voice.sample_rate)
-      for chunk in itertools.chain([] if first is None else [first], chunks):
-        yield pcm16(chunk).tobytes()
+    yield stream_header(self.voice.sample_rate)
+    while first is not None:
+      yield pcm16(first).tobytes()
+      with self._lock:
+        first = next(chunks, None)
 
 
 def stream_header(sample_rate):
@@ -229,7 +234,11 @@ def make_handler(tts):
       except ValueError as e:
         return self._json(400, {"error": str(e).splitlines()[0]})
       if not stream:
-        return self._send(200, wav, "audio/wav")
+        try:
+          return self._send(200, wav, "audio/wav")
+        except (BrokenPipeError, ConnectionResetError):   # the client went away
+          self.close_connection = True
+          return None
       self.send_response(200)   # chunked: each piece goes out as soon as it is made
       self.send_header("Content-Type", "audio/wav")
       self.send_header("Transfer-Encoding", "chunked")
@@ -245,6 +254,11 @@ def make_handler(tts):
         chunks.close()
 
     def _body(self):
+      if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+        self._json(411, {"error": "send the body with a Content-Length (chunked request "
+                                  "bodies are not read)"})
+        self.close_connection = True   # its chunks are not read
+        return None
       try:
         length = int(self.headers.get("Content-Length") or 0)
       except ValueError:
@@ -275,9 +289,15 @@ def make_handler(tts):
         return self._json(200, {info["name"]: info} if url.path == "/voices" else
                           {"voice": info})
       if url.path == "/":
-        query = urllib.parse.parse_qs(url.query)
+        try:
+          query = urllib.parse.parse_qs(url.query, errors="strict")
+        except UnicodeDecodeError:
+          return self._json(400, {"error": "the query is not UTF-8 text"})
         return self._speak({"text": query.get("text", [""])[0]})
       self._json(404, {"error": f"no such endpoint: {url.path}"})
+
+    def do_HEAD(self):   # what GET would answer, without the body (`_send` leaves it out)
+      self.do_GET()
 
     def do_POST(self):
       url = urllib.parse.urlsplit(self.path)
@@ -306,8 +326,13 @@ def serve(tts, host, port):
   return server
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+  print(f"warning: {message}", file=sys.stderr)   # one line, not Python's source excerpt
+
+
 def main(argv=None):
   args = parse_args(argv)
+  warnings.showwarning = _warning_line
   try:
     if not 0 <= args.port <= 65535:
       raise ValueError(f"--port must be 0 to 65535, got {args.port}")

@@ -3,9 +3,11 @@ status 400 with a one-line error while the server goes on serving."""
 
 import io
 import json
+import socket
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -183,3 +185,44 @@ def test_requests_that_come_together_share_a_batch(server):
     assert status == 200
     np.testing.assert_array_equal(
         _samples(body)[0], files.pcm16(voice.synthesize(text, speaker=1, **knobs)))
+
+
+def test_a_stream_that_is_not_read_holds_up_no_other_request(server):
+  """A streaming client that stops reading leaves its generator suspended between two
+  pieces (as a blocked socket write would): other requests are still answered, and the
+  stream then goes on to the same audio as alone."""
+  voice, _, tts = server
+  text = "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background."
+  stream = tts.stream({"text": text, "speaker": 0})
+  header, first = next(stream), next(stream)   # ... and the client reads no further
+  done = []
+  other = threading.Thread(target=lambda: done.append(tts.synthesize({"text": "Hi."})))
+  other.start()
+  other.join(timeout=300)   # a hang guard only: with the lock held it never finishes
+  assert done and _samples(done[0])[0].size > 0
+  body = header + first + b"".join(stream)
+  assert header == serve.stream_header(voice.sample_rate)
+  np.testing.assert_array_equal(np.frombuffer(body[len(header):], "<i2"),
+                                files.pcm16(voice.synthesize(text, speaker=0)))
+
+
+def test_head_chunked_body_and_query_that_is_not_utf8(server):
+  _, url, _ = server
+  request = urllib.request.Request(url + "/info", method="HEAD")
+  with urllib.request.urlopen(request, timeout=60) as response:
+    assert response.status == 200 and response.read() == b""
+    assert int(response.headers["Content-Length"]) > 0
+  status, _, body = _call(url + "/?text=%ff%fe")
+  assert status == 400 and json.loads(body) == {"error": "the query is not UTF-8 text"}
+  host, port = urllib.parse.urlsplit(url).netloc.split(":")
+  with socket.create_connection((host, int(port)), timeout=60) as s:
+    s.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n10\r\n{\"text\": \"Hi.\"}\r\n0\r\n\r\n")
+    reply = b""
+    while True:
+      got = s.recv(65536)
+      if not got:
+        break
+      reply += got
+  assert reply.startswith(b"HTTP/1.1 411 ")
+  assert b"Content-Length" in reply.split(b"\r\n\r\n")[0] and reply.count(b"HTTP/1.1") == 1

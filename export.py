@@ -15,6 +15,7 @@ An existing output is kept unless --force; on an error nothing is written.
 """
 
 import argparse
+import os
 import sys
 
 
@@ -53,4 +54,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  code = main()
+  # Everything is written and closed: skip the interpreter's teardown, during which the
+  # reader threads of a damaged checkpoint's failed read print tracebacks of their own.
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)   # pylint: disable=protected-access

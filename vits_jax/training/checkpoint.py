@@ -14,11 +14,14 @@ resumed run continue exactly as if it had never stopped. `load_generator_params`
 what inference needs.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
-from typing import Any, Optional
+import re
+import warnings
+from typing import Any, Dict, Optional
 
 import flax
 import jax
@@ -32,6 +35,10 @@ from vits_jax.training import state as state_lib
 CHECKPOINT_DIR = "checkpoints"
 
 
+class DataStateError(ValueError):
+  """A checkpoint's input-pipeline state is not this run's to read."""
+
+
 class DataStateHandler(ocp.CheckpointHandler):
   """Saves a JSON-serializable input-pipeline state per process (each host reads its own)."""
 
@@ -41,9 +48,9 @@ class DataStateHandler(ocp.CheckpointHandler):
 
   def restore(self, directory: epath.Path, args: Optional["DataStateRestore"] = None):
     path = directory / _process_file()
-    if not path.exists():
-      raise ValueError(f"{path} is missing: the checkpoint was written by a run with a "
-                       "different number of processes")
+    if not path.exists() and directory.exists() and any(directory.iterdir()):
+      raise DataStateError(f"{path} is missing: the checkpoint was written by a run with a "
+                           "different number of processes")
     return json.loads(path.read_text())
 
   def metadata(self, directory: epath.Path):
@@ -75,6 +82,119 @@ def _process_file() -> str:
   return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
 
 
+# Config sections that fix the shapes of a checkpoint's state: a run resumed with others
+# cannot read it.
+STATE_SECTIONS = ("model", "discriminator")
+
+
+@contextlib.contextmanager
+def _quiet():
+  """Keeps orbax's and asyncio's logging of a failed read (hundreds of lines of traces from
+  its worker threads) and absl's notes on optional metadata off the user's terminal: the
+  failure itself is raised as one line."""
+  names = ("absl", "asyncio", "orbax", "jax._src.distributed")
+  loggers = [logging.getLogger(n) for n in names]
+  levels = [lg.level for lg in loggers]
+  for lg in loggers:
+    lg.setLevel(logging.CRITICAL)
+  _silence_closed_loop_errors()
+  try:
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
+      yield
+  finally:
+    for lg, level in zip(loggers, levels):
+      lg.setLevel(level)
+
+
+def _silence_closed_loop_errors() -> None:
+  """After a failed read, orbax's reader threads may still call back into its asyncio loop,
+  which is closed by then: each prints a 'RuntimeError: Event loop is closed' traceback,
+  also after the failure was raised. Those (and only those) are dropped from the first
+  checkpoint read on."""
+  import sys
+  if getattr(sys.excepthook, "_vits_jax", False):
+    return
+
+  def closed_loop(exc) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+  excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+  def on_exception(kind, value, tb):
+    if not closed_loop(value):
+      excepthook(kind, value, tb)
+
+  def on_unraisable(info):
+    if not closed_loop(info.exc_value):
+      unraisablehook(info)
+  on_exception._vits_jax = True
+  sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
+
+
+def _reason(e: BaseException) -> str:
+  """A short reason for a failed read: tensorstore's status line where there is one (it may
+  be deep in a chain of wrapped exceptions), else the first line of the message."""
+  seen = []
+  while e is not None and e not in seen and len(seen) < 10:
+    seen.append(e)
+    e = e.__cause__ or e.__context__
+  texts = [str(x) for x in seen]
+  for text in texts:
+    m = re.search(r"\b(DATA_LOSS|OUT_OF_RANGE|NOT_FOUND|INVALID_ARGUMENT|FAILED_PRECONDITION|"
+                  r"UNKNOWN): [^\n]{0,160}", text)
+    if m:
+      return m.group(0)
+  for x, text in zip(seen, texts):
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if lines and not lines[0].startswith("File "):
+      return f"{type(x).__name__}: {lines[0][:200]}"
+  return type(seen[0]).__name__ if seen else "unreadable"
+
+
+class CorruptCheckpoint(ValueError):
+  """A checkpoint folder that cannot be read: incomplete (an interrupted save or copy) or
+  damaged."""
+
+
+def steps_in(directory) -> list:
+  """Steps of the checkpoint folders in `directory` (all-digit names), ascending."""
+  directory = epath.Path(directory)
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) \
+      if directory.exists() else []
+
+
+def saved_config(directory, step: int) -> Optional[Dict[str, Any]]:
+  """The config a checkpoint was saved with (None where it has none or it is unreadable)."""
+  path = epath.Path(directory) / str(step) / "config" / "metadata"
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def state_differences(saved: Dict[str, Any], config: ml_collections.ConfigDict) -> list:
+  """`section.key saved-value -> new-value` for every setting of `STATE_SECTIONS` in which
+  `config` differs from a checkpoint's `saved` config."""
+  def flat(d, prefix):
+    out = {}
+    for k, v in (d or {}).items():
+      if isinstance(v, dict):
+        out.update(flat(v, f"{prefix}{k}."))
+      else:
+        out[f"{prefix}{k}"] = v
+    return out
+  new = config.to_dict()
+  old_flat, new_flat = {}, {}
+  for section in STATE_SECTIONS:
+    old_flat.update(flat(saved.get(section), f"{section}."))
+    new_flat.update(flat(new.get(section), f"{section}."))
+  norm = lambda v: list(v) if isinstance(v, tuple) else v
+  return [f"{k} {old_flat.get(k)!r} -> {new_flat.get(k)!r}"
+          for k in sorted(set(old_flat) | set(new_flat))
+          if norm(old_flat.get(k)) != norm(new_flat.get(k))]
+
+
 class SaveError(RuntimeError):
   """A checkpoint could not be written (a full disk, a file-size limit, permissions); the
   checkpoints saved before it are intact."""
@@ -100,15 +220,20 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True,
         cleanup_tmp_directories=True)   # temporaries of saves a kill interrupted
-    self.manager = ocp.CheckpointManager(
+    with _quiet():   # (it lists the step folders, with absl notes on incomplete ones)
+      self.manager = self._manager(options)
+    self._pending = None
+
+  def _manager(self, options):
+    return ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": DataStateHandler(),
                        "config": ocp.JsonCheckpointHandler()})
-    self._pending = None
 
   def latest_step(self) -> Optional[int]:
-    return self.manager.latest_step()
+    with _quiet():   # absl's note on a step folder without metadata: the restore says more
+      return self.manager.latest_step()
 
   def save(self, step: int, state: state_lib.TrainState, data_state: Any,
            config: ml_collections.ConfigDict) -> bool:
@@ -137,14 +262,44 @@ class Checkpointer:
     `abstract_state` (a `TrainState` of `jax.ShapeDtypeStruct`s with shardings attached);
     the input pipeline's position is `restore_data_state`."""
     target = flax.serialization.to_state_dict(abstract_state)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))
+    try:
+      with _quiet():
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))
+    except Exception as e:  # pylint: disable=broad-except  (orbax wraps every read error)
+      raise self._unreadable(step, e) from None
     return flax.serialization.from_state_dict(abstract_state, restored["state"])
 
   def restore_data_state(self, step: int):
     """The input pipeline's position saved with checkpoint `step` (without the state)."""
-    return self.manager.restore(step, args=ocp.args.Composite(
-        data=DataStateRestore()))["data"]
+    try:
+      with _quiet():
+        return self.manager.restore(step, args=ocp.args.Composite(
+            data=DataStateRestore()))["data"]
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._unreadable(step, e) from None
+
+  def check_config(self, step: int, config: ml_collections.ConfigDict) -> None:
+    """ValueError if checkpoint `step` was saved by a model of other shapes than `config`'s
+    (a resume with another config), naming the settings that differ."""
+    saved = saved_config(self.directory, step)
+    changed = state_differences(saved, config) if saved is not None else []
+    if changed:
+      raise ValueError(
+          f"the checkpoints in {self.directory} are of a different model "
+          f"({'; '.join(changed[:4])}{'; ...' if len(changed) > 4 else ''}): resume with "
+          f"the config they were trained with ({self.directory.parent / 'config.json'}) "
+          "or use a new --workdir")
+
+  def _unreadable(self, step: int, e: BaseException) -> "CorruptCheckpoint":
+    if isinstance(e, DataStateError):
+      return CorruptCheckpoint(str(e))
+    earlier = [s for s in steps_in(self.directory) if s < step]
+    advice = (f"move {self.directory / str(step)} away to resume from step {earlier[-1]}"
+              if earlier else f"move {self.directory / str(step)} away to start afresh")
+    return CorruptCheckpoint(
+        f"checkpoint {step} in {self.directory} is incomplete or damaged ({_reason(e)}): "
+        f"{advice}")
 
   def _check_room(self, step: int, state) -> None:
     """SaveError before writing anything if the checkpoint cannot fit: the free disk space
@@ -189,7 +344,8 @@ def load_generator_params(workdir: str, step: Optional[int] = None,
 
   Args:
     workdir: a `train.py --workdir`.
-    step: checkpoint step; default the latest.
+    step: checkpoint step; default the latest that can be read (a later one left
+      incomplete or damaged, by an interrupted save or copy, is passed over with a warning).
     discriminator: also read the discriminator params.
 
   Returns:
@@ -198,35 +354,66 @@ def load_generator_params(workdir: str, step: Optional[int] = None,
 
   Raises:
     FileNotFoundError: no checkpoint in `workdir`.
+    ValueError: the checkpoint asked for (or every one) is incomplete or damaged.
   """
   directory = epath.Path(workdir).absolute() / CHECKPOINT_DIR
-  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) \
-      if directory.exists() else []
+  steps = steps_in(directory)
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {directory}")
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise FileNotFoundError(f"no checkpoint for step {step} in {directory} (have {steps})")
+  if step is not None:
+    if step not in steps:
+      raise FileNotFoundError(f"no checkpoint for step {step} in {directory} (have {steps})")
+    return _load_generator_step(workdir, directory, step, discriminator)
+  passed = []
+  for candidate in reversed(steps):
+    try:
+      result = _load_generator_step(workdir, directory, candidate, discriminator)
+    except CorruptCheckpoint as e:
+      passed.append(e)
+      continue
+    if passed:
+      warnings.warn(f"{passed[0]}; using step {candidate}"
+                    + (f" ({len(passed)} later ones passed over)" if len(passed) > 1 else ""))
+    return result
+  raise passed[0]
+
+
+def _load_generator_step(workdir, directory, step: int, discriminator: bool):
   parts = ("generator", "discriminator") if discriminator else ("generator",)
-  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-    meta = ckptr.metadata(directory / str(step) / "state")
-    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-    parts = [p for p in parts if p in tree["params"]]   # a generator-only checkpoint
-    target = {"params": {part: jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-        tree["params"][part]) for part in parts}}
-    restored = ckptr.restore(
-        directory / str(step) / "state",
-        args=ocp.args.PyTreeRestore(
-            item=target,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True))
+  try:
+    with _quiet(), ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+      meta = ckptr.metadata(directory / str(step) / "state")
+      if meta is None or getattr(meta, "item_metadata", meta) is None:
+        raise CorruptCheckpoint(f"checkpoint {step} in {directory} is incomplete or "
+                                "damaged (its state metadata cannot be read)")
+      tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+      sharding = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+      parts = [p for p in parts if p in tree["params"]]   # a generator-only checkpoint
+      target = {"params": {part: jax.tree_util.tree_map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+          tree["params"][part]) for part in parts}}
+      restored = ckptr.restore(
+          directory / str(step) / "state",
+          args=ocp.args.PyTreeRestore(
+              item=target,
+              restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+              partial_restore=True))
+  except CorruptCheckpoint:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (orbax wraps every read error)
+    raise CorruptCheckpoint(f"checkpoint {step} in {directory} is incomplete or damaged "
+                            f"({_reason(e)})") from None
   params = jax.tree_util.tree_map(np.asarray, restored["params"])
   # The checkpoint's own config describes its params; workdir/config.json is the latest
   # run's and only stands in for checkpoints written without one.
   config_path = directory / str(step) / "config" / "metadata"
   if not config_path.exists():
     config_path = epath.Path(workdir) / "config.json"
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  try:
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{config_path} is missing: the workdir's config is needed to "
+                            "build its model") from None
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{config_path} is not a readable config ({e})") from None
   return config, params["generator"], step, params.get("discriminator")

@@ -340,6 +340,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   ckpt = checkpoint_lib.Checkpointer(workdir, int(t.max_to_keep))
   preemption.wait_for_saves = ckpt.manager.wait_until_finished
   latest = ckpt.latest_step()
+  if latest is not None:   # before anything is built for it: one line naming what differs
+    ckpt.check_config(latest, config)
 
   # --- Input -----------------------------------------------------------------------------
   buckets = num_buckets(config, workdir, latest is not None)

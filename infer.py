@@ -73,12 +73,26 @@ _FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3"}
 _SUBTYPES = {"OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}   # others: 16-bit PCM
 
 
-def _stdin_bytes():
+# The most text read at once from stdin or an --input file (about 60 hours of speech): more
+# is refused rather than read into memory (`--text - < /dev/zero` would take it all).
+MAX_TEXT_BYTES = 64 << 20
+
+
+def _stdin_bytes(flag="--input -"):
   if sys.stdin is None:
-    raise ValueError("--input -: stdin is closed")
+    raise ValueError(f"{flag}: stdin is closed")
   buffer = getattr(sys.stdin, "buffer", None)   # a text-only stand-in has none
   return buffer if buffer is not None else io.BytesIO(
       sys.stdin.read().encode("utf-8", "surrogateescape"))
+
+
+def _read_capped(f, name):
+  """All of `f` (a binary file or pipe), at most MAX_TEXT_BYTES."""
+  data = f.read(MAX_TEXT_BYTES + 1)
+  if len(data) > MAX_TEXT_BYTES:
+    raise ValueError(f"{name} holds more than {MAX_TEXT_BYTES >> 20} MiB of text: split it "
+                     "(or stream it line by line: --input - --output-raw)")
+  return data
 
 
 def _live_lines():
@@ -108,14 +122,17 @@ def _numbered_lines(path):
   """(line number, line) of each non-blank line of the --input file ('-': stdin)."""
   name = "stdin" if path == "-" else path
   if path == "-":
-    data = _stdin_bytes().read()
+    data = _read_capped(_stdin_bytes(), name)
   else:
     if os.path.isdir(path):
       raise ValueError(f"--input {path} is a folder, not a text file")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):   # (a pipe, `<(...)`, is no regular file but reads fine)
       raise FileNotFoundError(f"input file not found: {path}")
-    with open(path, "rb") as f:
-      data = f.read()
+    try:
+      with open(path, "rb") as f:
+        data = _read_capped(f, path)
+    except OSError as e:
+      raise ValueError(f"cannot read --input {path}: {e.strerror}") from None
   lines = [(n, line.strip()) for n, line in enumerate(_decode(data, name).splitlines(), 1)
            if line.strip()]
   if not lines:
@@ -233,7 +250,7 @@ def _check_args(args):
 def run(args):
   """Synthesizes as `args` say; raises ValueError/FileNotFoundError for bad input."""
   if args.text == "-":   # the whole of stdin is the text (`cat chapter.txt | ...`)
-    args.text = _decode(_stdin_bytes().read(), "stdin")
+    args.text = _decode(_read_capped(_stdin_bytes("--text -"), "stdin"), "stdin")
   _check_args(args)
   texts = None
   if args.input == "-" and args.output_raw:
@@ -242,7 +259,8 @@ def run(args):
     texts = _json_lines(args.input)
   elif args.input is not None:
     texts = _read_lines(args.input)
-  if args.convert is not None and not os.path.isfile(args.convert):
+  if args.convert is not None and (not os.path.exists(args.convert) or
+                                   os.path.isdir(args.convert)):
     raise FileNotFoundError(f"--convert recording not found: {args.convert}")
 
   from vits_jax import allocator
@@ -364,15 +382,31 @@ def _write_audio(path, sample_rate, chunks) -> int:
   except (OSError, RuntimeError) as e:   # LibsndfileError is a RuntimeError
     if os.path.exists(tmp):
       os.remove(tmp)
-    reason = getattr(e, "strerror", None) or str(e)
-    if "System error" in reason:
-      reason = "the disk is full or the file is too large"
+    reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
+    if "System error" in reason:   # libsndfile's word for a failed write(): say which
+      reason = _write_failure(directory)
     raise ValueError(f"cannot write {path}: {reason}") from None
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
   return samples
+
+
+def _write_failure(directory) -> str:
+  """Why a write into `directory` failed, where libsndfile only says 'System error'."""
+  import shutil
+  if not os.path.isdir(directory):
+    return f"folder {directory} does not exist"
+  try:
+    usage = shutil.disk_usage(directory)
+    if usage.total > 0 and usage.free < (1 << 20):   # (/proc and its kind have no size)
+      return "the disk is full"
+  except OSError:
+    pass
+  if not os.access(directory, os.W_OK):
+    return "permission denied"
+  return "the file system refused the write (disk full, read-only, or a file-size limit)"
 
 
 def _text_to_file(args, voice, knobs):

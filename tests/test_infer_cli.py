@@ -212,6 +212,8 @@ def test_unknown_characters_warn(tmp_path, capsys):
     ["--list-speakers", "--voice", TINY, "--out", "OUTFILE.wav"],
     ["--list-speakers", "--voice", "/no/such/voice.onnx"],
     ["--text", "Hi.", "--volume", "inf", "--voice", TINY],
+    ["--text", "Hi.", "--volume", "1e300", "--voice", TINY],
+    ["--text", "Hi.", "--voice", TINY, "--speaker", "\u00b2"],   # isdigit(), not a number
     ["--text", "Hi.", "--out", "", "--voice", TINY],
     ["--text", "Hi.", "--voice", ""],
     ["--input", "FOLDER", "--out-dir", "OUT", "--voice", TINY],
@@ -451,3 +453,29 @@ def test_json_input_needs_files(tmp_path, capsys):
                ["--input", "-", "--json-input", "--output-raw"]):
     code, err = _run(argv + ["--voice", TINY], capsys)
     assert code == 2 and "--json-input goes with --input and --out-dir" in err, err
+
+
+def test_input_from_a_pipe_and_stdin_limits(tmp_path, capsys, monkeypatch):
+  """A pipe (`--input <(...)`) is read like a file; stdin beyond the text limit and a
+  closed stdin are one-line errors naming the flag."""
+  r, w = os.pipe()
+  os.write(w, b"First line.\nSecond line.\n")
+  os.close(w)
+  try:
+    code, err = _run(["--input", f"/dev/fd/{r}", "--out-dir", str(tmp_path / "o"), "--voice",
+                      TINY_SINGLE], capsys)
+  finally:
+    os.close(r)
+  assert code == 0, err
+  assert sorted(os.listdir(tmp_path / "o")) == ["0001.wav", "0002.wav"]
+  monkeypatch.setattr(infer, "MAX_TEXT_BYTES", 100)
+  for argv in (["--text", "-", "--out", str(tmp_path / "x.wav")],
+               ["--input", "-", "--out-dir", str(tmp_path / "p")]):
+    code, err = _run(argv + ["--voice", TINY_SINGLE], capsys, "Hello there. " * 10,
+                     monkeypatch)
+    assert code == 2 and "stdin holds more than" in err and err.count("\n") == 1, err
+  monkeypatch.setattr(sys, "stdin", None)
+  code, err = _run(["--text", "-", "--out", str(tmp_path / "x.wav"), "--voice", TINY_SINGLE],
+                   capsys)
+  assert code == 2 and err.strip() == "error: --text -: stdin is closed", err
+  assert not (tmp_path / "x.wav").exists() and not list((tmp_path / "p").iterdir())

@@ -269,6 +269,13 @@ def test_voice_conversion_errors(multi):
     load_voice(FIXTURES / "piper_tiny_high.onnx").convert(wav, rate, 0, 0)
   with pytest.raises(ValueError, match="posterior encoder"):
     multi.convert(wav, rate, 0, 1)  # Piper exports drop the posterior encoder
+  # A hostile header: a few KB said to be at 1 Hz would resample to hours of audio.
+  with pytest.raises(ValueError, match="at 1 Hz is not speech audio"):
+    voice.convert(wav[:3000], 1, 1, 2)
+  from vits_jax.voice import MAX_CONVERT_MINUTES
+  long = np.zeros(int((MAX_CONVERT_MINUTES + 1) * 60 * 4000), np.float32)
+  with pytest.raises(ValueError, match=f"lasts 21 minutes.*up to {MAX_CONVERT_MINUTES}"):
+    voice.convert(long, 4000, 1, 2)
 
 
 _SHARDED_SCRIPT = """

@@ -1,6 +1,8 @@
 """Files the CLIs touch: output folders made or refused, audio files read whole or refused,
 each with one clear message, and the 16-bit samples they write."""
 
+import contextlib
+import io
 import os
 import struct
 from typing import Optional, Tuple
@@ -33,6 +35,10 @@ def pcm16(audio: np.ndarray) -> np.ndarray:
   return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
 
 
+# The most audio `read_audio` takes from a pipe (a file it reads as libsndfile streams it).
+MAX_PIPED_AUDIO_BYTES = 1 << 30
+
+
 class CutShortError(ValueError):
   """A WAV file holds fewer samples than its header says (a copy or download cut off)."""
 
@@ -46,24 +52,38 @@ def read_audio(path: str) -> Tuple[np.ndarray, int]:
       samples that are there and say nothing).
   """
   import soundfile as sf  # pylint: disable=import-outside-toplevel
+  source = path
+  if not os.path.isfile(path):   # a pipe (`<(...)`): read once, into memory
+    try:
+      with open(path, "rb") as f:
+        blob = f.read(MAX_PIPED_AUDIO_BYTES + 1)
+    except OSError as e:
+      raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    if len(blob) > MAX_PIPED_AUDIO_BYTES:
+      raise ValueError(f"{path} holds more than {MAX_PIPED_AUDIO_BYTES >> 20} MiB of audio")
+    source = io.BytesIO(blob)
   try:
-    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    data, rate = sf.read(source, dtype="float32", always_2d=True)
   except (RuntimeError, sf.LibsndfileError) as e:  # (LibsndfileError is a RuntimeError)
     lines = str(e).splitlines()
     raise ValueError(f"cannot read {path}: {lines[0] if lines else type(e).__name__}") from None
-  short = wav_shortfall(path)
+  short = wav_shortfall(source)
   if short:
     raise CutShortError(f"{path} is cut short: its header promises {short[0]} bytes of "
                         f"samples, the file holds {short[1]}")
   return data, rate
 
 
-def wav_shortfall(path: str) -> Optional[Tuple[int, int]]:
+def wav_shortfall(path) -> Optional[Tuple[int, int]]:
   """(bytes the data chunk's header promises, bytes the file holds) of a RIFF/WAVE file cut
   short; None for a whole file, a file that is not RIFF/WAVE, or a streamed WAV whose size
   field was never filled in (0 or 0xFFFFFFFF)."""
-  size = os.path.getsize(path)
-  with open(path, "rb") as f:
+  if isinstance(path, io.BytesIO):
+    size, opened = len(path.getbuffer()), contextlib.nullcontext(path)
+  else:
+    size, opened = os.path.getsize(path), open(path, "rb")
+  with opened as f:
+    f.seek(0)
     head = f.read(12)
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
       return None

@@ -39,6 +39,12 @@ MAX_IDS = inference.MAX_IDS
 
 # The longest pause `sentence_silence` may ask for, in seconds.
 MAX_SILENCE_SECONDS = 600.0
+# The largest `volume` (x1000 = +60 dB: anything above only clips).
+MAX_VOLUME = 1000.0
+# What `Voice.convert` takes: recordings of speech rates, up to this long at once (it holds
+# the whole recording and its latents in memory).
+MIN_CONVERT_RATE, MAX_CONVERT_RATE = 4000, 384000
+MAX_CONVERT_MINUTES = 20
 
 
 def check_knobs(noise_scale: float = 0.667, noise_scale_w: float = 0.8,
@@ -67,8 +73,8 @@ def check_knobs(noise_scale: float = 0.667, noise_scale_w: float = 0.8,
     raise ValueError(f"seed must be an integer in [-2**63, 2**63), got {seed!r}")
   if not (integer(batch_size) and batch_size >= 1):
     raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-  if not (number(volume) and volume >= 0):
-    raise ValueError(f"volume must be a number >= 0, got {volume!r}")
+  if not (number(volume) and 0 <= volume <= MAX_VOLUME):
+    raise ValueError(f"volume must be 0 to {MAX_VOLUME:g}, got {volume!r}")
 
 
 def check_flags(**knobs) -> None:
@@ -145,7 +151,7 @@ class Voice:
       return None
     if speaker is None:
       return 0
-    if isinstance(speaker, str) and not speaker.strip().lstrip("-").isdigit():
+    if isinstance(speaker, str) and not re.fullmatch(r"\s*-?[0-9]+\s*", speaker):
       if speaker not in self.speaker_names:
         known = ", ".join(list(self.speaker_names)[:10])
         raise ValueError(f"unknown speaker {speaker!r} for voice {self.name}"
@@ -430,6 +436,13 @@ class Voice:
       audio = audio.mean(axis=1)
     if audio.ndim != 1 or not np.all(np.isfinite(audio)):
       raise ValueError("audio must be a finite mono waveform")
+    if not MIN_CONVERT_RATE <= int(sample_rate) <= MAX_CONVERT_RATE:
+      raise ValueError(f"a recording at {int(sample_rate)} Hz is not speech audio (voice "
+                       f"conversion takes {MIN_CONVERT_RATE} to {MAX_CONVERT_RATE} Hz)")
+    minutes = len(audio) / int(sample_rate) / 60
+    if minutes > MAX_CONVERT_MINUTES:
+      raise ValueError(f"the recording lasts {minutes:.0f} minutes; voice conversion takes up "
+                       f"to {MAX_CONVERT_MINUTES} at a time (split it)")
     if int(sample_rate) != self.sample_rate:
       import librosa
       audio = librosa.resample(audio, orig_sr=int(sample_rate), target_sr=self.sample_rate,

@@ -299,3 +299,19 @@ def test_non_string_text_and_skipped_texts(multi):
                               skip_unsayable=True))
   assert [a.size > 0 for a, _ in out] == [False, True, False, True, False]
   np.testing.assert_array_equal(out[1][0], multi.synthesize("Hi."))
+
+
+def test_broken_piper_files_are_refused_at_load(tmp_path):
+  """A speaker map naming ids the model lacks, and an empty .onnx (a download cut off), are
+  one clear error when the voice loads, not at its first use."""
+  import shutil
+  config = json.loads(Path(str(MULTI) + ".json").read_text())
+  config["speaker_id_map"] = {"alice": 0, "bob": 99}
+  shutil.copy(MULTI, tmp_path / "v.onnx")
+  (tmp_path / "v.onnx.json").write_text(json.dumps(config))
+  with pytest.raises(ValueError, match=r"speaker ids \{'bob': 99\} out of range 0\.\.2"):
+    load_voice(tmp_path / "v.onnx")
+  (tmp_path / "e.onnx").write_bytes(b"")
+  (tmp_path / "e.onnx.json").write_text(Path(str(MULTI) + ".json").read_text())
+  with pytest.raises(ValueError, match="e.onnx is empty"):
+    load_voice(tmp_path / "e.onnx")

@@ -96,6 +96,8 @@ def load_piper(onnx_path: PathLike, config_path: Optional[PathLike] = None) -> P
   from vits_jax.convert import source
   voice_config = source.read_json(config_path)
   source.piper_data(voice_config, str(config_path))   # the audio section, before any use
+  if Path(onnx_path).stat().st_size == 0:
+    raise ValueError(f"{onnx_path} is empty (an interrupted download or copy?)")
   try:
     graph = onnx.load(str(onnx_path)).graph
   except Exception as e:  # onnx raises several protobuf/decode errors

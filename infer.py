@@ -406,6 +406,9 @@ def _write_failure(directory) -> str:
     pass
   if not os.access(directory, os.W_OK):
     return "permission denied"
+  import resource
+  if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+    return "the disk is full or the file-size limit (ulimit -f) was reached"
   return "the file system refused the write (disk full, read-only, or a file-size limit)"
 
 

@@ -84,14 +84,36 @@ def _exit_now(message: str, code: int):
   os._exit(code)   # pylint: disable=protected-access
 
 
+def _config_arg(argv) -> str:
+  """The --config value in `argv` (for messages), or '' if absent."""
+  for i, arg in enumerate(argv[1:], 1):
+    if arg in ("--config", "-config") and i + 1 < len(argv):
+      return argv[i + 1]
+    if arg.startswith(("--config=", "-config=")):
+      return arg.split("=", 1)[1]
+  return ""
+
+
 def _parse_flags(argv):
   """absl's flag parsing; a --config.* override naming no field, or of the wrong type, is
   one line and exit 2 (ml_collections raises it as an exception, not a flags error)."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _exit_now(f"error: {e}", 2)
+    message = str(e)
+    if "Traceback (most recent call last)" in message:
+      # ml_collections puts the whole traceback of a failing get_config() into the flag
+      # error ('configs/tiny.py:bogus'); its last line is the cause.
+      lines = [line.strip() for line in message.splitlines() if line.strip()]
+      _exit_now(f"error: cannot load --config {_config_arg(argv)}: {lines[-1]}", 2)
+    _exit_now(f"error: {message}", 2)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
+    if (isinstance(e, AttributeError) and (getattr(e, "name", None) == "get_config"
+                                           or "attribute 'get_config'" in str(e))):
+      # Raised while the config file loads, before any override is applied.
+      _exit_now(f"error: cannot load --config {_config_arg(argv)}: the file has no "
+                "get_config() function (a config file defines get_config() returning an "
+                "ml_collections.ConfigDict, as configs/*.py do)", 2)
     while e.args and isinstance(e.args[0], BaseException):   # AttributeError(KeyError(...))
       e = e.args[0]
     detail = str(e.args[0] if e.args else e).strip().replace("\n", "; ")

@@ -27,6 +27,7 @@ import argparse
 import collections
 import functools
 import glob
+import heapq
 import itertools
 import json
 import math
@@ -56,6 +57,11 @@ CHUNK = 4
 CHUNKS_IN_FLIGHT_PER_WORKER = 3
 
 
+# The sample rates --sample-rate accepts: speech corpora and voices are 8-48 kHz; far outside
+# this is a typo (0 or 1 Hz would "prepare" every clip into a few samples).
+MIN_RATE, MAX_RATE = 8000, 192000
+
+
 class PrepareError(Exception):
   """A user-facing failure: printed as one `error:` line, exit status 2."""
 
@@ -83,7 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="blank id between tokens for --frontend vits, as config.data.add_blank "
                       "(default: on)")
   p.add_argument("--sample-rate", type=int, default=None,
-                 help="target rate (default: 22050, or the Piper voice's rate)")
+                 help="target rate in Hz, 8000..192000 (default: 22050, or the Piper "
+                      "voice's rate)")
   p.add_argument("--val-size", type=int, default=100,
                  help="validation clips (default: %(default)s; at most half)")
   p.add_argument("--workers", type=int, default=None,
@@ -130,9 +137,13 @@ def settings_of(args: argparse.Namespace) -> process.Settings:
   else:
     cleaners = tuple(c.strip() for c in args.cleaners.split(",") if c.strip())
     kwargs = (("add_blank", bool(args.add_blank)), ("cleaners", cleaners))
-  rate = rate or 22050
-  if rate <= 0:
-    raise PrepareError(f"--sample-rate must be positive, got {rate}")
+  if args.sample_rate is not None and not MIN_RATE <= args.sample_rate <= MAX_RATE:
+    raise PrepareError(f"--sample-rate must be {MIN_RATE}..{MAX_RATE} Hz, got "
+                       f"{args.sample_rate}")
+  rate = 22050 if rate is None else rate
+  if not MIN_RATE <= rate <= MAX_RATE:
+    raise PrepareError(f"the voice's sample rate {rate} Hz (--voice-config) is outside "
+                       f"{MIN_RATE}..{MAX_RATE} Hz; pass --sample-rate")
   return process.Settings(sample_rate=rate, min_seconds=args.min_seconds,
                           max_seconds=args.max_seconds, max_tokens=args.max_tokens,
                           frontend=args.frontend, frontend_kwargs=kwargs)
@@ -195,7 +206,7 @@ def read_clips(args: argparse.Namespace):
     if args.dataset == "ljspeech":
       return readers.read_ljspeech(args.src)
     return readers.read_vctk(args.src, mic=args.mic)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, ValueError) as e:   # no corpus there; a metadata.csv not UTF-8
     raise PrepareError(str(e)) from None
 
 
@@ -213,19 +224,65 @@ def validation_candidates(clips) -> list[int]:
 def rank_validation(candidates: list[int], val_size: int, seed: int) -> tuple[list[int], int]:
   """Seeded validation candidates, best first, and how many validation clips to keep.
 
-  Twice as many candidates as needed are ranked, so that when some of them turn out to be
-  bad (a corrupt file is only found when decoded) the next ones take their place.
+  Validation is the first clips of this order that turn out good (a corrupt file is only
+  found when decoded): see `ValidationPick`.
 
   Args:
     candidates: clip positions (`validation_candidates`).
 
   Returns:
-    (candidate positions in rank order, number of validation clips wanted).
+    (every candidate position in rank order, number of validation clips wanted).
   """
   n = min(val_size, len(candidates) // 2)  # never let validation take most of the data
   rng = np.random.default_rng(seed)
-  order = rng.permutation(len(candidates))[:min(2 * n, len(candidates))]
+  order = rng.permutation(len(candidates)) if n else []
   return [candidates[i] for i in order], n
+
+
+class ValidationPick:
+  """Picks the validation clips while the corpus streams past: the first `n` good clips in
+  rank order, however many bad ones rank before them.
+
+  Clips come in corpus order, not rank order, so which good clip will be needed is only known
+  at the end. Held back (in memory) are the good clips of the first 2n ranks, and a reserve
+  of the n best-ranked good clips after those; a clip pushed out of the reserve by a better
+  one is released to train at once. So at most 3n clips are held and, whenever the corpus
+  has n good candidates, validation gets n.
+
+  Args:
+    ranked: candidate positions in rank order (`rank_validation`).
+    n: validation clips wanted.
+  """
+
+  def __init__(self, ranked: list[int], n: int):
+    self.n = n
+    self._rank = {pos: r for r, pos in enumerate(ranked)}
+    self.held: dict[int, Any] = {}
+    self._reserve: list[tuple[int, int]] = []  # max-heap of (-rank, position)
+
+  def offer(self, pos: int, clip) -> Any:
+    """Takes a good clip; returns a clip that goes to train now (`clip`, one released from
+    the reserve, or None)."""
+    rank = self._rank.get(pos)
+    if rank is None or not self.n:
+      return clip
+    if rank < 2 * self.n:
+      self.held[pos] = clip
+      return None
+    if len(self._reserve) < self.n:
+      heapq.heappush(self._reserve, (-rank, pos))
+      self.held[pos] = clip
+      return None
+    if rank < -self._reserve[0][0]:
+      _, out = heapq.heapreplace(self._reserve, (-rank, pos))
+      self.held[pos] = clip
+      return self.held.pop(out)
+    return clip
+
+  def split(self, n: int) -> tuple[list[Any], list[Any]]:
+    """(validation: the n best-ranked held clips, the other held clips for train)."""
+    good = sorted(self.held, key=self._rank.__getitem__)
+    return [self.held[p] for p in good[:n]], [self.held[p] for p in good[n:]]
 
 
 def load_speaker_map(path: str) -> dict[str, int]:
@@ -305,7 +362,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
   if workers is None:
     workers = min(os.cpu_count() or 1, -(-len(clips) // CLIPS_PER_WORKER))
   ranked, n_val = rank_validation(validation_candidates(clips), args.val_size, args.seed)
-  ranked_set = set(ranked)
+  pick = ValidationPick(ranked, n_val)
 
   # The frontend must load before any work starts, so a bad --voice-config is one error line.
   try:
@@ -324,7 +381,6 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
   shard_bytes = int(args.shard_mb * 2**20)
   writers = {s: writer.SplitWriter(args.out, s, shard_bytes, run) for s in records.SPLITS}
   skipped = []
-  held = {}  # position -> processed validation candidate, until we know which are good
   rows = 0
   add = lambda split, r: writers[split].add(r["id"], r["speaker"], speakers[r["speaker"]],
                                             r["text"], r["tokens"], r["audio"])
@@ -341,17 +397,17 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
       seen_ids.add(res["id"])
       if "skip" in res:
         skipped.append({"id": res["id"], "reason": res["skip"], "detail": res["detail"]})
-      elif pos in ranked_set:
-        held[pos] = res
       else:
-        add("train", res)
-    good = [pos for pos in ranked if pos in held]
+        released = pick.offer(pos, res)
+        if released is not None:
+          add("train", released)
     # Validation never takes more than half of what survived.
-    n_val = min(n_val, (len(good) + len(writers["train"].lengths)) // 2)
-    for pos in good[:n_val]:
-      add("validation", held[pos])
-    for pos in sorted(good[n_val:], key=lambda p: held[p]["id"]):
-      add("train", held[pos])
+    n_val = min(n_val, (len(pick.held) + len(writers["train"].lengths)) // 2)
+    validation, rest = pick.split(n_val)
+    for res in validation:
+      add("validation", res)
+    for res in sorted(rest, key=lambda r: r["id"]):
+      add("train", res)
     if not writers["train"].lengths:
       reasons = collections.Counter(s["reason"] for s in skipped).most_common()
       raise PrepareError(
@@ -406,7 +462,12 @@ def summary(manifest: dict[str, Any], out: str) -> str:
   c = manifest["counts"]
   reasons = ", ".join(f"{k} {v}" for k, v in c["skipped_by_reason"].items())
   verb = "already prepared (verified)" if manifest.get("_reused") else "prepared"
-  return (f"{verb} {c['kept']} clips (train {c['train']}, validation {c['validation']}, "
+  wanted = (manifest.get("settings") or {}).get("val_size")
+  validation = f"validation {c['validation']}"
+  if isinstance(wanted, int) and c["validation"] < wanted:
+    # Validation takes at most half of the usable clips (see rank_validation).
+    validation += f" of --val-size {wanted}: at most half the usable clips"
+  return (f"{verb} {c['kept']} clips (train {c['train']}, {validation}, "
           f"{manifest['hours']:.2f} h at {manifest['sample_rate']} Hz, "
           f"{len(manifest['speakers'])} speaker(s)) in {out}; skipped {c['skipped']}"
           + (f" ({reasons})" if reasons else "") + f"; {manifest['seconds']:.1f} s")
@@ -419,11 +480,16 @@ def main(argv=None) -> int:
   except PrepareError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except (OSError, RuntimeError) as e:   # a full disk, a file-size limit, permissions
-    if isinstance(e, RuntimeError) and "write() failed" not in str(e):
-      raise   # array_record reports a failed write as a RuntimeError; anything else is a bug
+  except (OSError, RuntimeError) as e:   # a full disk, a file-size limit, a read-only folder
+    if isinstance(e, RuntimeError):
+      # array_record reports any failed open/write/close as a RuntimeError ('open() failed:
+      # Read-only file system; opening PATH; ...'); the writer raises it as an OSError
+      # (`writer.ShardWriteError`), this catches any that escape it. Other ones are bugs.
+      e = writer.shard_error(e)
+      if e is None:
+        raise
     where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-    reason = getattr(e, "strerror", None) or str(e).split(";")[0]
+    reason = e.strerror or " ".join(str(e).split())
     print(f"error: cannot write the prepared data{where}: {reason}; "
           f"the previous prepared data in {args.out} is intact", file=sys.stderr)
     return 2

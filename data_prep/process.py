@@ -9,6 +9,7 @@ codes are stable strings (they are counted in the manifest):
   unreadable audio    the decoder rejected it (corrupt header, ...)
   audio cut short     a WAV file holding fewer samples than its header says
   no audio samples    it decodes to zero samples
+  non-finite samples  a float file holding NaN or infinite samples
   silent audio        every sample is zero
   no transcript       the corpus has no text for it
   empty transcript    the text is empty or only whitespace
@@ -80,7 +81,8 @@ def load_audio(path: str) -> tuple[np.ndarray, int]:
 
 def to_int16(audio: np.ndarray) -> np.ndarray:
   """float [-1, 1] -> int16, clipping overs (resampling can overshoot a full-scale peak)."""
-  return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+  with np.errstate(over="ignore"):   # a huge finite float becomes inf, then clips
+    return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
 
 
 def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -147,7 +149,13 @@ def process_clip(clip: Clip, settings: Settings, frontend=None) -> dict[str, Any
       return skip("unreadable audio", f"{clip.path}: {str(e).splitlines()[0][:200]}")
   if audio.shape[0] == 0:
     return skip("no audio samples")
-  mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+  finite = np.isfinite(audio)
+  if not finite.all():
+    first = int(np.argmin(finite.all(axis=1)))
+    return skip("non-finite samples", f"{int((~finite).sum())} NaN or infinite sample(s), "
+                                      f"the first at sample {first}")
+  with np.errstate(over="ignore"):   # absurd but finite floats: clipped by to_int16
+    mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
   if not np.any(mono):
     return skip("silent audio")
 

@@ -49,6 +49,21 @@ def _safe_id(clip_id: str) -> bool:
   return not any(c in clip_id for c in ("/", "\\", "\0")) and clip_id not in (".", "..")
 
 
+def _wide_encoding(raw: bytes) -> str | None:
+  """'UTF-16'/'UTF-32' (with what gave it away) when `raw` is text in such an encoding: its
+  byte-order mark, or NUL bytes in a share only wide encodings produce (a stray NUL in one
+  line is left to the per-row checks)."""
+  for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+                    (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16")):
+    if raw.startswith(bom):
+      return f"{name} (it starts with a {name} byte-order mark)"
+  nuls = raw.count(b"\0")
+  if raw and nuls * 4 >= len(raw):
+    name = "UTF-32" if nuls * 4 >= len(raw) * 3 else "UTF-16"
+    return f"{name} ({nuls} of its {len(raw)} bytes are NUL)"
+  return None
+
+
 def read_ljspeech(src: str) -> list[Clip]:
   """Reads the LJSpeech-1.1 layout: `metadata.csv` (`id|text|normalized`) and `wavs/ID.wav`.
 
@@ -63,6 +78,7 @@ def read_ljspeech(src: str) -> list[Clip]:
 
   Raises:
     FileNotFoundError: src or metadata.csv missing.
+    ValueError: metadata.csv is not UTF-8 text at all (UTF-16 or UTF-32).
   """
   meta = os.path.join(src, "metadata.csv")
   if not os.path.isfile(meta):
@@ -72,6 +88,10 @@ def read_ljspeech(src: str) -> list[Clip]:
     raw = f.read()
   if raw.startswith(b"\xef\xbb\xbf"):
     raw = raw[3:]
+  wide = _wide_encoding(raw)
+  if wide:
+    raise ValueError(f"{meta} is {wide}, not UTF-8: re-save it as UTF-8 (e.g. iconv -f "
+                     f"{wide.split()[0]} -t UTF-8)")
   for lineno, line_bytes in enumerate(raw.split(b"\n"), 1):
     try:
       line = line_bytes.decode("utf-8").rstrip("\r")
@@ -86,9 +106,10 @@ def read_ljspeech(src: str) -> list[Clip]:
     fields = line.split("|")
     clip_id = fields[0].strip()
     if len(fields) < 2 or not clip_id:
+      problem = "has no '|' fields" if len(fields) < 2 else "has an empty clip id"
       clips.append(Clip(clip_id or f"line{lineno}", SINGLE_SPEAKER, None,
                         skip="malformed metadata",
-                        detail=f"metadata.csv line {lineno} has no '|' fields"))
+                        detail=f"metadata.csv line {lineno} {problem}"))
       continue
     if not _safe_id(clip_id):
       clips.append(Clip(f"line{lineno}", SINGLE_SPEAKER, None, skip="unsafe clip id",

@@ -8,7 +8,9 @@ interrupted run leaves nothing a reader will trust.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 
 import numpy as np
 from array_record.python import array_record_module
@@ -18,6 +20,35 @@ from vits_jax.data import records
 # group_size:1 makes every record its own chunk: random access (grain's shuffled reads)
 # decompresses only the record asked for.
 _OPTIONS = "group_size:1"
+
+_ERRNO_OF = {os.strerror(code): code for code in errno.errorcode}
+
+
+class ShardWriteError(OSError):
+  """array_record could not create, write or close a shard. It reports every such failure
+  (read-only folder, full disk, ...) as a RuntimeError like 'open() failed: Read-only file
+  system; opening PATH; ...'; this is that failure as an OSError with `strerror` (the reason)
+  and `filename` (the shard), so callers handle it like any other failed write."""
+
+
+def shard_error(error: BaseException, path: str | None = None) -> ShardWriteError | None:
+  """`error`, a RuntimeError of array_record's writer, as a `ShardWriteError`.
+
+  Args:
+    error: the RuntimeError.
+    path: the shard being written; None when the caller does not know whether `error` came
+      from array_record: then only its 'open() failed: ...'-style messages are converted
+      (the file is taken from their '; opening PATH' part) and anything else gives None.
+  """
+  text = " ".join(str(error).split())
+  failed = re.match(r"\w+\(\) failed: ([^;]*)", text)
+  if failed is None and path is None:
+    return None
+  reason = (failed.group(1) if failed else text.split(";")[0]).strip() or type(error).__name__
+  if path is None:
+    where = re.search(r"; (?:opening|writing|closing|creating) ([^;]+)", text)
+    path = where.group(1).strip() if where else None
+  return ShardWriteError(_ERRNO_OF.get(reason, errno.EIO), reason, path)
 
 
 class SplitWriter:
@@ -44,7 +75,10 @@ class SplitWriter:
     data = records.encode_record(clip_id, speaker, sid, text, tokens, audio)
     if self._writer is None or self._bytes >= self.shard_bytes:
       self._open_next()
-    self._writer.write(data)
+    try:
+      self._writer.write(data)   # also where a failed open shows: the constructor never raises
+    except RuntimeError as e:
+      raise shard_error(e, self._tmp_paths[-1]) from None
     self._bytes += len(data)
     self._counts[-1] += 1
     self.lengths.append((len(tokens), len(audio)))
@@ -55,21 +89,30 @@ class SplitWriter:
     self._close_current()
     path = os.path.join(self.out_dir,
                         f".{self.split}-{len(self._tmp_paths):05d}.tmp-{os.getpid()}")
-    self._writer = array_record_module.ArrayRecordWriter(path, _OPTIONS)
+    try:
+      self._writer = array_record_module.ArrayRecordWriter(path, _OPTIONS)
+    except RuntimeError as e:
+      raise shard_error(e, path) from None
     self._tmp_paths.append(path)
     self._counts.append(0)
     self._bytes = 0
 
   def _close_current(self) -> None:
     if self._writer is not None:
-      self._writer.close()
-      self._writer = None
+      writer, self._writer = self._writer, None
+      try:
+        writer.close()   # flushes: a full disk may show only here
+      except RuntimeError as e:
+        raise shard_error(e, self._tmp_paths[-1]) from None
 
   def finish(self) -> dict:
     """Closes, renames shards to their final names, writes the lengths table.
 
     Returns:
       The split's manifest entry: shards and lengths files (name, bytes, sha256), clip count.
+
+    Raises:
+      OSError: a file could not be written (`ShardWriteError` for a shard).
     """
     self._close_current()
     n = len(self._tmp_paths)

@@ -317,3 +317,185 @@ def test_resample_equals_librosa_soxr_hq(n, rate, target):
   np.testing.assert_array_equal(
       process.resample(x, rate, target),
       librosa.resample(x, orig_sr=rate, target_sr=target, res_type="soxr_hq"))
+
+
+# ------------------------------------------------------------- write failures, bad samples
+def _small_corpus(root, good=4, bad=0, rate=16000, extra_rows=()):
+  """`good` clips that prepare, then `bad` rows whose audio is missing (found only when
+  processed, so they stay validation candidates), then `extra_rows`."""
+  os.makedirs(os.path.join(root, "wavs"))
+  rows = []
+  for i in range(good):
+    cid = f"G-{i:03d}"
+    sf.write(os.path.join(root, "wavs", cid + ".wav"), _tone(0.6, rate, 200.0 + 50 * i), rate)
+    rows.append(f"{cid}|{TEXTS[i % len(TEXTS)]}|{TEXTS[i % len(TEXTS)]}")
+  rows += [f"M-{i:03d}|Missing audio.|Missing audio." for i in range(bad)]
+  rows += list(extra_rows)
+  with open(os.path.join(root, "metadata.csv"), "w", encoding="utf-8") as f:
+    f.write("\n".join(rows) + "\n")
+  return root
+
+
+def _one_line_error(rc, err, *needles):
+  assert rc == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+  assert "Traceback" not in err
+  for needle in needles:
+    assert needle in err, (needle, err)
+
+
+def test_shard_writer_reports_array_record_failures_as_os_errors(tmp_path):
+  """array_record cannot create a shard (here: --out under a file, which stops root too) and
+  says so as a RuntimeError at the first write: the writer raises an OSError naming it."""
+  import errno
+  from data_prep import writer
+  (tmp_path / "afile").write_text("x")
+  w = writer.SplitWriter(str(tmp_path / "afile" / "out"), "train", 1 << 20)
+  with pytest.raises(writer.ShardWriteError) as err:
+    w.add("a", "s", 0, "t", np.ones(3, np.int32), np.ones(10, np.int16))
+  assert isinstance(err.value, OSError) and err.value.strerror == "Not a directory"
+  assert err.value.filename.startswith(str(tmp_path / "afile" / "out" / ".train-00000.tmp-"))
+  w.abort()
+  # The RuntimeError -> OSError mapping, for array_record's messages only.
+  e = writer.shard_error(RuntimeError("open() failed: Read-only file system; opening "
+                                      "ro/.train-00000.tmp-7; Failed to create the file header"))
+  assert (e.strerror, e.filename, e.errno) == ("Read-only file system",
+                                               "ro/.train-00000.tmp-7", errno.EROFS)
+  assert writer.shard_error(RuntimeError("some bug")) is None
+
+
+def test_read_only_out_is_one_line_error(tmp_path, capsys, monkeypatch):
+  """An existing --out where no file can be created (a read-only mount): one line naming the
+  file and the reason, not array_record's RuntimeError traceback."""
+  from data_prep import writer
+  src = _small_corpus(str(tmp_path / "src"))
+  out = tmp_path / "ro"
+  out.mkdir()
+
+  class ReadOnly:   # array_record on a read-only file system: the open fails at write()
+    def __init__(self, path, options):
+      self.path = path
+
+    def write(self, data):
+      raise RuntimeError(f"open() failed: Read-only file system; opening {self.path}; "
+                         "Failed to create the file header")
+
+    def close(self):
+      raise RuntimeError("Failed to close chunk_writer")
+
+  monkeypatch.setattr(writer.array_record_module, "ArrayRecordWriter", ReadOnly)
+  rc, _, err = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", out,
+                    "--workers", 1, "--val-size", 1)
+  _one_line_error(rc, err, "cannot write the prepared data", "Read-only file system",
+                  str(out / ".train-00000.tmp-"))
+  assert "open() failed" not in err and not os.listdir(out)
+  # A RuntimeError of array_record's that escapes the writer is mapped the same way; any
+  # other RuntimeError is a bug and is not hidden.
+  monkeypatch.undo()
+  for message, expected in (("open() failed: Permission denied; opening /x/y; more", True),
+                            ("an internal bug", False)):
+    def add(self, *args, message=message):
+      raise RuntimeError(message)
+    monkeypatch.setattr(writer.SplitWriter, "add", add)
+    if expected:
+      rc, _, err = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", out,
+                        "--workers", 1, "--val-size", 1)
+      _one_line_error(rc, err, "(/x/y): Permission denied;")
+    else:
+      with pytest.raises(RuntimeError, match="an internal bug"):
+        prepare.main(["--dataset", "ljspeech", "--src", src, "--out", str(out),
+                      "--workers", "1", "--val-size", "1"])
+
+
+def test_clips_with_nan_or_inf_samples_are_skipped_without_warnings(tmp_path, capsys):
+  import warnings
+  src = _small_corpus(str(tmp_path / "src"), extra_rows=[
+      "NAN|A clip with a NaN sample.|A clip with a NaN sample.",
+      "INF|A clip with an infinite sample.|A clip with an infinite sample."])
+  for cid, value in (("NAN", np.nan), ("INF", -np.inf)):
+    wav = _tone(0.6, 16000)
+    wav[10] = value
+    sf.write(os.path.join(src, "wavs", cid + ".wav"), wav, 16000, subtype="FLOAT")
+  out = str(tmp_path / "o")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")   # numpy's "invalid value encountered in cast" was leaked
+    rc, stdout, err = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", out,
+                           "--workers", 1, "--val-size", 1)
+  assert rc == 0 and not err, err
+  assert "non-finite samples 2" in stdout
+  m = records.load_manifest(out)
+  assert {s["id"]: s["reason"] for s in m["skipped"]} == {"NAN": "non-finite samples",
+                                                          "INF": "non-finite samples"}
+  assert "sample 10" in m["skipped"][0]["detail"]
+  assert sorted(_all_records(out)) == [f"G-{i:03d}" for i in range(4)]
+
+
+@pytest.mark.parametrize("rate", [0, 1, 7999, 192001, -5])
+def test_sample_rate_out_of_range_is_refused(rate, tmp_path, capsys):
+  src = _small_corpus(str(tmp_path / "src"), good=1)
+  rc, _, err = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", tmp_path / "o",
+                    "--workers", 1, "--sample-rate", rate)
+  _one_line_error(rc, err, f"--sample-rate must be 8000..192000 Hz, got {rate}")
+  assert not os.path.exists(tmp_path / "o")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_val_size_is_met_when_bad_rows_rank_first(seed, tmp_path, capsys):
+  """Most validation candidates turn out bad only when processed (missing audio): validation
+  still gets --val-size clips, the first good ones of the seeded order."""
+  from data_prep import readers
+  src = _small_corpus(str(tmp_path / "src"), good=5, bad=20)
+  out = str(tmp_path / "o")
+  rc, stdout, _ = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", out,
+                       "--workers", 1, "--val-size", 2, "--seed", seed)
+  assert rc == 0 and "validation 2," in stdout, stdout
+  clips = readers.read_ljspeech(src)
+  ranked, n = prepare.rank_validation(prepare.validation_candidates(clips), 2, seed)
+  want = [clips[p].clip_id for p in ranked if clips[p].clip_id.startswith("G-")][:n]
+  recs = _all_records(out)
+  assert sorted(recs) == [f"G-{i:03d}" for i in range(5)]
+  assert sorted(cid for cid, (split, _) in recs.items() if split == "validation") == sorted(want)
+  # Fewer good clips than asked for: at most half of them, and the summary says so.
+  rc, stdout, _ = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", out,
+                       "--workers", 1, "--val-size", 4, "--seed", seed, "--force")
+  assert rc == 0 and "validation 2 of --val-size 4: at most half the usable clips" in stdout
+
+
+def test_validation_pick_holds_the_best_ranked_good_clips():
+  """Offered in corpus order, the clips kept are the first n good ones in rank order, and
+  no more than 3n are ever held."""
+  rng = np.random.default_rng(0)
+  for trial in range(50):
+    size, n = int(rng.integers(1, 40)), int(rng.integers(1, 6))
+    ranked = [int(p) for p in rng.permutation(size)]
+    good = {p for p in range(size) if rng.random() < 0.4}
+    pick = prepare.ValidationPick(ranked, n)
+    to_train = []
+    for pos in range(size):
+      if pos in good:
+        released = pick.offer(pos, pos)
+        if released is not None:
+          to_train.append(released)
+      assert len(pick.held) <= 3 * n
+    validation, rest = pick.split(n)
+    assert validation == [p for p in ranked if p in good][:n], trial
+    assert sorted(validation + rest + to_train) == sorted(good)
+
+
+def test_metadata_empty_id_and_utf16_are_named(tmp_path, capsys):
+  src = _small_corpus(str(tmp_path / "src"), extra_rows=["|Empty id.|Empty id.", "NoFields"])
+  out = str(tmp_path / "o")
+  rc, _, _ = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", out,
+                  "--workers", 1, "--val-size", 1)
+  assert rc == 0
+  details = [s["detail"] for s in records.load_manifest(out)["skipped"]]
+  assert details == ["metadata.csv line 5 has an empty clip id",
+                     "metadata.csv line 6 has no '|' fields"]
+  meta = os.path.join(src, "metadata.csv")
+  text = open(meta, encoding="utf-8").read()
+  for encoding, name in (("utf-16", "UTF-16"), ("utf-16-le", "UTF-16"), ("utf-32", "UTF-32")):
+    with open(meta, "wb") as f:
+      f.write(text.encode(encoding))
+    rc, _, err = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", out,
+                      "--workers", 1, "--val-size", 1, "--force")
+    _one_line_error(rc, err, f"metadata.csv is {name}", "not UTF-8")
+  assert records.load_manifest(out)["counts"]["kept"] == 4   # left as it was

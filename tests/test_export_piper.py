@@ -437,12 +437,15 @@ def test_vits_frontend_voice_is_refused(tmp_path):
 
 def test_unknown_espeak_voice_is_refused(tmp_path):
   """A voice whose JSON names an espeak-ng voice that does not exist would load in Piper and
-  fail on its first sentence: export says so instead of writing it."""
+  fail on its first sentence: loading it says so, and export refuses such a frontend too."""
   config = json.loads(Path(str(TINY["high"]) + ".json").read_text())
   config["espeak"]["voice"] = "xx-nowhere"
   (tmp_path / "v.onnx").write_bytes(TINY["high"].read_bytes())
   (tmp_path / "v.onnx.json").write_text(json.dumps(config))
-  voice = load_voice(tmp_path / "v.onnx")
+  with pytest.raises(ValueError, match="espeak-ng has no voice 'xx-nowhere'"):
+    load_voice(tmp_path / "v.onnx")
+  voice = load_voice(TINY["high"])
+  voice.frontend.voice = "xx-nowhere"   # changed after load: export checks it again
   with pytest.raises(ValueError, match="espeak-ng has no voice 'xx-nowhere'"):
     export.export_piper(voice, tmp_path / "out" / "x.onnx")
   assert not (tmp_path / "out").exists()

@@ -238,3 +238,70 @@ def test_truncated_or_missing_files_are_not_trusted(tmp_path):
   os.remove(os.path.join(tmp_path, records.MANIFEST))
   with pytest.raises(FileNotFoundError, match="prepare.py"):
     _train(str(tmp_path))
+
+
+def _flip(path, offset):
+  with open(path, "r+b") as f:
+    f.seek(offset)
+    byte = f.read(1)
+    f.seek(offset)
+    f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_shard_corrupted_without_size_change_is_one_line_naming_it(tmp_path):
+  """Bit rot that keeps a shard's size passes the manifest's size check; reading it is then a
+  one-line ValueError naming the shard and the fix, not array_record's RuntimeError."""
+  _write_prepared(tmp_path, n_train=9, n_val=2)
+  shards = records.load_manifest(str(tmp_path))["splits"]["train"]["shards"]
+  assert len(shards) == 2 and shards[0]["records"] > 0
+  second = os.path.join(tmp_path, shards[1]["file"])
+  # The footer (read when the shard is opened): the loader cannot even start.
+  _flip(second, os.path.getsize(second) // 2)
+  with pytest.raises(ValueError) as err:
+    _train(str(tmp_path))
+  message = str(err.value)
+  assert message.startswith(f"{second}: cannot read the prepared data"), message
+  assert message.endswith(f"re-run data_prep/prepare.py --out {tmp_path} --force")
+  assert "Riegeli" in message and "\n" not in message
+  # A record's chunk (read when its batch is made): the batch names the shard and record.
+  _write_prepared(tmp_path, n_train=9, n_val=2)
+  _flip(second, 300)
+  ld = _train(str(tmp_path), num_epochs=1)
+  with pytest.raises(ValueError) as err:
+    for i in range(len(ld)):
+      ld.dataset[i]
+  message = str(err.value)
+  first_of_second = shards[0]["records"]
+  assert message.startswith(f"{second} (record {first_of_second}): cannot read the prepared "
+                            "data"), message
+  assert "--force" in message and "\n" not in message
+  # A lengths table that is not one.
+  _write_prepared(tmp_path, n_train=9, n_val=2)
+  lengths = records.load_manifest(str(tmp_path))["splits"]["train"]["lengths"]["file"]
+  path = os.path.join(tmp_path, lengths)
+  size = os.path.getsize(path)
+  with open(path, "wb") as f:
+    f.write(b"x" * size)
+  with pytest.raises(ValueError, match=f"{lengths}: cannot read the prepared data"):
+    _train(str(tmp_path))
+
+# ------------------------------------------------------------------ HF voice weights
+def test_truncated_or_garbage_hf_safetensors_is_one_line_value_error(tmp_path):
+  """An interrupted download of an HF voice's model.safetensors is named, not a traceback."""
+  import shutil
+
+  from vits_jax.convert import hf
+
+  fixture = os.path.join(os.path.dirname(__file__), "fixtures", "hf_tiny")
+  weights = open(os.path.join(fixture, "model.safetensors"), "rb").read()
+  for name, data in (("truncated", weights[:len(weights) // 2]), ("garbage", weights[:1000]),
+                     ("empty", b""), ("random", os.urandom(4096))):
+    folder = tmp_path / name
+    shutil.copytree(fixture, folder)
+    (folder / "model.safetensors").write_bytes(data)
+    with pytest.raises(ValueError) as err:
+      hf.load_hf(str(folder))
+    message = str(err.value)
+    assert message.startswith(f"{folder / 'model.safetensors'}: corrupt or truncated "
+                              "safetensors file (SafetensorError: "), message
+    assert "\n" not in message

@@ -186,6 +186,43 @@ def test_get_frontend_rejects_bad_arguments():
     text_lib.get_frontend('piper', config={})
 
 
+@pytest.mark.parametrize('voice', ['xx-nonexistent', '', 5])
+@pytest.mark.parametrize('fallback', [None, True])
+def test_piper_unknown_espeak_voice_fails_at_load(fixture, voice, fallback):
+  """A .onnx.json naming an espeak voice espeak-ng lacks is refused when the frontend is
+  built (one line, export's message), not with espeak's RuntimeError at the first text;
+  on piper-phonemize's espeak-ng (default, where installed) and espeakng-loader's."""
+  with pytest.raises(ValueError) as err:
+    _piper(fixture, voice, fallback=fallback)
+  assert str(err.value) == f'espeak-ng has no voice {voice!r}'
+  # The same single decision as Piper export's check.
+  with pytest.raises(ValueError, match='espeak-ng has no voice'):
+    piper_phonemes.check_espeak_voice(voice, fallback=fallback)
+  piper_phonemes.check_espeak_voice('en-us', fallback=fallback)
+  assert _piper(fixture, 'en-us', fallback=fallback).text_to_ids('Hi.')
+  # A text-phoneme voice never runs espeak-ng: its espeak voice is not checked.
+  config = {'phoneme_id_map': fixture['phoneme_id_map'], 'espeak': {'voice': 'xx-nonexistent'},
+            'phoneme_type': 'text'}
+  assert text_lib.get_frontend('piper', config=config, fallback=fallback).text_to_ids('ab')
+
+
+def test_espeak_that_cannot_start_is_one_line(fixture, monkeypatch):
+  """espeakng-loader's espeak-ng is loaded as a private copy of its library: where that copy
+  cannot be written (a full /tmp), loading the voice says so in one line."""
+  def no_space(voice, **kwargs):
+    raise OSError(28, 'No space left on device', '/tmp/x/libespeak-ng.so')
+
+  monkeypatch.setattr(espeak, 'clause_phonemizer', no_space)
+  piper_phonemes._check_voice.cache_clear()  # pylint: disable=protected-access
+  try:
+    with pytest.raises(ValueError) as err:
+      _piper(fixture, 'en-us', fallback=True)
+  finally:
+    piper_phonemes._check_voice.cache_clear()  # pylint: disable=protected-access
+  assert str(err.value) == ("cannot start espeak-ng for voice 'en-us' (No space left on "
+                            "device: /tmp/x/libespeak-ng.so)")
+
+
 # ----------------------------------------------------------------------------- Piper
 
 

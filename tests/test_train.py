@@ -648,3 +648,66 @@ def test_bfloat16_step_tracks_float32(run_a, data_dir, tmp_path):
             "loss/g/adv", "loss/g/total"):
     a, b = rows16[1][k], rows32[1][k]
     assert abs(a - b) <= 0.05 * abs(b) + 0.05, (k, a, b)
+
+
+def test_config_file_errors_are_one_line(tmp_path):
+  """A config file that fails in get_config() ('tiny.py:bogus') or has none: one line with
+  the cause, no traceback (flag parsing fails before jax is imported: ~1 s a run)."""
+  no_get = tmp_path / "no_get_config.py"
+  no_get.write_text("x = 1\n")
+  tiny = tu.REPO / "configs" / "tiny.py"
+  cases = [
+      (f"{tiny}:bogus", f"error: cannot load --config {tiny}:bogus: ValueError: "
+                        "configs/tiny.py takes no argument or 'micro', got 'bogus'"),
+      (str(no_get), f"error: cannot load --config {no_get}: the file has no get_config() "
+                    "function"),
+  ]
+  for config, want in cases:
+    proc = subprocess.run([sys.executable, str(tu.REPO / "train.py"), "--config", config,
+                           "--workdir", str(tmp_path / "w")], cwd=tmp_path, env=tu._env(),  # pylint: disable=protected-access
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(want) and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "override" not in proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_damaged_checkpoints_and_another_model_are_one_line_each(run_a, data_dir, tmp_path):
+  """What an interrupted copy, bit rot or a resume with another config leave: one error line
+  (exit 2) that names the checkpoint and the step a resume can use, nothing deleted; the
+  voice of the workdir passes over a damaged latest step, with a warning."""
+  import warnings
+  from vits_jax.voice import load_voice
+  work = tmp_path / "run"
+  shutil.copytree(run_a, work)
+  listing = lambda: sorted(str(p.relative_to(work)) for p in work.rglob("*"))
+
+  def resume(*overrides):
+    proc = tu.run_train(work, data_dir, *overrides, check=False)
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), \
+        proc.stderr[-3000:]
+    return lines[0]
+
+  (work / "checkpoints" / "9").mkdir()   # a copy that never finished
+  before = listing()
+  line = resume()
+  assert "checkpoint 9 in" in line and "resume from step 4" in line, line
+  assert listing() == before
+  (work / "checkpoints" / "9").rmdir()
+  line = resume("--config.model.hidden_channels=24")
+  assert "different model (model.hidden_channels 16 -> 24)" in line, line
+  for f in (work / "checkpoints" / "4" / "state").rglob("d/*"):   # the same size, garbage
+    f.write_bytes(np.random.default_rng(0).bytes(f.stat().st_size))
+  line = resume()
+  assert "checkpoint 4 in" in line and "damaged" in line and "resume from step 2" in line
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    voice = load_voice(str(work))
+  assert any("checkpoint 4" in str(w.message) and "using step 2" in str(w.message)
+             for w in caught), [str(w.message) for w in caught]
+  assert np.isfinite(voice.synthesize("Hello.")).all()
+  from vits_jax.training import checkpoint
+  with pytest.raises(checkpoint.CorruptCheckpoint,
+                     match="checkpoint 4 in .* incomplete or damaged"):
+    checkpoint.load_generator_params(str(work), step=4)

@@ -181,6 +181,31 @@ def param_template(config: ml_collections.ConfigDict):
   return param_shapes(build_synthesizer(config))
 
 
+def _one_line(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
+def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
+  """The tensors of a `.safetensors` file as numpy arrays.
+
+  Raises:
+    OSError: the file cannot be opened or read.
+    ValueError: it is not a valid safetensors file (e.g. an interrupted download); the
+      message names the file and is one line.
+  """
+  import safetensors
+  from safetensors.numpy import load_file
+  try:
+    return load_file(path)
+  except OSError:
+    raise
+  except safetensors.SafetensorError as e:
+    raise ValueError(f"{path}: corrupt or truncated safetensors file ({_one_line(e)})") from None
+  except Exception as e:  # pylint: disable=broad-except  (any malformed input)
+    raise ValueError(f"{path}: not a readable safetensors file ({_one_line(e)})") from None
+
+
 def load_hf(path: str) -> Tuple[ml_collections.ConfigDict, Dict]:
   """Loads an HF VITS folder (`config.json` + `model.safetensors`) without torch.
 
@@ -190,6 +215,10 @@ def load_hf(path: str) -> Tuple[ml_collections.ConfigDict, Dict]:
   Returns:
     (config, params) for `build_synthesizer(config).apply({'params': params}, ...,
     method='infer')`.
+
+  Raises:
+    FileNotFoundError: `config.json` or `model.safetensors` is missing.
+    ValueError: a file is malformed (e.g. a truncated `model.safetensors`).
   """
   config_path = os.path.join(path, "config.json")
   weights_path = os.path.join(path, "model.safetensors")
@@ -200,7 +229,6 @@ def load_hf(path: str) -> Tuple[ml_collections.ConfigDict, Dict]:
   tok_path = Path(path) / "tokenizer_config.json"
   if tok_path.is_file():
     config.data.add_blank = bool(source.read_json(tok_path).get("add_blank", True))
-  from safetensors.numpy import load_file
-  official = hf_to_official(load_file(weights_path))
+  official = hf_to_official(_read_safetensors(weights_path))
   params = torch_names.torch_to_flax(official, like=param_template(config))
   return config, params

@@ -47,9 +47,21 @@ class PreparedSplit:
     if split not in self.manifest["splits"]:
       raise ValueError(f"{data_dir} has no split {split!r}")
     entry = self.manifest["splits"][split]
+    self.data_dir = data_dir
     self.paths = [os.path.join(data_dir, s["file"]) for s in entry["shards"]]
-    self.lengths = np.load(os.path.join(data_dir, entry["lengths"]["file"]))
-    self.source = grain.sources.ArrayRecordDataSource(self.paths) if self.paths else None
+    counts = [s.get("records") for s in entry["shards"]]
+    # First record index of each shard, to name the shard a failed read came from.
+    self._starts = (np.cumsum([0] + counts[:-1]) if all(isinstance(c, int) for c in counts)
+                    else None)
+    lengths_path = os.path.join(data_dir, entry["lengths"]["file"])
+    try:
+      self.lengths = np.load(lengths_path)
+    except (ValueError, EOFError, OSError) as e:
+      raise ValueError(_unreadable(lengths_path, e, data_dir)) from None
+    if self.lengths.ndim != 2 or self.lengths.shape[1:] != (2,):
+      raise ValueError(f"{lengths_path} holds an array of shape {self.lengths.shape}, not "
+                       f"[clips, 2]; re-run data_prep/prepare.py --out {data_dir} --force")
+    self.source = self._open(self.paths) if self.paths else None
     n = len(self.source) if self.source is not None else 0
     if n != len(self.lengths):
       raise ValueError(f"{data_dir}: {split} has {n} records but {len(self.lengths)} lengths; "
@@ -58,9 +70,49 @@ class PreparedSplit:
   def __len__(self) -> int:
     return len(self.lengths)
 
+  def _open(self, paths):
+    """The shards as one grain data source; a shard whose structure is damaged (same size,
+    other bytes: the manifest's size check passes) is one ValueError naming it."""
+    try:
+      return grain.sources.ArrayRecordDataSource(paths)
+    except Exception as e:  # pylint: disable=broad-except  (array_record: RuntimeError)
+      error = e
+    for path in paths:   # which one: opening a shard reads only its footer
+      try:
+        grain.sources.ArrayRecordDataSource([path])
+      except Exception as e:  # pylint: disable=broad-except
+        raise ValueError(_unreadable(path, e, self.data_dir)) from None
+    raise ValueError(_unreadable(self.data_dir, error, self.data_dir)) from None
+
+  def _shard_of(self, index: int) -> str:
+    if self._starts is None or not self.paths:
+      return self.data_dir
+    return self.paths[max(0, int(np.searchsorted(self._starts, index, side="right")) - 1)]
+
   def read(self, indices) -> list[dict[str, Any]]:
-    """Decoded records (see `records.decode_record`) for the given record indices."""
-    return [records.decode_record(self.source[int(i)]) for i in indices]
+    """Decoded records (see `records.decode_record`) for the given record indices.
+
+    Raises:
+      ValueError: a record cannot be read or decoded (a corrupted shard); names the shard.
+    """
+    out = []
+    for i in indices:
+      try:
+        out.append(records.decode_record(self.source[int(i)]))
+      except MemoryError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (any damage to the bytes)
+        raise ValueError(_unreadable(self._shard_of(int(i)), e, self.data_dir,
+                                     f"record {int(i)}")) from None
+    return out
+
+
+def _unreadable(path: str, error: BaseException, data_dir: str, what: str = "") -> str:
+  """One line: which prepared file failed, why, and the fix."""
+  cause = " ".join(str(error).split())[:300] or type(error).__name__
+  what = f" ({what})" if what else ""
+  return (f"{path}{what}: cannot read the prepared data, the file is corrupt or unreadable "
+          f"({cause}); re-run data_prep/prepare.py --out {data_dir} --force")
 
 
 def collate(recs: list[dict[str, Any]], bucket: tuple[int, int],

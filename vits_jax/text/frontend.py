@@ -207,7 +207,8 @@ class PiperFrontend(Frontend):
       is installed; default: only where it is not (or env `VITS_JAX_PIPER_FALLBACK=1`).
 
   Raises:
-    ValueError: the config lacks what is needed, or names an unsupported phoneme type.
+    ValueError: the config lacks what is needed, names an unsupported phoneme type, or an
+      espeak voice that espeak-ng does not have ('espeak-ng has no voice ...').
   """
 
   name = 'piper'
@@ -224,6 +225,10 @@ class PiperFrontend(Frontend):
     if self.phoneme_type not in ('espeak', 'text'):
       raise ValueError(f'unsupported Piper phoneme_type {self.phoneme_type!r}')
     self.voice = (config.get('espeak') or {}).get('voice', 'en-us')
+    if self.phoneme_type == 'espeak':   # fail at load, not at the first sentence
+      piper_phonemes.check_espeak_voice(self.voice, fallback=fallback)
+    elif not isinstance(self.voice, str):
+      raise ValueError(f'espeak.voice must be a string, not {self.voice!r}')
     max_id = max(i for ids in self.id_map.values() for i in ids)
     self.n_vocab = max(int(config.get('num_symbols', 0)), max_id + 1)
     self._can_say = functools.partial(chars.espeak_can_say,

@@ -191,6 +191,43 @@ def _remove_language_flags(phonemes):
   return out
 
 
+def check_espeak_voice(voice, fallback=None):
+  """Makes sure espeak-ng can phonemize with `voice` (a Piper voice's `espeak.voice`).
+
+  The one place that decides whether an espeak-ng voice exists: the Piper frontend calls it
+  when it is built (so a voice fails at load, not at its first sentence) and Piper export
+  before writing a voice that Piper could not run. It asks the espeak-ng that will phonemize:
+  piper-phonemize's (Piper's own) where it is used, else espeakng-loader's.
+
+  Args:
+    voice: the espeak-ng voice name.
+    fallback: as `phonemize`.
+
+  Raises:
+    ValueError: 'espeak-ng has no voice ...', or espeak-ng cannot be started (one line).
+  """
+  if not isinstance(voice, str) or not voice.strip() or '\0' in voice:
+    raise ValueError(f'espeak-ng has no voice {voice!r}')
+  module = None if fallback else piper_phonemize_module()
+  _check_voice(voice, module is None)
+
+
+@functools.lru_cache(maxsize=None)
+def _check_voice(voice, use_fallback):
+  """`check_espeak_voice`'s lookup, remembered for voices that exist (errors are not)."""
+  if not use_fallback:
+    try:
+      piper_phonemize_module().phonemize_espeak('', voice)   # sets the voice, says nothing
+    except RuntimeError:   # 'Failed to set eSpeak-ng voice'
+      raise ValueError(f'espeak-ng has no voice {voice!r}') from None
+    return
+  try:
+    espeak.clause_phonemizer(voice)   # ValueError: espeak-ng has no voice 'xx'
+  except OSError as e:   # it loads a private copy of the library (a full /tmp, ...)
+    raise ValueError(f'cannot start espeak-ng for voice {voice!r} ({e.strerror or e}'
+                     + (f': {e.filename}' if getattr(e, 'filename', None) else '') + ')') from None
+
+
 def phonemize(text, voice, fallback=None):
   """Sentences of phonemes for `text`, as piper-phonemize gives them (or the fallback).
 

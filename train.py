@@ -38,8 +38,9 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # Orbax and JAX log every checkpoint step at INFO; --verbosity=0 shows them.
     logging.set_verbosity(logging.WARNING)
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if len(argv) > 1:   # (absl's UsageError would print the whole usage before it)
+    _exit_now(f"error: unexpected arguments: {' '.join(argv[1:])} (settings are flags: "
+              "--config.section.key=value)", 2)
   try:
     config = _CONFIG.value
     if config is not None:

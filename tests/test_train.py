@@ -669,6 +669,12 @@ def test_config_file_errors_are_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(want) and proc.stderr.count("\n") == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "override" not in proc.stderr
+  # A stray word (a setting given without its flag) is one line too, not absl's usage.
+  proc = subprocess.run([sys.executable, str(tu.REPO / "train.py"), "--config", str(tiny),
+                         "--workdir", str(tmp_path / "w"), "num_steps=5"], cwd=tmp_path,
+                        env=tu._env(), capture_output=True, text=True, timeout=120)  # pylint: disable=protected-access
+  assert proc.returncode == 2 and proc.stderr.startswith(
+      "error: unexpected arguments: num_steps=5") and proc.stderr.count("\n") == 1, proc.stderr
   assert not (tmp_path / "w").exists()
 
 

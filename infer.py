@@ -113,7 +113,7 @@ def _live_lines():
 
 def _decode(data, name):
   try:
-    return data.decode("utf-8")
+    return data.decode("utf-8-sig")   # (the BOM Windows editors write is dropped)
   except UnicodeDecodeError as e:
     raise ValueError(f"{name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
@@ -176,6 +176,15 @@ def _json_jobs(args, voice, knobs, entries):
       raise ValueError(f"{name} line {number}: {e}") from None
     taken[out] = number
     jobs.append((text, line_knobs, out))
+  for out, number in taken.items():   # files and folders that cannot both be made
+    parts = out.split(os.sep)
+    clash = next((taken[os.sep.join(parts[:i])] for i in range(1, len(parts))
+                  if os.sep.join(parts[:i]) in taken), None)
+    if clash is not None:
+      raise ValueError(f"{name} line {number}: output_file {out} needs a folder where line "
+                       f"{clash} writes a file")
+    if os.path.isdir(os.path.join(args.out_dir, out)):
+      raise ValueError(f"{name} line {number}: output_file {out} is an existing folder")
   return jobs
 
 
@@ -191,7 +200,20 @@ def _output_name(value):
   if suffix not in _FORMATS:
     raise ValueError(f"output_file {value}: unknown audio format {suffix or '(no suffix)'!r} "
                      f"(use {', '.join(_FORMATS)})")
+  _check_name_length(out, "output_file")
   return out
+
+
+# The longest file name written (bytes): file systems take 255, and the temporary file a
+# write goes through adds its own prefix and suffix.
+MAX_NAME_BYTES = 230
+
+
+def _check_name_length(path, what):
+  longest = max(path.split(os.sep), key=lambda part: len(part.encode("utf-8", "replace")))
+  if len(longest.encode("utf-8", "replace")) > MAX_NAME_BYTES:
+    raise ValueError(f"{what} {path[:60]}...: a file or folder name over {MAX_NAME_BYTES} "
+                     "bytes (most file systems take 255)")
 
 
 def _check_args(args):
@@ -243,6 +265,7 @@ def _check_args(args):
     raise FileNotFoundError(f"output folder does not exist: {parent}")
   if os.path.isdir(out):
     raise ValueError(f"--out {out} is a folder")
+  _check_name_length(os.path.basename(out), "--out")
   if not os.access(parent, os.W_OK) or (os.path.exists(out) and not os.access(out, os.W_OK)):
     raise ValueError(f"--out {out} cannot be written (permission denied)")
 

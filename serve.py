@@ -120,9 +120,11 @@ class TextToSpeech:
     """WAV bytes for one request's fields (waits for its batch; ValueError for a bad
     request: the voice checks the knobs' ranges and the text)."""
     text, knobs = self.request(fields)
-    if len(text) > MAX_WAV_TEXT_CHARS:
-      raise ValueError(f"text too long for one WAV ({len(text)} characters, at most "
-                       f"{MAX_WAV_TEXT_CHARS}): split it, or ask for \"stream\": true")
+    # (a slower length_scale makes the same text's WAV that much longer)
+    if len(text) * max(1.0, knobs["length_scale"]) > MAX_WAV_TEXT_CHARS:
+      raise ValueError(f"text too long for one WAV ({len(text)} characters at length_scale "
+                       f"{knobs['length_scale']:g}, at most {MAX_WAV_TEXT_CHARS} at 1): "
+                       "split it, or ask for \"stream\": true")
     done = concurrent.futures.Future()
     with self._start_lock:
       if self._worker is None:
@@ -277,7 +279,7 @@ def make_handler(tts):
         self.close_connection = True
         return None
       try:
-        return self.rfile.read(length).decode("utf-8")
+        return self.rfile.read(length).decode("utf-8-sig")   # (a BOM is dropped)
       except UnicodeDecodeError:
         self._json(400, {"error": "the request body is not UTF-8 text"})
         return None

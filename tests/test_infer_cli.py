@@ -388,7 +388,7 @@ def test_json_input_lines_choose_file_speaker_and_knobs(tmp_path, capsys):
       {"text": "The juice of lemons makes fine punch.", "volume": 0.5},
   ]
   src = tmp_path / "lines.jsonl"
-  src.write_text("\n".join(json.dumps(x) for x in lines[:2]) + "\n\n"
+  src.write_text("\ufeff" + "\n".join(json.dumps(x) for x in lines[:2]) + "\n\n"
                  + "\n".join(json.dumps(x) for x in lines[2:]) + "\n", encoding="utf-8")
   out = tmp_path / "o"
   code, err = _run(["--input", str(src), "--json-input", "--out-dir", str(out), "--voice",
@@ -429,11 +429,17 @@ def test_json_input_lines_choose_file_speaker_and_knobs(tmp_path, capsys):
     (['{"text": "Hi."}', '{"text": "Ho.", "output_file": "0001.wav"}'], "also line 1's"),
     (['{"text": "Hi.", "speaker": "nobody"}'], "unknown speaker 'nobody'"),
     (['{"text": "Hi.", "speaker_id": 9}'], "speaker id 9 out of range"),
-    (['{"text": "Hi.", "length_scale": -1}'], "length_scale must be a positive number"),
+    (['{"text": "Hi.", "length_scale": -1}'], "length_scale must be a number in (0, 20]"),
     (['{"text": "Hi.", "noise_w_scale": "high"}'], "noise_w_scale must be a number"),
     (['{"text": "Hi.", "noise_w_scale": -0.5}'], "noise_w_scale must be a number >= 0"),
     (['{"text": "Hi.", "noise_w_scale": 0, "noise_scale_w": 0}'], "not both"),
     (['{"text": "Hi.", "normalize": "yes"}'], "normalize must be true or false"),
+    (['{"text": "Hi.", "output_file": "a.wav"}', '{"text": "Ho.", "output_file": "a.wav/b.wav"}'],
+     "line 2: output_file a.wav/b.wav needs a folder where line 1 writes a file"),
+    (['{"text": "Hi.", "output_file": "sub.wav"}'], "line 1: output_file sub.wav is an existing "
+     "folder"),
+    (['{"text": "Hi.", "output_file": "%s.wav"}' % ("n" * 240)], "over 230 bytes"),
+    (['{"text": "Hi.", "length_scale": 1e308}'], "length_scale must be a number in (0, 20]"),
 ])
 def test_json_input_bad_line_is_one_line_error_before_any_audio(lines, needle, tmp_path,
                                                                capsys):
@@ -441,11 +447,12 @@ def test_json_input_bad_line_is_one_line_error_before_any_audio(lines, needle, t
   src.write_text("\n".join(lines) + "\n", encoding="utf-8")
   out = tmp_path / "o"
   out.mkdir()
+  (out / "sub.wav").mkdir()
   code, err = _run(["--input", str(src), "--json-input", "--out-dir", str(out), "--voice",
                     TINY], capsys)
   assert code == 2 and needle in err, err
   assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: {src} line "), err
-  assert not list(out.iterdir())   # nothing synthesized, nothing written
+  assert [p.name for p in out.iterdir()] == ["sub.wav"]   # nothing synthesized or written
 
 
 def test_json_input_needs_files(tmp_path, capsys):

@@ -212,6 +212,12 @@ def test_head_chunked_body_and_query_that_is_not_utf8(server):
   with urllib.request.urlopen(request, timeout=60) as response:
     assert response.status == 200 and response.read() == b""
     assert int(response.headers["Content-Length"]) > 0
+  status, _, body = _call(url + "/synthesize", b"\xef\xbb\xbf" + json.dumps(
+      {"text": "Hi."}).encode())   # a BOM, as Windows editors write
+  assert status == 200 and _samples(body)[0].size > 0
+  slow = {"text": "Hi. " * (serve.MAX_WAV_TEXT_CHARS // 8 + 1), "length_scale": 2}
+  status, _, body = _call(url + "/synthesize", json.dumps(slow).encode())
+  assert status == 400 and "at length_scale 2" in json.loads(body)["error"]
   status, _, body = _call(url + "/?text=%ff%fe")
   assert status == 400 and json.loads(body) == {"error": "the query is not UTF-8 text"}
   host, port = urllib.parse.urlsplit(url).netloc.split(":")

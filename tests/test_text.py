@@ -398,3 +398,26 @@ def test_piper_cuts_overlong_sentences(fixture):
   # The cut pieces hold the same phonemes, in order.
   inner = [i for p in pieces for i in p[2:-1:2]]
   assert inner == whole[2:-1:2]
+
+
+def test_an_absurdly_long_word_does_not_crash_espeak():
+  """piper-phonemize's espeak-ng segfaults on some words of a few thousand characters (the
+  process, or a whole server, died): words over `MAX_WORD_CHARS` are cut before espeak-ng
+  sees them; shorter ones are untouched. Run in a child process, since the failure is a
+  crash."""
+  import os
+  import subprocess
+  import sys
+  word = "supercalifragilistic" * 200   # 4,000 characters: crashed espeak-ng
+  pieces = piper_phonemes.break_long_words(f"A {word} here.").split()
+  assert [len(p) for p in pieces] == [1] + [piper_phonemes.MAX_WORD_CHARS] * 8 + [5]
+  assert piper_phonemes.break_long_words("An ordinary sentence.") == "An ordinary sentence."
+  script = ("import sys; from vits_jax.text import piper_phonemes as p; "
+            f"s = p.phonemize('A ' + {word!r} + ' here.', 'en-us'); "
+            "print(sum(len(x) for x in s))")
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=300, cwd=pathlib.Path(__file__).parents[1],
+                        env={**os.environ,
+                             "PYTHONPATH": str(pathlib.Path(__file__).parents[1])})
+  assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+  assert int(proc.stdout.strip()) > 1000

@@ -278,9 +278,13 @@ def test_second_load_reads_the_cached_conversion(tmp_path, monkeypatch, multi):
     (dict(sentence_silence=-1), "sentence_silence"),
     (dict(sentence_silence=float("inf")), "sentence_silence"),
     (dict(noise_scale=float("nan")), "noise_scale"), (dict(length_scale="1"), "length_scale"),
-    (dict(length_scale=1e6), "frames"), (dict(noise_scale_w=1e3), "frames"),
+    (dict(length_scale=1e6), "length_scale"), (dict(noise_scale_w=1e3), "frames"),
     (dict(volume=-0.5), "volume"), (dict(volume=float("nan")), "volume"),
-    (dict(volume="2"), "volume"),
+    (dict(volume="2"), "volume"), (dict(noise_scale=True), "noise_scale"),
+    (dict(length_scale=25), "length_scale"), (dict(normalize="no"), "normalize"),
+    (dict(speaker=1.5), "speaker"), (dict(speaker=float("inf")), "speaker"),
+    (dict(speaker=True), "speaker"), (dict(speaker=[1]), "speaker"),
+    (dict(speaker=b"1"), "speaker"),
 ])
 def test_bad_knobs_are_value_errors_naming_them(multi, kw, needle):
   with pytest.raises(ValueError, match=needle):
@@ -315,3 +319,37 @@ def test_broken_piper_files_are_refused_at_load(tmp_path):
   (tmp_path / "e.onnx.json").write_text(Path(str(MULTI) + ".json").read_text())
   with pytest.raises(ValueError, match="e.onnx is empty"):
     load_voice(tmp_path / "e.onnx")
+
+
+def test_synthesize_ids_and_batch_refuse_what_they_cannot_use(multi):
+  """Ids outside the voice's table, a negative or out-of-range speaker, seeds that do not
+  match, a flat list: ValueErrors naming them (a speaker of -1 was the last one, silently)."""
+  ids = multi.text_to_sentence_ids("Hello there.")
+  for kwargs, needle in ((dict(speaker_id=-1), "speaker id -1 out of range"),
+                         (dict(speaker_id=3), "speaker id 3 out of range"),
+                         (dict(speaker_id=1.0), "speaker_id must be an integer"),
+                         (dict(seeds=[1, 2]), "seeds: 2 given for 1")):
+    with pytest.raises(ValueError, match=needle):
+      multi.synthesize_ids(ids, **kwargs)
+  for bad, needle in (([[1, 2, 999]], "holds id 999, outside"), ([[0, -1]], "holds id -1"),
+                      (ids[0], r"ids_list\[0\] must be a sequence"), (None, "ids_list"),
+                      ([[]], "non-empty")):
+    with pytest.raises(ValueError, match=needle):
+      multi.synthesize_ids(bad, speaker_id=0)
+  for bad in (None, b"Hi.", 5):
+    with pytest.raises(ValueError, match="takes a list of texts"):
+      multi.synthesize_batch(bad)
+  # A generator of texts is a list of texts.
+  assert len(multi.synthesize_batch(t for t in ("Hi.", "Ho."))) == 2
+
+
+def test_speaker_names_that_are_numbers_are_names_first(tmp_path):
+  """A voice whose speakers are named by number (LibriTTS-style ids): '2' is the speaker
+  named '2', as --list-speakers shows it; a number that names no one is an id."""
+  import shutil
+  config = json.loads(Path(str(MULTI) + ".json").read_text())
+  config["speaker_id_map"] = {"2": 0, "0": 1, "7": 2}
+  shutil.copy(MULTI, tmp_path / "v.onnx")
+  (tmp_path / "v.onnx.json").write_text(json.dumps(config))
+  voice = load_voice(tmp_path / "v.onnx")
+  assert [voice.speaker_id(s) for s in ("2", "0", "7", "1", 2, 0)] == [0, 1, 2, 1, 2, 0]

@@ -39,6 +39,9 @@ MAX_IDS = inference.MAX_IDS
 
 # The longest pause `sentence_silence` may ask for, in seconds.
 MAX_SILENCE_SECONDS = 600.0
+# The slowest speech `length_scale` may ask for (20x: a sentence's frames, and a whole
+# text's memory, grow with it).
+MAX_LENGTH_SCALE = 20.0
 # The largest `volume` (x1000 = +60 dB: anything above only clips).
 MAX_VOLUME = 1000.0
 # What `Voice.convert` takes: recordings of speech rates, up to this long at once (it holds
@@ -56,13 +59,15 @@ def check_knobs(noise_scale: float = 0.667, noise_scale_w: float = 0.8,
     ValueError: naming the knob and the value.
   """
   def number(v):
-    return isinstance(v, (int, float, np.number)) and math.isfinite(v)
+    return (isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+            and math.isfinite(v))
 
   def integer(v):
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
-  if not (number(length_scale) and length_scale > 0):
-    raise ValueError(f"length_scale must be a positive number, got {length_scale!r}")
+  if not (number(length_scale) and 0 < length_scale <= MAX_LENGTH_SCALE):
+    raise ValueError(f"length_scale must be a number in (0, {MAX_LENGTH_SCALE:g}], got "
+                     f"{length_scale!r}")
   for name, v in (("noise_scale", noise_scale), ("noise_scale_w", noise_scale_w)):
     if not (number(v) and v >= 0):
       raise ValueError(f"{name} must be a number >= 0, got {v!r}")
@@ -159,13 +164,19 @@ class Voice:
       return None
     if speaker is None:
       return 0
-    if isinstance(speaker, str) and not re.fullmatch(r"\s*-?[0-9]+\s*", speaker):
-      if speaker not in self.speaker_names:
+    if isinstance(speaker, str):
+      # A name first: some voices name their speakers by number ('2' may be id 0).
+      if speaker in self.speaker_names:
+        return self.speaker_names[speaker]
+      if not re.fullmatch(r"\s*-?[0-9]+\s*", speaker):
         known = ", ".join(list(self.speaker_names)[:10])
         raise ValueError(f"unknown speaker {speaker!r} for voice {self.name}"
                          + (f" (known: {known}, ...)" if known else ""))
-      return self.speaker_names[speaker]
-    sid = int(speaker)
+      sid = int(speaker)
+    elif isinstance(speaker, (int, np.integer)) and not isinstance(speaker, (bool, np.bool_)):
+      sid = int(speaker)
+    else:
+      raise ValueError(f"speaker must be an id (int) or a name (str), got {speaker!r}")
     if not 0 <= sid < self.num_speakers:
       raise ValueError(f"speaker id {sid} out of range: voice {self.name} has "
                        f"{self.num_speakers} speakers (0..{self.num_speakers - 1})")
@@ -292,8 +303,11 @@ class Voice:
     or nothing the voice can pronounce) raises ValueError up front; with `skip_unsayable`
     it yields an empty waveform and no durations instead, and the others are synthesized.
     """
-    if isinstance(texts, str):
-      raise ValueError("synthesize_batch takes a list of texts")
+    if texts is None or isinstance(texts, (str, bytes)) or not hasattr(texts, "__iter__"):
+      raise ValueError(f"synthesize_batch takes a list of texts, got {type(texts).__name__}")
+    texts = list(texts)
+    if not isinstance(normalize, (bool, np.bool_)):
+      raise ValueError(f"normalize must be True or False, got {normalize!r}")
     options = self._options(speaker, noise_scale, noise_scale_w, length_scale, seed,
                             batch_size, sentence_silence, volume)
     gap = np.zeros(int(round(sentence_silence * self.sample_rate)), np.float32)
@@ -360,6 +374,8 @@ class Voice:
     peak before its first sample, so with it each sentence comes whole.
     """
     _check_text(text)
+    if not isinstance(normalize, (bool, np.bool_)):
+      raise ValueError(f"normalize must be True or False, got {normalize!r}")
     options = self._options(speaker, noise_scale, noise_scale_w, length_scale, seed,
                             batch_size, sentence_silence, volume)
     gap = np.zeros(int(round(sentence_silence * self.sample_rate)), np.float32)
@@ -398,6 +414,14 @@ class Voice:
       batch_size: most sentences per call.
     """
     check_knobs(noise_scale, noise_scale_w, length_scale, seed, batch_size=batch_size)
+    ids_list = _checked_ids(ids_list, int(self.model.n_vocab))
+    if speaker_id is not None or self.num_speakers > 1:
+      speaker_id = self.speaker_id(speaker_id if speaker_id is None else
+                                   _integer(speaker_id, "speaker_id"))
+    if seeds is not None:
+      seeds = [_integer(s, "seeds[...]") for s in seeds]
+      if len(seeds) != len(ids_list):
+        raise ValueError(f"seeds: {len(seeds)} given for {len(ids_list)} id sequences")
     return inference.synthesize_ids(
         self.model, self.params, ids_list, speaker_id, noise_scale, noise_scale_w,
         length_scale, seed, seeds, batch_size)
@@ -461,6 +485,31 @@ class Voice:
                        f"{self.sample_rate} Hz)")
     return inference.convert_audio(self.model, self.params, audio[:frames * self.hop_length],
                                    src, tgt, float(noise_scale), int(seed))
+
+
+def _integer(v, name: str) -> int:
+  if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+    raise ValueError(f"{name} must be an integer, got {v!r}")
+  return int(v)
+
+
+def _checked_ids(ids_list, n_vocab: int) -> List[List[int]]:
+  """`synthesize_ids`'s input as lists of ints in [0, n_vocab) (ValueError otherwise)."""
+  if ids_list is None or isinstance(ids_list, (str, bytes)):
+    raise ValueError(f"ids_list must be a list of id sequences, got {ids_list!r:.40}")
+  out = []
+  for k, ids in enumerate(ids_list):
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
+      raise ValueError(f"ids_list[{k}] must be a sequence of ids (a list of lists), got "
+                       f"{ids!r:.40}")
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+      raise ValueError(f"ids_list[{k}] must be a non-empty sequence of integer ids")
+    if ids.min() < 0 or ids.max() >= n_vocab:
+      raise ValueError(f"ids_list[{k}] holds id {int(ids.min() if ids.min() < 0 else ids.max())}"
+                       f", outside the voice's 0..{n_vocab - 1}")
+    out.append([int(i) for i in ids])
+  return out
 
 
 def _check_text(text) -> None:

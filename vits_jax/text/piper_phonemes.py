@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 import unicodedata
 
 from vits_jax.text import espeak
@@ -240,11 +241,28 @@ def phonemize(text, voice, fallback=None):
   Returns:
     list of sentences, each a list of phonemes (single code points); a sentence may be empty.
   """
+  text = break_long_words(text)
   module = None if fallback else piper_phonemize_module()
   if module is None:
     _announce_fallback()
     return phonemize_fallback(text, voice)
   return module.phonemize_espeak(text, voice)
+
+
+# The longest run of non-space characters handed to espeak-ng as one word. piper-phonemize's
+# espeak-ng crashes the process (SIGSEGV) on some words of a few thousand characters (4,000
+# of 'supercalifragilistic' repeated); no word of any language comes near this.
+MAX_WORD_CHARS = 500
+
+
+def break_long_words(text):
+  """`text` with every run of more than `MAX_WORD_CHARS` non-space characters cut into
+  pieces of that many, separated by spaces (what espeak-ng then reads as several words)."""
+  if len(text) <= MAX_WORD_CHARS:
+    return text
+  return re.sub(r"\S{%d,}" % (MAX_WORD_CHARS + 1),
+                lambda m: " ".join(m.group(0)[i:i + MAX_WORD_CHARS]
+                                   for i in range(0, len(m.group(0)), MAX_WORD_CHARS)), text)
 
 
 def phonemes_to_ids(phonemes, id_map):

@@ -118,9 +118,13 @@ def _decode(data, name):
     raise ValueError(f"{name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+def _input_name(path):
+  return "stdin" if path == "-" else path
+
+
 def _numbered_lines(path):
   """(line number, line) of each non-blank line of the --input file ('-': stdin)."""
-  name = "stdin" if path == "-" else path
+  name = _input_name(path)
   if path == "-":
     data = _read_capped(_stdin_bytes(), name)
   else:
@@ -148,7 +152,7 @@ def _json_lines(path):
   """(line number, object) of each line of a --json-input file; a line that is not JSON is
   an error naming it, before any audio is made."""
   import json
-  name = "stdin" if path == "-" else path
+  name = _input_name(path)
   entries = []
   for number, line in _numbered_lines(path):
     try:
@@ -163,7 +167,7 @@ def _json_jobs(args, voice, knobs, entries):
   before any audio is made: its fields (`vits_jax.request`), its speaker and its
   `output_file` (a new file inside --out-dir; numbered like --input where left out)."""
   from vits_jax import request
-  name = "stdin" if args.input == "-" else args.input
+  name = _input_name(args.input)
   width = max(4, len(str(len(entries))))
   jobs, taken = [], {}
   for k, (number, fields) in enumerate(entries):

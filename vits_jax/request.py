@@ -62,9 +62,7 @@ def parse(fields: Any, voice, defaults: Dict[str, Any],
       raise ValueError(f"{name} must be a number, got {value!r}")
     knobs[key] = value
   speaker = next((fields[f] for f in SPEAKER_FIELDS if fields.get(f) is not None), None)
-  if speaker is not None:
-    if isinstance(speaker, bool) or not isinstance(speaker, (int, str)):
-      raise ValueError(f"speaker must be an id or a name, got {speaker!r}")
+  if speaker is not None:   # (the voice checks its type and range)
     knobs["speaker"] = voice.speaker_id(speaker)
   try:
     check_knobs(**{k: v for k, v in knobs.items() if k not in ("speaker", "normalize")})

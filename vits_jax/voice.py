@@ -50,6 +50,15 @@ MIN_CONVERT_RATE, MAX_CONVERT_RATE = 4000, 384000
 MAX_CONVERT_MINUTES = 20
 
 
+def _is_number(v) -> bool:
+  return (isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+          and math.isfinite(v))
+
+
+def _is_integer(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def check_knobs(noise_scale: float = 0.667, noise_scale_w: float = 0.8,
                 length_scale: float = 1.0, seed: int = 0, sentence_silence: float = 0.0,
                 batch_size: int = 1, volume: float = 1.0) -> None:
@@ -58,27 +67,20 @@ def check_knobs(noise_scale: float = 0.667, noise_scale_w: float = 0.8,
   Raises:
     ValueError: naming the knob and the value.
   """
-  def number(v):
-    return (isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
-            and math.isfinite(v))
-
-  def integer(v):
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-  if not (number(length_scale) and 0 < length_scale <= MAX_LENGTH_SCALE):
+  if not (_is_number(length_scale) and 0 < length_scale <= MAX_LENGTH_SCALE):
     raise ValueError(f"length_scale must be a number in (0, {MAX_LENGTH_SCALE:g}], got "
                      f"{length_scale!r}")
   for name, v in (("noise_scale", noise_scale), ("noise_scale_w", noise_scale_w)):
-    if not (number(v) and v >= 0):
+    if not (_is_number(v) and v >= 0):
       raise ValueError(f"{name} must be a number >= 0, got {v!r}")
-  if not (number(sentence_silence) and 0 <= sentence_silence <= MAX_SILENCE_SECONDS):
+  if not (_is_number(sentence_silence) and 0 <= sentence_silence <= MAX_SILENCE_SECONDS):
     raise ValueError(f"sentence_silence must be 0 to {MAX_SILENCE_SECONDS:g} seconds, got "
                      f"{sentence_silence!r}")
-  if not (integer(seed) and -2 ** 63 <= int(seed) < 2 ** 63):
+  if not (_is_integer(seed) and -2 ** 63 <= int(seed) < 2 ** 63):
     raise ValueError(f"seed must be an integer in [-2**63, 2**63), got {seed!r}")
-  if not (integer(batch_size) and batch_size >= 1):
+  if not (_is_integer(batch_size) and batch_size >= 1):
     raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-  if not (number(volume) and 0 <= volume <= MAX_VOLUME):
+  if not (_is_number(volume) and 0 <= volume <= MAX_VOLUME):
     raise ValueError(f"volume must be 0 to {MAX_VOLUME:g}, got {volume!r}")
 
 
@@ -131,8 +133,7 @@ class Voice:
                           } if self.num_speakers > 1 else {}
     self.name = name
     bad = {k: v for k, v in self.speaker_names.items()
-           if isinstance(v, bool) or not isinstance(v, (int, np.integer))
-           or not 0 <= v < self.num_speakers}
+           if not (_is_integer(v) and 0 <= v < self.num_speakers)}
     if bad:   # (a hand-edited speaker_id_map): refused at load, not at the first use
       raise ValueError(f"voice {name}: speaker ids {bad} out of range "
                        f"0..{self.num_speakers - 1}")
@@ -173,7 +174,7 @@ class Voice:
         raise ValueError(f"unknown speaker {speaker!r} for voice {self.name}"
                          + (f" (known: {known}, ...)" if known else ""))
       sid = int(speaker)
-    elif isinstance(speaker, (int, np.integer)) and not isinstance(speaker, (bool, np.bool_)):
+    elif _is_integer(speaker):
       sid = int(speaker)
     else:
       raise ValueError(f"speaker must be an id (int) or a name (str), got {speaker!r}")
@@ -306,10 +307,8 @@ class Voice:
     if texts is None or isinstance(texts, (str, bytes)) or not hasattr(texts, "__iter__"):
       raise ValueError(f"synthesize_batch takes a list of texts, got {type(texts).__name__}")
     texts = list(texts)
-    if not isinstance(normalize, (bool, np.bool_)):
-      raise ValueError(f"normalize must be True or False, got {normalize!r}")
     options = self._options(speaker, noise_scale, noise_scale_w, length_scale, seed,
-                            batch_size, sentence_silence, volume)
+                            batch_size, sentence_silence, volume, normalize)
     gap = np.zeros(int(round(sentence_silence * self.sample_rate)), np.float32)
     owner: List[Tuple[int, bool]] = []  # sentence -> (utterance, is its last sentence)
 
@@ -374,10 +373,8 @@ class Voice:
     peak before its first sample, so with it each sentence comes whole.
     """
     _check_text(text)
-    if not isinstance(normalize, (bool, np.bool_)):
-      raise ValueError(f"normalize must be True or False, got {normalize!r}")
     options = self._options(speaker, noise_scale, noise_scale_w, length_scale, seed,
-                            batch_size, sentence_silence, volume)
+                            batch_size, sentence_silence, volume, normalize)
     gap = np.zeros(int(round(sentence_silence * self.sample_rate)), np.float32)
 
     def sentences():
@@ -415,9 +412,10 @@ class Voice:
     """
     check_knobs(noise_scale, noise_scale_w, length_scale, seed, batch_size=batch_size)
     ids_list = _checked_ids(ids_list, int(self.model.n_vocab))
+    if speaker_id is not None:
+      _integer(speaker_id, "speaker_id")
     if speaker_id is not None or self.num_speakers > 1:
-      speaker_id = self.speaker_id(speaker_id if speaker_id is None else
-                                   _integer(speaker_id, "speaker_id"))
+      speaker_id = self.speaker_id(speaker_id)
     if seeds is not None:
       seeds = [_integer(s, "seeds[...]") for s in seeds]
       if len(seeds) != len(ids_list):
@@ -427,8 +425,10 @@ class Voice:
         length_scale, seed, seeds, batch_size)
 
   def _options(self, speaker, noise_scale, noise_scale_w, length_scale, seed, batch_size,
-               sentence_silence=0.0, volume=1.0):
+               sentence_silence=0.0, volume=1.0, normalize=False):
     sid = self.speaker_id(speaker)
+    if not isinstance(normalize, (bool, np.bool_)):
+      raise ValueError(f"normalize must be True or False, got {normalize!r}")
     check_knobs(noise_scale, noise_scale_w, length_scale, seed, sentence_silence, batch_size,
                 volume)
     return inference.Options(sid, float(noise_scale), float(noise_scale_w),
@@ -488,7 +488,7 @@ class Voice:
 
 
 def _integer(v, name: str) -> int:
-  if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+  if not _is_integer(v):
     raise ValueError(f"{name} must be an integer, got {v!r}")
   return int(v)
 
@@ -505,9 +505,10 @@ def _checked_ids(ids_list, n_vocab: int) -> List[List[int]]:
     ids = np.asarray(ids)
     if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
       raise ValueError(f"ids_list[{k}] must be a non-empty sequence of integer ids")
-    if ids.min() < 0 or ids.max() >= n_vocab:
-      raise ValueError(f"ids_list[{k}] holds id {int(ids.min() if ids.min() < 0 else ids.max())}"
-                       f", outside the voice's 0..{n_vocab - 1}")
+    outside = ids[(ids < 0) | (ids >= n_vocab)]
+    if outside.size:
+      raise ValueError(f"ids_list[{k}] holds id {int(outside[0])}, outside the voice's "
+                       f"0..{n_vocab - 1}")
     out.append([int(i) for i in ids])
   return out
 

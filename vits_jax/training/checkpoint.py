@@ -176,19 +176,10 @@ def saved_config(directory, step: int) -> Optional[Dict[str, Any]]:
 def state_differences(saved: Dict[str, Any], config: ml_collections.ConfigDict) -> list:
   """`section.key saved-value -> new-value` for every setting of `STATE_SECTIONS` in which
   `config` differs from a checkpoint's `saved` config."""
-  def flat(d, prefix):
-    out = {}
-    for k, v in (d or {}).items():
-      if isinstance(v, dict):
-        out.update(flat(v, f"{prefix}{k}."))
-      else:
-        out[f"{prefix}{k}"] = v
-    return out
-  new = config.to_dict()
-  old_flat, new_flat = {}, {}
-  for section in STATE_SECTIONS:
-    old_flat.update(flat(saved.get(section), f"{section}."))
-    new_flat.update(flat(new.get(section), f"{section}."))
+  from flax import traverse_util
+  flat = lambda d: traverse_util.flatten_dict(
+      {section: d.get(section) or {} for section in STATE_SECTIONS}, sep=".")
+  old_flat, new_flat = flat(saved), flat(config.to_dict())
   norm = lambda v: list(v) if isinstance(v, tuple) else v
   return [f"{k} {old_flat.get(k)!r} -> {new_flat.get(k)!r}"
           for k in sorted(set(old_flat) | set(new_flat))
@@ -221,15 +212,12 @@ class Checkpointer:
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True,
         cleanup_tmp_directories=True)   # temporaries of saves a kill interrupted
     with _quiet():   # (it lists the step folders, with absl notes on incomplete ones)
-      self.manager = self._manager(options)
+      self.manager = ocp.CheckpointManager(
+          self.directory, options=options,
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "data": DataStateHandler(),
+                         "config": ocp.JsonCheckpointHandler()})
     self._pending = None
-
-  def _manager(self, options):
-    return ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": DataStateHandler(),
-                       "config": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> Optional[int]:
     with _quiet():   # absl's note on a step folder without metadata: the restore says more

@@ -204,6 +204,43 @@ def test_stream_equals_synthesize(multi, monkeypatch):
     next(multi.stream("   "))
 
 
+def test_windows_in_flight_overlap_and_equal_one_at_a_time(multi, monkeypatch):
+  """Two decoder windows run at once (threads), delivered in order: the same audio to the
+  bit as one window at a time, for a batch of lines and for a stream."""
+  monkeypatch.setattr(inference, "WINDOW_FRAMES", WINDOW)
+  texts = ["The birch canoe slid on the smooth planks.", "Hello.",
+           "Glue the sheet to the dark blue background. Four hours of steady work faced us."]
+  kw = dict(speaker="bob", noise_scale=0.667, noise_scale_w=0.8, seed=3)
+  real = inference._latent_side
+  lock = __import__("threading").Lock()
+  active, most = [0], [0]
+
+  def counted(*args):
+    with lock:
+      active[0] += 1
+      most[0] = max(most[0], active[0])
+    try:
+      return real(*args)
+    finally:
+      with lock:
+        active[0] -= 1
+
+  monkeypatch.setattr(inference, "_latent_side", counted)
+  monkeypatch.setattr(inference, "WINDOWS_IN_FLIGHT", 1)
+  one = multi.synthesize_batch(texts, **kw)
+  one_stream = list(multi.stream(texts[2], **kw))
+  assert most[0] == 1
+  monkeypatch.setattr(inference, "WINDOWS_IN_FLIGHT", 2)
+  two = multi.synthesize_batch(texts, **kw)
+  two_stream = list(multi.stream(texts[2], **kw))
+  assert most[0] == 2 and active[0] == 0
+  for a, b in zip(one, two):
+    np.testing.assert_array_equal(a, b)
+  assert len(one_stream) == len(two_stream) > 2
+  for a, b in zip(one_stream, two_stream):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_few_programs_for_many_lines(multi):
   """60 varied lines compile at most 6 programs, at batch 1 and at batch 16; a second run
   traces nothing."""

@@ -28,6 +28,7 @@ programs live at module level keyed on the (hashable) model, so every voice of t
 architecture shares them.
 """
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -76,6 +77,11 @@ MAX_WINDOW_BATCH = {"cpu": 1}
 MAX_BATCH_DEFAULT = 64
 # Sentences whose text side is computed ahead of the decoder, per text-side batch.
 TEXT_GROUP_BATCHES = 4
+# Decoder windows computed at once (`decode_tokens`): each in a thread of its own, delivered
+# in order. XLA:CPU runs one program's ops one after another, each split over the cores, and
+# leaves cores idle between and inside small ops; a second window (or the next sentence's
+# text side) fills them. A window's audio does not depend on what runs beside it.
+WINDOWS_IN_FLIGHT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,6 +278,8 @@ def stream_ids(model, params, sentences: Iterable[Tuple[Sequence[int], int]],
     window: decoder window core frames (default `WINDOW_FRAMES`).
     lead: core frames of the first window when the first sentence is longer than a window
       (earlier first audio, one more program); None or 0: every window is `window` long.
+      With a lead the first window is also computed alone, not beside the next
+      (`WINDOWS_IN_FLIGHT`).
     lengths: the id counts of `sentences`, where the caller knows them: the stored
       programs they will run start loading at once, in background threads (`_preload`);
       otherwise the first sentence is read now and its programs start loading.
@@ -330,8 +338,17 @@ def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
   wb = _window_batch(options)
   tape = _Tape(plan, int(model.inter_channels))
   lead = int(lead or 0)
+  streaming = lead > 0   # a stream's first window is computed alone: its audio comes first
   source = iter(groups)
   exhausted = False
+  in_flight: collections.deque = collections.deque()   # (future of [n, samples], indices)
+
+  def deliver_oldest():
+    future, ks = in_flight.popleft()
+    audio = future.result()
+    for r, k in enumerate(ks):
+      yield from tape.deliver(k, audio[r])
+
   while True:
     if not exhausted:
       group = next(source, None)
@@ -352,13 +369,22 @@ def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
       n = 1 if first_alone else min(ready, wb)
       inputs, ks = tape.take(n)
       batch = wb if n == wb else _round_up(batch_bucket(n), devices)
-      audio = _latent_side(model, params, plan, inputs, batch, options.speaker_id, scales,
-                           key)
-      for r, k in enumerate(ks):
-        for i, piece, seg in tape.deliver(k, audio[r]):
+      in_flight.append((_latent_pool(WINDOWS_IN_FLIGHT).submit(
+          _latent_side, model, params, plan, inputs, batch, options.speaker_id, scales,
+          key), ks))
+      while len(in_flight) >= (1 if streaming and ks[0] == 0 else WINDOWS_IN_FLIGHT):
+        for i, piece, seg in deliver_oldest():
           yield i, piece, (None if seg is None else seg.durations)
     if exhausted and tape.ready(final=True) == 0:
+      while in_flight:
+        for i, piece, seg in deliver_oldest():
+          yield i, piece, (None if seg is None else seg.durations)
       return
+
+
+@functools.lru_cache(maxsize=None)
+def _latent_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+  return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="window")
 
 
 def _window_batch(options: Options) -> int:
@@ -640,6 +666,20 @@ def _run(fn, model, static: Tuple, params, *args):
   program = _PROGRAMS.get(key)
   if program is not None:
     return program(params, *args)
+  with _PENDING_LOCK:
+    building = _BUILDING.setdefault(key, threading.Lock())
+  with building:   # windows in flight: the first of them builds, the others wait for it
+    program = _PROGRAMS.get(key)
+    if program is not None:
+      return program(params, *args)
+    return _first_run(fn, model, static, params, args, key)
+
+
+_BUILDING: Dict[Any, threading.Lock] = {}
+
+
+def _first_run(fn, model, static, params, args, key):
+  """Builds (or takes the preloaded) program of `key`, runs it and keeps it."""
   with _PENDING_LOCK:
     pending = _PENDING.pop(key, None)
   program = pending.result() if pending is not None else None

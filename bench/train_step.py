@@ -7,9 +7,16 @@ One full step of `vits_jax.training.step` (D update, then G update: MAS, KL, dur
 LSGAN + feature matching, mel L1) on random tokens and noise audio of fixed shapes
 (default 121 tokens, 300 frames = 76800 samples, as the PyTorch reference below).
 
-Reference (the official jaywalnut310/vits train step, PyTorch fp32, 2 CPU threads, measured
-on this machine with the same config and shapes): 3.45 s/step. Prints our time and the ratio
-(only for that config and those shapes), and the minor page faults per step: XLA:CPU
+Reference: the official jaywalnut310/vits train step (PyTorch fp32, CPU, as many threads as
+the process may use), run in this process, interleaved with ours step by step, on the same
+shapes and data, when `--official DIR` names a checkout of that repository and torch is
+installed (`pip install torch monotonic-align`; nothing of it is vendored here):
+
+    python bench/train_step.py --official ~/src/vits
+
+It uses the checkout's `configs/ljs_base.json` and the `monotonic-align` package's MAS
+(the same Cython as the checkout's, prebuilt). Without `--official` only our step is timed.
+Also prints the minor page faults per step: XLA:CPU
 allocates its temporaries afresh every step, and on Linux touching them costs ~0.4 M page
 faults per ljs_base step with glibc's defaults. The bench first applies
 `vits_jax.allocator.keep_freed_memory()` (every size from glibc's heaps, never trimmed; what
@@ -25,9 +32,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-TORCH_REFERENCE_S = 3.45
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--config", default="configs/ljs_base.py")
@@ -36,6 +40,8 @@ def main():
   p.add_argument("--frames", type=int, default=300)
   p.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
   p.add_argument("--dtype", default=None, help="override config.model.dtype")
+  p.add_argument("--official", default=None, metavar="DIR",
+                 help="a checkout of jaywalnut310/vits: time its train step interleaved")
   args = p.parse_args()
   if not os.path.isfile(args.config):
     p.error(f"config file not found: {args.config}")
@@ -79,32 +85,41 @@ def main():
   t_compile = time.perf_counter() - t0
   mem = compiled.memory_analysis()
 
+  reference = None
+  if args.official:
+    reference = _official_step(args.official, np.asarray(batch["text"]),
+                               np.asarray(batch["audio"]))
+  if reference is not None:
+    reference()                               # warm-up
   state, m = compiled(state, batch)          # warm-up
   jax.block_until_ready(m)
-  times = []
-  faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  times, ref_times, faults = [], [], 0
   for _ in range(args.steps):
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     state, m = compiled(state, batch)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
-  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) // args.steps
+    faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+    if reference is not None:
+      t0 = time.perf_counter()
+      reference()
+      ref_times.append(time.perf_counter() - t0)
+  faults //= args.steps
   step_s = float(np.median(times))
-  is_reference = (os.path.basename(args.config) == "ljs_base.py" and b == 2
-                  and args.tokens == 121 and args.frames == 300)
   rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
   print(f"config {args.config}  dtype {config.model.dtype}  batch {b}  tokens {args.tokens}  "
         f"frames {args.frames}  device {jax.devices()[0].device_kind} x{jax.device_count()}")
   print(f"init {t_init:.1f} s   compile {t_compile:.1f} s")
-  if is_reference:
-    print(f"{'':24s}{'s/step':>10s}{'vs torch':>10s}")
-    print(f"{'vits_jax (median of %d)' % args.steps:24s}{step_s:10.3f}"
-          f"{step_s / TORCH_REFERENCE_S:9.2f}x")
-    print(f"{'official PyTorch (ref)':24s}{TORCH_REFERENCE_S:10.3f}{1.0:9.2f}x")
-  else:
-    print(f"vits_jax (median of {args.steps}) {step_s:.3f} s/step (no PyTorch reference for "
-          "this config/shape; it is ljs_base, batch 2, 121 tokens, 300 frames)")
+  print(f"vits_jax (median of {args.steps}) {step_s:.3f} s/step")
+  if reference is not None:
+    ref_s = float(np.median(ref_times))
+    ratios = [a / r for a, r in zip(times, ref_times)]
+    print(f"official PyTorch step (median of {args.steps}, interleaved) {ref_s:.3f} s/step; "
+          f"vits_jax / official: {np.median(ratios):.2f}x (median of per-pair ratios; "
+          f"median/median {step_s / ref_s:.2f}x)")
+    print("official step times: " + " ".join(f"{t:.3f}" for t in ref_times))
   print(f"steps/s {1 / step_s:.2f}   minor page faults/step {faults}   freed memory kept "
         f"(vits_jax.allocator): {kept}   GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
   print("all step times: " + " ".join(f"{t:.3f}" for t in times))
@@ -114,6 +129,85 @@ def main():
           f"output {mem.output_size_in_bytes / 2**30:.2f} GiB")
   print(f"process peak RSS {rss_gb:.2f} GiB (includes compilation)")
   print("losses:", {k: round(float(v), 3) for k, v in m.items() if k.startswith("loss/")})
+
+
+def _official_step(official_dir, text, audio):
+  """One train step of the official code (train.py's `train_and_evaluate` body, fp32, no
+  autocast) on `text` [b, n] ids and `audio` [b, samples]: a closure that runs it."""
+  import json
+  import numpy as np
+  import monotonic_align  # noqa: F401  (the prebuilt package; the checkout's needs a build)
+  import torch
+  from torch.nn import functional as F
+  sys.path.insert(0, os.path.abspath(official_dir))
+  import commons
+  import losses
+  import mel_processing
+  import models
+  import importlib.util   # text/symbols.py alone: text/__init__ wants the cleaners' deps
+  spec = importlib.util.spec_from_file_location(
+      "official_symbols", os.path.join(official_dir, "text", "symbols.py"))
+  symbols_module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(symbols_module)
+  symbols = symbols_module.symbols
+  import librosa
+
+  # The checkout predates librosa 0.10's keyword-only `mel` and torch 2's `return_complex`.
+  mel_processing.librosa_mel_fn = lambda sr, n_fft, n_mels, fmin, fmax: librosa.filters.mel(
+      sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+  stft = torch.stft
+  mel_processing.torch.stft = lambda *a, **k: torch.view_as_real(
+      stft(*a, return_complex=True, **k))
+
+  with open(os.path.join(official_dir, "configs", "ljs_base.json"), encoding="utf-8") as f:
+    hps = json.load(f)
+  d, t = hps["data"], hps["train"]
+  torch.manual_seed(0)
+  net_g = models.SynthesizerTrn(len(symbols), d["filter_length"] // 2 + 1,
+                                t["segment_size"] // d["hop_length"], **hps["model"])
+  net_d = models.MultiPeriodDiscriminator(hps["model"]["use_spectral_norm"])
+  optim_g = torch.optim.AdamW(net_g.parameters(), t["learning_rate"], betas=t["betas"],
+                              eps=t["eps"])
+  optim_d = torch.optim.AdamW(net_d.parameters(), t["learning_rate"], betas=t["betas"],
+                              eps=t["eps"])
+  net_g.train()
+  net_d.train()
+  x = torch.from_numpy(np.asarray(text, np.int64) % len(symbols))
+  y_full = torch.from_numpy(np.asarray(audio, np.float32))[:, None]
+  b = x.shape[0]
+  x_lengths = torch.full((b,), x.shape[1], dtype=torch.long)
+  seg = t["segment_size"]
+
+  def run():
+    spec = mel_processing.spectrogram_torch(y_full[:, 0], d["filter_length"],
+                                            d["sampling_rate"], d["hop_length"],
+                                            d["win_length"], center=False)
+    spec_lengths = torch.full((b,), spec.shape[-1], dtype=torch.long)
+    y_hat, l_length, _, ids_slice, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = net_g(
+        x, x_lengths, spec, spec_lengths)
+    mel = mel_processing.spec_to_mel_torch(spec, d["filter_length"], d["n_mel_channels"],
+                                           d["sampling_rate"], d["mel_fmin"], d["mel_fmax"])
+    y_mel = commons.slice_segments(mel, ids_slice, seg // d["hop_length"])
+    y_hat_mel = mel_processing.mel_spectrogram_torch(
+        y_hat.squeeze(1), d["filter_length"], d["n_mel_channels"], d["sampling_rate"],
+        d["hop_length"], d["win_length"], d["mel_fmin"], d["mel_fmax"])
+    y = commons.slice_segments(y_full, ids_slice * d["hop_length"], seg)
+    y_d_hat_r, y_d_hat_g, _, _ = net_d(y, y_hat.detach())
+    loss_disc, _, _ = losses.discriminator_loss(y_d_hat_r, y_d_hat_g)
+    optim_d.zero_grad()
+    loss_disc.backward()
+    optim_d.step()
+    y_d_hat_r, y_d_hat_g, fmap_r, fmap_g = net_d(y, y_hat)
+    loss_gen, _ = losses.generator_loss(y_d_hat_g)
+    loss = (loss_gen + losses.feature_loss(fmap_r, fmap_g)
+            + F.l1_loss(y_mel, y_hat_mel) * t["c_mel"] + torch.sum(l_length.float())
+            + losses.kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * t["c_kl"])
+    optim_g.zero_grad()
+    loss.backward()
+    optim_g.step()
+    return loss.item()
+
+  return run
 
 
 def _load_config(path):

@@ -373,6 +373,8 @@ if sys.argv[3] == "executables_only":   # a stream reads its first sentence to p
 audio = voice.synthesize(text, speaker=2, seed=3)
 np.save(sys.argv[2], audio)
 assert not inference._PENDING, "a preloaded program was never used"
+import jax   # builds in two threads (windows in flight) leave XLA's cache switched on
+assert jax.config.jax_enable_compilation_cache, "the compilation cache was left off"
 if sys.argv[3] == "executables_only":  # nothing traced: the model was never even built
   assert "flax" not in sys.modules, "flax was imported"
   # the stream: the first sentence's text program and the latent one, loaded ahead (the

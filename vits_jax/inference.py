@@ -858,6 +858,9 @@ def _load_executable(path: Path, params, args):
 SAVED_EXECUTABLE_OPTIONS = {"xla_cpu_parallel_codegen_split_count": 1}
 
 
+_CACHE_SWITCH = threading.Lock()
+
+
 def _save_executable(path: Path, program, specs):
   """Compiles `program` for `specs` afresh (not from XLA's cache: an executable XLA's cache
   supplied does not serialize into one that loads) and saves it; returns the compiled
@@ -866,12 +869,14 @@ def _save_executable(path: Path, program, specs):
   import jax
   try:
     from jax.experimental import serialize_executable
-    previous = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    try:
-      compiled = program.lower(*specs).compile(compiler_options=dict(SAVED_EXECUTABLE_OPTIONS))
-    finally:
-      jax.config.update("jax_enable_compilation_cache", previous)
+    with _CACHE_SWITCH:   # the switch is global: two threads (windows in flight) must not
+      previous = jax.config.jax_enable_compilation_cache   # interleave off and on
+      jax.config.update("jax_enable_compilation_cache", False)
+      try:
+        compiled = program.lower(*specs).compile(
+            compiler_options=dict(SAVED_EXECUTABLE_OPTIONS))
+      finally:
+        jax.config.update("jax_enable_compilation_cache", previous)
     payload, _, out_tree = serialize_executable.serialize(compiled)
   except Exception:  # pylint: disable=broad-except
     return None

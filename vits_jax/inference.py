@@ -449,7 +449,6 @@ def convert_audio(model, params, audio: np.ndarray, source_id: int, target_id: i
   Returns:
     float32 [T] waveform.
   """
-  import jax
   plan = plan_for(model, window)
   hop = plan.hop
   frames = len(audio) // hop
@@ -463,16 +462,11 @@ def convert_audio(model, params, audio: np.ndarray, source_id: int, target_id: i
                        np.asarray([frames * hop], np.int32),
                        np.asarray([source_id], np.int32), np.float32(noise_scale),
                        key))[0, :frames]
-  tape = _Tape(plan, int(model.inter_channels))
-  tape.append(0, z_p, np.zeros_like(z_p), np.ones(frames, np.int64), 0)
-  scales = np.asarray([0.0, 0.0, 1.0], np.float32)
-  pieces = []
-  while tape.ready(final=True):
-    inputs, ks = tape.take(1)
-    audio_w = _latent_side(model, params, plan, inputs, _device_count(), target_id, scales,
-                           key)
-    for i, piece, _ in tape.deliver(ks[0], audio_w[0]):
-      pieces.append(piece)
+  # One frame per "token": the latent side as text synthesis runs it, with no prior noise.
+  group = [(0, (z_p, np.zeros_like(z_p), np.ones(frames, np.int64)), 0)]
+  options = Options(target_id, noise_scale=0.0, noise_scale_w=0.0, length_scale=1.0,
+                    seed=seed, batch_size=1)
+  pieces = [piece for _, piece, _ in decode_tokens(model, params, [group], options, window)]
   return np.concatenate(pieces).astype(np.float32)
 
 

@@ -369,7 +369,7 @@ def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
       n = 1 if first_alone else min(ready, wb)
       inputs, ks = tape.take(n)
       batch = wb if n == wb else _round_up(batch_bucket(n), devices)
-      in_flight.append((_latent_pool(WINDOWS_IN_FLIGHT).submit(
+      in_flight.append((_latent_pool(WINDOWS_IN_FLIGHT, os.getpid()).submit(
           _latent_side, model, params, plan, inputs, batch, options.speaker_id, scales,
           key), ks))
       while len(in_flight) >= (1 if streaming and ks[0] == 0 else WINDOWS_IN_FLIGHT):
@@ -383,7 +383,9 @@ def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
 
 
 @functools.lru_cache(maxsize=None)
-def _latent_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+def _latent_pool(workers: int, pid: int) -> concurrent.futures.ThreadPoolExecutor:
+  """The window threads (per process: a forked child has none of its parent's threads)."""
+  del pid
   return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="window")
 
 

@@ -45,6 +45,17 @@ def main():
   args = p.parse_args()
   if not os.path.isfile(args.config):
     p.error(f"config file not found: {args.config}")
+  if args.official:
+    if os.path.basename(args.config) != "ljs_base.py":
+      p.error("--official times the checkout's configs/ljs_base.json: use --config "
+              "configs/ljs_base.py")
+    if not os.path.isfile(os.path.join(args.official, "models.py")):
+      p.error(f"--official {args.official}: not a checkout of jaywalnut310/vits (no models.py)")
+    try:
+      import torch  # noqa: F401
+      import monotonic_align  # noqa: F401
+    except ImportError as e:
+      p.error(f"--official needs torch and monotonic-align ({e})")
 
   from vits_jax import allocator
   kept = allocator.keep_freed_memory()   # VITS_JAX_MALLOC=default: glibc's defaults
@@ -77,6 +88,11 @@ def main():
       "audio_lengths": jnp.full((b,), n_samples, jnp.int32),
       "sid": jnp.zeros((b,), jnp.int32),
   }
+  reference = None   # built (and run once) before our compile, so its errors come first
+  if args.official:
+    reference = _official_step(args.official, np.asarray(batch["text"]),
+                               np.asarray(batch["audio"]))
+    reference()                               # warm-up
   step = jax.jit(step_lib.make_train_step(config, gen, disc, tx_g, tx_d,
                                           state_lib.learning_rate_fn(config.train, 1000)),
                  donate_argnums=0)
@@ -85,12 +101,6 @@ def main():
   t_compile = time.perf_counter() - t0
   mem = compiled.memory_analysis()
 
-  reference = None
-  if args.official:
-    reference = _official_step(args.official, np.asarray(batch["text"]),
-                               np.asarray(batch["audio"]))
-  if reference is not None:
-    reference()                               # warm-up
   state, m = compiled(state, batch)          # warm-up
   jax.block_until_ready(m)
   times, ref_times, faults = [], [], 0
@@ -144,13 +154,9 @@ def _official_step(official_dir, text, audio):
   import losses
   import mel_processing
   import models
-  import importlib.util   # text/symbols.py alone: text/__init__ wants the cleaners' deps
-  spec = importlib.util.spec_from_file_location(
-      "official_symbols", os.path.join(official_dir, "text", "symbols.py"))
-  symbols_module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(symbols_module)
-  symbols = symbols_module.symbols
   import librosa
+  # text/symbols.py alone: text/__init__ wants the cleaners' dependencies
+  symbols = _module_from_file(os.path.join(official_dir, "text", "symbols.py")).symbols
 
   # The checkout predates librosa 0.10's keyword-only `mel` and torch 2's `return_complex`.
   mel_processing.librosa_mel_fn = lambda sr, n_fft, n_mels, fmin, fmax: librosa.filters.mel(
@@ -173,7 +179,7 @@ def _official_step(official_dir, text, audio):
   net_g.train()
   net_d.train()
   x = torch.from_numpy(np.asarray(text, np.int64) % len(symbols))
-  y_full = torch.from_numpy(np.asarray(audio, np.float32))[:, None]
+  y_full = torch.from_numpy(np.array(audio, np.float32))[:, None]   # (a writable copy)
   b = x.shape[0]
   x_lengths = torch.full((b,), x.shape[1], dtype=torch.long)
   seg = t["segment_size"]
@@ -210,12 +216,16 @@ def _official_step(official_dir, text, audio):
   return run
 
 
-def _load_config(path):
+def _module_from_file(path):
   import importlib.util
-  spec = importlib.util.spec_from_file_location("bench_config", path)
+  spec = importlib.util.spec_from_file_location("bench_module", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module
+
+
+def _load_config(path):
+  return _module_from_file(path).get_config()
 
 
 if __name__ == "__main__":

@@ -330,7 +330,6 @@ def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
   Yields:
     as `stream_ids`.
   """
-  import jax
   plan = plan_for(model, window)
   devices = _device_count()
   key = noise_key(options.seed)
@@ -347,7 +346,8 @@ def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
     future, ks = in_flight.popleft()
     audio = future.result()
     for r, k in enumerate(ks):
-      yield from tape.deliver(k, audio[r])
+      for i, piece, seg in tape.deliver(k, audio[r]):
+        yield i, piece, (None if seg is None else seg.durations)
 
   while True:
     if not exhausted:
@@ -373,12 +373,10 @@ def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
           _latent_side, model, params, plan, inputs, batch, options.speaker_id, scales,
           key), ks))
       while len(in_flight) >= (1 if streaming and ks[0] == 0 else WINDOWS_IN_FLIGHT):
-        for i, piece, seg in deliver_oldest():
-          yield i, piece, (None if seg is None else seg.durations)
+        yield from deliver_oldest()
     if exhausted and tape.ready(final=True) == 0:
       while in_flight:
-        for i, piece, seg in deliver_oldest():
-          yield i, piece, (None if seg is None else seg.durations)
+        yield from deliver_oldest()
       return
 
 

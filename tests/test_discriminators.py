@@ -217,3 +217,27 @@ def test_spectral_norm_forward_and_update():
   _, same = apply(variables, y, y, mutable=("spectral",))
   np.testing.assert_array_equal(
       np.asarray(same["spectral"]["discriminators_1"]["convs_2"]["u"]), np.asarray(u0))
+
+
+@pytest.mark.parametrize("spectral", [False, True])
+def test_score_passes_equal_the_joint_pass(spectral):
+  # The train step's generator update scores generated and real audio in two `score` passes
+  # (generated with the spectral-norm update, real without, both from the same state):
+  # the scores, feature maps and updated state must equal one joint pass over [y; y_hat].
+  model = D.MultiPeriodDiscriminator(use_spectral_norm=spectral, periods=(3,), channel_div=16)
+  y = jax.random.normal(jax.random.PRNGKey(0), (2, 512, 1))
+  y_hat = 0.5 * jax.random.normal(jax.random.PRNGKey(1), (2, 512, 1))
+  variables = np_variables(model, y, y_hat)
+  rest = {k: v for k, v in variables.items() if k != "params"}
+  kw = dict(update_stats=True, mutable=list(rest)) if rest else {}
+  joint = model.apply(variables, y, y_hat, **kw)
+  fake = model.apply(variables, y_hat, method="score", **kw)
+  real = model.apply(variables, y, method="score")
+  (r, g, fr, fg), (sg, fmg), (sr, fmr) = (
+      (joint[0], fake[0], real) if rest else (joint, fake, real))
+  for a, b in zip(g + r + sum(fg, []) + sum(fr, []), sg + sr + sum(fmg, []) + sum(fmr, [])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  if rest:
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a),
+                                                                      np.asarray(b)),
+                           joint[1], fake[1])

@@ -65,13 +65,16 @@ class _FakeDisc(nn.Module):
   """Stand-in with MultiPeriodDiscriminator's interface: two 'discriminators'."""
 
   @nn.compact
-  def __call__(self, y, y_hat):
-    both = jnp.concatenate([y, y_hat], 0)
+  def score(self, x):
     outs, fmaps = [], []
     for i in range(2):
-      f = nn.tanh(nn.Dense(4, name=f"d{i}_0")(both.reshape(both.shape[0], -1, 32)))
+      f = nn.tanh(nn.Dense(4, name=f"d{i}_0")(x.reshape(x.shape[0], -1, 32)))
       outs.append(nn.Dense(1, name=f"d{i}_1")(f)[..., 0])
       fmaps.append([f])
+    return outs, fmaps
+
+  def __call__(self, y, y_hat):
+    outs, fmaps = self.score(jnp.concatenate([y, y_hat], 0))
     b = y.shape[0]
     return ([o[:b] for o in outs], [o[b:] for o in outs],
             [[f[:b] for f in fm] for fm in fmaps], [[f[b:] for f in fm] for fm in fmaps])

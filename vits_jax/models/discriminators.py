@@ -175,6 +175,25 @@ class MultiPeriodDiscriminator(nn.Module):
   dtype: Optional[Any] = None
 
   @nn.compact
+  def score(self, x: jax.Array, update_stats: bool = False):
+    """Scores one batch of waveforms `[B, T, 1]`.
+
+    Returns `(scores, fmaps)`: per discriminator, the scores `[B, n]` (float32) and the list
+    of its feature maps (float32, channels-last). `__call__` is this on `[y; y_hat]`.
+    """
+    discs = [DiscriminatorS(self.use_spectral_norm, self.channel_div, self.dtype,
+                            name="discriminators_0")]
+    discs += [DiscriminatorP(p, use_spectral_norm=self.use_spectral_norm,
+                             channel_div=self.channel_div, dtype=self.dtype,
+                             name=f"discriminators_{i + 1}")
+              for i, p in enumerate(self.periods)]
+    scores, fmaps = [], []
+    for disc in discs:
+      score, fmap = disc(x, update_stats)
+      scores.append(score.astype(jnp.float32))
+      fmaps.append([f.astype(jnp.float32) for f in fmap])
+    return scores, fmaps
+
   def __call__(self, y: jax.Array, y_hat: jax.Array, update_stats: bool = False):
     """Scores real and generated audio.
 
@@ -190,24 +209,10 @@ class MultiPeriodDiscriminator(nn.Module):
     if y.shape != y_hat.shape:
       raise ValueError(f"y {y.shape} and y_hat {y_hat.shape} must have the same shape")
     b = y.shape[0]
-    discs = [DiscriminatorS(self.use_spectral_norm, self.channel_div, self.dtype,
-                            name="discriminators_0")]
-    discs += [DiscriminatorP(p, use_spectral_norm=self.use_spectral_norm,
-                             channel_div=self.channel_div, dtype=self.dtype,
-                             name=f"discriminators_{i + 1}")
-              for i, p in enumerate(self.periods)]
     # One pass over [y; y_hat] per discriminator: same result, half the kernel launches.
-    both = jnp.concatenate([y, y_hat], axis=0)
-    y_d_rs, y_d_gs, fmap_rs, fmap_gs = [], [], [], []
-    for disc in discs:
-      score, fmap = disc(both, update_stats)
-      score = score.astype(jnp.float32)
-      fmap = [f.astype(jnp.float32) for f in fmap]
-      y_d_rs.append(score[:b])
-      y_d_gs.append(score[b:])
-      fmap_rs.append([f[:b] for f in fmap])
-      fmap_gs.append([f[b:] for f in fmap])
-    return y_d_rs, y_d_gs, fmap_rs, fmap_gs
+    scores, fmaps = self.score(jnp.concatenate([y, y_hat], axis=0), update_stats)
+    return ([s[:b] for s in scores], [s[b:] for s in scores],
+            [[f[:b] for f in fm] for fm in fmaps], [[f[b:] for f in fm] for fm in fmaps])
 
 
 def build_discriminator(config) -> MultiPeriodDiscriminator:

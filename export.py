@@ -31,13 +31,28 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
+def _names_output(e: OSError, out: str) -> bool:
+  """Whether the error is about writing `out` (the file, its temp file, its folder or a
+  folder above) rather than about reading the voice."""
+  if not e.filename:
+    return False
+  where = os.path.abspath(os.fspath(e.filename))
+  out = os.path.abspath(out)
+  return (where == out or out.startswith(where + os.sep)
+          or os.path.dirname(where) in (out, os.path.dirname(out)))
+
+
 def main(argv=None):
   args = parse_args(argv)
   from vits_jax.export import export_voice
   try:
     result = export_voice(args.voice, args.to, args.out, step=args.step, force=args.force)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    if isinstance(e, OSError) and _names_output(e, args.out):   # e.g. --out /proc/x.onnx
+      print(f"error: cannot write {args.out}: {e.strerror or e} ({e.filename})",
+            file=sys.stderr)
+    else:
+      print(f"error: {e}", file=sys.stderr)
     return 2
   except OSError as e:
     print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)

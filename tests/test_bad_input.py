@@ -189,6 +189,17 @@ def test_bad_export_is_one_line_error(args, needles, tmp_path, capsys, monkeypat
   assert not out.exists() or not list(out.iterdir())
 
 
+def test_export_to_an_unwritable_place_names_the_output(tmp_path, capsys, monkeypatch):
+  # A folder on the way is a file: the error is about the output, not the voice.
+  monkeypatch.chdir(ROOT)
+  (tmp_path / "afile").write_text("not a folder")
+  out = tmp_path / "afile" / "v.onnx"
+  code = export.main(["--voice", "tests/fixtures/piper_tiny_multi.onnx", "--to", "piper",
+                      "--out", str(out)])
+  _one_error(code, capsys.readouterr().err, f"cannot write {out}")
+  assert (tmp_path / "afile").read_text() == "not a folder"
+
+
 def _train(tmp_path, *overrides):
   env = {"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
          "VITS_JAX_XLA_CACHE": ""}

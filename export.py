@@ -47,15 +47,15 @@ def main(argv=None):
   from vits_jax.export import export_voice
   try:
     result = export_voice(args.voice, args.to, args.out, step=args.step, force=args.force)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    if isinstance(e, OSError) and _names_output(e, args.out):   # e.g. --out /proc/x.onnx
-      print(f"error: cannot write {args.out}: {e.strerror or e} ({e.filename})",
-            file=sys.stderr)
-    else:
-      print(f"error: {e}", file=sys.stderr)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
   except OSError as e:
-    print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+    if isinstance(e, (FileNotFoundError, FileExistsError)) and not _names_output(e, args.out):
+      print(f"error: {e}", file=sys.stderr)   # a missing voice; an output kept without --force
+    else:                                     # e.g. --out /proc/x.onnx
+      where = f" ({e.filename})" if e.filename else ""
+      print(f"error: cannot write {args.out}: {e.strerror or e}{where}", file=sys.stderr)
     return 2
   for note in result.notes:
     print(f"note: {note}", file=sys.stderr)

@@ -98,20 +98,14 @@ def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
   multi_speaker = int(config.model.n_speakers) > 1
   frozen = frozen_modules(config)
 
-  def d_apply(d_params, d_state, y, y_hat):
-    """MPD scores; returns (outputs, new non-param collections)."""
-    if d_state:
-      return discriminator.apply({"params": d_params, **d_state}, y, y_hat,
-                                 update_stats=True, mutable=list(d_state))
-    return discriminator.apply({"params": d_params}, y, y_hat), d_state
-
-  def d_score(d_params, d_state, x, update_stats):
-    """MPD scores of one batch: ((scores, fmaps), new non-param collections)."""
+  def d_apply(d_params, d_state, *inputs, update_stats=True, method=None):
+    """The discriminator on `inputs` (`__call__`'s `y, y_hat`, or `method="score"`'s one
+    batch); returns (outputs, new non-param collections, e.g. spectral-norm `u`)."""
     variables = {"params": d_params, **d_state}
     if d_state and update_stats:
-      return discriminator.apply(variables, x, update_stats=True, mutable=list(d_state),
-                                 method="score")
-    return discriminator.apply(variables, x, method="score"), d_state
+      return discriminator.apply(variables, *inputs, update_stats=True,
+                                 mutable=list(d_state), method=method)
+    return discriminator.apply(variables, *inputs, method=method), d_state
 
   def train_step(state: state_lib.TrainState, batch: Batch):
     rngs = step_rngs(state.rng, state.step)
@@ -162,8 +156,10 @@ def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
       # Generated and real audio in two passes (the D update runs them as one): only the
       # generated pass is differentiated, so the backward pass skips the real half. Both
       # start from the same spectral-norm state, so they use the same sigma as one pass.
-      (d_fake, fmap_fake), new_state = d_score(new_d_params, d_state_after_d, y_hat, True)
-      (_, fmap_real), _ = d_score(new_d_params, d_state_after_d, y, False)
+      (d_fake, fmap_fake), new_state = d_apply(new_d_params, d_state_after_d, y_hat,
+                                               method="score")
+      (_, fmap_real), _ = d_apply(new_d_params, d_state_after_d, y, update_stats=False,
+                                  method="score")
       terms = {
           "mel": losses.mel_loss(y_mel, y_hat_mel),
           "kl": losses.kl_loss(z_p.astype(jnp.float32), logs_q.astype(jnp.float32),

@@ -362,9 +362,11 @@ if sys.argv[3] == "executables_only":
     raise AssertionError("an exported program was lowered")
   jax.export.deserialize = lowered
 from vits_jax import inference
-queued = []
-preload = inference._preload
+import threading
+queued, builders = [], []
+preload, build = inference._preload, inference._build
 inference._preload = lambda *args: queued.append(preload(*args)) or queued[-1]
+inference._build = lambda *args: builders.append(threading.current_thread().name) or build(*args)
 voice = load_voice(sys.argv[1])
 text = ("Hello there. A second sentence, a good deal longer than the first one, which "
         "needs a larger bucket of ids.")
@@ -375,6 +377,9 @@ np.save(sys.argv[2], audio)
 assert not inference._PENDING, "a preloaded program was never used"
 import jax   # builds in two threads (windows in flight) leave XLA's cache switched on
 assert jax.config.jax_enable_compilation_cache, "the compilation cache was left off"
+if sys.argv[3] == "trace":  # an empty cache: both sentences' programs built ahead, side by side
+  assert queued == [3] and len(builders) == 3, (queued, builders)
+  assert all(name.startswith("load") for name in builders), builders
 if sys.argv[3] == "executables_only":  # nothing traced: the model was never even built
   assert "flax" not in sys.modules, "flax was imported"
   # the stream: the first sentence's text program and the latent one, loaded ahead (the
@@ -386,7 +391,7 @@ if sys.argv[3] == "executables_only":  # nothing traced: the model was never eve
 
 def test_cached_programs_load_in_a_new_process_without_tracing(tmp_path):
   """The first process traces its programs and saves them (exported and compiled) in the
-  cache; a second one runs the compiled executables with no tracing or lowering (nor
+  cache, building them ahead in background threads; a second one runs the compiled executables with no tracing or lowering (nor
   Flax imported), loaded ahead in background threads; with the
   executables damaged, a third lowers the exported programs (still no tracing) and saves
   them again; with the two text programs' executables swapped (they load, but do not run

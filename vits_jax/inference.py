@@ -710,12 +710,14 @@ _LOADERS: List[concurrent.futures.ThreadPoolExecutor] = []
 
 def _preload(model, params, lengths: Sequence[int], options: Options, text_batch: int,
              window: Optional[int]) -> int:
-  """Starts loading the stored executables that sentences of these id counts will run
-  (their text-side buckets and the latent window program), in order of first use, on two
-  background threads: XLA deserializes outside the GIL, so the loads overlap each other and
-  the first sentence's work instead of each stalling the first call that needs it (about
-  0.3 s per text program here). Only programs already stored on disk are queued; anything
-  else is built on first use as before. Returns the number queued."""
+  """Starts preparing the programs that sentences of these id counts will run (their
+  text-side buckets and the latent window program), in order of first use, on two
+  background threads: a stored executable is loaded (XLA deserializes outside the GIL,
+  about 0.3 s per text program here), one not stored yet is traced, compiled and stored
+  (XLA compiles outside the GIL too), so the first sentence's text program and the latent
+  program build side by side and beside the first sentence's work instead of each
+  stalling the first call that needs it. With the persistent cache off nothing is queued
+  (each program is built on first use). Returns the number queued."""
   if _device_count() != 1:
     return 0
   plan = plan_for(model, window)
@@ -740,17 +742,30 @@ def _preload(model, params, lengths: Sequence[int], options: Options, text_batch
     args = tuple(arrays) + (scales, key) + extra
     pkey = _program_key(fn, model, static, params, args)
     path = _export_path(pkey)
-    if pkey in _PROGRAMS or path is None or not _executable_path(path).is_file():
+    if pkey in _PROGRAMS or path is None:
       continue
     with _PENDING_LOCK:
       if pkey in _PENDING:
         continue
       if not _LOADERS:
         _LOADERS.append(concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="load"))
-      _PENDING[pkey] = _LOADERS[0].submit(_load_executable, _executable_path(path), params,
-                                          args)
+      if _executable_path(path).is_file():
+        _PENDING[pkey] = _LOADERS[0].submit(_load_executable, _executable_path(path), params,
+                                            args)
+      else:
+        _PENDING[pkey] = _LOADERS[0].submit(_build_ahead, fn, model, static, params, args,
+                                            pkey)
     queued += 1
   return queued
+
+
+def _build_ahead(fn, model, static, params, args, key):
+  """`_build` on a loader thread; None where it fails (the first call then builds on its
+  own thread, where the error, if it recurs, reaches the caller)."""
+  try:
+    return _build(fn, model, static, params, args, key)
+  except Exception:  # pylint: disable=broad-except
+    return None
 
 
 def _build(fn, model, static, params, args, key):
@@ -852,7 +867,22 @@ def _load_executable(path: Path, params, args):
 SAVED_EXECUTABLE_OPTIONS = {"xla_cpu_parallel_codegen_split_count": 1}
 
 
-_CACHE_SWITCH = threading.Lock()
+# A compiler option that only matters when dumping HLO: set to this value it gives a program
+# a cache key of its own, under which `compile_fresh` writes no entry (see there).
+_FRESH = 987654321
+
+
+def compile_fresh(lowered, compiler_options: Optional[dict] = None):
+  """`lowered.compile()` for an executable to be saved (`SAVED_EXECUTABLE_OPTIONS`), compiled
+  afresh: one that XLA's persistent cache supplied serializes into one that loads but fails
+  when run ('Function ... not found'). The `_FRESH` option gives the program a cache key of
+  its own, and this thread writes no cache entry (a per-thread setting), so XLA's cache never
+  supplies it; other threads compile and use the cache meanwhile."""
+  from jax._src import config as jax_config  # thread-local settings
+  options = dict(compiler_options or {}, xla_dump_max_hlo_modules=_FRESH,
+                 **SAVED_EXECUTABLE_OPTIONS)
+  with jax_config.persistent_cache_min_compile_time_secs(float("inf")):
+    return lowered.compile(compiler_options=options)
 
 
 def _save_executable(path: Path, program, specs):
@@ -863,14 +893,7 @@ def _save_executable(path: Path, program, specs):
   import jax
   try:
     from jax.experimental import serialize_executable
-    with _CACHE_SWITCH:   # the switch is global: two threads (windows in flight) must not
-      previous = jax.config.jax_enable_compilation_cache   # interleave off and on
-      jax.config.update("jax_enable_compilation_cache", False)
-      try:
-        compiled = program.lower(*specs).compile(
-            compiler_options=dict(SAVED_EXECUTABLE_OPTIONS))
-      finally:
-        jax.config.update("jax_enable_compilation_cache", previous)
+    compiled = compile_fresh(program.lower(*specs))
     payload, _, out_tree = serialize_executable.serialize(compiled)
   except Exception:  # pylint: disable=broad-except
     return None

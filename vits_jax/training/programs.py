@@ -19,6 +19,8 @@ from typing import Any, Callable, Hashable, Optional
 
 import jax
 
+from vits_jax import inference
+
 # Two compilations at a time: XLA:CPU compiles each program on one thread, and the loop (and
 # on a CPU host the steps themselves) need the other cores.
 DEFAULT_WORKERS = 2
@@ -128,7 +130,6 @@ _NOT_IN_PROGRAMS = {"data": ("dir", "num_buckets"),
 # dtype (`loop.init_variables`); `extra` (the epoch length) is a step-program constant too.
 _NOT_IN_INIT = {"model": ("dtype",)}
 _STORE_MAGIC = b"vits_jax-train-xlaexe-1"
-_FRESH = 987654321  # see ExecutableStore.compile
 
 
 class ExecutableStore:
@@ -157,7 +158,7 @@ class ExecutableStore:
 
   @classmethod
   def for_run(cls, config, **extra) -> Optional["ExecutableStore"]:
-    from vits_jax import inference, xla_cache
+    from vits_jax import xla_cache
     root = xla_cache.cache_dir()
     if not root or jax.process_count() != 1 or jax.device_count() != 1:
       return None
@@ -212,22 +213,10 @@ class ExecutableStore:
       self.loaded += 1
     return compiled
 
-  @staticmethod
-  def compile(lowered, compiler_options: Optional[dict] = None):
-    """`lowered.compile()`, compiled afresh: an executable that XLA's persistent cache
-    supplied serializes into one that loads but fails when run ('Function ... not found').
-    An option that only matters when dumping HLO gives the program a cache key of its own,
-    and this thread writes no cache entry under it, so XLA's cache never supplies it."""
-    from jax._src import config as jax_config  # thread-local settings
-    from vits_jax import inference
-    options = dict(compiler_options or {}, xla_dump_max_hlo_modules=_FRESH,
-                   **inference.SAVED_EXECUTABLE_OPTIONS)
-    with jax_config.persistent_cache_min_compile_time_secs(float("inf")):
-      return lowered.compile(compiler_options=options)
+  compile = staticmethod(inference.compile_fresh)
 
   def save(self, name: str, abstract_args, compiled) -> bool:
     """Saves a compiled program; False where it does not serialize or cannot be written."""
-    from vits_jax import inference
     try:
       from jax.experimental import serialize_executable
       payload = pickle.dumps(serialize_executable.serialize(compiled))
@@ -240,7 +229,6 @@ class ExecutableStore:
 
   def save_shapes(self, name: str, abstract_args, out_info) -> None:
     """Saves the output shapes of `name`'s program for `load_shapes` (best effort)."""
-    from vits_jax import inference
     try:
       shapes = pickle.dumps(jax.tree_util.tree_map(
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), out_info))

@@ -292,6 +292,8 @@ def test_full_size_generator_forward_compiles_on_cpu():
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,dilation,padding,groups", [
     ((2, 64, 16), (41, 4, 64), 4, 1, (20, 20), 4),       # DiscriminatorS grouped, strided
+    ((2, 67, 8), (9, 2, 12), 3, 1, (4, 2), 4),           # the same, odd length, uneven pad
+    ((2, 65, 8), (7, 4, 8), 4, 1, (0, 0), 2),            # ... last input frames never read
     ((2, 50, 32), (3, 32, 32), 1, 5, (5, 5), 1),         # ResBlock "same" conv
     ((2, 50, 8), (3, 1, 8), 1, 9, (9, 9), 8),            # DDSConv depthwise
     ((2, 40, 3, 16), (5, 16, 32), 3, 1, (2, 2), 1),      # DiscriminatorP (period axis kept)

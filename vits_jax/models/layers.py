@@ -74,10 +74,33 @@ def conv_time(x: jax.Array, w: jax.Array, stride: int = 1, dilation: int = 1,
   args = (int(stride), int(dilation), (int(padding[0]), int(padding[1])), int(groups))
   if groups > 1 and w.shape[1] == 1 and w.shape[2] == groups and x.shape[-1] == groups:
     return _conv_time_depthwise(x, w, *args)
+  if groups > 1 and stride > 1 and dilation == 1 and x.ndim == 3:
+    return _conv_time_polyphase(x, w, *args)
   same = stride == 1 and groups == 1 and sum(args[2]) == dilation * (w.shape[0] - 1)
   if same and x.ndim == 3 and w.shape[1] < 512:
     return _conv_time_lax(x, w, *args)       # XLA's own VJP is faster here (decoder, WN)
   return _conv_time(x, w, *args)
+
+
+def _conv_time_polyphase(x, w, stride, dilation, padding, groups):
+  """A strided grouped conv (`DiscriminatorS`) as a stride-1 one over the signal's `stride`
+  phases: `[B, T, C]` -> `[B, T / s, C * s]` (each group's channels stay together, phase
+  innermost) with the K taps padded to a multiple of s (`[ceil(K / s), Cin/g * s, Cout]`).
+  XLA:CPU runs the stride-1 form 1.3-2.3x faster, and its backward (slices + matmul, as
+  `_conv_time`) takes ceil(K / s) slices instead of K strided ones: 145 vs 193 ms for the
+  four grouped convs of a batch-4 `DiscriminatorS` forward and backward. Same map."""
+  del dilation
+  k, cin_g, cout = w.shape
+  b, t, c = x.shape
+  taps = -(-k // stride)
+  t_out = (t + padding[0] + padding[1] - k) // stride + 1
+  need = (t_out - 1 + taps) * stride   # padded input frames the phases read
+  x = jnp.pad(x, ((0, 0), (padding[0], max(0, need - t - padding[0])), (0, 0)))[:, :need]
+  x = x.reshape(b, need // stride, stride, c).transpose(0, 1, 3, 2)
+  x = x.reshape(b, need // stride, c * stride)
+  w = jnp.pad(w, ((0, taps * stride - k), (0, 0), (0, 0)))
+  w = w.reshape(taps, stride, cin_g, cout).transpose(0, 2, 1, 3)
+  return _conv_time(x, w.reshape(taps, cin_g * stride, cout), 1, 1, (0, 0), groups)
 
 
 def _conv_time_depthwise(x, w, stride, dilation, padding, groups):
@@ -100,7 +123,23 @@ def _conv_time_depthwise(x, w, stride, dilation, padding, groups):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv_time(x, w, stride, dilation, padding, groups):
-  return _conv_time_lax(x, w, stride, dilation, padding, groups)
+  return _conv_time_rows(x, w, stride, dilation, padding, groups)
+
+
+def _conv_time_rows(x, w, stride, dilation, padding, groups):
+  """`_conv_time_lax` with the axes between time and channels moved into the batch: the
+  period discriminators' `[B, H, p, C]` convs run as 1-D convs over `B * p` rows, which
+  XLA:CPU computes 1.3-2x faster than the same conv with a size-1 kernel axis."""
+  if x.ndim == 3:
+    return _conv_time_lax(x, w, stride, dilation, padding, groups)
+  b, t, mid, c = x.shape[0], x.shape[1], x.shape[2:-1], x.shape[-1]
+  n_mid = len(mid)
+  order = (0,) + tuple(range(2, 2 + n_mid)) + (1, x.ndim - 1)
+  rows = jnp.transpose(x, order).reshape((-1, t, c))
+  y = _conv_time_lax(rows, w, stride, dilation, padding, groups)
+  y = y.reshape((b,) + mid + y.shape[1:])
+  back = (0, 1 + n_mid) + tuple(range(1, 1 + n_mid)) + (2 + n_mid,)
+  return jnp.transpose(y, back)
 
 
 def _conv_time_lax(x, w, stride, dilation, padding, groups):
@@ -135,7 +174,7 @@ def _conv_time_matmul(x, w, stride, dilation, padding, groups):
 
 
 def _conv_time_fwd(x, w, stride, dilation, padding, groups):
-  return _conv_time_lax(x, w, stride, dilation, padding, groups), (x, w)
+  return _conv_time_rows(x, w, stride, dilation, padding, groups), (x, w)
 
 
 def _conv_time_bwd(stride, dilation, padding, groups, res, dy):

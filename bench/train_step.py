@@ -16,12 +16,10 @@ installed (`pip install torch monotonic-align`; nothing of it is vendored here):
 
 It uses the checkout's `configs/ljs_base.json` and the `monotonic-align` package's MAS
 (the same Cython as the checkout's, prebuilt). Without `--official` only our step is timed.
-Also prints the minor page faults per step: XLA:CPU
-allocates its temporaries afresh every step, and on Linux touching them costs ~0.4 M page
-faults per ljs_base step with glibc's defaults. The bench first applies
-`vits_jax.allocator.keep_freed_memory()` (every size from glibc's heaps, never trimmed; what
-`VITS_JAX_MALLOC=keep python train.py` does); `VITS_JAX_MALLOC=default python
-bench/train_step.py` measures glibc's defaults.
+Also prints the minor page faults per step. The process runs with the malloc settings
+`train.py` uses (`vits_jax.allocator`): restarted with glibc's huge-page tunable, freed
+blocks given back as usual (`VITS_JAX_MALLOC=keep` keeps them mapped, `VITS_JAX_MALLOC=default`
+measures glibc's defaults: about 0.4 M faults per ljs_base step).
 """
 
 import argparse
@@ -58,7 +56,7 @@ def main():
       p.error(f"--official needs torch and monotonic-align ({e})")
 
   from vits_jax import allocator
-  kept = allocator.keep_freed_memory()   # VITS_JAX_MALLOC=default: glibc's defaults
+  kept = allocator.keep_freed_memory(default=False)   # as train.py: VITS_JAX_MALLOC=keep
 
   import jax
   import jax.numpy as jnp
@@ -229,4 +227,6 @@ def _load_config(path):
 
 
 if __name__ == "__main__":
+  from vits_jax import allocator
+  allocator.exec_with_huge_pages()   # as train.py
   main()

@@ -46,3 +46,64 @@ def test_freed_blocks_are_reused_without_page_faults():
   pages = 4 * (64 << 20) // 4096
   assert faults_default > pages // 2      # glibc's default: every round faults its pages in
   assert faults < pages // 50, (faults, faults_default)
+
+
+# Restarts itself with the huge-page tunable (vits_jax.allocator.exec_with_huge_pages), then
+# allocates, touches and frees a 96 MiB block five times from a second thread (XLA:CPU's
+# temporaries of a train step: above what a thread arena's heap holds, so glibc maps it
+# afresh each time) and prints its arguments, the tunable and the faults of the last four.
+HUGE_PROBE = """
+import ctypes, os, resource, sys, threading
+from vits_jax import allocator
+allocator.exec_with_huge_pages()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+faults = []
+def rounds():
+  for k in range(5):
+    if k == 1:
+      faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+    p = libc.malloc(96 << 20)
+    ctypes.memset(p, 1, 96 << 20)
+    libc.free(p)
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+t = threading.Thread(target=rounds)
+t.start()
+t.join()
+print(" ".join(sys.argv[1:]), "|", os.environ.get("GLIBC_TUNABLES", ""), "|", faults[1] - faults[0])
+"""
+
+
+def _thp_madvise() -> bool:
+  try:
+    return "[madvise]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+  except OSError:
+    return False
+
+
+def _glibc() -> tuple:
+  try:
+    name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+    return tuple(int(v) for v in version.split(".")[:2]) if name == "glibc" else ()
+  except (AttributeError, ValueError, OSError):
+    return ()
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and _thp_madvise()
+                         and _glibc() >= (2, 35)),
+                    reason="needs glibc >= 2.35 and transparent huge pages in madvise mode")
+def test_restart_with_huge_pages_keeps_the_command_and_cuts_the_faults():
+  def probe(**env):
+    env = {k: v for k, v in dict(os.environ, **env).items() if k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-c", HUGE_PROBE, "--flag", "two words"], cwd=REPO,
+                         capture_output=True, text=True, check=True, env=env).stdout
+    args, tunables, faults = (part.strip() for part in out.split("|"))
+    return args, tunables, int(faults)
+  args, tunables, faults = probe()
+  args_off, tunables_off, faults_off = probe(VITS_JAX_MALLOC="default")
+  assert args == args_off == "--flag two words"
+  assert tunables == "glibc.malloc.hugetlb=1" and tunables_off == ""
+  pages = 4 * (96 << 20) // 4096
+  assert faults_off > pages // 2      # mapped afresh in 4 KiB pages each round
+  assert faults < pages // 50, (faults, faults_off)

@@ -109,16 +109,20 @@ def _conv_time_depthwise(x, w, stride, dilation, padding, groups):
   convolution at ~0.2 GFLOP/s (2.5 ms for 768 x 192 x 3 taps, 12 of them per sentence).
   Plain jnp, so its gradient is element-wise too."""
   del groups
-  k = w.shape[0]
-  x = jnp.pad(x, [(0, 0), padding] + [(0, 0)] * (x.ndim - 2))
-  t_out = (x.shape[1] - dilation * (k - 1) - 1) // stride + 1
   w = w[:, 0, :]
   y = None
-  for i in range(k):
-    tap = jax.lax.slice_in_dim(x, i * dilation, i * dilation + (t_out - 1) * stride + 1,
-                               stride, axis=1) * w[i]
-    y = tap if y is None else y + tap
+  for i, tap in enumerate(_taps(x, w.shape[0], stride, dilation, padding)):
+    y = tap * w[i] if y is None else y + tap * w[i]
   return y
+
+
+def _taps(x, k, stride, dilation, padding):
+  """The K inputs of a conv's taps: `x` zero-padded along time, sliced once per tap to the
+  output frames (`[B, T', *S, Cin]` each)."""
+  x = jnp.pad(x, [(0, 0), padding] + [(0, 0)] * (x.ndim - 2))
+  t_out = (x.shape[1] - dilation * (k - 1) - 1) // stride + 1
+  return [jax.lax.slice_in_dim(x, i * dilation, i * dilation + (t_out - 1) * stride + 1,
+                               stride, axis=1) for i in range(k)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -157,10 +161,7 @@ def _conv_time_lax(x, w, stride, dilation, padding, groups):
 def _conv_time_matmul(x, w, stride, dilation, padding, groups):
   """`_conv_time_lax` as slices + matmul (the form whose VJP XLA:CPU runs fast)."""
   k, cin_g, cout = w.shape
-  x = jnp.pad(x, [(0, 0), padding] + [(0, 0)] * (x.ndim - 2))
-  t_out = (x.shape[1] - dilation * (k - 1) - 1) // stride + 1
-  cols = [jax.lax.slice_in_dim(x, i * dilation, i * dilation + (t_out - 1) * stride + 1,
-                               stride, axis=1) for i in range(k)]
+  cols = _taps(x, k, stride, dilation, padding)
   if groups == 1:
     patches = jnp.concatenate(cols, axis=-1)                         # [..., K * Cin]
     return patches @ w.reshape(k * cin_g, cout)

@@ -39,8 +39,9 @@ _TEXT_BUCKETS = inference.TEXT_BUCKETS
 
 def test_buckets(monkeypatch):
   monkeypatch.setattr(inference, "TEXT_BUCKETS", _TEXT_BUCKETS)
-  assert [inference.text_bucket(n) for n in (1, 64, 65, 300, 385, 600, 2048, 2049)] == [
-      64, 64, 128, 384, 512, 768, 2048, 4096]
+  assert [inference.text_bucket(n) for n in (1, 64, 65, 300, 385, 600, 700, 1100, 2048,
+                                             2049)] == [
+      64, 64, 128, 384, 512, 640, 768, 1280, 2048, 4096]
   assert [inference.batch_bucket(n) for n in (1, 2, 3, 5, 16)] == [1, 2, 4, 8, 16]
 
 

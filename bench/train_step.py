@@ -186,7 +186,10 @@ class _OfficialWorker:
     self._proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--_official-worker", official_dir,
          self._data], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    self._expect("ready")
+    try:
+      self._expect("ready")
+    finally:
+      os.remove(self._data)                    # (read by now)
 
   def _expect(self, word):
     line = self._proc.stdout.readline().split()
@@ -204,8 +207,6 @@ class _OfficialWorker:
     if self._proc.poll() is None:
       self._proc.stdin.close()
       self._proc.wait()
-    if os.path.exists(self._data):
-      os.remove(self._data)
 
 
 def _official_worker(official_dir, data_path):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from vits_jax import allocator
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Allocates, touches and frees a 64 MiB block five times with libc's malloc (as XLA:CPU does
@@ -75,23 +77,7 @@ print(" ".join(sys.argv[1:]), "|", os.environ.get("GLIBC_TUNABLES", ""), "|", fa
 """
 
 
-def _thp_madvise() -> bool:
-  try:
-    return "[madvise]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-  except OSError:
-    return False
-
-
-def _glibc() -> tuple:
-  try:
-    name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
-    return tuple(int(v) for v in version.split(".")[:2]) if name == "glibc" else ()
-  except (AttributeError, ValueError, OSError):
-    return ()
-
-
-@pytest.mark.skipif(not (sys.platform.startswith("linux") and _thp_madvise()
-                         and _glibc() >= (2, 35)),
+@pytest.mark.skipif(not allocator.huge_pages_apply(),
                     reason="needs glibc >= 2.35 and transparent huge pages in madvise mode")
 def test_restart_with_huge_pages_keeps_the_command_and_cuts_the_faults():
   def probe(**env):

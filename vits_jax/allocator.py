@@ -80,13 +80,7 @@ def exec_with_huge_pages() -> None:
   anything reads stdin or starts a thread."""
   tunables = os.environ.get("GLIBC_TUNABLES", "")
   if (os.environ.get("VITS_JAX_MALLOC") == "default" or "glibc.malloc.hugetlb" in tunables
-      or not sys.platform.startswith("linux") or not _glibc_at_least(2, 35)):
-    return
-  try:
-    with open("/sys/kernel/mm/transparent_hugepage/enabled", encoding="ascii") as f:
-      if "[madvise]" not in f.read():
-        return   # [always]: the kernel does it unasked; [never]: nothing to gain
-  except OSError:
+      or not huge_pages_apply()):
     return
   env = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, (tunables, HUGE_PAGES_TUNABLE))))
   argv = list(getattr(sys, "orig_argv", None) or [sys.executable] + sys.argv)
@@ -97,6 +91,19 @@ def exec_with_huge_pages() -> None:
     os.execve(sys.executable, argv, env)
   except OSError:
     return   # run on as we are
+
+
+def huge_pages_apply() -> bool:
+  """Whether the huge-page tunable changes anything here: Linux with glibc >= 2.35 and the
+  kernel's transparent huge pages in `madvise` mode (`[always]`: the kernel does it unasked;
+  `[never]`: nothing to gain)."""
+  if not sys.platform.startswith("linux") or not _glibc_at_least(2, 35):
+    return False
+  try:
+    with open("/sys/kernel/mm/transparent_hugepage/enabled", encoding="ascii") as f:
+      return "[madvise]" in f.read()
+  except OSError:
+    return False
 
 
 def _glibc_at_least(major: int, minor: int) -> bool:

@@ -195,7 +195,10 @@ class _OfficialWorker:
     line = self._proc.stdout.readline().split()
     if not line or line[0] != word:
       self.close()
-      raise SystemExit(f"error: the official step's worker failed (see above; got {line!r})")
+      if self._proc.returncode == 2:           # the worker said why, in one line
+        raise SystemExit(2)
+      raise SystemExit(f"error: the official step's worker stopped (exit status "
+                       f"{self._proc.returncode})")
     return line
 
   def step(self) -> float:
@@ -214,8 +217,13 @@ def _official_worker(official_dir, data_path):
   import numpy as np
   data = np.load(data_path)
   out, sys.stdout = sys.stdout, sys.stderr     # torch's and the checkout's prints: stderr
-  run = _official_step(official_dir, data["text"], data["audio"])
-  run()                                        # warm-up
+  try:
+    run = _official_step(official_dir, data["text"], data["audio"])
+    run()                                      # warm-up
+  except Exception as e:                       # a checkout this bench cannot drive
+    print(f"error: --official {official_dir}: its train step failed to build or run: "
+          f"{type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(2)
   print("ready", file=out, flush=True)
   for line in sys.stdin:
     if line.strip() != "step":

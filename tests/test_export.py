@@ -87,13 +87,33 @@ def test_hf_export_of_a_piper_voice(tmp_path):
   assert set(traverse_util.flatten_dict(params, sep="/")) == names
 
 
-def test_hf_names_invert_the_import():
-  for name in ["dp.flows.0.m", "dp.flows.7.convs.norms_2.1.gamma", "dp.post_flows.3.proj.bias",
-               "flow.flows.6.enc.cond_layer.weight_g", "enc_p.encoder.norm_layers_2.1.beta",
-               "dec.resblocks.5.convs2.2.weight", "emb_g.weight", "dp.norm_1.gamma"]:
-    from vits_jax.convert import hf as hf_import
-    assert list(hf_import.hf_to_official({hf_export.official_to_hf(name): np.zeros(1)})) == [
-        name]
+def test_hf_names_map_both_ways():
+  """Every parameter name of the official architecture (SDP and plain duration predictor,
+  multi-speaker) maps to HF and back, and every name transformers wrote maps to official and
+  back; the SDP flow indices and LayerNorm names follow the HF numbering."""
+  import jax
+  from safetensors.numpy import load_file
+  from configs import base
+  from vits_jax.convert import hf as hf_import, torch_names
+  names = set()
+  for use_sdp in (True, False):
+    config = base.get_config()
+    config.model.use_sdp, config.model.n_speakers, config.model.gin_channels = use_sdp, 3, 8
+    shapes = param_shapes(build_synthesizer(config))
+    names |= set(torch_names.flax_to_torch(jax.tree_util.tree_map(
+        lambda s: np.zeros(s.shape, np.float32), shapes)))
+  assert len(names) > 500
+  for name in names:
+    assert hf_import.hf_to_official_name(hf_import.official_to_hf_name(name)) == name
+  written = load_file(str(HF / "model.safetensors"))
+  for name in written:
+    official = hf_import.hf_to_official_name(name)
+    assert official != name and hf_import.official_to_hf_name(official) == name
+  assert hf_import.official_to_hf_name("dp.flows.7.convs.norms_2.1.gamma") == (
+      "duration_predictor.flows.4.conv_dds.norms_2.1.weight")
+  assert hf_import.official_to_hf_name("dp.flows.0.m") == "duration_predictor.flows.0.translate"
+  assert hf_import.hf_to_official_name("flow.flows.3.wavenet.in_layers.0.weight_g") == (
+      "flow.flows.6.enc.in_layers.0.weight_g")
 
 
 def test_official_export_round_trip(tmp_path):

@@ -2,7 +2,8 @@
 
 An HF folder holds `config.json` (a `VitsConfig`) and `model.safetensors`. We read both
 without torch (safetensors' numpy loader), rename HF parameters to the official VITS names
-(`hf_to_official`), and hand those to `torch_names.torch_to_flax`.
+(`hf_to_official`: one name table, `_PREFIXES`, that `vits_jax.export.hf` reads the other
+way) and hand those to `torch_names.torch_to_flax`.
 
 HF differences handled here: attention projections are `nn.Linear` (official: 1x1 convs), the
 LayerNorms are `nn.LayerNorm` (`weight`/`bias`; official `gamma`/`beta`), the flows and the
@@ -42,65 +43,121 @@ _FIXED = {
 }
 
 
-def _flow_index(match: re.Match) -> str:
-  """HF prior flow i (coupling + implicit flip) -> official flows.(2i)."""
-  return f"flow.flows.{2 * int(match.group(1))}."
-
-
-def _sdp_flow_index(match: re.Match) -> str:
-  """HF SDP flows: 0 = ElementwiseAffine, j >= 1 ConvFlow -> official 2j - 1."""
-  j = int(match.group(2))
-  return f"dp.{match.group(1)}.{0 if j == 0 else 2 * j - 1}."
-
-
-# (pattern, replacement) applied in order to every key.
-_RULES = [
-    (r"\.parametrizations\.weight\.original0$", ".weight_g"),
-    (r"\.parametrizations\.weight\.original1$", ".weight_v"),
-    # Text encoder.
-    (r"^text_encoder\.embed_tokens\.", "enc_p.emb."),
-    (r"^text_encoder\.project\.", "enc_p.proj."),
-    (r"^text_encoder\.encoder\.layers\.(\d+)\.attention\.([qkv])_proj\.",
-     r"enc_p.encoder.attn_layers.\1.conv_\2."),
-    (r"^text_encoder\.encoder\.layers\.(\d+)\.attention\.out_proj\.",
-     r"enc_p.encoder.attn_layers.\1.conv_o."),
-    (r"^text_encoder\.encoder\.layers\.(\d+)\.attention\.emb_rel_([kv])$",
-     r"enc_p.encoder.attn_layers.\1.emb_rel_\2"),
-    (r"^text_encoder\.encoder\.layers\.(\d+)\.layer_norm\.", r"enc_p.encoder.norm_layers_1.\1."),
-    (r"^text_encoder\.encoder\.layers\.(\d+)\.final_layer_norm\.",
-     r"enc_p.encoder.norm_layers_2.\1."),
-    (r"^text_encoder\.encoder\.layers\.(\d+)\.feed_forward\.", r"enc_p.encoder.ffn_layers.\1."),
-    # Posterior encoder and flow (WaveNet -> WN).
-    (r"^posterior_encoder\.conv_pre\.", "enc_q.pre."),
-    (r"^posterior_encoder\.conv_proj\.", "enc_q.proj."),
-    (r"^posterior_encoder\.wavenet\.", "enc_q.enc."),
-    (r"^flow\.flows\.(\d+)\.", _flow_index),
-    (r"^(flow\.flows\.\d+)\.conv_pre\.", r"\1.pre."),
-    (r"^(flow\.flows\.\d+)\.conv_post\.", r"\1.post."),
-    (r"^(flow\.flows\.\d+)\.wavenet\.", r"\1.enc."),
-    # Decoder.
-    (r"^decoder\.upsampler\.", "dec.ups."),
-    (r"^decoder\.", "dec."),
-    # Duration predictors.
-    (r"^duration_predictor\.(flows|post_flows)\.(\d+)\.", _sdp_flow_index),
-    (r"^duration_predictor\.", "dp."),
-    (r"^dp\.post_conv_pre\.", "dp.post_pre."),
-    (r"^dp\.post_conv_proj\.", "dp.post_proj."),
-    (r"^dp\.post_conv_dds\.", "dp.post_convs."),
-    (r"^dp\.conv_pre\.", "dp.pre."),
-    (r"^dp\.conv_proj\.", "dp.proj."),
-    (r"^dp\.conv_dds\.", "dp.convs."),
-    (r"^(dp\.(?:post_)?flows\.\d+)\.conv_pre\.", r"\1.pre."),
-    (r"^(dp\.(?:post_)?flows\.\d+)\.conv_proj\.", r"\1.proj."),
-    (r"^(dp\.(?:post_)?flows\.\d+)\.conv_dds\.", r"\1.convs."),
-    (r"\.translate$", ".m"),
-    (r"\.log_scale$", ".logs"),
-    (r"\.convs_dilated\.", ".convs_sep."),
-    (r"\.convs_pointwise\.", ".convs_1x1."),
-    # Speakers.
-    (r"^embed_speaker\.", "emb_g."),
+# HF <-> official parameter names, one row per part of the model: (HF, official), read
+# left to right on import and right to left on export. A name's first row whose side
+# matches its start rewrites that start; `{slot}`s match what `_SLOTS` says and carry the
+# same value to the other side, through its index maps where the two number differently.
+_PREFIXES = [
+    ("text_encoder.embed_tokens.", "enc_p.emb."),
+    ("text_encoder.project.", "enc_p.proj."),
+    ("text_encoder.encoder.layers.{n}.attention.{qkv}_proj.",
+     "enc_p.encoder.attn_layers.{n}.conv_{qkv}."),
+    ("text_encoder.encoder.layers.{n}.attention.out_proj.",
+     "enc_p.encoder.attn_layers.{n}.conv_o."),
+    ("text_encoder.encoder.layers.{n}.attention.emb_rel_{kv}",
+     "enc_p.encoder.attn_layers.{n}.emb_rel_{kv}"),
+    ("text_encoder.encoder.layers.{n}.layer_norm.", "enc_p.encoder.norm_layers_1.{n}."),
+    ("text_encoder.encoder.layers.{n}.final_layer_norm.", "enc_p.encoder.norm_layers_2.{n}."),
+    ("text_encoder.encoder.layers.{n}.feed_forward.", "enc_p.encoder.ffn_layers.{n}."),
+    ("posterior_encoder.conv_pre.", "enc_q.pre."),
+    ("posterior_encoder.conv_proj.", "enc_q.proj."),
+    ("posterior_encoder.wavenet.", "enc_q.enc."),
+    ("flow.flows.{flow}.conv_pre.", "flow.flows.{flow}.pre."),
+    ("flow.flows.{flow}.conv_post.", "flow.flows.{flow}.post."),
+    ("flow.flows.{flow}.wavenet.", "flow.flows.{flow}.enc."),
+    ("decoder.upsampler.", "dec.ups."),
+    ("decoder.", "dec."),
+    ("duration_predictor.{flows}.{sdp}.conv_pre.", "dp.{flows}.{sdp}.pre."),
+    ("duration_predictor.{flows}.{sdp}.conv_proj.", "dp.{flows}.{sdp}.proj."),
+    ("duration_predictor.{flows}.{sdp}.conv_dds.", "dp.{flows}.{sdp}.convs."),
+    ("duration_predictor.{flows}.{sdp}.", "dp.{flows}.{sdp}."),
+    ("duration_predictor.post_conv_pre.", "dp.post_pre."),
+    ("duration_predictor.post_conv_proj.", "dp.post_proj."),
+    ("duration_predictor.post_conv_dds.", "dp.post_convs."),
+    ("duration_predictor.conv_pre.", "dp.pre."),
+    ("duration_predictor.conv_proj.", "dp.proj."),
+    ("duration_predictor.conv_dds.", "dp.convs."),
+    ("duration_predictor.", "dp."),
+    ("embed_speaker.", "emb_g."),
 ]
-_LAYER_NORM = re.compile(r"(norm_layers_[12]\.\d+|norms_[12]\.\d+|dp\.norm_[12])\.(weight|bias)$")
+# Parts renamed wherever they occur (HF, official); a trailing `$`: only at the end.
+_PARTS = [
+    (".translate$", ".m$"),
+    (".log_scale$", ".logs$"),
+    (".convs_dilated.", ".convs_sep."),
+    (".convs_pointwise.", ".convs_1x1."),
+    (".parametrizations.weight.original0$", ".weight_g$"),
+    (".parametrizations.weight.original1$", ".weight_v$"),
+]
+# slot: (pattern, HF index -> official, official index -> HF). HF lists only the coupling
+# layers of a flow (official: coupling, Flip, coupling, ...) and of the SDP's flows (official:
+# ElementwiseAffine, then ConvFlow, Flip, ConvFlow, ...).
+_SLOTS = {
+    "n": (r"\d+", None, None),
+    "qkv": ("[qkv]", None, None),
+    "kv": ("[kv]", None, None),
+    "flows": ("flows|post_flows", None, None),
+    "flow": (r"\d+", lambda i: 2 * i, lambda k: k // 2),
+    "sdp": (r"\d+", lambda j: 0 if j == 0 else 2 * j - 1, lambda k: (k + 1) // 2),
+}
+# LayerNorm parameters (official side; HF weight/bias are official gamma/beta), and the
+# attention projections (HF Linear [out, in], official 1x1 conv [out, in, 1]).
+_LAYER_NORM = re.compile(r"(norm_layers_[12]\.\d+|norms_[12]\.\d+|dp\.norm_[12])\.")
+_LAYER_NORM_PARAMS = (("weight", "gamma"), ("bias", "beta"))
+ATTENTION_WEIGHT = re.compile(r"attn_layers\.\d+\.conv_[qkvo]\.weight$")
+
+
+def _start(template: str):
+  """One side of a `_PREFIXES` row -> (regex of a name's start, its slots in order)."""
+  parts = re.split(r"\{(\w+)\}", template)
+  regex = "".join(re.escape(p) if i % 2 == 0 else f"({_SLOTS[p][0]})"
+                  for i, p in enumerate(parts))
+  return re.compile("^" + regex), parts[1::2]
+
+
+_STARTS = [(_start(hf), _start(official)) for hf, official in _PREFIXES]
+
+
+def _rename(name: str, side: int) -> str:
+  """`name` from side `side` (0 HF, 1 official) to the other."""
+  for row, starts in zip(_PREFIXES, _STARTS):
+    pattern, slots = starts[side]
+    m = pattern.match(name)
+    if not m:
+      continue
+    values = {}
+    for slot, value in zip(slots, m.groups()):
+      index_map = _SLOTS[slot][1 + side]
+      values[slot] = str(index_map(int(value))) if index_map else value
+    name = row[1 - side].format(**values) + name[m.end():]
+    break
+  for part in _PARTS:
+    src, dst = part[side], part[1 - side]
+    if src.endswith("$"):
+      if name.endswith(src[:-1]):
+        name = name[:-len(src) + 1] + dst[:-1]
+    else:
+      name = name.replace(src, dst)
+  return name
+
+
+def hf_to_official_name(name: str) -> str:
+  """HF `VitsModel` parameter name -> official VITS name."""
+  name = _rename(name, 0)
+  m = _LAYER_NORM.search(name)
+  if m:
+    name = name[:m.end()] + dict(_LAYER_NORM_PARAMS).get(name[m.end():], name[m.end():])
+  return name
+
+
+def official_to_hf_name(name: str) -> str:
+  """Official VITS parameter name -> HF `VitsModel` name (what current transformers saves:
+  weight norm as `parametrizations.weight.original0/1`)."""
+  m = _LAYER_NORM.search(name)
+  if m:
+    back = {o: h for h, o in _LAYER_NORM_PARAMS}
+    name = name[:m.end()] + back.get(name[m.end():], name[m.end():])
+  return _rename(name, 1)
 
 
 def hf_to_official(state_dict: Mapping[str, Any]) -> Dict[str, np.ndarray]:
@@ -110,14 +167,9 @@ def hf_to_official(state_dict: Mapping[str, Any]) -> Dict[str, np.ndarray]:
   """
   out = {}
   for key, value in state_dict.items():
-    new = key
-    for pattern, repl in _RULES:
-      new = re.sub(pattern, repl, new)
+    new = hf_to_official_name(key)
     value = np.asarray(value)
-    m = _LAYER_NORM.search(new)
-    if m:
-      new = new[:m.start(2)] + ("gamma" if m.group(2) == "weight" else "beta")
-    if re.search(r"attn_layers\.\d+\.conv_[qkvo]\.weight$", new) and value.ndim == 2:
+    if ATTENTION_WEIGHT.search(new) and value.ndim == 2:
       value = value[:, :, None]
     out[new] = value
   return out

@@ -4,16 +4,15 @@
     model.safetensors   the whole generator under HF's parameter names
     vocab.json, tokenizer_config.json   only for voices with HF's character tokenizer
 
-Names are the inverse of `vits_jax.convert.hf.hf_to_official` (checked name by name): the
-decoder with weight norm folded into plain weights (HF's HiFi-GAN has none at inference),
-the WaveNet layers as `parametrizations.weight.original0/1` (what current transformers
-saves), attention projections as linear weights, LayerNorms as weight/bias. HF's decoder has
-only ResBlock1 and its other fixed sizes are the official ones: a voice that differs is a
+Names come from the one HF <-> official name table of `vits_jax.convert.hf`, read from
+the official side (each name checked to map back): the decoder with weight norm folded into
+plain weights (HF's HiFi-GAN has none at inference), the WaveNet layers as
+`parametrizations.weight.original0/1` (what current transformers saves), attention
+projections as linear weights, LayerNorms as weight/bias. HF's decoder has only ResBlock1 and its other fixed sizes are the official ones: a voice that differs is a
 clear error, not a wrong model.
 """
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -24,62 +23,6 @@ from vits_jax.convert import source as source_lib
 from vits_jax.convert import torch_names
 from vits_jax.export import common
 
-# Official -> HF, applied in order (the inverse of hf._RULES).
-_RULES = [
-    (r"^enc_p\.emb\.", "text_encoder.embed_tokens."),
-    (r"^enc_p\.proj\.", "text_encoder.project."),
-    (r"^enc_p\.encoder\.attn_layers\.(\d+)\.conv_([qkv])\.",
-     r"text_encoder.encoder.layers.\1.attention.\2_proj."),
-    (r"^enc_p\.encoder\.attn_layers\.(\d+)\.conv_o\.",
-     r"text_encoder.encoder.layers.\1.attention.out_proj."),
-    (r"^enc_p\.encoder\.attn_layers\.(\d+)\.emb_rel_([kv])$",
-     r"text_encoder.encoder.layers.\1.attention.emb_rel_\2"),
-    (r"^enc_p\.encoder\.norm_layers_1\.(\d+)\.", r"text_encoder.encoder.layers.\1.layer_norm."),
-    (r"^enc_p\.encoder\.norm_layers_2\.(\d+)\.",
-     r"text_encoder.encoder.layers.\1.final_layer_norm."),
-    (r"^enc_p\.encoder\.ffn_layers\.(\d+)\.", r"text_encoder.encoder.layers.\1.feed_forward."),
-    (r"^enc_q\.pre\.", "posterior_encoder.conv_pre."),
-    (r"^enc_q\.proj\.", "posterior_encoder.conv_proj."),
-    (r"^enc_q\.enc\.", "posterior_encoder.wavenet."),
-    (r"^flow\.flows\.(\d+)\.", lambda m: f"flow.flows.{int(m.group(1)) // 2}."),
-    (r"^(flow\.flows\.\d+)\.pre\.", r"\1.conv_pre."),
-    (r"^(flow\.flows\.\d+)\.post\.", r"\1.conv_post."),
-    (r"^(flow\.flows\.\d+)\.enc\.", r"\1.wavenet."),
-    (r"^dec\.ups\.", "decoder.upsampler."),
-    (r"^dec\.", "decoder."),
-    (r"^dp\.(flows|post_flows)\.(\d+)\.",
-     lambda m: f"duration_predictor.{m.group(1)}.{(int(m.group(2)) + 1) // 2}."),
-    (r"^dp\.post_pre\.", "duration_predictor.post_conv_pre."),
-    (r"^dp\.post_proj\.", "duration_predictor.post_conv_proj."),
-    (r"^dp\.post_convs\.", "duration_predictor.post_conv_dds."),
-    (r"^dp\.pre\.", "duration_predictor.conv_pre."),
-    (r"^dp\.proj\.", "duration_predictor.conv_proj."),
-    (r"^dp\.convs\.", "duration_predictor.conv_dds."),
-    (r"^dp\.", "duration_predictor."),
-    (r"^(duration_predictor\.(?:post_)?flows\.\d+)\.pre\.", r"\1.conv_pre."),
-    (r"^(duration_predictor\.(?:post_)?flows\.\d+)\.proj\.", r"\1.conv_proj."),
-    (r"^(duration_predictor\.(?:post_)?flows\.\d+)\.convs\.", r"\1.conv_dds."),
-    (r"\.m$", ".translate"),
-    (r"\.logs$", ".log_scale"),
-    (r"\.convs_sep\.", ".convs_dilated."),
-    (r"\.convs_1x1\.", ".convs_pointwise."),
-    (r"^emb_g\.", "embed_speaker."),
-    (r"\.weight_g$", ".parametrizations.weight.original0"),
-    (r"\.weight_v$", ".parametrizations.weight.original1"),
-]
-_LAYER_NORM = re.compile(r"(norm_layers_[12]\.\d+|norms_[12]\.\d+|dp\.norm_[12])\.(gamma|beta)$")
-_ATTN = re.compile(r"attn_layers\.\d+\.conv_[qkvo]\.weight$")
-
-
-def official_to_hf(name: str) -> str:
-  """Official parameter name -> HF `VitsModel` name."""
-  m = _LAYER_NORM.search(name)
-  new = name[:m.start(2)] + ("weight" if m.group(2) == "gamma" else "bias") if m else name
-  for pattern, repl in _RULES:
-    new = re.sub(pattern, repl, new)
-  return new
-
-
 def hf_state_dict(params) -> Dict[str, np.ndarray]:
   """Flax generator params -> HF names and layouts (decoder weight norm folded)."""
   official = torch_names.flax_to_torch({k: v for k, v in params.items() if k != "dec"})
@@ -87,9 +30,9 @@ def hf_state_dict(params) -> Dict[str, np.ndarray]:
   out = {}
   for name, value in official.items():
     value = np.ascontiguousarray(value, np.float32)
-    if _ATTN.search(name):
+    if hf_import.ATTENTION_WEIGHT.search(name):
       value = value[:, :, 0]
-    hf_name = official_to_hf(name)
+    hf_name = hf_import.official_to_hf_name(name)
     back = hf_import.hf_to_official({hf_name: value})
     if list(back) != [name]:
       raise AssertionError(f"HF name map is not invertible at {name} -> {hf_name} -> "

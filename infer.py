@@ -51,11 +51,13 @@ def parse_args(argv=None):
   p.add_argument("--speaker", default=None, help="speaker id or name (multi-speaker voices)")
   p.add_argument("--source-speaker", default=None,
                  help="speaker id or name of the --convert recording")
-  p.add_argument("--noise-scale", type=float, default=0.667, help="prior noise (default 0.667)")
-  p.add_argument("--noise-scale-w", type=float, default=0.8,
-                 help="duration noise (default 0.8)")
-  p.add_argument("--length-scale", type=float, default=1.0,
-                 help="speaking time multiplier, > 1 is slower (default 1.0)")
+  p.add_argument("--noise-scale", type=float, default=None,
+                 help="prior noise (default: the voice's own, 0.667 for most)")
+  p.add_argument("--noise-scale-w", type=float, default=None,
+                 help="duration noise (default: the voice's own, 0.8 for most)")
+  p.add_argument("--length-scale", type=float, default=None,
+                 help="speaking time multiplier, > 1 is slower (default: the voice's own, "
+                      "1.0 for most)")
   p.add_argument("--sentence-silence", type=float, default=0.0,
                  help="seconds of silence between sentences (default 0)")
   p.add_argument("--volume", type=float, default=1.0,
@@ -307,6 +309,7 @@ def run(args):
                noise_scale_w=args.noise_scale_w, length_scale=args.length_scale,
                seed=args.seed, sentence_silence=args.sentence_silence, volume=args.volume,
                normalize=args.normalize)
+  knobs.update({k: v for k, v in voice.defaults.items() if knobs[k] is None})
   if args.convert is not None:
     return _convert(args, voice)
   if args.output_raw:

@@ -57,10 +57,12 @@ def parse_args(argv=None):
                  help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
   p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
   p.add_argument("--speaker", default=None, help="default speaker id or name")
-  p.add_argument("--length-scale", type=float, default=1.0)
-  p.add_argument("--noise-scale", type=float, default=0.667)
+  p.add_argument("--length-scale", type=float, default=None,
+                 help="default: the voice's own, 1.0 for most")
+  p.add_argument("--noise-scale", type=float, default=None,
+                 help="default: the voice's own, 0.667 for most")
   p.add_argument("--noise-w-scale", "--noise-scale-w", dest="noise_w_scale", type=float,
-                 default=0.8)
+                 default=None, help="default: the voice's own, 0.8 for most")
   p.add_argument("--sentence-silence", type=float, default=0.0)
   p.add_argument("--volume", type=float, default=1.0)
   p.add_argument("--normalize", action="store_true",
@@ -349,6 +351,7 @@ def main(argv=None):
                     noise_scale_w=args.noise_w_scale, sentence_silence=args.sentence_silence,
                     volume=args.volume, normalize=args.normalize, seed=0,
                     speaker=voice.speaker_id(args.speaker))
+    defaults.update({k: v for k, v in voice.defaults.items() if defaults[k] is None})
     if args.max_batch < 1 or not 0 <= args.batch_wait_ms <= 10000:
       raise ValueError("--max-batch must be >= 1 and --batch-wait-ms 0 to 10000")
     tts = TextToSpeech(voice, defaults, args.max_batch, args.batch_wait_ms / 1000)

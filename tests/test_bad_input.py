@@ -88,6 +88,14 @@ VOICES = [
      ["'audio' must be an object"]),
     ("json-rate-negative", lambda t: _piper_copy(
         t, lambda m: _set(m, "audio.sample_rate", -1) and m), ["audio.sample_rate"]),
+    ("json-rate-huge", lambda t: _piper_copy(
+        t, lambda m: _set(m, "audio.sample_rate", 10 ** 12) and m), ["not one of speech audio"]),
+    ("json-inference-string", lambda t: _piper_copy(
+        t, lambda m: _set(m, "inference", {"noise_w": "0.8"}) and m),
+     ["inference.noise_w must be a number"]),
+    ("json-inference-noise", lambda t: _piper_copy(
+        t, lambda m: _set(m, "inference", {"noise_scale": 1e308}) and m),
+     ["default noise_scale must be"]),
     ("json-speakers-mismatch", lambda t: _piper_copy(
         t, lambda m: _set(m, "num_speakers", 5) and m), ["5 speakers"]),
     ("id-beyond-vocab", lambda t: _piper_copy(
@@ -111,6 +119,10 @@ VOICES = [
      ["upsample_rates must be a list"]),
     ("hf-window", lambda t: _hf_copy(t, lambda c: _set(c, "window_size", 8)),
      ["window_size"]),
+    ("hf-rate-huge", lambda t: _hf_copy(t, lambda c: _set(c, "sampling_rate", 10 ** 13)),
+     ["not one of speech audio"]),
+    ("hf-speaking-rate-zero", lambda t: _hf_copy(t, lambda c: _set(c, "speaking_rate", 0)),
+     ["speaking_rate must be > 0"]),
     ("not-a-voice-file", lambda t: (t / "x.txt").write_text("hi") and t / "x.txt",
      ["is not a voice"]),
     ("empty-folder", lambda t: (t / "d").mkdir() or t / "d", ["holds no voice"]),

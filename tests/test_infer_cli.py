@@ -431,7 +431,7 @@ def test_json_input_lines_choose_file_speaker_and_knobs(tmp_path, capsys):
     (['{"text": "Hi.", "speaker_id": 9}'], "speaker id 9 out of range"),
     (['{"text": "Hi.", "length_scale": -1}'], "length_scale must be a number in (0, 20]"),
     (['{"text": "Hi.", "noise_w_scale": "high"}'], "noise_w_scale must be a number"),
-    (['{"text": "Hi.", "noise_w_scale": -0.5}'], "noise_w_scale must be a number >= 0"),
+    (['{"text": "Hi.", "noise_w_scale": -0.5}'], "noise_w_scale must be a number in"),
     (['{"text": "Hi.", "noise_w_scale": 0, "noise_scale_w": 0}'], "not both"),
     (['{"text": "Hi.", "normalize": "yes"}'], "normalize must be true or false"),
     (['{"text": "Hi.", "output_file": "a.wav"}', '{"text": "Ho.", "output_file": "a.wav/b.wav"}'],

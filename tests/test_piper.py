@@ -200,3 +200,36 @@ def test_missing_files(tmp_path):
   (tmp_path / "garbage.onnx.json").write_text("{}")
   with pytest.raises(ValueError):
     piper.load_piper(garbage)
+
+
+def test_voice_own_knobs_are_the_defaults_as_in_piper_tts(tmp_path, joe_voice):
+  """A Piper voice's "inference" section sets the knobs a call leaves out, as piper-tts
+  does: here noise 0 and a slower length_scale, so both are deterministic and comparable;
+  the knobs stay overridable, reach a Piper export, and a bad value is refused at load."""
+  piper_tts = pytest.importorskip("piper")
+  import json
+  from vits_jax.export.piper import voice_json
+  config = json.loads(Path(str(JOE) + ".json").read_text(encoding="utf-8"))
+  config["inference"] = {"noise_scale": 0.0, "length_scale": 1.3, "noise_w": 0.0}
+  onnx_path = tmp_path / "slow.onnx"
+  onnx_path.symlink_to(JOE)
+  Path(str(onnx_path) + ".json").write_text(json.dumps(config), encoding="utf-8")
+  voice = load_voice(onnx_path)
+  assert voice.defaults == {"noise_scale": 0.0, "noise_scale_w": 0.0, "length_scale": 1.3}
+  text = "The slow voice speaks. Then it stops."
+  ours = voice.synthesize(text)
+  theirs = piper_tts.PiperVoice.load(str(onnx_path))
+  ref = np.concatenate([c.audio_float_array for c in theirs.synthesize(
+      text, syn_config=piper_tts.SynthesisConfig(normalize_audio=False))])
+  assert ours.shape == ref.shape
+  assert np.abs(ours - ref).max() <= 1e-3
+  plain = joe_voice.synthesize(text, noise_scale=0.0, noise_scale_w=0.0)
+  assert len(ours) > 1.2 * len(plain)
+  np.testing.assert_array_equal(voice.synthesize(text, length_scale=1.0), plain)
+  assert voice_json(voice)["inference"] == config["inference"]
+  for bad, message in (({"noise_scale": "loud"}, "inference.noise_scale must be a number"),
+                       ({"length_scale": -1}, "default length_scale must be")):
+    config["inference"] = bad
+    Path(str(onnx_path) + ".json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+      load_voice(onnx_path)

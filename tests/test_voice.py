@@ -279,7 +279,8 @@ def test_second_load_reads_the_cached_conversion(tmp_path, monkeypatch, multi):
     (dict(sentence_silence=-1), "sentence_silence"),
     (dict(sentence_silence=float("inf")), "sentence_silence"),
     (dict(noise_scale=float("nan")), "noise_scale"), (dict(length_scale="1"), "length_scale"),
-    (dict(length_scale=1e6), "length_scale"), (dict(noise_scale_w=1e3), "frames"),
+    (dict(length_scale=1e6), "length_scale"), (dict(noise_scale_w=1e3), "noise_scale_w"),
+    (dict(noise_scale=1e308), "noise_scale"),
     (dict(volume=-0.5), "volume"), (dict(volume=float("nan")), "volume"),
     (dict(volume="2"), "volume"), (dict(noise_scale=True), "noise_scale"),
     (dict(length_scale=25), "length_scale"), (dict(normalize="no"), "normalize"),
@@ -292,6 +293,17 @@ def test_bad_knobs_are_value_errors_naming_them(multi, kw, needle):
     multi.synthesize("Hi. Ho.", **kw)
   with pytest.raises(ValueError, match=needle):
     list(multi.stream("Hi. Ho.", **kw))
+
+
+def test_a_sentence_too_long_to_decode_is_refused_before_its_audio(multi, monkeypatch):
+  """The text side's durations are checked against the frame limit (a sentence that slow
+  would hold its whole latent tape in memory) before any of its audio is decoded."""
+  from vits_jax import inference
+  frames = sum(int(d.sum()) for d in multi.synthesize(
+      "Hi there, all of you.", with_durations=True)[1])
+  monkeypatch.setattr(inference, "MAX_SENTENCE_FRAMES", frames - 1)
+  with pytest.raises(ValueError, match=f"more than {frames - 1} frames"):
+    multi.synthesize("Hi there, all of you.")
 
 
 def test_non_string_text_and_skipped_texts(multi):

@@ -252,13 +252,19 @@ def _latent_inputs(n: int, span: int, channels: int) -> Dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------- synthesis
+# The sampling knobs of a voice whose files name none (Piper's and the official code's
+# defaults). A voice's own (a Piper `.onnx.json`'s "inference", an HF config's
+# `noise_scale`, `noise_scale_duration`, `speaking_rate`) replace them (`Voice.defaults`).
+DEFAULT_KNOBS = dict(noise_scale=0.667, noise_scale_w=0.8, length_scale=1.0)
+
+
 @dataclasses.dataclass
 class Options:
   """Sampling knobs of one synthesis call."""
   speaker_id: Optional[int] = None
-  noise_scale: float = 0.667
-  noise_scale_w: float = 0.8
-  length_scale: float = 1.0
+  noise_scale: float = DEFAULT_KNOBS["noise_scale"]
+  noise_scale_w: float = DEFAULT_KNOBS["noise_scale_w"]
+  length_scale: float = DEFAULT_KNOBS["length_scale"]
   seed: int = 0
   batch_size: int = 16
 
@@ -413,8 +419,10 @@ def _scales(options: Options) -> np.ndarray:
 
 
 def synthesize_ids(model, params, ids_list: Sequence[Sequence[int]],
-                   speaker_id: Optional[int] = None, noise_scale: float = 0.667,
-                   noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
+                   speaker_id: Optional[int] = None,
+                   noise_scale: float = DEFAULT_KNOBS["noise_scale"],
+                   noise_scale_w: float = DEFAULT_KNOBS["noise_scale_w"],
+                   length_scale: float = DEFAULT_KNOBS["length_scale"], seed: int = 0,
                    seeds: Optional[Sequence[int]] = None, batch_size: int = 16,
                    on_done: Optional[Callable[[int], None]] = None) -> List[np.ndarray]:
   """Token id sequences -> one float32 waveform each (`stream_ids`, collected).

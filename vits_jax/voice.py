@@ -42,6 +42,9 @@ MAX_SILENCE_SECONDS = 600.0
 # The slowest speech `length_scale` may ask for (20x: a sentence's frames, and a whole
 # text's memory, grow with it).
 MAX_LENGTH_SCALE = 20.0
+# The largest noise scales: far past any voice's usual 0.3-1.5; above about 10 the audio is
+# clipped noise, and past ~1e30 it overflows to silence.
+MAX_NOISE_SCALE = 10.0
 # The largest `volume` (x1000 = +60 dB: anything above only clips).
 MAX_VOLUME = 1000.0
 # What `Voice.convert` takes: recordings of speech rates, up to this long at once (it holds
@@ -59,20 +62,23 @@ def _is_integer(v) -> bool:
   return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
-def check_knobs(noise_scale: float = 0.667, noise_scale_w: float = 0.8,
-                length_scale: float = 1.0, seed: int = 0, sentence_silence: float = 0.0,
-                batch_size: int = 1, volume: float = 1.0) -> None:
-  """Validates synthesis knobs (the API's and `infer.py`'s one check).
+def check_knobs(noise_scale: Optional[float] = None, noise_scale_w: Optional[float] = None,
+                length_scale: Optional[float] = None, seed: int = 0,
+                sentence_silence: float = 0.0, batch_size: int = 1, volume: float = 1.0
+                ) -> None:
+  """Validates synthesis knobs (the API's and `infer.py`'s one check); None for a sampling
+  knob stands for the voice's own (`Voice.defaults`).
 
   Raises:
     ValueError: naming the knob and the value.
   """
-  if not (_is_number(length_scale) and 0 < length_scale <= MAX_LENGTH_SCALE):
+  if length_scale is not None and not (_is_number(length_scale)
+                                       and 0 < length_scale <= MAX_LENGTH_SCALE):
     raise ValueError(f"length_scale must be a number in (0, {MAX_LENGTH_SCALE:g}], got "
                      f"{length_scale!r}")
   for name, v in (("noise_scale", noise_scale), ("noise_scale_w", noise_scale_w)):
-    if not (_is_number(v) and v >= 0):
-      raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+    if v is not None and not (_is_number(v) and 0 <= v <= MAX_NOISE_SCALE):
+      raise ValueError(f"{name} must be a number in [0, {MAX_NOISE_SCALE:g}], got {v!r}")
   if not (_is_number(sentence_silence) and 0 <= sentence_silence <= MAX_SILENCE_SECONDS):
     raise ValueError(f"sentence_silence must be 0 to {MAX_SILENCE_SECONDS:g} seconds, got "
                      f"{sentence_silence!r}")
@@ -119,10 +125,14 @@ class Voice:
     num_speakers: 1 for single-speaker voices.
     speaker_names: name -> id (may be empty).
     name: where it came from.
+    defaults: the sampling knobs (`noise_scale`, `noise_scale_w`, `length_scale`) a call
+      that gives none uses: the voice's own where its files name them (a Piper voice's
+      "inference" section, as Piper does), else `inference.DEFAULT_KNOBS`.
   """
 
   def __init__(self, model, params, frontend, sample_rate: int, name: str = "",
-               speaker_names: Optional[Dict[str, int]] = None):
+               speaker_names: Optional[Dict[str, int]] = None,
+               defaults: Optional[Dict[str, float]] = None):
     self.model = model
     self.params = inference.replicate(params)
     self.frontend = frontend
@@ -138,6 +148,11 @@ class Voice:
       raise ValueError(f"voice {name}: speaker ids {bad} out of range "
                        f"0..{self.num_speakers - 1}")
     self.hop_length = int(np.prod(model.upsample_rates))
+    self.defaults = {k: (defaults or {}).get(k, v) for k, v in inference.DEFAULT_KNOBS.items()}
+    try:
+      check_knobs(**self.defaults)
+    except ValueError as e:   # a hand-edited voice config: refused at load
+      raise ValueError(f"voice {name}: its default {e}") from None
 
   @property
   def trace_count(self) -> int:
@@ -244,15 +259,19 @@ class Voice:
     return gen() if lazy else list(gen())
 
   # ----------------------------------------------------------------- synthesis
-  def synthesize(self, text: str, speaker=None, noise_scale: float = 0.667,
-                 noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
+  def synthesize(self, text: str, speaker=None, noise_scale: Optional[float] = None,
+                 noise_scale_w: Optional[float] = None, length_scale: Optional[float] = None,
+                 seed: int = 0,
                  sentence_silence: float = 0.0, with_durations: bool = False,
                  volume: float = 1.0, normalize: bool = False):
     """Text -> float32 waveform [T] in [-1, 1] at `sample_rate`.
 
     With `with_durations`, returns (audio, durations): durations holds one int array per
-    sentence (the ids of `text_to_sentence_ids` on each paragraph of `text`), the frames (of `hop_length` samples) each id
-    is spoken for -- the text-to-audio alignment.
+    sentence (the ids of `text_to_sentence_ids` on each paragraph of `text`), the frames (of
+    `hop_length` samples) each id is spoken for -- the text-to-audio alignment.
+
+    `noise_scale`, `noise_scale_w` and `length_scale` left at None take the voice's own
+    (`defaults`: a Piper voice's "inference" section, as Piper does).
 
     `normalize` scales each sentence to a peak of 1 and `volume` multiplies the audio, both
     as Piper does (its CLI and `SynthesisConfig` normalize by default; here the model's own
@@ -266,8 +285,10 @@ class Voice:
         sentence_silence=sentence_silence, volume=volume, normalize=normalize)
     return (audio, durations) if with_durations else audio
 
-  def synthesize_batch(self, texts: Sequence[str], speaker=None, noise_scale: float = 0.667,
-                       noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
+  def synthesize_batch(self, texts: Sequence[str], speaker=None,
+                       noise_scale: Optional[float] = None,
+                       noise_scale_w: Optional[float] = None,
+                       length_scale: Optional[float] = None, seed: int = 0,
                        batch_size: int = 16, sentence_silence: float = 0.0,
                        progress: Optional[Callable[[int], None]] = None,
                        volume: float = 1.0, normalize: bool = False) -> List[np.ndarray]:
@@ -276,7 +297,8 @@ class Voice:
     Args:
       texts: utterances; each may hold several sentences.
       speaker: id or name (multi-speaker voices; default 0).
-      noise_scale, noise_scale_w, length_scale: sampling knobs (0 noise = deterministic).
+      noise_scale, noise_scale_w, length_scale: sampling knobs (0 noise = deterministic;
+        None: the voice's own, `defaults`).
       seed: noise seed.
       batch_size: sentences per model call (at most).
       sentence_silence: seconds of silence between the sentences of an utterance.
@@ -292,8 +314,9 @@ class Voice:
         progress(1)
     return out
 
-  def iter_batch(self, texts: Sequence[str], speaker=None, noise_scale: float = 0.667,
-                 noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
+  def iter_batch(self, texts: Sequence[str], speaker=None,
+                 noise_scale: Optional[float] = None, noise_scale_w: Optional[float] = None,
+                 length_scale: Optional[float] = None, seed: int = 0,
                  batch_size: int = 16, sentence_silence: float = 0.0,
                  skip_unsayable: bool = False, volume: float = 1.0, normalize: bool = False
                  ) -> Iterator[Tuple[np.ndarray, List[np.ndarray]]]:
@@ -357,8 +380,9 @@ class Voice:
     for _ in range(done, len(per_text)):
       yield np.zeros(0, np.float32), []
 
-  def stream(self, text: str, speaker=None, noise_scale: float = 0.667,
-             noise_scale_w: float = 0.8, length_scale: float = 1.0, seed: int = 0,
+  def stream(self, text: str, speaker=None, noise_scale: Optional[float] = None,
+             noise_scale_w: Optional[float] = None, length_scale: Optional[float] = None,
+             seed: int = 0,
              sentence_silence: float = 0.0, batch_size: int = 1, volume: float = 1.0,
              normalize: bool = False) -> Iterator[np.ndarray]:
     """Yields float32 pieces of `synthesize(text, ...)`'s waveform as they are ready:
@@ -398,8 +422,9 @@ class Voice:
         yield piece.astype(np.float32)
 
   def synthesize_ids(self, ids_list: Sequence[Sequence[int]], speaker_id: Optional[int] = None,
-                     noise_scale: float = 0.667, noise_scale_w: float = 0.8,
-                     length_scale: float = 1.0, seed: int = 0,
+                     noise_scale: Optional[float] = None,
+                     noise_scale_w: Optional[float] = None,
+                     length_scale: Optional[float] = None, seed: int = 0,
                      seeds: Optional[Sequence[int]] = None,
                      batch_size: int = 16) -> List[np.ndarray]:
     """Token id sequences -> one float32 waveform each (the model's raw output).
@@ -410,6 +435,8 @@ class Voice:
       seeds: per-sentence noise seeds (default all 0); the noise key is `PRNGKey(seed)`.
       batch_size: most sentences per call.
     """
+    noise_scale, noise_scale_w, length_scale = self._knobs(noise_scale, noise_scale_w,
+                                                           length_scale)
     check_knobs(noise_scale, noise_scale_w, length_scale, seed, batch_size=batch_size)
     ids_list = _checked_ids(ids_list, int(self.model.n_vocab))
     if speaker_id is not None:
@@ -424,11 +451,19 @@ class Voice:
         self.model, self.params, ids_list, speaker_id, noise_scale, noise_scale_w,
         length_scale, seed, seeds, batch_size)
 
+  def _knobs(self, noise_scale, noise_scale_w, length_scale):
+    """The sampling knobs of a call, the voice's own where it gives None."""
+    given = dict(noise_scale=noise_scale, noise_scale_w=noise_scale_w,
+                 length_scale=length_scale)
+    return tuple(self.defaults[k] if v is None else v for k, v in given.items())
+
   def _options(self, speaker, noise_scale, noise_scale_w, length_scale, seed, batch_size,
                sentence_silence=0.0, volume=1.0, normalize=False):
     sid = self.speaker_id(speaker)
     if not isinstance(normalize, (bool, np.bool_)):
       raise ValueError(f"normalize must be True or False, got {normalize!r}")
+    noise_scale, noise_scale_w, length_scale = self._knobs(noise_scale, noise_scale_w,
+                                                           length_scale)
     check_knobs(noise_scale, noise_scale_w, length_scale, seed, sentence_silence, batch_size,
                 volume)
     return inference.Options(sid, float(noise_scale), float(noise_scale_w),
@@ -572,4 +607,4 @@ def load_voice(name_or_path: Optional[Union[str, os.PathLike]] = None,
     cache.write(entry, meta, params)
   frontend = get_frontend(**meta["frontend"])
   return Voice(model, params, frontend, int(config.data.sampling_rate), name=meta["name"],
-               speaker_names=meta["speaker_names"])
+               speaker_names=meta["speaker_names"], defaults=config.get("infer"))

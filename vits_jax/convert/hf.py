@@ -219,10 +219,16 @@ def config_from_hf(hf_config: Any, where: str = "VitsConfig") -> ml_collections.
   data = dict(sampling_rate=int(c.get("sampling_rate", 16000)),
               filter_length=(bins - 1) * 2, win_length=(bins - 1) * 2, frontend="hf",
               text_cleaners=[])
-  # Synthesis defaults the HF model was published with.
-  infer = dict(noise_scale=c.get("noise_scale", 0.667),
-               noise_scale_w=c.get("noise_scale_duration", 0.8),
-               length_scale=1.0 / c.get("speaking_rate", 1.0))
+  # Synthesis defaults the HF model was published with (`Voice` checks their ranges).
+  infer = {}
+  for ours, theirs in (("noise_scale", "noise_scale"), ("noise_scale_w", "noise_scale_duration")):
+    if c.get(theirs) is not None:
+      infer[ours] = float(source.number(c[theirs], where, theirs))
+  if c.get("speaking_rate") is not None:
+    rate = source.number(c["speaking_rate"], where, "speaking_rate")
+    if not rate > 0:
+      raise ValueError(f"{where}: speaking_rate must be > 0, got {rate!r}")
+    infer["length_scale"] = 1.0 / float(rate)
   return source.config_from_hparams(model, data, dict(segment_size=8192), infer,
                                     where=where)
 

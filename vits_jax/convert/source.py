@@ -26,6 +26,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 import ml_collections
 import numpy as np
 
+from vits_jax import inference
+
 DEFAULT_VOICE = "joe"
 SOURCES_HELP = ("'joe', a Piper .onnx voice, a training workdir, an HF VitsModel folder, "
                 "or an official G_*.pth with its config.json")
@@ -88,9 +90,9 @@ def config_from_hparams(model: Mapping[str, Any], data: Optional[Mapping[str, An
   from configs import base
   config = base.get_config()
   model = dict(model)
-  n_speakers = int(_number(model.pop("n_speakers", 0) or 0, where, "n_speakers"))
+  n_speakers = int(number(model.pop("n_speakers", 0) or 0, where, "n_speakers"))
   if data and data.get("n_speakers"):
-    n_speakers = max(n_speakers, int(_number(data["n_speakers"], where, "data.n_speakers")))
+    n_speakers = max(n_speakers, int(number(data["n_speakers"], where, "data.n_speakers")))
   for section, values in (("data", data), ("model", model), ("train", train)):
     target = config[section]
     for key, value in (values or {}).items():
@@ -100,11 +102,17 @@ def config_from_hparams(model: Mapping[str, Any], data: Optional[Mapping[str, An
   check_model_config(config, where)
   config.data.hop_length = math.prod(config.model.upsample_rates)
   config.infer = ml_collections.ConfigDict(
-      {**dict(noise_scale=0.667, noise_scale_w=0.8, length_scale=1.0), **dict(infer or {})})
+      {**inference.DEFAULT_KNOBS, **dict(infer or {})})
   return config
 
 
-def _number(value, where, field):
+# The sampling rates a voice may have (audio files hold at most 2**31 - 1; speech models
+# run at 8 to 48 kHz).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
+
+
+def number(value, where: str, field: str):
+  """`value` if it is a number (not a bool), else ValueError naming `where` and `field`."""
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     raise ValueError(f"{where}: {field} must be a number, got {value!r}")
   return value
@@ -119,7 +127,7 @@ def _like(default, value, where, field):
       raise ValueError(f"{where}: {field} must be true or false, got {value!r}")
     return value
   if isinstance(default, (int, float)):
-    value = _number(value, where, field)
+    value = number(value, where, field)
     if isinstance(default, int) and not isinstance(default, bool):
       if float(value) != int(value):
         raise ValueError(f"{where}: {field} must be an integer, got {value!r}")
@@ -176,6 +184,9 @@ def check_model_config(config: ml_collections.ConfigDict, where: str = "config")
     v = config.data[key]
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
       raise ValueError(f"{where}: data.{key} must be a positive integer, got {v!r}")
+  if not MIN_SAMPLE_RATE <= config.data.sampling_rate <= MAX_SAMPLE_RATE:
+    raise ValueError(f"{where}: a sampling rate of {config.data.sampling_rate} Hz is not one "
+                     f"of speech audio ({MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE})")
 
 
 # --------------------------------------------------------------------------- params
@@ -319,7 +330,8 @@ def load_piper(onnx_path: Union[str, os.PathLike]) -> Source:
   voice = piper.load_piper(onnx_path)
   where = str(voice.onnx_path)
   config = config_from_hparams(voice.model, piper_data(voice.voice_config, where + ".json"),
-                               infer=_piper_inference(voice.voice_config), where=where)
+                               infer=_piper_inference(voice.voice_config, where + ".json"),
+                               where=where)
   params = check_params(torch_names.torch_to_flax(voice.state_dict), config, where,
                         inference_only=True)
   id_map = voice.voice_config.get("phoneme_id_map")
@@ -339,16 +351,19 @@ def load_piper(onnx_path: Union[str, os.PathLike]) -> Source:
                 voice_config=voice.voice_config)
 
 
-def _piper_inference(voice_config: Mapping[str, Any]) -> Dict[str, float]:
-  inf = voice_config.get("inference") or {}
-  if not isinstance(inf, dict):
+def _piper_inference(voice_config: Mapping[str, Any], where: str) -> Dict[str, float]:
+  """The voice's own sampling knobs (its "inference" section), which Piper uses where a
+  request gives none; `Voice` checks their ranges."""
+  inf = voice_config.get("inference")
+  if inf is None:
     return {}
+  if not isinstance(inf, dict):
+    raise ValueError(f"{where}: \"inference\" must be an object, got {inf!r:.40}")
   out = {}
   for ours, theirs in (("noise_scale", "noise_scale"), ("length_scale", "length_scale"),
                        ("noise_scale_w", "noise_w")):
-    v = inf.get(theirs)
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-      out[ours] = float(v)
+    if inf.get(theirs) is not None:
+      out[ours] = float(number(inf[theirs], where, f"inference.{theirs}"))
   return out
 
 

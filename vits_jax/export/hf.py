@@ -8,8 +8,9 @@ Names come from the one HF <-> official name table of `vits_jax.convert.hf`, rea
 the official side (each name checked to map back): the decoder with weight norm folded into
 plain weights (HF's HiFi-GAN has none at inference), the WaveNet layers as
 `parametrizations.weight.original0/1` (what current transformers saves), attention
-projections as linear weights, LayerNorms as weight/bias. HF's decoder has only ResBlock1 and its other fixed sizes are the official ones: a voice that differs is a
-clear error, not a wrong model.
+projections as linear weights, LayerNorms as weight/bias. HF's decoder has only ResBlock1
+and its other fixed sizes are the official ones: a voice that differs is a clear error, not
+a wrong model.
 """
 
 import json
@@ -18,6 +19,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
+from vits_jax import inference
 from vits_jax.convert import hf as hf_import
 from vits_jax.convert import source as source_lib
 from vits_jax.convert import torch_names
@@ -60,7 +62,7 @@ def hf_config(config) -> Dict[str, Any]:
     if key in m and m[key] != official[key]:
       raise ValueError(f"cannot export to hf: model.{key}={m[key]} (VitsConfig fixes the "
                        f"official {official[key]})")
-  infer = config.get("infer", None) or {}
+  infer = {**inference.DEFAULT_KNOBS, **(config.get("infer", None) or {})}
   n_speakers = int(m.get("n_speakers", 0) or 0)
   return {
       "architectures": ["VitsModel"], "model_type": "vits",
@@ -87,9 +89,9 @@ def hf_config(config) -> Dict[str, Any]:
       "prior_encoder_num_flows": 4, "prior_encoder_num_wavenet_layers": 4,
       "posterior_encoder_num_wavenet_layers": int(m.get("n_layers_enc_q", 16)),
       "wavenet_kernel_size": 5, "wavenet_dilation_rate": 1, "wavenet_dropout": 0.0,
-      "speaking_rate": 1.0 / float(infer.get("length_scale", 1.0)),
-      "noise_scale": float(infer.get("noise_scale", 0.667)),
-      "noise_scale_duration": float(infer.get("noise_scale_w", 0.8)),
+      "speaking_rate": 1.0 / float(infer["length_scale"]),
+      "noise_scale": float(infer["noise_scale"]),
+      "noise_scale_duration": float(infer["noise_scale_w"]),
       "sampling_rate": int(d.sampling_rate),
   }
 

@@ -842,10 +842,10 @@ def voice_json(voice, base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any
   language = dict(config.get("language") or {})
   if "code" not in language:
     language = {**_language(frontend.voice), **language}
-  inference = dict(config.get("inference") or {})
-  inference.setdefault("noise_scale", 0.667)
-  inference.setdefault("length_scale", 1.0)
-  inference.setdefault("noise_w", 0.8)
+  inference = dict(config.get("inference") or {})   # the voice's own knobs, Piper's names
+  inference.update(noise_scale=voice.defaults["noise_scale"],
+                   length_scale=voice.defaults["length_scale"],
+                   noise_w=voice.defaults["noise_scale_w"])
 
   config.update(
       audio=audio, espeak=espeak, language=language, inference=inference,

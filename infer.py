@@ -383,13 +383,19 @@ def _write_audio(path, sample_rate, chunks) -> int:
   """Writes float chunks as 16-bit audio (or Vorbis) to `path`, through a temporary file
   beside it that replaces `path` only when complete: a full disk or a kill never leaves a
   truncated file, or destroys an older one. Returns the number of samples."""
+  import shutil
+  import tempfile
   import soundfile as sf
   from vits_jax.files import pcm16
   fmt = _FORMATS[os.path.splitext(path)[1].lower()]
   subtype = _SUBTYPES.get(fmt, "PCM_16")
   path = os.path.realpath(path)   # a link: write (and replace) the file it points to
   directory, name = os.path.split(path)
-  tmp = os.path.join(directory, f".{name}.partial-{os.getpid()}")
+  # A device or a pipe (/dev/stdout, a FIFO a player reads) is not replaced: the finished
+  # audio is copied into it from a temporary file of the temp folder.
+  through = os.path.exists(path) and not os.path.isfile(path)
+  tmp = os.path.join(tempfile.gettempdir() if through else directory,
+                     f".{name}.partial-{os.getpid()}")
   samples = 0
   chunks = iter(chunks)
   try:
@@ -404,7 +410,12 @@ def _write_audio(path, sample_rate, chunks) -> int:
           raise _NotWritten(e) from e
         f.write(pcm16(chunk))
         samples += len(chunk)
-    os.replace(tmp, path)
+    if through:
+      with open(tmp, "rb") as src, open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+      os.remove(tmp)
+    else:
+      os.replace(tmp, path)
   except _NotWritten as e:
     if os.path.exists(tmp):
       os.remove(tmp)

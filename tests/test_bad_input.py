@@ -338,6 +338,32 @@ def test_infer_with_a_full_disk_keeps_the_old_file(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["hello.wav"]
 
 
+def test_out_through_a_pipe_or_a_device_is_not_replaced(tmp_path, monkeypatch):
+  """An --out that is a FIFO (a player reading it) or a device, directly or through a link,
+  gets the audio written into it; it stays what it was (it used to be replaced by a regular
+  file, even /dev/full through a link). A full device is a one-line write error."""
+  import os
+  import threading
+  import soundfile as sf
+  monkeypatch.setenv("TMPDIR", str(tmp_path))   # the temporary file goes there
+  fifo, got = tmp_path / "player.wav", {}
+  os.mkfifo(fifo)
+  reader = threading.Thread(target=lambda: got.setdefault("bytes", fifo.read_bytes()))
+  reader.start()
+  audio = np.sin(np.arange(8000) / 10).astype(np.float32) * 0.5
+  assert infer._write_audio(str(fifo), 16000, iter([audio[:3000], audio[3000:]])) == 8000
+  reader.join(timeout=60)
+  assert fifo.is_fifo()
+  decoded, rate = sf.read(__import__("io").BytesIO(got["bytes"]), dtype="float32")
+  assert rate == 16000 and np.abs(decoded - audio).max() < 1e-4
+  link = tmp_path / "full.wav"
+  link.symlink_to("/dev/full")
+  with pytest.raises(ValueError, match="cannot write /dev/full: No space left on device"):
+    infer._write_audio(str(link), 16000, iter([audio]))
+  assert Path("/dev/full").is_char_device() and link.is_symlink()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["full.wav", "player.wav"]
+
+
 def test_a_failing_synthesis_is_not_called_a_write_error(tmp_path):
   """An error of the audio source mid-file keeps its own type and message (it was reported
   as 'cannot write PATH'), and leaves neither the file nor a partial one."""

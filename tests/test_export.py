@@ -129,12 +129,24 @@ def test_official_export_round_trip(tmp_path):
   assert len(ckpt["model"]) == len(full)
   assert ckpt["optimizer"]["param_groups"][0]["params"] == list(range(len(full)))
   hps = json.loads((out / "config.json").read_text())
-  assert set(hps) == {"train", "data", "model"}
+  assert set(hps) == {"train", "data", "model", source_lib.OWN_SECTION}
   assert "n_vocab" not in hps["model"] and "n_speakers" not in hps["model"]
   assert hps["data"]["n_speakers"] == 3 and hps["model"]["gin_channels"] == 16
   assert hps["train"]["segment_size"] == 8192 and hps["model"]["n_layers_q"] == 3
   exported, original = load_voice(out / "G_0.pth"), load_voice(MULTI)
   _same_audio(exported, original, _ids(original), sid=2)
+  # The voice's own frontend and speaker names come back: the same text, the same ids
+  # and the same audio (the official symbols would read the text as other ids).
+  assert exported.speaker_names == original.speaker_names == {"alice": 0, "bob": 1, "carol": 2}
+  text = "Hello there, Bob."
+  assert exported.text_to_sentence_ids(text) == original.text_to_sentence_ids(text)
+  knobs = dict(speaker="bob", noise_scale=0.0, noise_scale_w=0.0)
+  np.testing.assert_allclose(exported.synthesize(text, **knobs),
+                             original.synthesize(text, **knobs), atol=1e-5)
+  hps[source_lib.OWN_SECTION]["frontend"]["config"]["phoneme_id_map"]["a"] = [9999]
+  (out / "config.json").write_text(json.dumps(hps))
+  with pytest.raises(ValueError, match="phoneme_id_map uses id 9999"):
+    load_voice(out / "G_0.pth")
 
 
 def test_official_export_of_an_official_checkpoint(tmp_path):

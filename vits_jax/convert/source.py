@@ -334,21 +334,25 @@ def load_piper(onnx_path: Union[str, os.PathLike]) -> Source:
                                where=where)
   params = check_params(torch_names.torch_to_flax(voice.state_dict), config, where,
                         inference_only=True)
-  id_map = voice.voice_config.get("phoneme_id_map")
-  if not isinstance(id_map, dict) or not all(
-      isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool)
-                                    for i in ids) for ids in id_map.values()):
-    raise ValueError(f"{where}.json: phoneme_id_map must map phonemes to lists of ids")
-  top = max((i for ids in id_map.values() for i in ids), default=0)
-  if top >= config.model.n_vocab or min((i for ids in id_map.values() for i in ids),
-                                        default=0) < 0:
-    raise ValueError(f"{where}.json: phoneme_id_map uses id {top}, outside the model's "
-                     f"{config.model.n_vocab} token ids")
+  _check_id_map(voice.voice_config.get("phoneme_id_map"), config.model.n_vocab,
+                where + ".json")
   speakers = voice.voice_config.get("speaker_id_map") or {}
   return Source("piper", Path(onnx_path), Path(onnx_path).name, config, params,
                 dict(kind="piper", config=voice.voice_config),
                 speaker_names=dict(speakers) if isinstance(speakers, dict) else {},
                 voice_config=voice.voice_config)
+
+
+def _check_id_map(id_map, n_vocab: int, where: str) -> None:
+  """A Piper `phoneme_id_map` (phoneme -> ids), checked against the model's ids."""
+  if not isinstance(id_map, dict) or not all(
+      isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool)
+                                    for i in ids) for ids in id_map.values()):
+    raise ValueError(f"{where}: phoneme_id_map must map phonemes to lists of ids")
+  top = max((i for ids in id_map.values() for i in ids), default=0)
+  if top >= n_vocab or min((i for ids in id_map.values() for i in ids), default=0) < 0:
+    raise ValueError(f"{where}: phoneme_id_map uses id {top}, outside the model's "
+                     f"{n_vocab} token ids")
 
 
 def _piper_inference(voice_config: Mapping[str, Any], where: str) -> Dict[str, float]:
@@ -367,6 +371,12 @@ def _piper_inference(voice_config: Mapping[str, Any], where: str) -> Dict[str, f
   return out
 
 
+# The section of an exported official config.json that holds what the official code has no
+# place for: the voice's text frontend (`get_frontend` kwargs: a Piper voice's whole
+# `.onnx.json`, an HF vocabulary) and its speaker names.
+OWN_SECTION = "vits_jax"
+
+
 def load_official(checkpoint: Union[str, os.PathLike],
                   config_path: Optional[Union[str, os.PathLike]] = None) -> Source:
   """An official jaywalnut310/vits `G_*.pth` with its hparams `config.json`."""
@@ -379,17 +389,32 @@ def load_official(checkpoint: Union[str, os.PathLike],
     raise ValueError(f"{config_path}: 'data' and 'model' must be objects")
   model = dict(hps["model"], n_vocab=int(state_dict["enc_p.emb.weight"].shape[0]),
                n_speakers=data.get("n_speakers", 0))
-  config = config_from_hparams(model, data, hps.get("train") or {}, where=str(config_path))
+  own = hps.get(OWN_SECTION)   # what our export adds; the official code ignores it
+  if own is not None and not (isinstance(own, dict) and isinstance(own.get("frontend"), dict)
+                              and isinstance(own.get("speaker_names", {}), dict)):
+    raise ValueError(f"{config_path}: '{OWN_SECTION}' must be an object with a 'frontend' "
+                     "object")
+  frontend = own["frontend"] if own else None
+  voice_config = frontend.get("config") if frontend and frontend.get("kind") == "piper" else None
+  if frontend and frontend.get("kind") == "piper" and not isinstance(voice_config, dict):
+    raise ValueError(f"{config_path}: a piper frontend needs its voice 'config' object")
+  infer = _piper_inference(voice_config, str(config_path)) if voice_config else None
+  config = config_from_hparams(model, data, hps.get("train") or {}, infer,
+                               where=str(config_path))
   if int(data.get("hop_length", config.data.hop_length)) != config.data.hop_length:
     raise ValueError(f"{config_path}: data.hop_length {data.get('hop_length')} is not the "
                      f"product of model.upsample_rates {list(config.model.upsample_rates)}")
   # A generator saved for inference only (no enc_q, as Piper's) is still a voice.
   params = check_params(torch_names.torch_to_flax(state_dict), config,
                         f"{checkpoint} (with {config_path})", inference_only=True)
-  frontend = dict(kind="vits", cleaners=list(config.data.text_cleaners),
-                  add_blank=bool(config.data.add_blank))
+  if voice_config is not None:
+    _check_id_map(voice_config.get("phoneme_id_map"), config.model.n_vocab, str(config_path))
+  if frontend is None:
+    frontend = dict(kind="vits", cleaners=list(config.data.text_cleaners),
+                    add_blank=bool(config.data.add_blank))
   return Source("official", Path(checkpoint), Path(checkpoint).name, config, params,
-                frontend, step=iteration if iteration >= 0 else None)
+                frontend, speaker_names=dict((own or {}).get("speaker_names", {})),
+                step=iteration if iteration >= 0 else None, voice_config=voice_config)
 
 
 def load_hf(folder: Union[str, os.PathLike]) -> Source:

@@ -11,6 +11,9 @@ schedule restarts) and the optimizer state is empty (Adam moments restart). Weig
 kept as (weight_g, weight_v), as the official modules hold it. The official code takes the
 vocabulary size from its own symbol table (178): voices with other ids (Piper's 256) need
 `n_vocab` passed to `SynthesizerTrn`, which config.json records as `data.n_vocab`.
+config.json's `vits_jax` section (`convert.source.OWN_SECTION`), which the official code
+ignores, keeps the voice's own text frontend and speaker names for a vits_jax load: a Piper
+voice read with the official symbols would be fed ids it was never trained on.
 """
 
 import json
@@ -106,5 +109,9 @@ def export_official(src: source_lib.Source, out, force: bool = False
     if disc is not None:
       official_pth.save_torch_checkpoint(
           tmp / f"D_{step}.pth", _checkpoint(torch_names.flax_to_torch(disc), lr))
+    # The voice's own frontend and speaker names, which the official code has no place for
+    # (it reads text with its own symbols and cleaners): a vits_jax load keeps them.
+    hps[source_lib.OWN_SECTION] = _plain({"frontend": src.frontend,
+                                          "speaker_names": src.speaker_names})
     (tmp / "config.json").write_text(json.dumps(hps, indent=2) + "\n", encoding="utf-8")
   return out, fresh, notes

@@ -119,6 +119,9 @@ VOICES = [
      ["upsample_rates must be a list"]),
     ("hf-window", lambda t: _hf_copy(t, lambda c: _set(c, "window_size", 8)),
      ["window_size"]),
+    ("hf-vocab-beyond-model", lambda t: (lambda f: (f / "vocab.json").write_text(
+        json.dumps({"a": 0, "b": 9999})) and f)(_hf_copy(t, lambda c: c)),
+     ["vocabulary uses id 9999"]),
     ("hf-rate-huge", lambda t: _hf_copy(t, lambda c: _set(c, "sampling_rate", 10 ** 13)),
      ["not one of speech audio"]),
     ("hf-speaking-rate-zero", lambda t: _hf_copy(t, lambda c: _set(c, "speaking_rate", 0)),

@@ -343,16 +343,22 @@ def load_piper(onnx_path: Union[str, os.PathLike]) -> Source:
                 voice_config=voice.voice_config)
 
 
-def _check_id_map(id_map, n_vocab: int, where: str) -> None:
-  """A Piper `phoneme_id_map` (phoneme -> ids), checked against the model's ids."""
+def _check_id_map(id_map, n_vocab: int, where: str, name: str = "phoneme_id_map") -> None:
+  """A Piper `phoneme_id_map` (phoneme -> ids) or an HF vocabulary (token -> id), checked
+  against the model's ids."""
+  if isinstance(id_map, dict) and name != "phoneme_id_map":
+    id_map = {k: [v] for k, v in id_map.items()}
   if not isinstance(id_map, dict) or not all(
       isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool)
                                     for i in ids) for ids in id_map.values()):
-    raise ValueError(f"{where}: phoneme_id_map must map phonemes to lists of ids")
-  top = max((i for ids in id_map.values() for i in ids), default=0)
-  if top >= n_vocab or min((i for ids in id_map.values() for i in ids), default=0) < 0:
-    raise ValueError(f"{where}: phoneme_id_map uses id {top}, outside the model's "
-                     f"{n_vocab} token ids")
+    raise ValueError(f"{where}: {name} must map "
+                     + ("phonemes to lists of ids" if name == "phoneme_id_map" else
+                        "tokens to integer ids"))
+  ids = [i for ids in id_map.values() for i in ids]
+  bad = [i for i in ids if not 0 <= i < n_vocab]
+  if bad:
+    raise ValueError(f"{where}: {name} uses id {bad[0]}, outside the model's {n_vocab} "
+                     "token ids")
 
 
 def _piper_inference(voice_config: Mapping[str, Any], where: str) -> Dict[str, float]:
@@ -409,6 +415,8 @@ def load_official(checkpoint: Union[str, os.PathLike],
                         f"{checkpoint} (with {config_path})", inference_only=True)
   if voice_config is not None:
     _check_id_map(voice_config.get("phoneme_id_map"), config.model.n_vocab, str(config_path))
+  if frontend and frontend.get("kind") == "hf":
+    _check_id_map(frontend.get("vocab"), config.model.n_vocab, str(config_path), "vocabulary")
   if frontend is None:
     frontend = dict(kind="vits", cleaners=list(config.data.text_cleaners),
                     add_blank=bool(config.data.add_blank))
@@ -427,6 +435,7 @@ def load_hf(folder: Union[str, os.PathLike]) -> Source:
   if not vocab_path.is_file():
     raise FileNotFoundError(f"HF voice {folder} has no vocab.json (its tokenizer)")
   vocab = read_json(vocab_path)
+  _check_id_map(vocab, config.model.n_vocab, str(vocab_path), "vocabulary")
   tok_path = folder / "tokenizer_config.json"
   tok = read_json(tok_path) if tok_path.is_file() else {}
   if tok.get("phonemize", False) or tok.get("is_uroman", False):

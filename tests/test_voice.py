@@ -265,11 +265,31 @@ def test_second_load_reads_the_cached_conversion(tmp_path, monkeypatch, multi):
   assert cache.read(entries[0]) is None
   load_voice(onnx)
   assert cache.read(entries[0]) is not None
-  # An edited voice file names a new entry.
+  # An edited voice file names a new entry, which replaces the old one.
   import os
   os.utime(onnx, ns=(1, 1))
   load_voice(onnx)
-  assert len(list((tmp_path / "cache" / "voices").glob("*.voice"))) == 2
+  now = list((tmp_path / "cache" / "voices").glob("*.voice"))
+  assert len(now) == 1 and now[0] != entries[0]
+  # Only the most recently used MAX_ENTRIES voices stay (a cache hit counts as a use).
+  monkeypatch.setattr(cache, "MAX_ENTRIES", 2)
+  copies = []
+  for k in range(3):
+    copies.append(tmp_path / f"c{k}.onnx")
+    shutil.copy(MULTI, copies[-1])
+    shutil.copy(str(MULTI) + ".json", str(copies[-1]) + ".json")
+
+  def kept():
+    return sorted(p.name for p in (tmp_path / "cache" / "voices").glob("*.voice"))
+
+  def names(*voices):
+    return sorted(cache.entry_path(source.piper_files(v)).name for v in voices)
+  load_voice(copies[0])
+  load_voice(copies[1])     # the first voice's entry is the oldest: removed
+  assert kept() == names(copies[0], copies[1])
+  load_voice(copies[0])     # read from the cache: now more recent than copies[1]'s
+  load_voice(copies[2])
+  assert kept() == names(copies[0], copies[2])
   monkeypatch.setenv("VITS_JAX_XLA_CACHE", "")   # cache off: nothing written
   assert cache.entry_path([onnx]) is None
 

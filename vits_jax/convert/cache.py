@@ -11,8 +11,11 @@ JSON index (meta, and each array's name, dtype, shape and offset) and the arrays
 (an `.npz` of the same params took 0.2 s to read, most of it parsing 350 array headers).
 An entry is named by the voice file's path, size and modification time and by the
 converter's code, so an edited voice or a new version of this package never reads a stale
-entry; an unreadable or truncated entry is ignored and rewritten. Only a file this process wrote completely is ever read (written to a
-temporary name, then renamed).
+entry; an unreadable or truncated entry is ignored and rewritten. Only a file this process
+wrote completely is ever read (written to a temporary name, then renamed). The cache stays
+small: writing an entry removes the older entries of the same voice path (an edited voice,
+an older version of the converter), and only the `MAX_ENTRIES` most recently used entries
+are kept (a read marks an entry used).
 """
 
 import functools
@@ -27,6 +30,8 @@ import numpy as np
 FORMAT = 2
 _MAGIC = b"vits_jax-voice-2"
 _ALIGN = 64
+# Voices kept converted (each about the size of its ONNX file: 62 MB for a medium voice).
+MAX_ENTRIES = 8
 
 
 def entry_path(files) -> Optional[Path]:
@@ -35,12 +40,14 @@ def entry_path(files) -> Optional[Path]:
   root = xla_cache.cache_dir()
   if not root:
     return None
+  files = [Path(f).resolve() for f in files]
+  where = hashlib.sha256(repr([str(f) for f in files]).encode())
   h = hashlib.sha256(repr((FORMAT, _code_hash())).encode())
   for f in files:
-    f = Path(f).resolve()
     st = f.stat()
     h.update(repr((str(f), st.st_size, st.st_mtime_ns)).encode())
-  return Path(root) / "voices" / f"{h.hexdigest()[:32]}.voice"
+  # <the voice's paths>-<their sizes, times and the converter>: one voice, one prefix.
+  return Path(root) / "voices" / f"{where.hexdigest()[:16]}-{h.hexdigest()[:16]}.voice"
 
 
 def read(path: Optional[Path]) -> Optional[Dict[str, Any]]:
@@ -58,6 +65,7 @@ def read(path: Optional[Path]) -> Optional[Dict[str, Any]]:
       data = np.fromfile(f, np.uint8)
     if data.size != index["size"]:
       return None
+    _touch(path)
     params: Dict[str, Any] = {}
     for name, dtype, shape, offset in index["arrays"]:
       dtype = np.dtype(dtype)
@@ -109,6 +117,36 @@ def write(path: Optional[Path], meta: Dict[str, Any], params: Dict[str, Any]) ->
   except OSError:
     try:
       os.remove(tmp)
+    except OSError:
+      pass
+    return
+  _prune(path)
+
+
+def _touch(path: Path) -> None:
+  try:
+    os.utime(path)
+  except OSError:
+    pass
+
+
+def _prune(path: Path) -> None:
+  """Removes the other entries of `path`'s voice and all but the `MAX_ENTRIES` most
+  recently used entries (another process may be removing them too: misses are fine)."""
+  prefix = path.name.split("-")[0] + "-"
+  entries = []
+  for other in path.parent.glob("*.voice"):
+    try:
+      if other != path and other.name.startswith(prefix):
+        other.unlink()
+      else:
+        entries.append((other.stat().st_mtime, other))
+    except OSError:
+      pass
+  entries.sort(reverse=True)
+  for _, old in entries[MAX_ENTRIES:]:
+    try:
+      old.unlink()
     except OSError:
       pass
 

@@ -153,14 +153,14 @@ def _read_lines(path):
 def _json_lines(path):
   """(line number, object) of each line of a --json-input file; a line that is not JSON is
   an error naming it, before any audio is made."""
-  import json
+  from vits_jax.files import parse_json
   name = _input_name(path)
   entries = []
   for number, line in _numbered_lines(path):
     try:
-      entries.append((number, json.loads(line)))
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{name} line {number}: not a JSON object ({e.msg})") from None
+      entries.append((number, parse_json(line)))
+    except ValueError as e:
+      raise ValueError(f"{name} line {number}: {e}") from None
   return entries
 
 

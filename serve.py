@@ -314,20 +314,28 @@ def make_handler(tts):
       kind = (self.headers.get("Content-Type") or "").split(";")[0].strip()
       if url.path == "/" and kind != "application/json":
         return self._speak({"text": body})
+      from vits_jax.files import parse_json
       try:
-        fields = json.loads(body)
-      except json.JSONDecodeError as e:
-        return self._json(400, {"error": f"the request body is not JSON ({e.msg})"})
+        fields = parse_json(body)
+      except ValueError as e:
+        return self._json(400, {"error": f"the request body is {e}"})
       return self._speak(fields)
 
   return Handler
 
 
+class _Server(http.server.ThreadingHTTPServer):
+  daemon_threads = True
+
+  def handle_error(self, request, client_address):
+    if isinstance(sys.exc_info()[1], ConnectionError):
+      return   # the client left before its answer was sent: nothing to report
+    super().handle_error(request, client_address)
+
+
 def serve(tts, host, port):
   """A running `ThreadingHTTPServer` for `tts` (call `serve_forever`, or use its port)."""
-  server = http.server.ThreadingHTTPServer((host, port), make_handler(tts))
-  server.daemon_threads = True
-  return server
+  return _Server((host, port), make_handler(tts))
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None):

@@ -83,6 +83,8 @@ VOICES = [
     ("json-missing", lambda t: (shutil.copy(MULTI, t / "v.onnx"), t / "v.onnx")[1],
      ["config not found"]),
     ("json-invalid", lambda t: _piper_copy(t, lambda m: "{not json"), ["not valid JSON"]),
+    ("json-nested-deep", lambda t: _piper_copy(t, lambda m: "[" * 100000),
+     ["nested too deeply"]),
     ("json-not-object", lambda t: _piper_copy(t, lambda m: "[1, 2]"), ["expected a JSON object"]),
     ("json-audio-string", lambda t: _piper_copy(t, lambda m: _set(m, "audio", "16000") and m),
      ["'audio' must be an object"]),

@@ -416,7 +416,9 @@ def test_json_input_lines_choose_file_speaker_and_knobs(tmp_path, capsys):
 
 @pytest.mark.parametrize("lines, needle", [
     (['{"text": "Hi."}', '{"text": "Ho.", "speeker": 1}'], "line 2: unknown field(s): speeker"),
-    (['{"text": "Hi."}', "Ho."], "line 2: not a JSON object"),
+    (['{"text": "Hi."}', "Ho."], "line 2: not valid JSON"),
+    (['{"text": "Hi."}', "[" * 100000], "line 2: not JSON we read (nested too deeply)"),
+    (['{"text": "Hi.", "seed": ' + "9" * 5000 + "}"], "line 1: not JSON we read"),
     (['["Hi."]'], "line 1: the request must be a JSON object"),
     (['{"text": ""}'], "line 1: no text to speak"),
     (['{"text": "Hi.", "output_file": "../up.wav"}'], "not inside --out-dir"),

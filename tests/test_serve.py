@@ -92,7 +92,9 @@ def test_synthesize_equals_the_voice(server):
 
 
 @pytest.mark.parametrize("path,data,needle", [
-    ("/synthesize", b"{not json", "not JSON"),
+    ("/synthesize", b"{not json", "not valid JSON"),
+    ("/synthesize", b"[" * 100000, "nested too deeply"),
+    ("/synthesize", b'{"text": "Hi.", "seed": ' + b"9" * 5000 + b"}", "not JSON we read"),
     ("/synthesize", b'["a list"]', "JSON object"),
     ("/synthesize", b'{"text": "  "}', "no text"),
     ("/synthesize", b'{"text": "Hi.", "speaker": "nobody"}', "unknown speaker"),
@@ -232,3 +234,24 @@ def test_head_chunked_body_and_query_that_is_not_utf8(server):
       reply += got
   assert reply.startswith(b"HTTP/1.1 411 ")
   assert b"Content-Length" in reply.split(b"\r\n\r\n")[0] and reply.count(b"HTTP/1.1") == 1
+
+
+def test_a_client_that_leaves_early_leaves_no_traceback(server, capfd):
+  """A client that closes its connection while its answer streams (a player stopped) ends
+  that answer quietly: no traceback in the server's log, and the server goes on."""
+  import struct
+  import time
+  _, url, _ = server
+  host, port = url.removeprefix("http://").split(":")
+  body = json.dumps({"text": "One sentence. Another one. And a third one, a longer one.",
+                     "stream": True}).encode()
+  for _ in range(2):
+    s = socket.create_connection((host, int(port)), timeout=300)
+    s.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    assert s.recv(1)   # the answer has started
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()          # reset: the server's next write fails
+  assert _call(url + "/synthesize", b'{"text": "Still here."}')[0] == 200
+  time.sleep(0.5)
+  assert "Traceback" not in capfd.readouterr().err

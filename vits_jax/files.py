@@ -29,6 +29,24 @@ def writable_folder(path: str, flag: str) -> None:
     raise ValueError(f"{flag} {path} cannot be written (permission denied or read-only)")
 
 
+def parse_json(text: str):
+  """The value of a JSON text (a voice config, a --json-input line, a request body).
+
+  Raises:
+    ValueError: one line saying why it is not JSON we read: a syntax error, nesting too
+      deep for Python's parser (`[` * 100000), or an integer too long to convert.
+  """
+  import json
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+  except RecursionError:
+    raise ValueError("not JSON we read (nested too deeply)") from None
+  except ValueError as e:   # e.g. an integer of more than 4300 digits
+    raise ValueError(f"not JSON we read ({str(e).split(':')[0].split(';')[0]})") from None
+
+
 def pcm16(audio: np.ndarray) -> np.ndarray:
   """Float audio in [-1, 1] -> 16-bit little-endian samples (rounded, clipped): what every
   output of the CLIs and the server holds."""

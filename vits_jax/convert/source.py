@@ -298,11 +298,14 @@ def piper_files(name_or_path) -> Optional[tuple]:
 
 
 def read_json(path: Path) -> Dict[str, Any]:
+  from vits_jax.files import parse_json
   try:
     with open(path, encoding="utf-8") as f:
-      value = json.load(f)
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      value = parse_json(f.read())
+  except UnicodeDecodeError as e:
     raise ValueError(f"{path}: not valid JSON ({e})") from None
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
   if not isinstance(value, dict):
     raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
   return value

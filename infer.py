@@ -328,11 +328,17 @@ def run(args):
 def _list_speakers(voice):
   """One line per speaker, `ID<TAB>NAME` (the name where the voice has one)."""
   if voice.num_speakers <= 1:
-    print(f"voice {voice.name} has a single speaker (no --speaker)")
-    return
-  names = {sid: name for name, sid in voice.speaker_names.items()}
-  for sid in range(voice.num_speakers):
-    print(f"{sid}\t{names.get(sid, '')}".rstrip())
+    lines = [f"voice {voice.name} has a single speaker (no --speaker)"]
+  else:
+    names = {sid: name for name, sid in voice.speaker_names.items()}
+    lines = [f"{sid}\t{names.get(sid, '')}".rstrip() for sid in range(voice.num_speakers)]
+  if sys.stdout is None:
+    raise ValueError("--list-speakers: stdout is closed")
+  try:
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+  except OSError as e:   # a full disk, a closed pipe
+    raise ValueError(f"--list-speakers: cannot write to stdout: {e.strerror or e}") from None
 
 
 def _stream_raw(voice, knobs, texts, skip_unsayable):
@@ -474,6 +480,15 @@ def _lines_to_files(args, voice, jobs):
   if others and index == 0:
     print(f"warning: {args.out_dir} already holds {len(others)} other file(s) (e.g. "
           f"{others[0]}); only this run's {len(jobs)} file(s) are written", file=sys.stderr)
+  for k in mine:   # an output that cannot be a file stops the run before any audio
+    path = os.path.join(args.out_dir, jobs[k][2])
+    if os.path.isdir(path):
+      raise ValueError(f"cannot write {path}: it is a folder")
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):
+      parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+      raise ValueError(f"cannot write {path}: {parent} is a file, not a folder")
   groups = {}   # the same keywords -> one batched call, in order of first appearance
   for k in mine:
     groups.setdefault(tuple(sorted(jobs[k][1].items())), []).append(k)
@@ -495,6 +510,10 @@ def _lines_to_files(args, voice, jobs):
           raise ValueError(f"cannot make folder {folder}: {e.strerror}") from None
         _write_audio(path, voice.sample_rate, [audio])
   where = f" (process {index} of {count})" if count > 1 else ""
+  if mine and len(skipped) == len(mine):
+    raise ValueError(f"no line of {_input_name(args.input)} has anything to say for this "
+                     f"voice ({len(skipped)} skipped, the first: {jobs[skipped[0]][0][:40]!r}):"
+                     " no file written")
   print(f"wrote {len(mine) - len(skipped)} files to {args.out_dir}{where}", file=sys.stderr)
   if skipped:
     skipped.sort()

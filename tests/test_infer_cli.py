@@ -289,7 +289,7 @@ def test_output_raw_speaks_stdin_lines_as_they_arrive(capsys, monkeypatch):
   assert np.abs(expected).max() == 16384   # each sentence's peak at half of full scale
 
 
-def test_list_speakers_and_mp3_output(tmp_path, capsys):
+def test_list_speakers_and_mp3_output(tmp_path, capsys, monkeypatch):
   """--list-speakers prints `id<TAB>name` per speaker (names from the voice's map) and the
   ids work as --speaker; --out .mp3 writes MPEG audio of the same speech as the WAV."""
   code = infer.main(["--list-speakers", "--voice", TINY])
@@ -297,6 +297,17 @@ def test_list_speakers_and_mp3_output(tmp_path, capsys):
   assert code == 0 and out.splitlines() == ["0\talice", "1\tbob", "2\tcarol"]
   assert infer.main(["--list-speakers", "--voice", TINY_SINGLE]) == 0
   assert "single speaker" in capsys.readouterr().out
+  full = open("/dev/full", "w")   # a full disk: one error line, exit 2
+  monkeypatch.setattr(sys, "stdout", full)
+  code = infer.main(["--list-speakers", "--voice", TINY])
+  monkeypatch.undo()
+  try:
+    full.close()   # (its buffer still holds what could not be written)
+  except OSError:
+    pass
+  assert code == 2
+  assert capsys.readouterr().err == ("error: --list-speakers: cannot write to stdout: No space "
+                                     "left on device\n")
   argv = ["--text", "The birch canoe slid on the smooth planks.", "--voice", TINY,
           "--speaker", "2"]
   code, err = _run(argv + ["--out", str(tmp_path / "a.wav")], capsys)
@@ -346,10 +357,19 @@ def test_lines_with_nothing_to_say_are_skipped_and_counted(tmp_path, capsys, mon
   assert code == 0, err
   assert sorted(p.name for p in out.iterdir()) == ["0001.wav", "0003.wav"]
   assert "wrote 2 files" in err and "skipped 1 line(s)" in err and "0002.wav" in err
-  # Every line unsayable: nothing written, still no traceback.
+  # Every line unsayable: nothing written, an error as for such a --text (exit 2).
   code, err = _run(["--input", "-", "--out-dir", str(tmp_path / "e"), "--voice", TINY_SINGLE],
-                   capsys, "\U0001F600\n", monkeypatch)
-  assert code == 0 and "wrote 0 files" in err and "Traceback" not in err
+                   capsys, "\U0001F600\n\U0001F601\n", monkeypatch)
+  assert code == 2 and err.splitlines()[-1].startswith(
+      "error: no line of stdin has anything to say for this voice (2 skipped")
+  assert list((tmp_path / "e").iterdir()) == []
+  # An output that cannot be a file (a folder of that name, a file where a folder must be)
+  # stops the run before any file is written.
+  (tmp_path / "f" / "0002.wav").mkdir(parents=True)
+  code, err = _run(["--input", "-", "--out-dir", str(tmp_path / "f"), "--voice", TINY_SINGLE],
+                   capsys, "First line.\nSecond line.\n", monkeypatch)
+  assert code == 2 and "0002.wav: it is a folder" in err
+  assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["0002.wav"]
 
 
 def test_output_raw_to_a_full_or_closed_stdout_is_one_line_error(capsys, monkeypatch):

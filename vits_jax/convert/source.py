@@ -386,6 +386,31 @@ def _piper_inference(voice_config: Mapping[str, Any], where: str) -> Dict[str, f
 OWN_SECTION = "vits_jax"
 
 
+def _own_section(hps: Mapping[str, Any], where: str):
+  """(the `OWN_SECTION` of an exported config or {}, its frontend or None, the Piper voice
+  config of a Piper frontend or None)."""
+  own = hps.get(OWN_SECTION)
+  if own is None:
+    return {}, None, None
+  if not (isinstance(own, dict) and isinstance(own.get("frontend"), dict)
+          and isinstance(own.get("speaker_names", {}), dict)):
+    raise ValueError(f"{where}: '{OWN_SECTION}' must be an object with a 'frontend' object")
+  frontend = own["frontend"]
+  voice_config = frontend.get("config") if frontend.get("kind") == "piper" else None
+  if frontend.get("kind") == "piper" and not isinstance(voice_config, dict):
+    raise ValueError(f"{where}: a piper frontend needs its voice 'config' object")
+  return own, frontend, voice_config
+
+
+def _check_frontend(frontend: Optional[Mapping[str, Any]], n_vocab: int, where: str) -> None:
+  """The ids of a frontend description (a Piper phoneme map, an HF vocabulary) checked
+  against the model's."""
+  if frontend and frontend.get("kind") == "piper":
+    _check_id_map(frontend["config"].get("phoneme_id_map"), n_vocab, where)
+  if frontend and frontend.get("kind") == "hf":
+    _check_id_map(frontend.get("vocab"), n_vocab, where, "vocabulary")
+
+
 def load_official(checkpoint: Union[str, os.PathLike],
                   config_path: Optional[Union[str, os.PathLike]] = None) -> Source:
   """An official jaywalnut310/vits `G_*.pth` with its hparams `config.json`."""
@@ -398,15 +423,7 @@ def load_official(checkpoint: Union[str, os.PathLike],
     raise ValueError(f"{config_path}: 'data' and 'model' must be objects")
   model = dict(hps["model"], n_vocab=int(state_dict["enc_p.emb.weight"].shape[0]),
                n_speakers=data.get("n_speakers", 0))
-  own = hps.get(OWN_SECTION)   # what our export adds; the official code ignores it
-  if own is not None and not (isinstance(own, dict) and isinstance(own.get("frontend"), dict)
-                              and isinstance(own.get("speaker_names", {}), dict)):
-    raise ValueError(f"{config_path}: '{OWN_SECTION}' must be an object with a 'frontend' "
-                     "object")
-  frontend = own["frontend"] if own else None
-  voice_config = frontend.get("config") if frontend and frontend.get("kind") == "piper" else None
-  if frontend and frontend.get("kind") == "piper" and not isinstance(voice_config, dict):
-    raise ValueError(f"{config_path}: a piper frontend needs its voice 'config' object")
+  own, frontend, voice_config = _own_section(hps, str(config_path))
   infer = _piper_inference(voice_config, str(config_path)) if voice_config else None
   config = config_from_hparams(model, data, hps.get("train") or {}, infer,
                                where=str(config_path))
@@ -416,37 +433,40 @@ def load_official(checkpoint: Union[str, os.PathLike],
   # A generator saved for inference only (no enc_q, as Piper's) is still a voice.
   params = check_params(torch_names.torch_to_flax(state_dict), config,
                         f"{checkpoint} (with {config_path})", inference_only=True)
-  if voice_config is not None:
-    _check_id_map(voice_config.get("phoneme_id_map"), config.model.n_vocab, str(config_path))
-  if frontend and frontend.get("kind") == "hf":
-    _check_id_map(frontend.get("vocab"), config.model.n_vocab, str(config_path), "vocabulary")
+  _check_frontend(frontend, config.model.n_vocab, str(config_path))
   if frontend is None:
     frontend = dict(kind="vits", cleaners=list(config.data.text_cleaners),
                     add_blank=bool(config.data.add_blank))
   return Source("official", Path(checkpoint), Path(checkpoint).name, config, params,
-                frontend, speaker_names=dict((own or {}).get("speaker_names", {})),
+                frontend, speaker_names=dict(own.get("speaker_names", {})),
                 step=iteration if iteration >= 0 else None, voice_config=voice_config)
 
 
 def load_hf(folder: Union[str, os.PathLike]) -> Source:
-  """An HF `VitsModel` folder (config.json, model.safetensors, vocab.json), e.g. MMS-TTS."""
+  """An HF `VitsModel` folder (config.json, model.safetensors, vocab.json), e.g. MMS-TTS;
+  or our export of a voice whose frontend HF's tokenizer cannot hold (its `OWN_SECTION`)."""
   from vits_jax.convert import hf
   folder = Path(folder)
   config, params = hf.load_hf(str(folder))
   params = check_params(params, config, str(folder / "model.safetensors"))
-  vocab_path = folder / "vocab.json"
-  if not vocab_path.is_file():
-    raise FileNotFoundError(f"HF voice {folder} has no vocab.json (its tokenizer)")
-  vocab = read_json(vocab_path)
-  _check_id_map(vocab, config.model.n_vocab, str(vocab_path), "vocabulary")
-  tok_path = folder / "tokenizer_config.json"
-  tok = read_json(tok_path) if tok_path.is_file() else {}
-  if tok.get("phonemize", False) or tok.get("is_uroman", False):
-    raise ValueError(f"HF voice {folder}: tokenizers that phonemize or romanize (uroman) "
-                     "are not supported")
-  frontend = dict(kind="hf", vocab=vocab, add_blank=bool(tok.get("add_blank", True)),
-                  normalize=bool(tok.get("normalize", True)))
-  return Source("hf", folder, folder.name, config, params, frontend)
+  own, frontend, voice_config = _own_section(read_json(folder / "config.json"),
+                                             str(folder / "config.json"))
+  if frontend is None:
+    vocab_path = folder / "vocab.json"
+    if not vocab_path.is_file():
+      raise FileNotFoundError(f"HF voice {folder} has no vocab.json (its tokenizer)")
+    vocab = read_json(vocab_path)
+    _check_id_map(vocab, config.model.n_vocab, str(vocab_path), "vocabulary")
+    tok_path = folder / "tokenizer_config.json"
+    tok = read_json(tok_path) if tok_path.is_file() else {}
+    if tok.get("phonemize", False) or tok.get("is_uroman", False):
+      raise ValueError(f"HF voice {folder}: tokenizers that phonemize or romanize (uroman) "
+                       "are not supported")
+    frontend = dict(kind="hf", vocab=vocab, add_blank=bool(tok.get("add_blank", True)),
+                    normalize=bool(tok.get("normalize", True)))
+  _check_frontend(frontend, config.model.n_vocab, str(folder / "config.json"))
+  return Source("hf", folder, folder.name, config, params, frontend,
+                speaker_names=dict(own.get("speaker_names", {})), voice_config=voice_config)
 
 
 def load_workdir(workdir: Union[str, os.PathLike], step: Optional[int] = None,

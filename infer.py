@@ -430,6 +430,7 @@ def _write_audio(path, sample_rate, chunks) -> int:
     if os.path.exists(tmp):
       os.remove(tmp)
     reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
+    reason = reason.replace(repr(tmp), "the file").replace(tmp, "the file")
     if "System error" in reason:   # libsndfile's word for a failed write(): say which
       reason = _write_failure(directory)
     raise ValueError(f"cannot write {path}: {reason}") from None

@@ -98,6 +98,9 @@ VOICES = [
     ("json-inference-noise", lambda t: _piper_copy(
         t, lambda m: _set(m, "inference", {"noise_scale": 1e308}) and m),
      ["default noise_scale must be"]),
+    ("json-speakers-word", lambda t: _piper_copy(
+        t, lambda m: _set(m, "num_speakers", "one") and m),
+     ["v.onnx.json: num_speakers must be an integer"]),
     ("json-speakers-mismatch", lambda t: _piper_copy(
         t, lambda m: _set(m, "num_speakers", 5) and m), ["5 speakers"]),
     ("id-beyond-vocab", lambda t: _piper_copy(
@@ -113,6 +116,8 @@ VOICES = [
         t, lambda h: _set(h, "model.upsample_rates", 8)), ["model.upsample_rates"]),
     ("official-no-model", lambda t: _official_copy(t, lambda h: h.pop("model")),
      ["no 'model' section"]),
+    ("official-folder-bad-config", lambda t: (_official_copy(
+        t, lambda h: (h.clear(), h.update(model=5))), t)[1], ["no 'data' section"]),
     ("official-truncated-pth", lambda t: (
         (t / "G_7.pth").write_bytes((OFFICIAL / "G_7.pth").read_bytes()[:5000]),
         shutil.copy(OFFICIAL / "config.json", t / "config.json"), t / "G_7.pth")[-1],

@@ -185,9 +185,10 @@ class Voice:
       if speaker in self.speaker_names:
         return self.speaker_names[speaker]
       if not re.fullmatch(r"\s*-?[0-9]+\s*", speaker):
-        known = ", ".join(list(self.speaker_names)[:10])
+        names = list(self.speaker_names)
+        known = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
         raise ValueError(f"unknown speaker {speaker!r} for voice {self.name}"
-                         + (f" (known: {known}, ...)" if known else ""))
+                         + (f" (known: {known})" if known else ""))
       sid = int(speaker)
     elif _is_integer(speaker):
       sid = int(speaker)

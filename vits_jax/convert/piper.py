@@ -274,7 +274,9 @@ def _hyperparameters(sd, attrs, voice_config, where) -> Dict[str, Any]:
     n_speakers, gin = sd["emb_g.weight"].shape
   else:
     n_speakers, gin = 1, 0
-  json_speakers = int(voice_config.get("num_speakers", n_speakers))
+  json_speakers = voice_config.get("num_speakers", n_speakers)
+  if isinstance(json_speakers, bool) or not isinstance(json_speakers, int):
+    raise ValueError(f"{where}.json: num_speakers must be an integer, got {json_speakers!r}")
   if json_speakers > 1 and "emb_g.weight" not in sd:
     raise ValueError(f"{where}: unsupported Piper graph, missing emb_g.weight (the JSON "
                      f"config says {json_speakers} speakers)")

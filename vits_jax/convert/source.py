@@ -266,10 +266,9 @@ def load_source(name_or_path: Optional[Union[str, os.PathLike]] = None,
     meta = read_json(config)
     if meta.get("model_type") == "vits":
       return load_hf(path)
-    if "model" in meta and "data" in meta:
-      ckpts = sorted(path.glob("G_*.pth"), key=_step_of)
-      if ckpts:
-        return load_official(ckpts[-1], config)
+    ckpts = sorted(path.glob("G_*.pth"), key=_step_of)
+    if ckpts:   # an official run's folder (its config's sections are checked there)
+      return load_official(ckpts[-1], config)
   onnx_files = sorted(path.glob("*.onnx"))
   if len(onnx_files) == 1:
     return load_piper(onnx_files[0])

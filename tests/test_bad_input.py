@@ -255,6 +255,8 @@ def test_bad_training_input_is_one_line_error(tmp_path):
   a_file.write_text("not a folder")
   (tmp_path / "ok").mkdir()
   good = _prepared(tmp_path / "ok")
+  voice_dir = tmp_path / "official_voice"
+  shutil.copytree(OFFICIAL, voice_dir)
   cases = [
       ([], ["config.data.dir is not set"]),
       ([f"--config.data.dir={tmp_path / 'nothing'}"], ["manifest.json not found"]),
@@ -270,11 +272,16 @@ def test_bad_training_input_is_one_line_error(tmp_path):
       ([f"--config={nul_config}"], ["cannot load --config", "null bytes"]),
       ([f"--config.data.dir={good}", f"--workdir={a_file}"],
        [f"--workdir {a_file} exists and is not a folder"]),
+      ([f"--config.data.dir={good}", f"--workdir={voice_dir}"],   # an official voice's
+       [f"--workdir {voice_dir} holds a config.json that is not a training run's"]),
   ]
   for overrides, needles in cases:
     code, err = _train(tmp_path, *overrides)
     _one_error(code, err, *needles)
     assert not (tmp_path / "run" / "checkpoints").exists()
+  assert sorted(p.name for p in voice_dir.iterdir()) == sorted(
+      p.name for p in OFFICIAL.iterdir())
+  assert (voice_dir / "config.json").read_bytes() == (OFFICIAL / "config.json").read_bytes()
 
 
 # --------------------------------------------------------------------------- text fuzzing

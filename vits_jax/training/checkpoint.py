@@ -119,6 +119,12 @@ def _silence_closed_loop_errors() -> None:
   def closed_loop(exc) -> bool:
     return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
+  def orbax_leftover(info) -> bool:
+    """A read coroutine of orbax's that failed and was dropped with the failed restore (a
+    truncated file: one per array, hundreds of tracebacks)."""
+    code = getattr(info.object, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
   excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
 
   def on_exception(kind, value, tb):
@@ -126,7 +132,7 @@ def _silence_closed_loop_errors() -> None:
       excepthook(kind, value, tb)
 
   def on_unraisable(info):
-    if not closed_loop(info.exc_value):
+    if not (closed_loop(info.exc_value) or orbax_leftover(info)):
       unraisablehook(info)
   on_exception._vits_jax = True
   sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
@@ -150,6 +156,12 @@ def _reason(e: BaseException) -> str:
     if lines and not lines[0].startswith("File "):
       return f"{type(x).__name__}: {lines[0][:200]}"
   return type(seen[0]).__name__ if seen else "unreadable"
+
+
+def _finite(params) -> bool:
+  """Whether every parameter is finite (checked on the host: a jitted check would cost a
+  compilation of hundreds of reductions)."""
+  return all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(jax.device_get(params)))
 
 
 class CorruptCheckpoint(ValueError):
@@ -229,9 +241,7 @@ class Checkpointer:
 
     `data_state` must be a snapshot taken now (it is written before this returns).
     """
-    # On the host: a jitted check would cost a compilation of hundreds of reductions.
-    if not all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(
-        jax.device_get(state.params))):
+    if not _finite(state.params):
       logging.error("step %d: params are not finite; checkpoint not saved", step)
       return False
     self._check_room(step, state)
@@ -256,7 +266,10 @@ class Checkpointer:
             state=ocp.args.StandardRestore(target)))
     except Exception as e:  # pylint: disable=broad-except  (orbax wraps every read error)
       raise self._unreadable(step, e) from None
-    return flax.serialization.from_state_dict(abstract_state, restored["state"])
+    state = flax.serialization.from_state_dict(abstract_state, restored["state"])
+    if not _finite(state.params):   # bit rot in an array file: no save writes these
+      raise self._unreadable(step, ValueError("its parameters are not finite"))
+    return state
 
   def restore_data_state(self, step: int):
     """The input pipeline's position saved with checkpoint `step` (without the state)."""
@@ -392,6 +405,9 @@ def _load_generator_step(workdir, directory, step: int, discriminator: bool):
     raise CorruptCheckpoint(f"checkpoint {step} in {directory} is incomplete or damaged "
                             f"({_reason(e)})") from None
   params = jax.tree_util.tree_map(np.asarray, restored["params"])
+  if not _finite(params):   # bit rot in an array file: no save writes these
+    raise CorruptCheckpoint(f"checkpoint {step} in {directory} is incomplete or damaged "
+                            "(its parameters are not finite)")
   # The checkpoint's own config describes its params; workdir/config.json is the latest
   # run's and only stands in for checkpoints written without one.
   config_path = directory / str(step) / "config" / "metadata"

@@ -317,6 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   check_config(config)
   records.check_manifest(records.load_manifest(config.data.dir), config)
   files.writable_folder(workdir, "--workdir")
+  _check_not_someone_elses(workdir)
   preemption = _Preemption()   # from here on, SIGTERM and Ctrl-C leave a resumable workdir
   try:
     state = _train(config, workdir, preemption)
@@ -325,6 +326,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if preemption.is_set() and preemption.reason == "SIGINT":
     raise KeyboardInterrupt   # (after the save: the caller sees the Ctrl-C as usual)
   return state
+
+
+def _check_not_someone_elses(workdir: str) -> None:
+  """ValueError if `workdir` holds a config.json that a run of ours did not write (an
+  official VITS voice's, another tool's): the run would overwrite it."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = files.parse_json(f.read())
+  except (OSError, UnicodeDecodeError, ValueError):
+    saved = None
+  # Ours has the official sections and our own (an official config has only the first).
+  if not (isinstance(saved, dict) and {"model", "data", "train"} <= set(saved)
+          and {"discriminator", "loss"} & set(saved)):
+    raise ValueError(f"--workdir {workdir} holds a {CONFIG_FILE} that is not a training "
+                     "run's (a voice's or another tool's?), which the run would overwrite: "
+                     "use a new --workdir")
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str,

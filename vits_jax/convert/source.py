@@ -17,7 +17,6 @@ becomes the same three things:
 """
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path

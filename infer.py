@@ -309,7 +309,6 @@ def run(args):
                noise_scale_w=args.noise_scale_w, length_scale=args.length_scale,
                seed=args.seed, sentence_silence=args.sentence_silence, volume=args.volume,
                normalize=args.normalize)
-  knobs.update({k: v for k, v in voice.defaults.items() if knobs[k] is None})
   if args.convert is not None:
     return _convert(args, voice)
   if args.output_raw:

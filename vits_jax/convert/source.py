@@ -17,6 +17,7 @@ becomes the same three things:
 """
 
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -362,6 +363,11 @@ def _check_id_map(id_map, n_vocab: int, where: str, name: str = "phoneme_id_map"
                      "token ids")
 
 
+# Our sampling knobs -> their names in a Piper voice's "inference" section.
+PIPER_KNOBS = {"noise_scale": "noise_scale", "length_scale": "length_scale",
+               "noise_scale_w": "noise_w"}
+
+
 def _piper_inference(voice_config: Mapping[str, Any], where: str) -> Dict[str, float]:
   """The voice's own sampling knobs (its "inference" section), which Piper uses where a
   request gives none; `Voice` checks their ranges."""
@@ -371,8 +377,7 @@ def _piper_inference(voice_config: Mapping[str, Any], where: str) -> Dict[str, f
   if not isinstance(inf, dict):
     raise ValueError(f"{where}: \"inference\" must be an object, got {inf!r:.40}")
   out = {}
-  for ours, theirs in (("noise_scale", "noise_scale"), ("length_scale", "length_scale"),
-                       ("noise_scale_w", "noise_w")):
+  for ours, theirs in PIPER_KNOBS.items():
     if inf.get(theirs) is not None:
       out[ours] = float(number(inf[theirs], where, f"inference.{theirs}"))
   return out
@@ -382,6 +387,11 @@ def _piper_inference(voice_config: Mapping[str, Any], where: str) -> Dict[str, f
 # place for: the voice's text frontend (`get_frontend` kwargs: a Piper voice's whole
 # `.onnx.json`, an HF vocabulary) and its speaker names.
 OWN_SECTION = "vits_jax"
+
+
+def own_section(src: "Source") -> Dict[str, Any]:
+  """The `OWN_SECTION` an export writes for `src` (plain JSON; `_own_section` reads it)."""
+  return json.loads(json.dumps({"frontend": src.frontend, "speaker_names": src.speaker_names}))
 
 
 def _own_section(hps: Mapping[str, Any], where: str):

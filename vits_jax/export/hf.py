@@ -112,8 +112,7 @@ def export_hf(src: source_lib.Source, out, force: bool = False) -> Tuple[Path, i
   if src.frontend["kind"] != "hf" or src.speaker_names:
     # What HF's tokenizer cannot hold (a Piper voice's phoneme map; speaker names), for a
     # vits_jax load: transformers keeps unknown config keys and ignores them.
-    config[source_lib.OWN_SECTION] = json.loads(json.dumps(
-        {"frontend": src.frontend, "speaker_names": src.speaker_names}))
+    config[source_lib.OWN_SECTION] = source_lib.own_section(src)
   out = Path(out)
   with common.output_dir(out, force) as tmp:
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -111,7 +111,6 @@ def export_official(src: source_lib.Source, out, force: bool = False
           tmp / f"D_{step}.pth", _checkpoint(torch_names.flax_to_torch(disc), lr))
     # The voice's own frontend and speaker names, which the official code has no place for
     # (it reads text with its own symbols and cleaners): a vits_jax load keeps them.
-    hps[source_lib.OWN_SECTION] = _plain({"frontend": src.frontend,
-                                          "speaker_names": src.speaker_names})
+    hps[source_lib.OWN_SECTION] = source_lib.own_section(src)
     (tmp / "config.json").write_text(json.dumps(hps, indent=2) + "\n", encoding="utf-8")
   return out, fresh, notes

@@ -842,10 +842,9 @@ def voice_json(voice, base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any
   language = dict(config.get("language") or {})
   if "code" not in language:
     language = {**_language(frontend.voice), **language}
+  from vits_jax.convert.source import PIPER_KNOBS  # pylint: disable=import-outside-toplevel
   inference = dict(config.get("inference") or {})   # the voice's own knobs, Piper's names
-  inference.update(noise_scale=voice.defaults["noise_scale"],
-                   length_scale=voice.defaults["length_scale"],
-                   noise_w=voice.defaults["noise_scale_w"])
+  inference.update({theirs: voice.defaults[ours] for ours, theirs in PIPER_KNOBS.items()})
 
   config.update(
       audio=audio, espeak=espeak, language=language, inference=inference,

@@ -723,14 +723,18 @@ def test_damaged_checkpoints_and_another_model_are_one_line_each(run_a, data_dir
   # Bit rot that still decodes: NaN bytes inside the arrays (no save writes non-finite
   # params). Resume and inference treat it as damage too (it gave silent audio, exit 0,
   # and a resumed run of NaN steps).
+  # (Written with orbax itself, so the array files decode: patched bytes may not.)
+  import orbax.checkpoint as ocp
   shutil.rmtree(work / "checkpoints" / "4")
   shutil.copytree(run_a / "checkpoints" / "4", work / "checkpoints" / "4")
-  for f in sorted((work / "checkpoints" / "4" / "state").rglob("d/*"),
-                  key=lambda f: f.stat().st_size)[-3:]:
-    data = bytearray(f.read_bytes())
-    for at in range(5000, len(data) - 64, 50000):
-      data[at:at + 64] = b"\xff" * 64
-    f.write_bytes(bytes(data))
+  state_dir = work / "checkpoints" / "4" / "state"
+  writer = ocp.StandardCheckpointer()
+  tree = jax.tree_util.tree_map(np.asarray, writer.restore(state_dir))
+  post = tree["params"]["generator"]["dec"]["conv_post"]
+  post["weight"] = np.full_like(post["weight"], np.nan)
+  shutil.rmtree(state_dir)
+  writer.save(state_dir, tree)
+  writer.wait_until_finished()
   line = resume()
   assert "checkpoint 4 in" in line and "not finite" in line and "resume from step 2" in line
   with pytest.raises(checkpoint.CorruptCheckpoint, match="parameters are not finite"):

@@ -1,7 +1,7 @@
 """Export a voice for other runtimes: Piper, Hugging Face transformers, the official VITS code.
 
     python export.py --voice runs/my_voice --to piper --out voices/my_voice.onnx
-    python export.py --voice joe --to hf --out voices/joe_hf
+    python export.py --voice path/to/mms-tts-eng --to hf --out voices/mms_hf
     python export.py --voice runs/vctk --step 20000 --to official --out voices/vctk_official
 
 `--voice` is anything infer.py takes: 'joe' (bundled), a Piper .onnx, a training workdir

@@ -19,6 +19,7 @@ so later runs start faster.
 
 import argparse
 import io
+import json
 import os
 import sys
 import warnings
@@ -325,12 +326,18 @@ def run(args):
 
 
 def _list_speakers(voice):
-  """One line per speaker, `ID<TAB>NAME` (the name where the voice has one)."""
+  """One line per speaker and name, `ID<TAB>NAME` (`ID` alone for a speaker without a name;
+  a name with control characters, such as a tab or a newline, written JSON-escaped)."""
   if voice.num_speakers <= 1:
     lines = [f"voice {voice.name} has a single speaker (no --speaker)"]
   else:
-    names = {sid: name for name, sid in voice.speaker_names.items()}
-    lines = [f"{sid}\t{names.get(sid, '')}".rstrip() for sid in range(voice.num_speakers)]
+    names = {}
+    for name, sid in voice.speaker_names.items():
+      shown = json.dumps(name, ensure_ascii=False)[1:-1] if any(
+          ord(c) < 32 or ord(c) == 127 for c in name) else name
+      names.setdefault(sid, []).append(shown)
+    lines = [f"{sid}\t{name}" if name else str(sid)
+             for sid in range(voice.num_speakers) for name in names.get(sid, [""])]
   if sys.stdout is None:
     raise ValueError("--list-speakers: stdout is closed")
   try:

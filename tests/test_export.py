@@ -276,3 +276,86 @@ def test_trained_workdir_exports_to_piper_and_official(tmp_path):
   with pytest.raises(FileExistsError, match=r"does not write \(checkpoints\)"):
     export_voice(work, "official", work, force=True)
   assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == before
+
+
+def _piper_copy(tmp_path, onnx, **changes):
+  """A copy of a Piper fixture whose .onnx.json has `changes` applied."""
+  import shutil
+  tmp_path.mkdir(parents=True, exist_ok=True)
+  out = tmp_path / onnx.name
+  shutil.copy(onnx, out)
+  meta = json.loads(Path(str(onnx) + ".json").read_text())
+  meta.update(changes)
+  Path(str(out) + ".json").write_text(json.dumps(meta))
+  return out
+
+
+def test_exports_keep_the_voice_knobs_through_every_format(tmp_path):
+  """A voice's own sampling knobs (a Piper voice's "inference" section) are its defaults in
+  every export and every export of an export: Piper's json, HF's config fields, the official
+  config's vits_jax section. (A Piper export of such a voice wrote 0.667 / 1.0 / 0.8, so it
+  spoke 0.77x as long by default.)"""
+  knobs = {"noise_scale": 0.3, "length_scale": 1.7, "noise_scale_w": 0.5}
+  src = _piper_copy(tmp_path / "src", HIGH, inference={
+      "noise_scale": 0.3, "length_scale": 1.7, "noise_w": 0.5})
+  original = load_voice(src)
+  assert original.defaults == knobs
+  chain = [("piper", tmp_path / "p" / "v.onnx"), ("hf", tmp_path / "hf"),
+           ("official", tmp_path / "off"), ("piper", tmp_path / "p2" / "v.onnx"),
+           ("official", tmp_path / "off2")]
+  voice = src
+  for to, out in chain:
+    files = export_voice(voice, to, out).files
+    voice = files[0] if to != "hf" else out
+    exported = load_voice(voice)
+    assert exported.defaults == pytest.approx(knobs), (to, exported.defaults)
+    if to == "piper":
+      meta = json.loads(Path(str(voice) + ".json").read_text())
+      assert meta["inference"] == pytest.approx(
+          {"noise_scale": 0.3, "length_scale": 1.7, "noise_w": 0.5})
+  # Spoken with its defaults (noise drawn the same way), the last export is the source.
+  ids = _ids(original)
+  for g, w in zip(exported.synthesize_ids(ids), original.synthesize_ids(ids)):
+    assert g.shape == w.shape and np.abs(g - w).max() <= 1e-4
+
+
+def test_official_export_is_named_by_the_step_and_checks_speakers(tmp_path):
+  """The official code names a checkpoint by its global step (`G_500.pth`) and keeps the
+  epoch in its `iteration`: an export keeps the step. A speaker map that a voice refuses is
+  refused by every export, before anything is written."""
+  import shutil
+  src = tmp_path / "run"
+  src.mkdir()
+  shutil.copy(OFFICIAL, src / "G_500.pth")
+  shutil.copy(OFFICIAL.parent / "config.json", src / "config.json")
+  result = export_voice(src, "official", tmp_path / "o")
+  assert [p.name for p in result.files] == ["G_500.pth", "config.json"]
+  bad = _piper_copy(tmp_path / "bad", MULTI, speaker_id_map={"alice": 0, "bob": 5})
+  for to, out in (("official", tmp_path / "bo"), ("piper", tmp_path / "bp" / "v.onnx")):
+    with pytest.raises(ValueError, match=r"speaker ids \{'bob': 5\} out of range 0..2"):
+      export_voice(bad, to, out)
+  assert not (tmp_path / "bo").exists() and not (tmp_path / "bp").exists()
+
+
+def test_failed_exports_leave_outputs_whole(tmp_path):
+  """A Piper export whose json path is a folder replaces neither file (the .onnx was
+  replaced before the json failed); an HF export past the file-size limit (as on a full
+  disk) is one error line, not a traceback from the safetensors writer."""
+  out = tmp_path / "v.onnx"
+  out.write_bytes(b"an older voice")
+  (tmp_path / "v.onnx.json").mkdir()
+  with pytest.raises(FileExistsError, match="v.onnx.json is a folder"):
+    export_voice(HIGH, "piper", out, force=True)
+  assert out.read_bytes() == b"an older voice" and len(list(tmp_path.iterdir())) == 2
+  limited = ("import resource, runpy, sys; "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)); "
+             "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+  r = subprocess.run(
+      [sys.executable, "-c", limited, str(REPO / "export.py"), "--voice", str(HIGH), "--to",
+       "hf", "--out", str(tmp_path / "hf")], capture_output=True, text=True, cwd=REPO,
+      timeout=600, env={"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+  assert lines[0].startswith(f"error: cannot write {tmp_path / 'hf'}: File too large")
+  assert not (tmp_path / "hf").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+      "v.onnx", "v.onnx.json"]

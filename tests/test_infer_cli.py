@@ -4,6 +4,7 @@ The parity test runs the real command in a subprocess on the bundled voice; the 
 `infer.main` in-process on a tiny voice (fixtures/make_piper_tiny.py) to stay fast.
 """
 
+import json
 import io
 import os
 import subprocess
@@ -297,6 +298,18 @@ def test_list_speakers_and_mp3_output(tmp_path, capsys, monkeypatch):
   assert code == 0 and out.splitlines() == ["0\talice", "1\tbob", "2\tcarol"]
   assert infer.main(["--list-speakers", "--voice", TINY_SINGLE]) == 0
   assert "single speaker" in capsys.readouterr().out
+  # Two names of one speaker are two lines; a speaker without a name is its id alone; a
+  # name with a tab or a newline cannot break the format.
+  import shutil
+  copy = tmp_path / "named" / Path(TINY).name
+  copy.parent.mkdir()
+  shutil.copy(TINY, copy)
+  meta = json.loads(Path(str(TINY) + ".json").read_text())
+  meta["speaker_id_map"] = {"alice": 0, "ally": 0, "two\tparts\nhere": 2}
+  Path(str(copy) + ".json").write_text(json.dumps(meta))
+  assert infer.main(["--list-speakers", "--voice", str(copy)]) == 0
+  assert capsys.readouterr().out.splitlines() == [
+      "0\talice", "0\tally", "1", "2\ttwo\\tparts\\nhere"]
   full = open("/dev/full", "w")   # a full disk: one error line, exit 2
   monkeypatch.setattr(sys, "stdout", full)
   code = infer.main(["--list-speakers", "--voice", TINY])

@@ -720,6 +720,17 @@ def test_damaged_checkpoints_and_another_model_are_one_line_each(run_a, data_dir
   with pytest.raises(checkpoint.CorruptCheckpoint,
                      match="checkpoint 4 in .* incomplete or damaged"):
     checkpoint.load_generator_params(str(work), step=4)
+  # A checkpoint that lost only its array index (`_METADATA`), which a resume reads (it
+  # knows the state's shapes): inference reads it too, the shapes from its own config.
+  shutil.rmtree(work / "checkpoints" / "4")
+  shutil.copytree(run_a / "checkpoints" / "4", work / "checkpoints" / "4")
+  (work / "checkpoints" / "4" / "state" / "_METADATA").unlink()
+  _, lost, step, _ = checkpoint.load_generator_params(str(work))
+  _, whole, _, _ = checkpoint.load_generator_params(str(run_a), step=4)
+  assert step == 4
+  assert jax.tree_util.tree_structure(lost) == jax.tree_util.tree_structure(whole)
+  for a, b in zip(jax.tree_util.tree_leaves(lost), jax.tree_util.tree_leaves(whole)):
+    np.testing.assert_array_equal(a, b)
   # Bit rot that still decodes: NaN bytes inside the arrays (no save writes non-finite
   # params). Resume and inference treat it as damage too (it gave silent audio, exit 0,
   # and a resumed run of NaN steps).

@@ -138,15 +138,9 @@ class Voice:
     self.frontend = frontend
     self.sample_rate = int(sample_rate)
     self.num_speakers = max(1, int(model.n_speakers))
-    self.speaker_names = {k: int(v) if isinstance(v, str) and v.isdecimal() else v
-                          for k, v in (speaker_names or {}).items()
-                          } if self.num_speakers > 1 else {}
+    from vits_jax.convert.source import checked_speaker_names
+    self.speaker_names = checked_speaker_names(speaker_names, self.num_speakers, name)
     self.name = name
-    bad = {k: v for k, v in self.speaker_names.items()
-           if not (_is_integer(v) and 0 <= v < self.num_speakers)}
-    if bad:   # (a hand-edited speaker_id_map): refused at load, not at the first use
-      raise ValueError(f"voice {name}: speaker ids {bad} out of range "
-                       f"0..{self.num_speakers - 1}")
     self.hop_length = int(np.prod(model.upsample_rates))
     self.defaults = {k: (defaults or {}).get(k, v) for k, v in inference.DEFAULT_KNOBS.items()}
     try:

@@ -67,9 +67,36 @@ class Source:
   voice_config: Optional[Dict[str, Any]] = None
   discriminator: Optional[Dict[str, Any]] = None
 
+  def __post_init__(self):
+    # Checked where every source is made, so an export never writes names its voice refuses.
+    self.speaker_names = checked_speaker_names(
+        self.speaker_names, int(self.config.data.n_speakers), self.name)
+
   @property
   def sample_rate(self) -> int:
     return int(self.config.data.sampling_rate)
+
+
+def checked_speaker_names(names: Any, num_speakers: int, voice: str) -> Dict[str, int]:
+  """A voice's speaker names (name -> id) as a `Voice` and every export keep them: ids as
+  integers (a decimal string counts), each one of the voice's speakers; none for a
+  single-speaker voice.
+
+  Raises:
+    ValueError: a map that is not one, or ids that are not the voice's speakers.
+  """
+  if num_speakers <= 1 or not names:
+    return {}
+  if not isinstance(names, Mapping):
+    raise ValueError(f"voice {voice}: speaker names must map names to ids, got {names!r:.40}")
+  out = {str(k): int(v) if isinstance(v, str) and v.isdecimal() else v
+         for k, v in names.items()}
+  bad = {k: v for k, v in out.items()
+         if not (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                 and 0 <= v < num_speakers)}
+  if bad:   # (a hand-edited speaker_id_map): refused at load, not at the first use
+    raise ValueError(f"voice {voice}: speaker ids {bad} out of range 0..{num_speakers - 1}")
+  return {k: int(v) for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------- configs
@@ -390,8 +417,22 @@ OWN_SECTION = "vits_jax"
 
 
 def own_section(src: "Source") -> Dict[str, Any]:
-  """The `OWN_SECTION` an export writes for `src` (plain JSON; `_own_section` reads it)."""
-  return json.loads(json.dumps({"frontend": src.frontend, "speaker_names": src.speaker_names}))
+  """The `OWN_SECTION` an export writes for `src` (plain JSON; `_own_section` reads it):
+  its frontend, speaker names and sampling knobs (`config.infer`)."""
+  return json.loads(json.dumps({"frontend": src.frontend, "speaker_names": src.speaker_names,
+                                "inference": dict(src.config.get("infer") or {})}))
+
+
+def _own_knobs(own: Mapping[str, Any], where: str) -> Optional[Dict[str, float]]:
+  """The sampling knobs of an `OWN_SECTION` (None where it has none: exports before it held
+  them); `Voice` checks their ranges."""
+  inf = own.get("inference")
+  if inf is None:
+    return None
+  if not isinstance(inf, dict):
+    raise ValueError(f"{where}: '{OWN_SECTION}.inference' must be an object, got {inf!r:.40}")
+  return {k: float(number(inf[k], where, f"{OWN_SECTION}.inference.{k}"))
+          for k in inference.DEFAULT_KNOBS if inf.get(k) is not None}
 
 
 def _own_section(hps: Mapping[str, Any], where: str):
@@ -425,14 +466,16 @@ def load_official(checkpoint: Union[str, os.PathLike],
   from vits_jax.convert import official_pth, torch_names
   config_path = Path(config_path or official_pth.find_config(checkpoint))
   hps = official_pth.load_official_config(config_path)
-  state_dict, iteration = official_pth.load_official_checkpoint(checkpoint)
+  state_dict, _ = official_pth.load_official_checkpoint(checkpoint)   # its iteration: the epoch
   data = hps["data"]
   if not isinstance(data, dict) or not isinstance(hps["model"], dict):
     raise ValueError(f"{config_path}: 'data' and 'model' must be objects")
   model = dict(hps["model"], n_vocab=int(state_dict["enc_p.emb.weight"].shape[0]),
                n_speakers=data.get("n_speakers", 0))
   own, frontend, voice_config = _own_section(hps, str(config_path))
-  infer = _piper_inference(voice_config, str(config_path)) if voice_config else None
+  infer = _own_knobs(own, str(config_path))
+  if infer is None and voice_config:
+    infer = _piper_inference(voice_config, str(config_path))
   config = config_from_hparams(model, data, hps.get("train") or {}, infer,
                                where=str(config_path))
   if int(data.get("hop_length", config.data.hop_length)) != config.data.hop_length:
@@ -447,7 +490,8 @@ def load_official(checkpoint: Union[str, os.PathLike],
                     add_blank=bool(config.data.add_blank))
   return Source("official", Path(checkpoint), Path(checkpoint).name, config, params,
                 frontend, speaker_names=dict(own.get("speaker_names", {})),
-                step=iteration if iteration >= 0 else None, voice_config=voice_config)
+                step=_step_of(Path(checkpoint)) if _step_of(Path(checkpoint)) >= 0 else None,
+                voice_config=voice_config)
 
 
 def load_hf(folder: Union[str, os.PathLike]) -> Source:

@@ -2,7 +2,7 @@
 
     from vits_jax.export import export_voice
     export_voice('runs/my_voice', 'piper', 'out/my_voice.onnx')   # + my_voice.onnx.json
-    export_voice('joe', 'hf', 'out/joe_hf')                       # VitsModel folder
+    export_voice('path/to/mms-tts-eng', 'hf', 'out/mms_hf')       # VitsModel folder
     export_voice('runs/vctk', 'official', 'out/vctk_official')    # G_*.pth, D_*.pth, config
 
 The source is anything `vits_jax.voice.load_voice` accepts (read by
@@ -42,7 +42,7 @@ def export_voice(source, to: str, out, step: Optional[int] = None,
     raise ValueError("--out is empty")
   from vits_jax.convert.source import load_source
   src = load_source(source, step=step, discriminator=(to == "official"))
-  out = Path(out)
+  out = Path(out).expanduser()   # a quoted '~/voices' as the shell would
   if to == "piper":
     from vits_jax.export import piper
     from vits_jax.models.synthesizer import build_synthesizer
@@ -50,7 +50,7 @@ def export_voice(source, to: str, out, step: Optional[int] = None,
     from vits_jax.voice import Voice
     voice = Voice(build_synthesizer(src.config, dtype=None), src.params,
                   get_frontend(**src.frontend), src.sample_rate, name=src.name,
-                  speaker_names=src.speaker_names)
+                  speaker_names=src.speaker_names, defaults=src.config.get("infer"))
     return Exported(list(piper.export_piper(voice, out, force=force)))
   if to == "hf":
     from vits_jax.export import hf

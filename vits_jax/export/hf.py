@@ -105,7 +105,7 @@ def export_hf(src: source_lib.Source, out, force: bool = False) -> Tuple[Path, i
   Raises:
     ValueError: a voice HF cannot express; FileExistsError: `out` exists and not `force`.
   """
-  from safetensors.numpy import save_file
+  from safetensors.numpy import save
   config = hf_config(src.config)
   params, fresh = common.complete_params(src)
   tensors = hf_state_dict(params)
@@ -116,7 +116,8 @@ def export_hf(src: source_lib.Source, out, force: bool = False) -> Tuple[Path, i
   out = Path(out)
   with common.output_dir(out, force) as tmp:
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    # Serialized here and written by Python, so a full disk is an OSError like any other.
+    (tmp / "model.safetensors").write_bytes(save(tensors, metadata={"format": "pt"}))
     if src.frontend["kind"] == "hf":
       front = src.frontend
       (tmp / "vocab.json").write_text(json.dumps(front["vocab"], ensure_ascii=False),

@@ -916,10 +916,11 @@ def export_piper(voice, out_path: Union[str, os.PathLike], force: bool = False,
   from vits_jax.convert import torch_names
   check_piper_frontend(voice)
   onnx_path, json_path = _output_paths(voice, out_path)
-  if not force:
-    for p in (onnx_path, json_path):
-      if p.exists():
-        raise FileExistsError(f"{p} exists (pass --force to replace it)")
+  for p in (onnx_path, json_path):
+    if p.exists() and not force:
+      raise FileExistsError(f"{p} exists (pass --force to replace it)")
+    if p.is_dir():   # checked before either file is replaced: the two stay a pair
+      raise FileExistsError(f"{p} is a folder: --force replaces files only")
   config = voice_json(voice, config)
   state_dict = torch_names.flax_to_torch(voice.params, fold_weight_norm=True)
   model = build_graph(state_dict, hparams_of(voice.model))

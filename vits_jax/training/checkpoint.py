@@ -380,19 +380,27 @@ def load_generator_params(workdir: str, step: Optional[int] = None,
 
 
 def _load_generator_step(workdir, directory, step: int, discriminator: bool):
+  config = _checkpoint_config(workdir, directory, step)
   parts = ("generator", "discriminator") if discriminator else ("generator",)
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
   try:
     with _quiet(), ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
       meta = ckptr.metadata(directory / str(step) / "state")
-      if meta is None or getattr(meta, "item_metadata", meta) is None:
+      if meta is not None and getattr(meta, "item_metadata", meta) is not None:
+        tree = (meta.item_metadata.tree if hasattr(meta, "item_metadata")
+                else meta.tree)["params"]
+        parts = [p for p in parts if p in tree]   # a generator-only checkpoint
+      elif discriminator:
         raise CorruptCheckpoint(f"checkpoint {step} in {directory} is incomplete or "
                                 "damaged (its state metadata cannot be read)")
-      tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
-      sharding = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-      parts = [p for p in parts if p in tree["params"]]   # a generator-only checkpoint
+      else:
+        # The array index alone is lost (as a resume, which knows the state's shapes,
+        # reads such a checkpoint): the generator's shapes come from its own config.
+        from vits_jax.models import synthesizer   # pylint: disable=import-outside-toplevel
+        tree = {"generator": synthesizer.param_shapes(synthesizer.build_synthesizer(config))}
       target = {"params": {part: jax.tree_util.tree_map(
           lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-          tree["params"][part]) for part in parts}}
+          tree[part]) for part in parts}}
       restored = ckptr.restore(
           directory / str(step) / "state",
           args=ocp.args.PyTreeRestore(
@@ -408,16 +416,20 @@ def _load_generator_step(workdir, directory, step: int, discriminator: bool):
   if not _finite(params):   # bit rot in an array file: no save writes these
     raise CorruptCheckpoint(f"checkpoint {step} in {directory} is incomplete or damaged "
                             "(its parameters are not finite)")
-  # The checkpoint's own config describes its params; workdir/config.json is the latest
-  # run's and only stands in for checkpoints written without one.
+  return config, params["generator"], step, params.get("discriminator")
+
+
+def _checkpoint_config(workdir, directory, step: int) -> ml_collections.ConfigDict:
+  """The config checkpoint `step` was saved with. The checkpoint's own describes its
+  params; workdir/config.json is the latest run's and only stands in for checkpoints
+  written without one."""
   config_path = directory / str(step) / "config" / "metadata"
   if not config_path.exists():
     config_path = epath.Path(workdir) / "config.json"
   try:
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    return ml_collections.ConfigDict(json.loads(config_path.read_text()))
   except FileNotFoundError:
     raise FileNotFoundError(f"{config_path} is missing: the workdir's config is needed to "
                             "build its model") from None
   except (OSError, ValueError) as e:
     raise ValueError(f"{config_path} is not a readable config ({e})") from None
-  return config, params["generator"], step, params.get("discriminator")

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
+import concurrent.futures
 import glob
+import hashlib
 import heapq
 import itertools
 import json
@@ -34,10 +35,15 @@ import math
 import multiprocessing
 import os
 from pathlib import Path
+import signal
 import sys
 import time
 from typing import Any
 
+if __name__ == "__main__":
+  import signal as _signal
+  # Ctrl-C while the modules below load: nothing is written yet (main() takes over).
+  _signal.signal(_signal.SIGINT, lambda *_: os._exit(130))  # pylint: disable=protected-access
 if __package__ in (None, ""):
   # Run as a script: make the repository root importable (vits_jax, data_prep).
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -60,6 +66,10 @@ CHUNKS_IN_FLIGHT_PER_WORKER = 3
 # The sample rates --sample-rate accepts: speech corpora and voices are 8-48 kHz; far outside
 # this is a typo (0 or 1 Hz would "prepare" every clip into a few samples).
 MIN_RATE, MAX_RATE = 8000, 192000
+
+
+# The most speaker ids a --speaker-map may use (an embedding row each).
+MAX_SPEAKERS = 100_000
 
 
 class PrepareError(Exception):
@@ -118,6 +128,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.error(f"--val-size must be >= 0, got {args.val_size}")
   if args.seed < 0:
     p.error(f"--seed must be >= 0, got {args.seed}")
+  if args.workers is not None and args.workers < 1:
+    p.error(f"--workers must be >= 1, got {args.workers}")
+  if args.max_tokens < 1:
+    p.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
   if not (math.isfinite(args.shard_mb) and args.shard_mb > 0):
     p.error(f"--shard-mb must be a positive number, got {args.shard_mb}")
   if not (math.isfinite(args.min_seconds) and math.isfinite(args.max_seconds)
@@ -168,9 +182,13 @@ def _voice_rate(path: str) -> int | None:
     raise PrepareError(f"--voice-config {path}: {e}") from None
 
 
-def fingerprint(args: argparse.Namespace, settings: process.Settings) -> dict[str, Any]:
-  """Everything that changes the output; equal fingerprints mean a re-run can be skipped."""
+def fingerprint(args: argparse.Namespace, settings: process.Settings,
+                corpus: str | None = None) -> dict[str, Any]:
+  """Everything that changes the output; equal fingerprints mean a re-run can be skipped.
+  `corpus` is `corpus_digest` of a folder source (None for --tfds, whose builder version
+  fixes its data)."""
   return {
+      "corpus": corpus,
       "dataset": args.dataset,
       "source": f"tfds:{args.data_dir}" if args.tfds else os.path.abspath(args.src),
       "mic": args.mic if args.dataset == "vctk" else None,
@@ -185,6 +203,35 @@ def fingerprint(args: argparse.Namespace, settings: process.Settings) -> dict[st
       "shard_mb": args.shard_mb,
       "speaker_map": os.path.abspath(args.speaker_map) if args.speaker_map else None,
   }
+
+
+def corpus_digest(args: argparse.Namespace, clips) -> str:
+  """A digest of the corpus files a folder source is read from (name, size and modification
+  time of its transcripts and of every clip's audio), so a re-run after the corpus was
+  edited prepares it again rather than keeping the old records."""
+  if args.dataset == "ljspeech":
+    texts = [os.path.join(args.src, "metadata.csv")]
+  else:
+    texts = sorted(glob.glob(os.path.join(args.src, "txt", "*", "*.txt")))
+  h = hashlib.sha256()
+  for path in texts + [c.path for c in clips if c.path]:
+    try:
+      st = os.stat(path)
+      h.update(f"{os.path.relpath(path, args.src)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode(
+          "utf-8", "surrogateescape"))
+    except OSError:
+      h.update(f"{os.path.relpath(path, args.src)}\0-\n".encode("utf-8", "surrogateescape"))
+  return h.hexdigest()[:16]
+
+
+def _differences(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
+  """What changed between two fingerprints, for the summary line."""
+  out = []
+  for key in now:
+    if was.get(key) != now[key]:
+      out.append("the corpus files changed" if key == "corpus" else
+                 f"{key} {was.get(key)!r} -> {now[key]!r}")
+  return out
 
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
@@ -293,8 +340,13 @@ def load_speaker_map(path: str) -> dict[str, int]:
     raise PrepareError(f"--speaker-map {path}: {e.strerror or e}") from None
   except ValueError as e:
     raise PrepareError(f"--speaker-map {e}") from None
-  if not isinstance(mapping, dict) or not all(isinstance(v, int) for v in mapping.values()):
+  if not isinstance(mapping, dict) or not mapping or not all(
+      isinstance(v, int) and not isinstance(v, bool) for v in mapping.values()):
     raise PrepareError(f"--speaker-map {path} must be a JSON object {{name: int id}}")
+  bad = {k: v for k, v in mapping.items() if not 0 <= v < MAX_SPEAKERS}
+  if bad:   # -1 would index the last speaker's embedding; 1e8 would make 1e8 of them
+    raise PrepareError(f"--speaker-map {path}: ids must be 0..{MAX_SPEAKERS - 1}, got "
+                       + ", ".join(f"{k!r}: {v}" for k, v in list(bad.items())[:3]))
   return mapping
 
 
@@ -312,44 +364,84 @@ def _results(clips, settings: process.Settings, workers: int):
       yield process.process_clip(clip, settings, frontend)
     return
   # spawn: a fresh interpreter per worker; forking a process that may hold threads (or an
-  # initialized espeak) is not safe.
-  ctx = multiprocessing.get_context("spawn")
-  task = functools.partial(process.process_clip, settings=settings)
+  # initialized espeak) is not safe. A pool of futures, not multiprocessing.Pool: a worker
+  # killed (out of memory, a SIGTERM to the process group) breaks it with an error where
+  # Pool waited forever for the lost task.
   window = CHUNKS_IN_FLIGHT_PER_WORKER * workers
   it = iter(clips)
-  with ctx.Pool(workers, initializer=process.init_worker, initargs=(settings,)) as pool:
+  pool = concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context("spawn"),
+      initializer=process.init_worker, initargs=(settings,))
+  # The workers start with SIGINT and SIGTERM ignored (kept across their exec, so also while
+  # they import): Ctrl-C, or a SIGTERM to the process group, reaches every process, and this
+  # one stops the pool (a worker killed while it sends a result would leave the pool
+  # waiting for the rest of it). The pool starts a worker per submitted task until it has
+  # them all.
+  handlers = {}
+  try:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      handlers[sig] = signal.signal(sig, signal.SIG_IGN)
+  except ValueError:   # not the main thread: signals are not ours to set
+    pass
+  try:
+    started = [pool.submit(int) for _ in range(workers)]
+  finally:
+    for sig, handler in handlers.items():
+      signal.signal(sig, handler)
+  try:
+    concurrent.futures.wait(started)
     pending = collections.deque()
     while True:
       while len(pending) < window:
         chunk = list(itertools.islice(it, CHUNK))
         if not chunk:
           break
-        pending.append(pool.map_async(task, chunk, chunksize=CHUNK))
+        pending.append(pool.submit(process.process_clips, chunk, settings))
       if not pending:
-        return
-      yield from pending.popleft().get()
+        break
+      yield from pending.popleft().result()
+  except concurrent.futures.process.BrokenProcessPool:
+    raise PrepareError("a worker process died (killed by a signal, or out of memory: try "
+                       "fewer --workers)") from None
+  finally:
+    # On an error or an interrupt: queued chunks are dropped, running ones finish (a few
+    # clips), and the workers exit.
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def prepare(args: argparse.Namespace) -> dict[str, Any]:
   """Runs the whole preparation; returns the manifest (already written to --out)."""
   start = time.time()
   settings = settings_of(args)
-  fp = fingerprint(args, settings)
   manifest_path = os.path.join(args.out, records.MANIFEST)
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     raise PrepareError(f"--out {args.out} is a file, not a directory")
+  # Everything is checked before --out is touched: a mistyped --src, a corpus with no clips
+  # or a bad frontend leaves an existing prepared directory exactly as it was. A folder
+  # corpus is listed first (its files are part of the fingerprint); a TFDS stream only
+  # when it is to be prepared.
+  clips = None if args.tfds else read_clips(args)
+  fp = fingerprint(args, settings, None if args.tfds else corpus_digest(args, clips))
 
+  replacing = None   # why an existing prepared directory is replaced, for the summary
   if os.path.exists(manifest_path) and not args.force:
     try:
-      old = records.load_manifest(args.out, checksums=True)
-    except (ValueError, FileNotFoundError, KeyError):
-      old = None  # damaged or foreign: rebuild below
-    if old is not None and old.get("settings") == fp:
-      return {**old, "_reused": True, "seconds": round(time.time() - start, 2)}
+      old = records.load_manifest(args.out)
+      if old.get("settings") == fp:
+        old = records.load_manifest(args.out, checksums=True)
+        return {**old, "_reused": True, "seconds": round(time.time() - start, 2)}
+    except (ValueError, FileNotFoundError, KeyError) as e:
+      replacing = f"the data there was damaged: {e}"
+    else:
+      was = old.get("settings") or {}
+      if (was.get("dataset"), was.get("source")) != (fp["dataset"], fp["source"]):
+        raise PrepareError(
+            f"--out {args.out} holds {was.get('dataset')} prepared from {was.get('source')}: "
+            "pass --force to replace it, or choose another --out")
+      replacing = "; ".join(_differences(was, fp)) or "its settings differ"
 
-  # Everything is checked before --out is touched: a mistyped --src, a corpus with no clips
-  # or a bad frontend leaves an existing prepared directory exactly as it was.
-  clips = read_clips(args)  # a list, or a stream that knows its length (--tfds)
+  if clips is None:
+    clips = read_clips(args)  # a stream that knows its length (--tfds)
   if not len(clips):
     raise PrepareError(f"no clips found in {args.src or args.data_dir}")
   if args.speaker_map:
@@ -394,10 +486,10 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
       if "skip" not in res and res["id"] in seen_ids:
         res = {**res, "skip": "duplicate id",
                "detail": f"{res['id']!r} appears earlier in the corpus; the first is kept"}
-      seen_ids.add(res["id"])
       if "skip" in res:
         skipped.append({"id": res["id"], "reason": res["skip"], "detail": res["detail"]})
       else:
+        seen_ids.add(res["id"])   # (a skipped row does not claim its id)
         released = pick.offer(pos, res)
         if released is not None:
           add("train", released)
@@ -414,11 +506,21 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
           f"no usable clips in {args.src or args.data_dir}: all {rows} skipped ("
           + ", ".join(f"{r} {n}" for r, n in reasons) + ")")
     splits = {s: w.finish() for s, w in writers.items()}
+    manifest = _manifest(args, settings, fp, speakers, n_vocab, writers, splits, skipped,
+                         rows, workers, start)
+    records.write_json_atomic(manifest_path, manifest)
   except BaseException:
     for w in writers.values():
       w.abort()
     raise
+  _remove_unlisted_shards(args.out, manifest)
+  if replacing:
+    manifest["_replaced"] = replacing
+  return manifest
 
+
+def _manifest(args, settings, fp, speakers, n_vocab, writers, splits, skipped, rows,
+              workers, start) -> dict[str, Any]:
   rate = settings.sample_rate
   for s, w in writers.items():
     splits[s]["hours"] = round(w.samples / rate / 3600, 4)
@@ -443,8 +545,6 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
       "workers": workers,
       "seconds": round(time.time() - start, 2),
   }
-  records.write_json_atomic(manifest_path, manifest)
-  _remove_unlisted_shards(args.out, manifest)
   return manifest
 
 
@@ -469,14 +569,34 @@ def summary(manifest: dict[str, Any], out: str) -> str:
     validation += f" of --val-size {wanted}: at most half the usable clips"
   return (f"{verb} {c['kept']} clips (train {c['train']}, {validation}, "
           f"{manifest['hours']:.2f} h at {manifest['sample_rate']} Hz, "
-          f"{len(manifest['speakers'])} speaker(s)) in {out}; skipped {c['skipped']}"
-          + (f" ({reasons})" if reasons else "") + f"; {manifest['seconds']:.1f} s")
+          f"{len(set(manifest['speakers'].values()))} speaker(s)) in {out}; skipped "
+          f"{c['skipped']}" + (f" ({reasons})" if reasons else "")
+          + f"; {manifest['seconds']:.1f} s"
+          + (f"; replaced what was there ({manifest['_replaced']})"
+             if manifest.get("_replaced") else ""))
+
+
+def _interrupt(signum, frame):   # SIGTERM: stop as Ctrl-C does
+  del signum, frame
+  raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
+  if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # (see the top of this file)
   args = parse_args(argv)
+  had = os.path.isfile(os.path.join(args.out, records.MANIFEST))
+  kept = (f"the previous prepared data in {args.out} is intact" if had else
+          f"no prepared data was written to {args.out}")
+  try:
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+  except ValueError:   # not the main thread (an embedding program): leave SIGTERM alone
+    previous = None
   try:
     manifest = prepare(args)
+  except KeyboardInterrupt:
+    print(f"error: interrupted; {kept}", file=sys.stderr)
+    return 130
   except PrepareError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -490,9 +610,12 @@ def main(argv=None) -> int:
         raise
     where = f" ({e.filename})" if getattr(e, "filename", None) else ""
     reason = e.strerror or " ".join(str(e).split())
-    print(f"error: cannot write the prepared data{where}: {reason}; "
-          f"the previous prepared data in {args.out} is intact", file=sys.stderr)
+    print(f"error: cannot write the prepared data{where}: {reason}; {kept}",
+          file=sys.stderr)
     return 2
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
   print(summary(manifest, args.out))
   return 0
 

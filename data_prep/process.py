@@ -10,7 +10,8 @@ codes are stable strings (they are counted in the manifest):
   audio cut short     a WAV file holding fewer samples than its header says
   no audio samples    it decodes to zero samples
   non-finite samples  a float file holding NaN or infinite samples
-  silent audio        every sample is zero
+  silent audio        every sample is zero, or the 16-bit peak is below -72 dBFS
+  unusable sample rate  a rate below 4 kHz (or above 384 kHz)
   no transcript       the corpus has no text for it
   empty transcript    the text is empty or only whitespace
   no speakable text   the frontend drops every symbol of the text
@@ -21,12 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from typing import Any
 
 import numpy as np
 
 from data_prep.readers import Clip
 from vits_jax import files
+
+
+# A clip whose 16-bit peak stays below this (-72 dBFS) holds no speech to learn from.
+SILENT_PEAK = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +55,11 @@ _FRONTEND = None  # one per worker process, built by `init_worker`
 def init_worker(settings: Settings) -> None:
   """Pool initializer: builds the text frontend once per process (espeak start-up is slow)."""
   global _FRONTEND
+  # Ctrl-C (or a SIGTERM to the process group) reaches every process: the main process
+  # stops the run and the pool, and a worker killed mid-task would leave the pool waiting
+  # for its result. (prepare.py starts the workers with both ignored already.)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
   _FRONTEND = make_frontend(settings)
 
 
@@ -98,6 +109,11 @@ def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
   return out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
 
 
+def process_clips(clips: list[Clip], settings: Settings) -> list[dict[str, Any]]:
+  """`process_clip` of each clip, with this worker's frontend (a pool's task)."""
+  return [process_clip(clip, settings) for clip in clips]
+
+
 def process_clip(clip: Clip, settings: Settings, frontend=None) -> dict[str, Any]:
   """Turns one clip into a record's fields, or a skip.
 
@@ -141,6 +157,11 @@ def process_clip(clip: Clip, settings: Settings, frontend=None) -> dict[str, Any
       return skip("missing audio", f"{clip.path} does not exist")
     if os.path.getsize(clip.path) == 0:
       return skip("empty audio file", f"{clip.path} has 0 bytes")
+    header = _header(clip.path)
+    if header and header[0] / header[1] > settings.max_seconds:
+      # Known from the header: a clip of an hour is not decoded (GBs) only to be skipped.
+      return skip("too long", f"{header[0] / header[1]:.2f} s > --max-seconds "
+                              f"{settings.max_seconds}")
     try:
       audio, rate = load_audio(clip.path)
     except files.CutShortError as e:
@@ -149,6 +170,9 @@ def process_clip(clip: Clip, settings: Settings, frontend=None) -> dict[str, Any
       return skip("unreadable audio", f"{clip.path}: {str(e).splitlines()[0][:200]}")
   if audio.shape[0] == 0:
     return skip("no audio samples")
+  if not files.MIN_SPEECH_RATE <= rate <= files.MAX_SPEECH_RATE:
+    return skip("unusable sample rate", f"{rate} Hz (speech is read at "
+                f"{files.MIN_SPEECH_RATE}..{files.MAX_SPEECH_RATE} Hz)")
   finite = np.isfinite(audio)
   if not finite.all():
     first = int(np.argmin(finite.all(axis=1)))
@@ -166,5 +190,20 @@ def process_clip(clip: Clip, settings: Settings, frontend=None) -> dict[str, Any
     return skip("too long", f"{seconds:.2f} s > --max-seconds {settings.max_seconds}")
   if rate != settings.sample_rate:
     mono = resample(mono, rate, settings.sample_rate)
+  pcm = to_int16(mono)
+  peak = int(np.abs(pcm.astype(np.int32)).max())
+  if peak < SILENT_PEAK:   # e.g. stereo channels in opposite phase, mixed to near nothing
+    return skip("silent audio", f"its peak is {peak} of 32767 in 16 bits (below -72 dBFS)")
   return {"id": clip.clip_id, "speaker": clip.speaker, "text": clip.text,
-          "tokens": tokens, "audio": to_int16(mono)}
+          "tokens": tokens, "audio": pcm}
+
+
+def _header(path: str) -> tuple[int, int] | None:
+  """(frames, rate) as the file's header states them, or None where it cannot be read
+  (decoding then says why)."""
+  import soundfile as sf  # pylint: disable=import-outside-toplevel
+  try:
+    info = sf.info(path)
+  except Exception:  # pylint: disable=broad-except  # libsndfile raises many kinds
+    return None
+  return (int(info.frames), int(info.samplerate)) if info.samplerate > 0 else None

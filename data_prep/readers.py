@@ -116,7 +116,8 @@ def read_ljspeech(src: str) -> list[Clip]:
                         detail=f"metadata.csv line {lineno}: clip id {clip_id[:40]!r} "
                                "would read a file outside wavs/"))
       continue
-    text = fields[2] if len(fields) > 2 else fields[1]
+    # An empty normalized column falls back to the text column (as the TFDS reader does).
+    text = fields[2] if len(fields) > 2 and fields[2].strip() else fields[1]
     clips.append(Clip(clip_id, SINGLE_SPEAKER, text.strip(),
                       path=os.path.join(src, "wavs", clip_id + ".wav")))
   return clips
@@ -183,9 +184,32 @@ def read_vctk(src: str, mic: str = "mic1") -> list[Clip]:
                         detail=f"no {mic} audio for {clip_id}"))
     else:
       speaker, path = audio[clip_id]
-      with open(texts[clip_id][1], encoding="utf-8", errors="replace") as f:
-        clips.append(Clip(clip_id, speaker, f.read().strip(), path=path))
+      text, problem = _read_transcript(texts[clip_id][1])
+      if problem:
+        clips.append(Clip(clip_id, speaker, None, path=path, skip=problem[0],
+                          detail=f"txt/{texts[clip_id][0]}/{clip_id}.txt {problem[1]}"))
+      else:
+        clips.append(Clip(clip_id, speaker, text, path=path))
   return clips
+
+
+def _read_transcript(path: str) -> tuple[str | None, tuple[str, str] | None]:
+  """(text, None) or (None, (skip reason, detail)) for a VCTK transcript file: one that
+  cannot be read (a dangling link, a folder) or is not UTF-8 text is skipped and counted,
+  as a bad metadata.csv line is, rather than stopping the run or read with replacement
+  characters."""
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except OSError as e:
+    return None, ("unreadable transcript", f"cannot be read ({e.strerror or e})")
+  wide = _wide_encoding(raw)
+  if wide:
+    return None, ("bad encoding", f"is {wide}, not UTF-8")
+  try:
+    return raw.decode("utf-8-sig").strip(), None
+  except UnicodeDecodeError as e:
+    return None, ("bad encoding", f"is not UTF-8 ({e.reason} at byte {e.start})")
 
 
 def iter_clips_from_examples(examples, dataset: str, speaker_names=None):

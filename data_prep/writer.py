@@ -9,6 +9,7 @@ interrupted run leaves nothing a reader will trust.
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import re
 
@@ -64,6 +65,7 @@ class SplitWriter:
     self.out_dir, self.split, self.shard_bytes = out_dir, split, shard_bytes
     self.run = run
     self._tmp_paths: list[str] = []
+    self._final_paths: list[str] = []   # renamed into place by `finish`
     self._counts: list[int] = []
     self._writer = None
     self._bytes = 0
@@ -121,6 +123,7 @@ class SplitWriter:
       final = os.path.join(self.out_dir, records.shard_name(self.split, i, n, self.run))
       _fsync(tmp)
       os.replace(tmp, final)
+      self._final_paths.append(final)
       shards.append({**records.file_entry(final), "records": count})
     lengths_path = os.path.join(self.out_dir, records.lengths_name(self.split, self.run))
     tmp = os.path.join(self.out_dir,
@@ -130,18 +133,24 @@ class SplitWriter:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, lengths_path)
+    self._final_paths.append(lengths_path)
     return {"clips": len(self.lengths), "shards": shards,
             "lengths": records.file_entry(lengths_path)}
 
   def abort(self) -> None:
-    """Removes this run's temporaries, also where closing the open one fails (full disk)."""
+    """Removes this run's files, temporaries and any `finish` renamed into place (no
+    manifest names them yet), also where closing the open one fails (full disk): a failed
+    run leaves the space it took free."""
     try:
       self._close_current()
     except Exception:  # pylint: disable=broad-except
       self._writer = None
-    for path in self._tmp_paths:
+    for path in self._tmp_paths + self._final_paths:
       if os.path.exists(path):
         os.remove(path)
+    for path in glob.glob(os.path.join(self.out_dir, f".*.tmp-{os.getpid()}")):
+      if os.path.basename(path).startswith(f".{self.split}"):
+        os.remove(path)   # a lengths table whose write failed
 
 
 def _fsync(path: str) -> None:

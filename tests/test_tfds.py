@@ -320,3 +320,13 @@ def test_tfds_shards_train(controlled, tmp_path, capsys):
   for row in rows.values():
     assert all(np.isfinite(v) for k, v in row.items() if k.startswith("loss/"))
   assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["dir"] == str(out)
+
+
+def test_what_tfds_reads_before_a_download_imports():
+  """A first `--tfds` run asks the builder for its code path before it downloads: TFDS
+  4.9.10 imports `importlib_resources` there but declares it only for Python < 3.9, so
+  without requirements-tfds.txt's pin every first run stopped with ModuleNotFoundError
+  (the mocked runs above never get there)."""
+  for name in BUILDERS:
+    path = tfds.builder_cls(name).code_path
+    assert path is not None and str(path).endswith(".py") and os.path.isfile(path)

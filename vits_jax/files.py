@@ -53,6 +53,10 @@ def pcm16(audio: np.ndarray) -> np.ndarray:
   return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
 
 
+# The sampling rates of recorded speech that we read (a voice conversion's input, a corpus
+# clip): below 4 kHz nothing of speech is left to learn from or convert.
+MIN_SPEECH_RATE, MAX_SPEECH_RATE = 4000, 384000
+
 # The most audio `read_audio` takes from a pipe (a file it reads as libsndfile streams it).
 MAX_PIPED_AUDIO_BYTES = 1 << 30
 

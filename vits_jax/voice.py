@@ -29,6 +29,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
+from vits_jax import files
 from vits_jax import inference
 
 _LOGGER = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ MAX_NOISE_SCALE = 10.0
 MAX_VOLUME = 1000.0
 # What `Voice.convert` takes: recordings of speech rates, up to this long at once (it holds
 # the whole recording and its latents in memory).
-MIN_CONVERT_RATE, MAX_CONVERT_RATE = 4000, 384000
+MIN_CONVERT_RATE, MAX_CONVERT_RATE = files.MIN_SPEECH_RATE, files.MAX_SPEECH_RATE
 MAX_CONVERT_MINUTES = 20
 
 

@@ -138,18 +138,50 @@ def load_manifest(data_dir: str, checksums: bool = False) -> dict[str, Any]:
     raise FileNotFoundError(
         f"{path} not found: run data_prep/prepare.py --out {data_dir} (an interrupted run "
         "leaves no manifest)")
-  with open(path, encoding="utf-8") as f:
-    try:
-      manifest = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path} is not valid JSON ({e}); re-run data_prep/prepare.py") from None
-  if manifest.get("format") != FORMAT:
-    raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+  from vits_jax.files import parse_json  # pylint: disable=import-outside-toplevel
+  try:
+    with open(path, "rb") as f:
+      manifest = parse_json(f.read().decode("utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); re-run data_prep/prepare.py") from None
+  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+    raise ValueError(f"{path} has format {got!r}, expected {FORMAT!r}")
+  problem = _structure_problem(manifest)
+  if problem:
+    raise ValueError(f"{path} is damaged ({problem}); re-run data_prep/prepare.py --out "
+                     f"{data_dir}")
   for entry in manifest_files(manifest):
     problem = check_file(data_dir, entry, checksums)
     if problem:
       raise ValueError(f"{problem}; re-run data_prep/prepare.py --out {data_dir}")
   return manifest
+
+
+def _structure_problem(manifest: dict[str, Any]) -> str | None:
+  """What a manifest of the right format lacks for reading its data, or None."""
+  def file_entry_ok(e):
+    return (isinstance(e, dict) and isinstance(e.get("file"), str) and e["file"]
+            and os.path.basename(e["file"]) == e["file"]
+            and isinstance(e.get("bytes"), int) and isinstance(e.get("sha256"), str))
+  splits = manifest.get("splits")
+  if not isinstance(splits, dict):
+    return "'splits' is not an object of splits"
+  for name, split in splits.items():
+    if not (isinstance(split, dict) and isinstance(split.get("shards"), list)
+            and all(file_entry_ok(e) for e in split["shards"])
+            and file_entry_ok(split.get("lengths"))):
+      return f"split {name!r} does not list its shards and lengths files"
+  counts = manifest.get("counts", {})
+  if not isinstance(counts, dict) or not all(
+      isinstance(counts.get(k, 0), int) for k in ("train", "validation")):
+    return "'counts' is not an object of clip counts"
+  rate = manifest.get("sample_rate", 1)
+  if not isinstance(rate, int) or isinstance(rate, bool) or rate <= 0:
+    return f"'sample_rate' is {rate!r}"
+  if not isinstance(manifest.get("speakers", {}), dict):
+    return "'speakers' is not an object"
+  return None
 
 
 def check_file(data_dir: str, entry: dict[str, Any], checksums: bool) -> str | None:

@@ -330,6 +330,11 @@ def test_resume_continues_bitwise(run_a, data_dir, tmp_path):
   first = tu.run_train(tmp_path, data_dir, "--config.train.num_steps=2", quiet, *EVAL, env=log)
   proc = tu.run_train(tmp_path, data_dir, quiet, *EVAL, env=log)
   assert "resuming from step 2" in proc.stdout
+  # What the run trains on, as the manifest says (a line before anything else).
+  manifest = json.loads((data_dir / "manifest.json").read_text())
+  c = manifest["counts"]
+  assert proc.stdout.startswith(f"data {data_dir}: {c['train']} training and "
+                                f"{c['validation']} validation clips"), proc.stdout[:300]
   for run in (first, proc):
     for program in ("jit_counted_step", "jit_eval_fn", "jit_init_state"):
       assert f"'{program}'" not in run.stderr, (program, run.stderr[-2000:])

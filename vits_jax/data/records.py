@@ -184,6 +184,21 @@ def _structure_problem(manifest: dict[str, Any]) -> str | None:
   return None
 
 
+def describe(manifest: dict[str, Any], data_dir: str) -> str:
+  """One line on what a run trains on: clips per split, hours, speakers, and what the
+  preparation skipped (listed with reasons in the manifest)."""
+  counts = manifest.get("counts", {})
+  speakers = len(set((manifest.get("speakers") or {}).values())) or 1
+  hours = manifest.get("hours")
+  skipped = counts.get("skipped", 0)
+  return (f"data {data_dir}: {counts.get('train', 0)} training and "
+          f"{counts.get('validation', 0)} validation clips"
+          + (f", {hours:.2f} h" if isinstance(hours, (int, float)) else "")
+          + f", {speakers} speaker(s)"
+          + (f"; {skipped} clips were skipped when it was prepared (listed with their "
+             f"reasons in {os.path.join(data_dir, MANIFEST)})" if skipped else ""))
+
+
 def check_file(data_dir: str, entry: dict[str, Any], checksums: bool) -> str | None:
   """Returns why `entry`'s file cannot be trusted, or None when it matches the manifest."""
   fpath = os.path.join(data_dir, entry["file"])

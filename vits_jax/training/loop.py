@@ -315,7 +315,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     NonFiniteError: too many consecutive non-finite steps.
   """
   check_config(config)
-  records.check_manifest(records.load_manifest(config.data.dir), config)
+  manifest = records.load_manifest(config.data.dir)
+  records.check_manifest(manifest, config)
+  if jax.process_index() == 0:
+    print(records.describe(manifest, config.data.dir), flush=True)
   files.writable_folder(workdir, "--workdir")
   _check_not_someone_elses(workdir)
   preemption = _Preemption()   # from here on, SIGTERM and Ctrl-C leave a resumable workdir

@@ -537,8 +537,11 @@ def _convert(args, voice):
   audio, rate = files.read_audio(args.convert)
   out = args.out or "out.wav"
   from vits_jax.voice import loudness
+  # --noise-scale samples the posterior (0, the default here, takes its mean).
+  noise = args.noise_scale if args.noise_scale is not None else 0.0
   converted = loudness(voice.convert(audio.mean(axis=1), rate, args.source_speaker,
-                                     args.speaker, seed=args.seed), args.volume, args.normalize)
+                                     args.speaker, noise_scale=noise, seed=args.seed),
+                       args.volume, args.normalize)
   _write_audio(out, voice.sample_rate, [converted])
   print(f"wrote {out} ({len(converted) / voice.sample_rate:.2f} s)", file=sys.stderr)
 

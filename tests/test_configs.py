@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import os
 import pathlib
 
 import numpy as np
@@ -276,3 +277,54 @@ def test_bucket_count_follows_the_run_length_and_a_resume_keeps_it(tmp_path):
   c.data.dir = "x"
   with pytest.raises(ValueError, match="num_buckets"):
     loop.check_config(c)
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"train.max_to_keep": 0}, "train.max_to_keep must be positive"),   # deleted every one
+    ({"train.lr_decay": 0.0}, r"train.lr_decay \(per epoch\) must be in \(0, 1\]"),
+    ({"train.lr_decay": -1.0}, "train.lr_decay"),
+    ({"train.lr_decay": 2.0}, "train.lr_decay"),
+    ({"train.lr_decay": math.nan}, "train.lr_decay"),
+    ({"train.weight_decay": math.nan}, "train.weight_decay must be a number >= 0"),
+    ({"train.betas": (0.8, 1.0)}, r"train.betas must be two numbers in \[0, 1\)"),
+    ({"train.eps": -1.0}, "train.eps must be a number >= 0"),
+    ({"train.seed": -1}, "train.seed must be >= 0"),
+    ({"train.segment_size": 0}, "train.segment_size must be positive"),
+    ({"data.hop_length": 0}, "data.hop_length must be positive"),      # ZeroDivisionError
+    ({"model.n_heads": 3}, "hidden_channels 16 is not divisible by n_heads 3"),  # assert
+    ({"model.upsample_kernel_sizes": (16, 16)}, "upsample_kernel_sizes differ in length"),
+    ({"model.resblock_dilation_sizes": ((1, 2), (2, 6))}, "one list per resblock kernel"),
+])
+def test_settings_that_cannot_train_are_refused(override, message):
+  """Each of these trained nothing, diverged, built another model than configured, deleted
+  every checkpoint or ended in a traceback; each is one ValueError naming the field."""
+  from vits_jax.training import loop
+  c = tiny.get_config("micro")
+  c.data.dir = "x"
+  loop.check_config(c)   # (the config itself is fine)
+  (key, value), = override.items()
+  section, field = key.split(".")
+  c[section][field] = value
+  with pytest.raises(ValueError, match=message):
+    loop.check_config(c)
+
+
+def test_a_workdir_is_trained_by_one_process_at_a_time(tmp_path):
+  """A second train.py on a workdir in use is refused by its lock, naming the holder; the
+  lock goes with the run that held it."""
+  from vits_jax.training import loop
+  first = loop._lock_workdir(str(tmp_path))   # pylint: disable=protected-access
+  with pytest.raises(ValueError, match=rf"--workdir {tmp_path} is in use by another "
+                                       rf"train.py \(pid {os.getpid()}\)"):
+    loop._lock_workdir(str(tmp_path))   # pylint: disable=protected-access
+  first.close()
+  loop._lock_workdir(str(tmp_path)).close()   # pylint: disable=protected-access
+
+
+def test_a_corpus_given_as_prepared_data_is_named(tmp_path):
+  from vits_jax.data import records
+  (tmp_path / "wavs").mkdir()
+  (tmp_path / "metadata.csv").write_text("a|b|c\n")
+  with pytest.raises(FileNotFoundError, match=f"{tmp_path} is a corpus, not prepared data: "
+                                              f"run data_prep/prepare.py --src {tmp_path}"):
+    records.load_manifest(str(tmp_path))

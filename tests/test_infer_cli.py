@@ -465,7 +465,7 @@ def test_json_input_lines_choose_file_speaker_and_knobs(tmp_path, capsys):
     (['{"text": "Hi.", "speaker": "nobody"}'],
      "unknown speaker 'nobody' for voice piper_tiny_multi.onnx (known: alice, bob, carol)"),
     (['{"text": "Hi.", "speaker_id": 9}'], "speaker id 9 out of range"),
-    (['{"text": "Hi.", "length_scale": -1}'], "length_scale must be a number in (0, 20]"),
+    (['{"text": "Hi.", "length_scale": -1}'], "length_scale must be a number in [0.01, 20]"),
     (['{"text": "Hi.", "noise_w_scale": "high"}'], "noise_w_scale must be a number"),
     (['{"text": "Hi.", "noise_w_scale": -0.5}'], "noise_w_scale must be a number in"),
     (['{"text": "Hi.", "noise_w_scale": 0, "noise_scale_w": 0}'], "not both"),
@@ -475,7 +475,7 @@ def test_json_input_lines_choose_file_speaker_and_knobs(tmp_path, capsys):
     (['{"text": "Hi.", "output_file": "sub.wav"}'], "line 1: output_file sub.wav is an existing "
      "folder"),
     (['{"text": "Hi.", "output_file": "%s.wav"}' % ("n" * 240)], "over 230 bytes"),
-    (['{"text": "Hi.", "length_scale": 1e308}'], "length_scale must be a number in (0, 20]"),
+    (['{"text": "Hi.", "length_scale": 1e308}'], "length_scale must be a number in [0.01, 20]"),
 ])
 def test_json_input_bad_line_is_one_line_error_before_any_audio(lines, needle, tmp_path,
                                                                capsys):

@@ -241,7 +241,7 @@ def test_windows_in_flight_overlap_and_equal_one_at_a_time(multi, monkeypatch):
     np.testing.assert_array_equal(a, b)
 
 
-def test_few_programs_for_many_lines(multi):
+def test_few_programs_for_many_lines(multi, monkeypatch):
   """60 varied lines compile at most 6 programs, at batch 1 and at batch 16; a second run
   traces nothing."""
   rng = np.random.RandomState(1)
@@ -259,6 +259,16 @@ def test_few_programs_for_many_lines(multi):
   assert multi.trace_count == traced
   for a, b in zip(again, audio):
     np.testing.assert_array_equal(a, b)
+  # As on an accelerator, where calls batch sentences and windows (CPU runs them one at a
+  # time): still one latent program, the job's last partial call padded to its batch (it
+  # compiled one more per remainder's bucket), and the same audio to float rounding.
+  monkeypatch.delitem(inference.MAX_TEXT_BATCH, "cpu")
+  monkeypatch.delitem(inference.MAX_WINDOW_BATCH, "cpu")
+  with inference.record_programs() as used:   # (41 lines: a last call of fewer than 16)
+    batched = multi.synthesize_batch(lines[:41], batch_size=16, seed=1)
+  assert len(used) <= 6 and [k[2][0] for k in used if k[1] == "latent"] == [16], sorted(used)
+  for a, b in zip(batched, audio):
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1e-6
 
 
 def _official_voice():
@@ -313,6 +323,23 @@ def test_voice_conversion_errors(multi):
   long = np.zeros(int((MAX_CONVERT_MINUTES + 1) * 60 * 4000), np.float32)
   with pytest.raises(ValueError, match=f"lasts 21 minutes.*up to {MAX_CONVERT_MINUTES}"):
     voice.convert(long, 4000, 1, 2)
+  # Samples of another scale: PCM values as floats were refused nowhere (past ~1e17 the
+  # result was NaN, written as a silent WAV with exit 0).
+  with pytest.raises(ValueError, match="its peak is 1e\\+20"):
+    voice.convert(wav / np.abs(wav).max() * 1e20, rate, 1, 2)
+
+
+def test_voice_conversion_takes_pcm_and_either_channel_layout():
+  """int16 PCM is the same recording as its float waveform, and [C, T] the same as [T, C]
+  (it was read as 2 samples of a T-channel recording)."""
+  voice, golden = _official_voice()
+  wav, rate = golden["wav"].astype(np.float32), int(golden["rate"])
+  pcm = np.round(np.clip(wav, -1, 32767 / 32768) * 32768).astype(np.int16)
+  want = voice.convert(pcm.astype(np.float32) / 32768, rate, 1, 2)
+  np.testing.assert_array_equal(voice.convert(pcm, rate, 1, 2), want)
+  stereo = np.stack([wav, wav], 1)
+  np.testing.assert_array_equal(voice.convert(stereo.T, rate, 1, 2),
+                                voice.convert(stereo, rate, 1, 2))
 
 
 _SHARDED_SCRIPT = """

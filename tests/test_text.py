@@ -421,3 +421,16 @@ def test_an_absurdly_long_word_does_not_crash_espeak():
                              "PYTHONPATH": str(pathlib.Path(__file__).parents[1])})
   assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
   assert int(proc.stdout.strip()) > 1000
+
+
+@pytest.mark.parametrize('fallback', [None, True])
+def test_a_text_does_not_leak_into_the_next(fixture, fallback):
+  """espeak-ng keeps a look-ahead between calls: after a text ending in a word and '..',
+  the next text began with a spoken 'dot' (piper-tts has it too), so a line of a batch, a
+  server request or a stream depended on the one before. Each text is phonemized as if it
+  came first, on piper-phonemize's espeak-ng and on the fallback's."""
+  frontend = _piper(fixture, 'en-us', fallback=fallback)
+  alone = frontend.text_to_sentence_ids('Good morning.')
+  for before in ('Yes..', 'a..', 'Dr..', 'Wait... what?', 'Hmm?!'):
+    frontend.text_to_sentence_ids(before)
+    assert frontend.text_to_sentence_ids('Good morning.') == alone, before

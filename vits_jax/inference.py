@@ -376,7 +376,10 @@ def decode_tokens(model, params, groups: Iterable[List[Tuple[int, Tuple, int]]],
         break
       n = 1 if first_alone else min(ready, wb)
       inputs, ks = tape.take(n)
-      batch = wb if n == wb else _round_up(batch_bucket(n), devices)
+      # A job's last, partial call is padded to the job's window batch: one latent program
+      # per batch size (a bucket per remainder would compile up to four more on an
+      # accelerator). A stream's lead window runs alone, at its own size.
+      batch = _round_up(batch_bucket(n), devices) if first_alone else wb
       in_flight.append((_latent_pool(WINDOWS_IN_FLIGHT, os.getpid()).submit(
           _latent_side, model, params, plan, inputs, batch, options.speaker_id, scales,
           key), ks))

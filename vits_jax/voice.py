@@ -43,6 +43,9 @@ MAX_SILENCE_SECONDS = 600.0
 # The slowest speech `length_scale` may ask for (20x: a sentence's frames, and a whole
 # text's memory, grow with it).
 MAX_LENGTH_SCALE = 20.0
+# The fastest: every id already lasts its one frame far above this; far below, float32
+# durations underflow to 0 frames (1e-40 gave no durations for a frame of audio).
+MIN_LENGTH_SCALE = 0.01
 # The largest noise scales: far past any voice's usual 0.3-1.5; above about 10 the audio is
 # clipped noise, and past ~1e30 it overflows to silence.
 MAX_NOISE_SCALE = 10.0
@@ -52,6 +55,9 @@ MAX_VOLUME = 1000.0
 # the whole recording and its latents in memory).
 MIN_CONVERT_RATE, MAX_CONVERT_RATE = files.MIN_SPEECH_RATE, files.MAX_SPEECH_RATE
 MAX_CONVERT_MINUTES = 20
+# The loudest input `Voice.convert` takes (float waveforms are [-1, 1]; a little over is
+# clipping, far over is samples of another scale).
+MAX_CONVERT_PEAK = 100.0
 
 
 def _is_number(v) -> bool:
@@ -74,9 +80,9 @@ def check_knobs(noise_scale: Optional[float] = None, noise_scale_w: Optional[flo
     ValueError: naming the knob and the value.
   """
   if length_scale is not None and not (_is_number(length_scale)
-                                       and 0 < length_scale <= MAX_LENGTH_SCALE):
-    raise ValueError(f"length_scale must be a number in (0, {MAX_LENGTH_SCALE:g}], got "
-                     f"{length_scale!r}")
+                                       and MIN_LENGTH_SCALE <= length_scale <= MAX_LENGTH_SCALE):
+    raise ValueError(f"length_scale must be a number in [{MIN_LENGTH_SCALE:g}, "
+                     f"{MAX_LENGTH_SCALE:g}], got {length_scale!r}")
   for name, v in (("noise_scale", noise_scale), ("noise_scale_w", noise_scale_w)):
     if v is not None and not (_is_number(v) and 0 <= v <= MAX_NOISE_SCALE):
       raise ValueError(f"{name} must be a number in [0, {MAX_NOISE_SCALE:g}], got {v!r}")
@@ -494,11 +500,20 @@ class Voice:
                        "needs a voice that has them (a training workdir, a full official or "
                        "HF checkpoint)")
     check_knobs(noise_scale=noise_scale, seed=seed)
-    audio = np.asarray(audio, np.float32)
-    if audio.ndim == 2:
-      audio = audio.mean(axis=1)
+    audio = np.asarray(audio)
+    if audio.dtype.kind in "iu":   # PCM samples (int16 from a WAV): to [-1, 1]
+      info = np.iinfo(audio.dtype)
+      audio = (audio.astype(np.float64) - (info.max + 1 if info.min == 0 else 0)) / (
+          info.max + 1)
+    audio = audio.astype(np.float32)
+    if audio.ndim == 2:   # the channel axis is the short one ([T, C] or [C, T])
+      audio = audio.mean(axis=1 if audio.shape[0] >= audio.shape[1] else 0)
     if audio.ndim != 1 or not np.all(np.isfinite(audio)):
       raise ValueError("audio must be a finite mono waveform")
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if peak > MAX_CONVERT_PEAK:   # (its spectrogram overflowed to NaN audio past ~1e17)
+      raise ValueError(f"audio must be a waveform in [-1, 1]; its peak is {peak:.6g} "
+                       "(PCM sample values as floats? divide them by 32768)")
     if not MIN_CONVERT_RATE <= int(sample_rate) <= MAX_CONVERT_RATE:
       raise ValueError(f"a recording at {int(sample_rate)} Hz is not speech audio (voice "
                        f"conversion takes {MIN_CONVERT_RATE} to {MAX_CONVERT_RATE} Hz)")

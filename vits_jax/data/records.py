@@ -119,6 +119,10 @@ def manifest_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
   return entries
 
 
+# What a corpus folder (LJSpeech or VCTK layout) holds where prepared data has a manifest.
+CORPUS_MARKERS = ("metadata.csv", "wavs", "txt", "wav48_silence_trimmed", "wav48")
+
+
 def load_manifest(data_dir: str, checksums: bool = False) -> dict[str, Any]:
   """Reads `data_dir/manifest.json` and checks that every file it names is complete.
 
@@ -134,6 +138,11 @@ def load_manifest(data_dir: str, checksums: bool = False) -> dict[str, Any]:
     ValueError: the manifest is not ours, or a file is missing, truncated or changed.
   """
   path = os.path.join(data_dir, MANIFEST)
+  if not os.path.isfile(path) and any(
+      os.path.exists(os.path.join(data_dir, n)) for n in CORPUS_MARKERS):
+    raise FileNotFoundError(
+        f"{data_dir} is a corpus, not prepared data: run data_prep/prepare.py --src "
+        f"{data_dir} --out <a new folder>, and train on that folder")
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f"{path} not found: run data_prep/prepare.py --out {data_dir} (an interrupted run "

@@ -245,8 +245,15 @@ def phonemize(text, voice, fallback=None):
   module = None if fallback else piper_phonemize_module()
   if module is None:
     _announce_fallback()
-    return phonemize_fallback(text, voice)
-  return module.phonemize_espeak(text, voice)
+    sentences = phonemize_fallback(text, voice)
+    phonemize_fallback('', voice)
+    return sentences
+  sentences = module.phonemize_espeak(text, voice)
+  # espeak-ng keeps a look-ahead between calls: after a text ending in a word and "..", the
+  # next text began with a spoken "dot" (piper-tts too). An empty call ends it, so each
+  # text is phonemized as if it came first.
+  module.phonemize_espeak('', voice)
+  return sentences
 
 
 # The longest run of non-space characters handed to espeak-ng as one word. piper-phonemize's

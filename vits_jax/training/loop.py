@@ -122,15 +122,34 @@ def init_compiler_options() -> Optional[dict]:
 
 def check_config(config: ml_collections.ConfigDict):
   """Raises ValueError on settings that cannot train."""
+  from vits_jax.convert import source  # pylint: disable=import-outside-toplevel
   t, d = config.train, config.data
+  source.check_model_config(config)   # sizes the network is built from (as for voices)
+  for key in ("hop_length", "win_length", "n_mel_channels"):
+    if int(d[key]) <= 0:
+      raise ValueError(f"data.{key} must be positive, got {d[key]}")
+  for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
+              "segment_size", "max_to_keep"):
+    if int(t[key]) <= 0:
+      raise ValueError(f"train.{key} must be positive, got {t[key]}")
   if int(t.segment_size) % int(d.hop_length):
     raise ValueError(f"train.segment_size={t.segment_size} must be a multiple of "
                      f"data.hop_length={d.hop_length}")
-  for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
-    if int(t[key]) <= 0:
-      raise ValueError(f"train.{key} must be positive, got {t[key]}")
+  if int(t.seed) < 0:
+    raise ValueError(f"train.seed must be >= 0, got {t.seed}")
   if not (math.isfinite(float(t.learning_rate)) and float(t.learning_rate) > 0):
     raise ValueError(f"train.learning_rate must be a positive number, got {t.learning_rate}")
+  # The optimizer's other numbers: a decay of 0 trains nothing after the first epoch, a
+  # negative one climbs the loss every other epoch, above 1 the rate grows without bound.
+  if not (math.isfinite(float(t.lr_decay)) and 0 < float(t.lr_decay) <= 1):
+    raise ValueError(f"train.lr_decay (per epoch) must be in (0, 1], got {t.lr_decay}")
+  if not (math.isfinite(float(t.weight_decay)) and float(t.weight_decay) >= 0):
+    raise ValueError(f"train.weight_decay must be a number >= 0, got {t.weight_decay}")
+  betas = tuple(t.betas)
+  if len(betas) != 2 or not all(math.isfinite(float(b)) and 0 <= float(b) < 1 for b in betas):
+    raise ValueError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
+  if not (math.isfinite(float(t.eps)) and float(t.eps) >= 0):
+    raise ValueError(f"train.eps must be a number >= 0, got {t.eps}")
   if str(config.model.dtype) not in ("float32", "bfloat16", "float16"):
     raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got "
                      f"{config.model.dtype!r}")
@@ -321,14 +340,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     print(records.describe(manifest, config.data.dir), flush=True)
   files.writable_folder(workdir, "--workdir")
   _check_not_someone_elses(workdir)
+  lock = _lock_workdir(workdir) if jax.process_index() == 0 else None
   preemption = _Preemption()   # from here on, SIGTERM and Ctrl-C leave a resumable workdir
   try:
     state = _train(config, workdir, preemption)
   finally:
     preemption.close()
+    if lock is not None:
+      lock.close()
   if preemption.is_set() and preemption.reason == "SIGINT":
     raise KeyboardInterrupt   # (after the save: the caller sees the Ctrl-C as usual)
   return state
+
+
+LOCK_FILE = ".train.lock"
+
+
+def _lock_workdir(workdir: str):
+  """An exclusive lock on the workdir for this run (released when the returned file is
+  closed, or the process ends): a second train.py on the same workdir wrote the same
+  checkpoints and metrics rows. None where the file system has no locks (some network
+  mounts), which then go unguarded."""
+  import fcntl  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, LOCK_FILE)
+  f = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    holder = f.read().strip()
+    f.close()
+    raise ValueError(f"--workdir {workdir} is in use by another train.py"
+                     + (f" (pid {holder})" if holder.isdigit() else "")
+                     + ": wait for it to end, or use another --workdir") from None
+  except OSError:   # no locks here
+    f.close()
+    return None
+  f.seek(0)
+  f.truncate()
+  f.write(f"{os.getpid()}\n")
+  f.flush()
+  return f
 
 
 def _check_not_someone_elses(workdir: str) -> None:
@@ -453,7 +505,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         raise ValueError(
             f"checkpoint {latest} in {ckpt.directory} holds the state of step "
             f"{int(state.step)}")
-      if is_main:
+      if is_main and latest >= num_steps:   # (read and checked: nothing compiles for it)
+        print(f"nothing to train: the run in {workdir} is at step {latest} and "
+              f"train.num_steps is {num_steps} (raise it to train on)", flush=True)
+      elif is_main:
         print(f"resuming from step {latest} ({ckpt.directory})", flush=True)
     else:                    # (compiles while the workers compile the step programs)
       if source is not None:   # (every process passes the same values)
@@ -548,6 +603,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         if is_main:
           progress.write(f"{preemption.verb}: checkpoint saved at step {step}")
         break
+    if step == num_steps and pending is not None:
+      streak = int(jax.device_get(pending[1]["nonfinite/streak"]))
+      if streak:   # (saved above: a shorter streak than max_nonfinite_steps ends here)
+        raise NonFiniteError(
+            f"training ended at step {step} with its last {streak} steps non-finite (their "
+            f"updates skipped: the checkpoint of step {step} holds the weights of step "
+            f"{step - streak}); check the learning rate, the optimizer settings and the data")
   finally:
     compiler.close()
     ckpt.close()

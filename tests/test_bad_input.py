@@ -275,6 +275,9 @@ def test_bad_training_input_is_one_line_error(tmp_path):
       ([f"--config.data.dir={good}", f"--workdir={voice_dir}"],   # an official voice's
        [f"--workdir {voice_dir} holds a config.json that is not a training run's"]),
   ]
+  # A run that fails once its checkpoint folder is made (here: data with no clips) leaves no
+  # empty checkpoints/ behind.
+  cases.append(([f"--config.data.dir={good}"], ["has no split 'train'"]))
   for overrides, needles in cases:
     code, err = _train(tmp_path, *overrides)
     _one_error(code, err, *needles)

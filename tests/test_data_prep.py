@@ -657,3 +657,23 @@ def test_an_interrupt_stops_the_worker_pool_with_one_line(tmp_path, sig):
   assert proc.returncode == 130 and err == (
       f"error: interrupted; no prepared data was written to {out}\n"), err
   assert os.listdir(out) == []
+
+
+def test_one_run_at_a_time_writes_an_out_folder(tmp_path, capsys):
+  """A second prepare.py into an --out being written is refused (it deleted the first
+  one's temporaries); the lock is on the folder itself, so nothing of it stays behind."""
+  import fcntl
+  src = _small_corpus(str(tmp_path / "src"))
+  out = tmp_path / "out"
+  out.mkdir()
+  fd = os.open(out, os.O_RDONLY)
+  fcntl.flock(fd, fcntl.LOCK_EX)   # as a running prepare.py holds it
+  try:
+    rc, _, err = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", out,
+                      "--workers", 1)
+  finally:
+    os.close(fd)
+  _one_line_error(rc, err, f"--out {out} is being written by another prepare.py")
+  assert os.listdir(out) == []
+  rc, _, _ = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", out, "--workers", 1)
+  assert rc == 0 and sorted(os.listdir(out))[0] == records.MANIFEST

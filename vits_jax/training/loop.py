@@ -341,9 +341,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   files.writable_folder(workdir, "--workdir")
   _check_not_someone_elses(workdir)
   lock = _lock_workdir(workdir) if jax.process_index() == 0 else None
+  checkpoints = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
+  fresh = not os.path.exists(checkpoints)
   preemption = _Preemption()   # from here on, SIGTERM and Ctrl-C leave a resumable workdir
   try:
     state = _train(config, workdir, preemption)
+  except BaseException:
+    if fresh and jax.process_index() == 0:   # a run that failed before its first save
+      try:                                   # (a bad init_from...) leaves no empty folder
+        os.rmdir(checkpoints)
+      except OSError:   # not there, or not empty: kept
+        pass
+    raise
   finally:
     preemption.close()
     if lock is not None:

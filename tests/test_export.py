@@ -359,3 +359,14 @@ def test_failed_exports_leave_outputs_whole(tmp_path):
   assert lines[0].startswith(f"error: cannot write {tmp_path / 'hf'}: File too large")
   assert not (tmp_path / "hf").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
       "v.onnx", "v.onnx.json"]
+
+
+def test_force_into_the_current_folder_names_only_its_files(tmp_path, monkeypatch):
+  """`--out . --force` in a folder of the user's files refuses naming those files, not the
+  export's own temporary folder (which sits inside `.` there)."""
+  (tmp_path / "e.txt").write_text("mine")
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(FileExistsError, match=r"holds files this export does not write "
+                                            r"\(e.txt\)"):
+    export_voice(OFFICIAL, "official", ".", force=True)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["e.txt"]

@@ -85,7 +85,8 @@ def output_dir(out: Path, force: bool) -> Iterator[Path]:
     yield tmp
     share_as_usual(tmp)
     if out.exists():
-      others = sorted(set(os.listdir(out)) - set(os.listdir(tmp)))
+      # (`--out .`: the temporary folder is inside `out` itself)
+      others = sorted(set(os.listdir(out)) - set(os.listdir(tmp)) - {tmp.name})
       if others:
         raise FileExistsError(
             f"{out} holds files this export does not write ({', '.join(others[:3])}"

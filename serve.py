@@ -30,6 +30,8 @@ import itertools
 import json
 import os
 import queue
+import signal
+import socket
 import struct
 import sys
 import threading
@@ -227,6 +229,14 @@ def make_handler(tts):
     def _json(self, status, obj):
       self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
 
+    def send_error(self, code, message=None, explain=None):
+      # What the standard library refuses itself (a bad request line, headers too long,
+      # an unsupported method): `{"error": ...}` as every other refusal, not an HTML page.
+      del explain
+      self.close_connection = True
+      text = message or self.responses.get(code, ("",))[0] or f"HTTP {code}"
+      self._send(code, json.dumps({"error": text}).encode("utf-8"), "application/json")
+
     def _speak(self, fields):
       stream = isinstance(fields, dict) and fields.get("stream") is True
       try:
@@ -326,6 +336,9 @@ def make_handler(tts):
 
 class _Server(http.server.ThreadingHTTPServer):
   daemon_threads = True
+  # Connections waiting to be accepted: the default 5 reset clients of a burst (4 of 20)
+  # while synthesis kept the accepting thread from running.
+  request_queue_size = 128
 
   def handle_error(self, request, client_address):
     if isinstance(sys.exc_info()[1], ConnectionError):
@@ -333,9 +346,19 @@ class _Server(http.server.ThreadingHTTPServer):
     super().handle_error(request, client_address)
 
 
+class _Server6(_Server):
+  address_family = socket.AF_INET6
+
+
 def serve(tts, host, port):
-  """A running `ThreadingHTTPServer` for `tts` (call `serve_forever`, or use its port)."""
-  return _Server((host, port), make_handler(tts))
+  """A running `ThreadingHTTPServer` for `tts` (call `serve_forever`, or use its port);
+  an IPv6 `host` (`::1`, `::`) listens on IPv6."""
+  return (_Server6 if ":" in (host or "") else _Server)((host, port), make_handler(tts))
+
+
+def _stop(signum, frame):   # SIGTERM: stop serving as Ctrl-C does
+  del signum, frame
+  raise KeyboardInterrupt
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None):
@@ -372,7 +395,12 @@ def main(argv=None):
     print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
     return 2
   host, port = server.server_address[:2]
-  print(f"serving {voice.name} on http://{host}:{port} (Ctrl-C stops)", file=sys.stderr)
+  shown = f"[{host}]" if ":" in host else host
+  print(f"serving {voice.name} on http://{shown}:{port} (Ctrl-C stops)", file=sys.stderr)
+  try:
+    signal.signal(signal.SIGTERM, _stop)
+  except ValueError:   # not the main thread (an embedding program)
+    pass
   try:
     server.serve_forever()
   except KeyboardInterrupt:
@@ -384,4 +412,10 @@ def main(argv=None):
 
 if __name__ == "__main__":
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  sys.exit(main())
+  code = main()
+  # Requests still in flight run in daemon threads inside XLA: the interpreter's teardown
+  # under them aborted the process (SIGABRT on Ctrl-C). Their clients see the connection
+  # close; nothing of the server's is left to write.
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)   # pylint: disable=protected-access

@@ -6,6 +6,7 @@ import json
 import socket
 import sys
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -153,9 +154,27 @@ def test_real_server_process_speaks_and_stops_on_ctrl_c(tmp_path):
     voice = load_voice(TINY)
     np.testing.assert_array_equal(_samples(body)[0],
                                   files.pcm16(voice.synthesize("Hi.", speaker=1, seed=2)))
+    # Ctrl-C while a long request is in flight: it aborted the process (SIGABRT, "terminate
+    # called ...") when the interpreter shut down under the synthesis thread.
+    threading.Thread(target=_call, args=(url + "/synthesize", json.dumps(
+        {"text": "A long text to keep the server busy. " * 200}).encode()),
+                     daemon=True).start()
+    time.sleep(2)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0
-    assert "Traceback" not in proc.stderr.read()
+    err = proc.stderr.read()
+    assert "Traceback" not in err and "terminate" not in err, err
+  finally:
+    proc.kill()
+  # SIGTERM stops it the same way.
+  proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--voice", TINY,
+                           "--port", "0"], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
+                          text=True)
+  try:
+    while "serving" not in proc.stderr.readline():
+      assert proc.poll() is None, "the server exited before serving"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
   finally:
     proc.kill()
   for argv, needle in ((["--voice", "/no/such.onnx"], "not found"),
@@ -255,3 +274,63 @@ def test_a_client_that_leaves_early_leaves_no_traceback(server, capfd):
   assert _call(url + "/synthesize", b'{"text": "Still here."}')[0] == 200
   time.sleep(0.5)
   assert "Traceback" not in capfd.readouterr().err
+
+
+def test_ipv6_host_and_a_burst_of_clients(server):
+  """`--host ::1` listens on IPv6 (it was refused: 'Address family not supported'); 40
+  clients connecting at once are all answered (a backlog of 5 reset some of a burst)."""
+  _, url, tts = server
+  try:
+    with socket.socket(socket.AF_INET6) as probe:
+      probe.bind(("::1", 0))
+  except OSError as e:   # a machine without IPv6
+    pytest.skip(f"no IPv6 loopback here ({e})")
+  httpd = serve.serve(tts, "::1", 0)
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  try:
+    with urllib.request.urlopen(f"http://[::1]:{httpd.server_address[1]}/voices",
+                                timeout=60) as r:
+      assert r.status == 200
+  finally:
+    httpd.shutdown()
+    httpd.server_close()
+  assert serve._Server.request_queue_size >= 64   # pylint: disable=protected-access
+  barrier = threading.Barrier(40)
+  answers = []
+
+  def client():
+    barrier.wait()
+    try:
+      with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=120) as c:
+        c.sendall(b"GET /voices HTTP/1.0\r\n\r\n")
+        answers.append(c.recv(12))
+    except OSError as e:
+      answers.append(repr(e).encode())
+  threads = [threading.Thread(target=client) for _ in range(40)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=180)
+  assert len(answers) == 40 and all(a[8:12] == b" 200" for a in answers), answers
+
+
+def test_what_http_itself_refuses_is_json_too(server):
+  """An unsupported method or a malformed request line, refused by the standard library
+  before our handler runs, gets `{"error": ...}` like every other refusal (it was an HTML
+  page)."""
+  _, url, _ = server
+  port = int(url.rsplit(":", 1)[1])
+  for raw, status in ((b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 501),
+                      (b"GET / HTTP/2.0\r\n\r\n", 505)):
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as c:
+      c.sendall(raw)
+      reply = b""
+      while chunk := c.recv(65536):
+        reply += chunk
+    # (to a request line it cannot read the standard library answers as HTTP/0.9: a body
+    # without a status line or headers)
+    head, _, body = reply.rpartition(b"\r\n\r\n")
+    assert not head or (head.startswith(f"HTTP/1.1 {status}".encode())
+                        and b"application/json" in head), reply
+    assert json.loads(body)["error"], reply

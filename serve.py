@@ -395,12 +395,12 @@ def main(argv=None):
     print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
     return 2
   host, port = server.server_address[:2]
-  shown = f"[{host}]" if ":" in host else host
-  print(f"serving {voice.name} on http://{shown}:{port} (Ctrl-C stops)", file=sys.stderr)
-  try:
+  try:   # (before the line that says it serves: a client may stop it right after)
     signal.signal(signal.SIGTERM, _stop)
   except ValueError:   # not the main thread (an embedding program)
     pass
+  shown = f"[{host}]" if ":" in host else host
+  print(f"serving {voice.name} on http://{shown}:{port} (Ctrl-C stops)", file=sys.stderr)
   try:
     server.serve_forever()
   except KeyboardInterrupt:

@@ -356,9 +356,17 @@ def serve(tts, host, port):
   return (_Server6 if ":" in (host or "") else _Server)((host, port), make_handler(tts))
 
 
-def _stop(signum, frame):   # SIGTERM: stop serving as Ctrl-C does
-  del signum, frame
-  raise KeyboardInterrupt
+def _stop_on_signals(server):
+  """Ctrl-C and SIGTERM end `serve_forever` through `server.shutdown()`: no KeyboardInterrupt
+  is raised into whatever the main thread runs at that moment (one escaping from the loop's
+  own bookkeeping killed the process with SIGINT instead of exit 0, once in a CI run)."""
+  def stop(signum, frame):
+    del signum, frame
+    threading.Thread(target=server.shutdown, daemon=True).start()   # it waits for the loop
+  try:
+    return {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+  except ValueError:   # not the main thread (an embedding program)
+    return {}
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None):
@@ -395,18 +403,17 @@ def main(argv=None):
     print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
     return 2
   host, port = server.server_address[:2]
-  try:   # (before the line that says it serves: a client may stop it right after)
-    signal.signal(signal.SIGTERM, _stop)
-  except ValueError:   # not the main thread (an embedding program)
-    pass
+  previous = _stop_on_signals(server)   # (before the line that says it serves: a client may stop it then)
   shown = f"[{host}]" if ":" in host else host
   print(f"serving {voice.name} on http://{shown}:{port} (Ctrl-C stops)", file=sys.stderr)
   try:
     server.serve_forever()
-  except KeyboardInterrupt:
+  except KeyboardInterrupt:   # an embedding program's own Ctrl-C
     pass
   finally:
     server.server_close()
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
   return 0
 
 

@@ -51,6 +51,7 @@ if __package__ in (None, ""):
 import numpy as np  # pylint: disable=wrong-import-position
 
 from data_prep import process, readers, writer  # pylint: disable=wrong-import-position
+from vits_jax import files  # pylint: disable=wrong-import-position
 from vits_jax.data import records  # pylint: disable=wrong-import-position
 
 
@@ -463,28 +464,16 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     raise PrepareError(f"text frontend {settings.frontend!r}: {e}") from None
 
   os.makedirs(args.out, exist_ok=True)
-  lock = _lock_out(args.out)
+  try:
+    lock = files.lock_folder(args.out, "--out", "prepare.py")
+  except ValueError as e:
+    raise PrepareError(str(e)) from None
   try:
     return _prepare_into(args, settings, fp, clips, speakers, workers, n_val, pick, n_vocab,
                          manifest_path, replacing, start)
   finally:
-    os.close(lock)
-
-
-def _lock_out(out: str) -> int:
-  """An exclusive lock on the --out folder itself (no file left in it) for this run: a
-  second prepare.py into the same folder deleted the first one's temporaries."""
-  import fcntl  # pylint: disable=import-outside-toplevel
-  fd = os.open(out, os.O_RDONLY)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    os.close(fd)
-    raise PrepareError(f"--out {out} is being written by another prepare.py: wait for it to "
-                       "end, or use another --out") from None
-  except OSError:   # a file system without locks: unguarded
-    pass
-  return fd
+    if lock is not None:
+      lock.close()
 
 
 def _prepare_into(args, settings, fp, clips, speakers, workers, n_val, pick, n_vocab,

@@ -312,13 +312,15 @@ def test_settings_that_cannot_train_are_refused(override, message):
 def test_a_workdir_is_trained_by_one_process_at_a_time(tmp_path):
   """A second train.py on a workdir in use is refused by its lock, naming the holder; the
   lock goes with the run that held it."""
+  from vits_jax import files
   from vits_jax.training import loop
-  first = loop._lock_workdir(str(tmp_path))   # pylint: disable=protected-access
+  lock = lambda: files.lock_folder(str(tmp_path), "--workdir", "train.py", loop.LOCK_FILE)
+  first = lock()
   with pytest.raises(ValueError, match=rf"--workdir {tmp_path} is in use by another "
                                        rf"train.py \(pid {os.getpid()}\)"):
-    loop._lock_workdir(str(tmp_path))   # pylint: disable=protected-access
+    lock()
   first.close()
-  loop._lock_workdir(str(tmp_path)).close()   # pylint: disable=protected-access
+  lock().close()
 
 
 def test_a_corpus_given_as_prepared_data_is_named(tmp_path):

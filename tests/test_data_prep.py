@@ -673,7 +673,7 @@ def test_one_run_at_a_time_writes_an_out_folder(tmp_path, capsys):
                       "--workers", 1)
   finally:
     os.close(fd)
-  _one_line_error(rc, err, f"--out {out} is being written by another prepare.py")
+  _one_line_error(rc, err, f"--out {out} is in use by another prepare.py")
   assert os.listdir(out) == []
   rc, _, _ = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", out, "--workers", 1)
   assert rc == 0 and sorted(os.listdir(out))[0] == records.MANIFEST

@@ -29,6 +29,57 @@ def writable_folder(path: str, flag: str) -> None:
     raise ValueError(f"{flag} {path} cannot be written (permission denied or read-only)")
 
 
+def lock_folder(folder: str, flag: str, program: str, lock_file: Optional[str] = None):
+  """An exclusive lock on `folder` for this process's run, held until the returned handle is
+  closed (or the process ends). With `lock_file`, the lock is that file in `folder`, which
+  names the holder's pid; without, the folder itself (no file left in it). A second run into
+  the same folder wrote the same files or deleted the first one's temporaries.
+
+  Args:
+    flag, program: how the user named the folder ('--workdir') and which program holds it
+      ('train.py'), for the message.
+
+  Returns:
+    A handle whose close() releases the lock, or None where the file system has no locks (some network mounts), which
+    then go unguarded.
+
+  Raises:
+    ValueError: another process holds the lock.
+  """
+  import fcntl  # pylint: disable=import-outside-toplevel
+  if lock_file is None:
+    fd = os.open(folder, os.O_RDONLY)
+  else:
+    fd = os.open(os.path.join(folder, lock_file), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.read(fd, 32).decode("ascii", "replace").strip() if lock_file else ""
+    os.close(fd)
+    raise ValueError(f"{flag} {folder} is in use by another {program}"
+                     + (f" (pid {holder})" if holder.isdigit() else "")
+                     + f": wait for it to end, or use another {flag}") from None
+  except OSError:   # no locks here
+    os.close(fd)
+    return None
+  if lock_file is not None:
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+  return _Lock(fd)
+
+
+class _Lock:
+  """What `lock_folder` holds: closing it releases the lock."""
+
+  def __init__(self, fd: int):
+    self._fd = fd
+
+  def close(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+
+
 def parse_json(text: str):
   """The value of a JSON text (a voice config, a --json-input line, a request body).
 

@@ -340,7 +340,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     print(records.describe(manifest, config.data.dir), flush=True)
   files.writable_folder(workdir, "--workdir")
   _check_not_someone_elses(workdir)
-  lock = _lock_workdir(workdir) if jax.process_index() == 0 else None
+  lock = (files.lock_folder(workdir, "--workdir", "train.py", LOCK_FILE)
+          if jax.process_index() == 0 else None)
   checkpoints = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
   fresh = not os.path.exists(checkpoints)
   preemption = _Preemption()   # from here on, SIGTERM and Ctrl-C leave a resumable workdir
@@ -363,33 +364,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 LOCK_FILE = ".train.lock"
-
-
-def _lock_workdir(workdir: str):
-  """An exclusive lock on the workdir for this run (released when the returned file is
-  closed, or the process ends): a second train.py on the same workdir wrote the same
-  checkpoints and metrics rows. None where the file system has no locks (some network
-  mounts), which then go unguarded."""
-  import fcntl  # pylint: disable=import-outside-toplevel
-  path = os.path.join(workdir, LOCK_FILE)
-  f = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
-  try:
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    f.seek(0)
-    holder = f.read().strip()
-    f.close()
-    raise ValueError(f"--workdir {workdir} is in use by another train.py"
-                     + (f" (pid {holder})" if holder.isdigit() else "")
-                     + ": wait for it to end, or use another --workdir") from None
-  except OSError:   # no locks here
-    f.close()
-    return None
-  f.seek(0)
-  f.truncate()
-  f.write(f"{os.getpid()}\n")
-  f.flush()
-  return f
 
 
 def _check_not_someone_elses(workdir: str) -> None:

@@ -42,8 +42,12 @@ from typing import Any
 
 if __name__ == "__main__":
   import signal as _signal
-  # Ctrl-C while the modules below load: nothing is written yet (main() takes over).
-  _signal.signal(_signal.SIGINT, lambda *_: os._exit(130))  # pylint: disable=protected-access
+
+  def _stopped_early(*_):   # Ctrl-C or SIGTERM while the modules below load: nothing is
+    os.write(2, b"error: interrupted before anything was written\n")   # written yet
+    os._exit(130)  # pylint: disable=protected-access
+  _signal.signal(_signal.SIGINT, _stopped_early)
+  _signal.signal(_signal.SIGTERM, _stopped_early)   # (main() takes both over)
 if __package__ in (None, ""):
   # Run as a script: make the repository root importable (vits_jax, data_prep).
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

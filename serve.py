@@ -48,6 +48,10 @@ DRAIN_BYTES = 16 << 20
 # The longest text answered with a whole WAV (about 2 hours of speech, held in memory until
 # sent); longer texts are refused unless streamed, which holds one window at a time.
 MAX_WAV_TEXT_CHARS = 100_000
+# Seconds between checks, while a whole-WAV request waits for its audio, that its client is
+# still there (one that left stops its synthesis at the next window instead of holding the
+# server for the rest of the text).
+GONE_POLL_SECONDS = 0.5
 # Seconds a connection may stay silent before the server drops it.
 IDLE_SECONDS = 120
 
@@ -97,6 +101,7 @@ class TextToSpeech:
     self.max_batch = max(1, int(max_batch))
     self.batch_wait = float(batch_wait)
     self.batches = 0   # synthesis calls made for whole-WAV requests
+    self.abandoned = 0   # of them, stopped because every client waiting on it had left
     self._lock = threading.Lock()   # one synthesis at a time (each uses every core)
     self._queue = queue.Queue()
     self._worker = None
@@ -120,9 +125,14 @@ class TextToSpeech:
       raise ValueError(f"this server speaks with voice {self.voice.name!r}, not {voice!r}")
     return text, knobs
 
-  def synthesize(self, fields):
+  def synthesize(self, fields, gone=None):
     """WAV bytes for one request's fields (waits for its batch; ValueError for a bad
-    request: the voice checks the knobs' ranges and the text)."""
+    request: the voice checks the knobs' ranges and the text).
+
+    `gone`, when given, is asked every GONE_POLL_SECONDS while the request waits: once it
+    returns True (the client has left), the request no longer holds its batch's synthesis
+    (which stops after the current window when none of its requests is waited for) and
+    ClientGone is raised."""
     text, knobs = self.request(fields)
     # (a slower length_scale makes the same text's WAV that much longer)
     if len(text) * max(1.0, knobs["length_scale"]) > MAX_WAV_TEXT_CHARS:
@@ -134,7 +144,15 @@ class TextToSpeech:
       if self._worker is None:
         self._worker = threading.Thread(target=self._serve_queue, daemon=True)
         self._worker.start()
-    self._queue.put((tuple(sorted(knobs.items())), text, done))
+    left = threading.Event()
+    self._queue.put((tuple(sorted(knobs.items())), text, done, left))
+    while gone is not None:
+      try:
+        return wav_bytes(done.result(timeout=GONE_POLL_SECONDS), self.voice.sample_rate)
+      except concurrent.futures.TimeoutError:
+        if gone():
+          left.set()
+          raise ClientGone() from None
     return wav_bytes(done.result(), self.voice.sample_rate)
 
   def _serve_queue(self):
@@ -153,20 +171,27 @@ class TextToSpeech:
       self._run(batch)
 
   def _run(self, batch):
-    texts = [text for _, text, _ in batch]
+    texts = [text for _, text, _, _ in batch]
+    abandoned = lambda: all(left.is_set() for _, _, done, left in batch if not done.done())
     try:
       with self._lock:
         self.batches += 1
         results = self.voice.iter_batch(texts, batch_size=self.max_batch,
-                                        skip_unsayable=True, **dict(batch[0][0]))
-        for (_, text, done), (audio, _) in zip(batch, results):
+                                        skip_unsayable=True, stop=abandoned,
+                                        **dict(batch[0][0]))
+        for (_, text, done, _), (audio, _) in zip(batch, results):
           if audio.size:
             done.set_result(audio)
           else:
             done.set_exception(ValueError(
                 f"text has nothing to say for this voice: {text[:50]!r}"))
+        if not all(done.done() for _, _, done, _ in batch):   # stopped: nobody waits
+          self.abandoned += 1
+          for _, _, done, _ in batch:
+            if not done.done():
+              done.set_exception(ClientGone())
     except Exception as e:  # pylint: disable=broad-except  (the requests' error, not ours)
-      for _, _, done in batch:
+      for _, _, done, _ in batch:
         if not done.done():
           done.set_exception(e)
 
@@ -185,6 +210,27 @@ class TextToSpeech:
       yield pcm16(first).tobytes()
       with self._lock:
         first = next(chunks, None)
+
+
+class ClientGone(Exception):
+  """The client of a whole-WAV request left before its audio was made."""
+
+
+def client_gone(sock) -> bool:
+  """Whether the peer of connected socket `sock` has closed it (it reads as at its end, or
+  as reset). A request's body is read whole before synthesis, so nothing else is pending
+  there; a pipelined next request reads as data, not as gone."""
+  import select  # pylint: disable=import-outside-toplevel
+  try:
+    poll = select.poll()   # (select.select refuses descriptors past 1023)
+    poll.register(sock, select.POLLIN)
+    if not poll.poll(0):
+      return False
+    return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+  except BlockingIOError:
+    return False
+  except (OSError, ValueError):   # reset, or closed here
+    return True
 
 
 def stream_header(sample_rate):
@@ -244,7 +290,10 @@ def make_handler(tts):
           chunks = tts.stream(fields)
           header = next(chunks)
         else:
-          wav = tts.synthesize(fields)
+          wav = tts.synthesize(fields, gone=lambda: client_gone(self.connection))
+      except ClientGone:   # nobody to answer
+        self.close_connection = True
+        return None
       except ValueError as e:
         return self._json(400, {"error": str(e).splitlines()[0]})
       if not stream:

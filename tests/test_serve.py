@@ -276,6 +276,41 @@ def test_a_client_that_leaves_early_leaves_no_traceback(server, capfd):
   assert "Traceback" not in capfd.readouterr().err
 
 
+def test_a_whole_wav_whose_client_left_stops_being_made(server):
+  """A long whole-WAV request whose client closes its connection stops being synthesized
+  at the next window (it held every later request for the rest of its text), and the
+  server answers the next request."""
+  import time
+  _, url, tts = server
+  host, port = url.removeprefix("http://").split(":")
+  before = tts.abandoned
+  body = json.dumps({"text": "Here is one more sentence to say. " * 600}).encode()
+  with socket.create_connection((host, int(port)), timeout=300) as s:
+    batches = tts.batches
+    s.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    deadline = time.monotonic() + 300   # hang guards only
+    while tts.batches == batches and time.monotonic() < deadline:
+      time.sleep(0.05)
+  while tts.abandoned == before and time.monotonic() < deadline:
+    time.sleep(0.05)
+  assert tts.abandoned == before + 1
+  assert _call(url + "/synthesize", b'{"text": "Still here."}')[0] == 200
+
+
+def test_iter_batch_stops_where_asked(server):
+  """`iter_batch(stop=...)` ends after the window where `stop` first says so; what it
+  yielded before is each text's audio alone."""
+  voice = server[0]
+  texts = ["One.", "Two, a little longer.", "Three. And four.", "Five."]
+  asked = []
+  out = list(voice.iter_batch(texts, batch_size=1, stop=lambda: asked.append(1) or
+                              len(asked) > 2))
+  assert 0 < len(out) < len(texts)
+  for text, (audio, _) in zip(texts, out):
+    np.testing.assert_array_equal(audio, voice.synthesize(text))
+
+
 def test_ipv6_host_and_a_burst_of_clients(server):
   """`--host ::1` listens on IPv6 (it was refused: 'Address family not supported'); 40
   clients connecting at once are all answered (a backlog of 5 reset some of a burst)."""

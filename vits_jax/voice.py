@@ -320,7 +320,8 @@ class Voice:
                  noise_scale: Optional[float] = None, noise_scale_w: Optional[float] = None,
                  length_scale: Optional[float] = None, seed: int = 0,
                  batch_size: int = 16, sentence_silence: float = 0.0,
-                 skip_unsayable: bool = False, volume: float = 1.0, normalize: bool = False
+                 skip_unsayable: bool = False, volume: float = 1.0, normalize: bool = False,
+                 stop: Optional[Callable[[], bool]] = None
                  ) -> Iterator[Tuple[np.ndarray, List[np.ndarray]]]:
     """`synthesize_batch` as a generator: yields (audio, per-sentence durations) for each
     text, in order, as soon as it is complete (so a caller can write and drop it).
@@ -328,6 +329,8 @@ class Voice:
     Every text is phonemized before any audio is made, so a text with nothing to say (empty,
     or nothing the voice can pronounce) raises ValueError up front; with `skip_unsayable`
     it yields an empty waveform and no durations instead, and the others are synthesized.
+    `stop`, when given, is asked after each decoder window: once it returns True the
+    generator ends there, without the texts not yet yielded (a server whose clients left).
     """
     if texts is None or isinstance(texts, (str, bytes)) or not hasattr(texts, "__iter__"):
       raise ValueError(f"synthesize_batch takes a list of texts, got {type(texts).__name__}")
@@ -361,6 +364,8 @@ class Voice:
         self.model, self.params, sentences(), options,
         text_batch=min(options.batch_size, total),
         lengths=[len(ids) for ids_list in per_text for ids in ids_list]):
+      if stop is not None and stop():
+        return
       sentence.append(piece)
       if dur is None:
         continue

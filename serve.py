@@ -52,6 +52,8 @@ MAX_WAV_TEXT_CHARS = 100_000
 # still there (one that left stops its synthesis at the next window instead of holding the
 # server for the rest of the text).
 GONE_POLL_SECONDS = 0.5
+# Most connections open at once; one more is answered 503 and closed.
+MAX_CONNECTIONS = 256
 # Seconds a connection may stay silent before the server drops it.
 IDLE_SECONDS = 120
 
@@ -322,8 +324,13 @@ def make_handler(tts):
                                   "bodies are not read)"})
         self.close_connection = True   # its chunks are not read
         return None
+      given = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+      if len(given) > 1:   # which body is meant? (a proxy in front may have read the other)
+        self._json(400, {"error": "the request has Content-Length headers that differ"})
+        self.close_connection = True
+        return None
       try:
-        length = int(self.headers.get("Content-Length") or 0)
+        length = int(given.pop() or 0) if given else 0
       except ValueError:
         length = -1
       if length < 0 or length > MAX_BODY_BYTES:
@@ -388,6 +395,32 @@ class _Server(http.server.ThreadingHTTPServer):
   # Connections waiting to be accepted: the default 5 reset clients of a burst (4 of 20)
   # while synthesis kept the accepting thread from running.
   request_queue_size = 128
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._open = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+  def process_request(self, request, client_address):
+    # A connection past MAX_CONNECTIONS is answered 503 at once and closed (each open one
+    # holds a thread until its client leaves or goes silent for IDLE_SECONDS).
+    if not self._open.acquire(blocking=False):
+      try:
+        body = json.dumps({"error": f"the server has {MAX_CONNECTIONS} connections open; "
+                                    "try again later"}).encode()
+        request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/"
+                        b"json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+                        % len(body) + body)
+      except OSError:
+        pass
+      self.shutdown_request(request)
+      return
+    super().process_request(request, client_address)
+
+  def process_request_thread(self, request, client_address):
+    try:
+      super().process_request_thread(request, client_address)
+    finally:
+      self._open.release()
 
   def handle_error(self, request, client_address):
     if isinstance(sys.exc_info()[1], ConnectionError):

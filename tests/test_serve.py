@@ -369,3 +369,48 @@ def test_what_http_itself_refuses_is_json_too(server):
     assert not head or (head.startswith(f"HTTP/1.1 {status}".encode())
                         and b"application/json" in head), reply
     assert json.loads(body)["error"], reply
+
+
+def _raw(port, request):
+  with socket.create_connection(("127.0.0.1", port), timeout=60) as c:
+    c.sendall(request)
+    reply = b""
+    while chunk := c.recv(65536):
+      reply += chunk
+  return reply
+
+
+def test_content_lengths_that_differ_and_too_many_connections(server, monkeypatch):
+  """Two Content-Length headers that differ are refused (which body is meant?); the same one
+  twice is read. A connection past MAX_CONNECTIONS is answered 503 and closed at once, and
+  one is served again once the others close."""
+  _, url, _ = server
+  port = int(url.rsplit(":", 1)[1])
+  body = b'{"text": "Hi."}'
+  head = b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+  reply = _raw(port, head + b"Content-Length: %d\r\nContent-Length: 4\r\n\r\n" % len(body)
+               + body)
+  assert reply.startswith(b"HTTP/1.1 400 ") and b"differ" in reply
+  reply = _raw(port, head + b"Content-Length: %d\r\nContent-Length: %d\r\nConnection: "
+               b"close\r\n\r\n" % (len(body), len(body)) + body)
+  assert reply.startswith(b"HTTP/1.1 200 ") and b"audio/wav" in reply
+  # The cap, shrunk to 3 for the test: the server's semaphore is made when it starts.
+  monkeypatch.setattr(serve, "MAX_CONNECTIONS", 3)
+  small = serve.serve(server[2], "127.0.0.1", 0)
+  threading.Thread(target=small.serve_forever, daemon=True).start()
+  try:
+    port = small.server_address[1]
+    held = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(3)]
+    reply = _raw(port, b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 503 ") and b"3 connections" in reply
+    for c in held:
+      c.close()
+    for _ in range(100):   # the handler threads see their clients leave
+      reply = _raw(port, b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+      if not reply.startswith(b"HTTP/1.1 503 "):
+        break
+      time.sleep(0.05)
+    assert reply.startswith(b"HTTP/1.1 200 ")
+  finally:
+    small.shutdown()
+    small.server_close()

@@ -770,11 +770,14 @@ def test_damaged_checkpoints_and_another_model_are_one_line_each(run_a, data_dir
 
 def test_a_finished_run_says_there_is_nothing_to_train(run_a, data_dir, tmp_path):
   """Resumed with train.num_steps at or below its latest step: one line saying so, exit 0,
-  the checkpoints as they were (it printed 'resuming from step 4' and did nothing)."""
+  the checkpoints and config.json as they were (it printed 'resuming from step 4' and did
+  nothing, and rewrote config.json with the lower num_steps)."""
   work = tmp_path / "run"
   shutil.copytree(run_a, work)
   before = sorted(str(p.relative_to(work)) for p in (work / "checkpoints").rglob("*"))
+  config = (work / "config.json").read_bytes()
   proc = tu.run_train(work, data_dir, "--config.train.num_steps=2")
+  assert (work / "config.json").read_bytes() == config   # the run's own settings stay
   assert f"nothing to train: the run in {work} is at step 4 and train.num_steps is 2" in \
       proc.stdout and "resuming" not in proc.stdout, proc.stdout
   assert sorted(str(p.relative_to(work)) for p in (work / "checkpoints").rglob("*")) == before

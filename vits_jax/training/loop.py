@@ -507,8 +507,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       state = init_program(*init_args)
       if source is not None:
         state = warm_start.after_init(state, source, source_name, config, repl, generator)
-    if is_main:
-      records.write_json_atomic(os.path.join(workdir, CONFIG_FILE),
+    if is_main and (latest is None or latest < num_steps):   # (a run that trains nothing
+      records.write_json_atomic(os.path.join(workdir, CONFIG_FILE),   # leaves the run's own)
                                 json.loads(json.dumps(config.to_dict(), default=str)))
   except BaseException:
     compiler.close()

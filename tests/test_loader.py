@@ -305,3 +305,21 @@ def test_truncated_or_garbage_hf_safetensors_is_one_line_value_error(tmp_path):
     assert message.startswith(f"{folder / 'model.safetensors'}: corrupt or truncated "
                               "safetensors file (SafetensorError: "), message
     assert "\n" not in message
+
+
+def test_clips_shorter_than_the_training_window_are_counted(prepared):
+  """train.py warns of training clips shorter than `train.segment_size` (their windows take
+  in the padding after them), counting them from the split's lengths."""
+  import ml_collections
+  from vits_jax.training import input_pipeline
+  data_dir, clips = prepared
+  lengths = loader.PreparedSplit(data_dir, "train").lengths[:, 1]
+  config = ml_collections.ConfigDict({"data": {"dir": data_dir, "sampling_rate": 22050},
+                                      "train": {"segment_size": int(lengths.min())}})
+  assert input_pipeline.short_clips_note(config) is None
+  config.train.segment_size = int(np.median(lengths)) + 1
+  short = int((lengths < config.train.segment_size).sum())
+  assert 0 < short < len(lengths)
+  assert input_pipeline.short_clips_note(config).startswith(
+      f"{short} of {len(lengths)} training clips are shorter than train.segment_size "
+      f"({config.train.segment_size} samples, ")

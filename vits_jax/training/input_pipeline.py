@@ -81,6 +81,21 @@ def validation_batch(config, num_clips: int = NUM_EVAL_CLIPS) -> Optional[dict]:
   return {k: batch[k] for k in TRAIN_KEYS}
 
 
+def short_clips_note(config) -> Optional[str]:
+  """A line on the training clips shorter than `train.segment_size` (their decoder windows
+  take in the padding after the clip: silence to learn), or None when every clip is long
+  enough."""
+  lengths = data_lib.PreparedSplit(config.data.dir, "train").lengths
+  segment = int(config.train.segment_size)
+  short = int((lengths[:, 1] < segment).sum()) if len(lengths) else 0
+  if not short:
+    return None
+  rate = int(config.data.sampling_rate)
+  return (f"{short} of {len(lengths)} training clips are shorter than train.segment_size "
+          f"({segment} samples, {segment / rate:.2f} s): their training windows take in "
+          "silence after the clip (lower segment_size, or leave such clips out)")
+
+
 def validation_texts(config, num_clips: int = NUM_EVAL_CLIPS) -> list:
   """The texts of `validation_batch`'s clips, in its order (for the recognizer's WER)."""
   manifest = records.load_manifest(config.data.dir)

@@ -410,6 +410,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     config.data.num_buckets = buckets
     t = config.train
   train_data = input_pipeline.TrainInput(config, local_batch)
+  short = input_pipeline.short_clips_note(config) if is_main else None
+  if short:
+    print(f"warning: {short}", file=sys.stderr, flush=True)
   val_batch = input_pipeline.validation_batch(config)
 
   # --- Models, optimizers, state ---------------------------------------------------------

@@ -54,8 +54,9 @@ def parse_args(argv=None):
                  help="speaker id or name of the --convert recording")
   p.add_argument("--noise-scale", type=float, default=None,
                  help="prior noise (default: the voice's own, 0.667 for most)")
-  p.add_argument("--noise-scale-w", type=float, default=None,
-                 help="duration noise (default: the voice's own, 0.8 for most)")
+  p.add_argument("--noise-scale-w", "--noise-w-scale", dest="noise_scale_w", type=float,
+                 default=None, help="duration noise (default: the voice's own, 0.8 for most; "
+                 "--noise-w-scale is Piper's spelling)")
   p.add_argument("--length-scale", type=float, default=None,
                  help="speaking time multiplier, > 1 is slower (default: the voice's own, "
                       "1.0 for most)")
@@ -102,7 +103,10 @@ def _live_lines():
   """Lines of stdin as they arrive, for --output-raw: a program writing lines into the pipe
   hears each one as soon as it is written, as with Piper's CLI."""
   said = False
-  for number, raw in enumerate(iter(_stdin_bytes().readline, b""), 1):
+  stdin = _stdin_bytes()
+  for number, raw in enumerate(iter(lambda: stdin.readline(MAX_TEXT_BYTES + 1), b""), 1):
+    if len(raw) > MAX_TEXT_BYTES:
+      raise ValueError(f"line {number} of stdin is longer than {MAX_TEXT_BYTES >> 20} MiB")
     try:
       line = raw.decode("utf-8").strip()
     except UnicodeDecodeError as e:
@@ -140,7 +144,10 @@ def _numbered_lines(path):
         data = _read_capped(f, path)
     except OSError as e:
       raise ValueError(f"cannot read --input {path}: {e.strerror}") from None
-  lines = [(n, line.strip()) for n, line in enumerate(_decode(data, name).splitlines(), 1)
+  # Lines end at '\n' (a '\r' before it goes with the strip), as --output-raw's stdin lines
+  # do: str.splitlines also splits at U+2028, form feeds and the like, which broke a JSON
+  # line holding one and shifted the numbered files after it.
+  lines = [(n, line.strip()) for n, line in enumerate(_decode(data, name).split("\n"), 1)
            if line.strip()]
   if not lines:
     raise ValueError(f"no text in {name}")
@@ -258,7 +265,7 @@ def _check_args(args):
     return
   if args.out_dir:
     from vits_jax.files import writable_folder
-    writable_folder(args.out_dir, "--out-dir")
+    writable_folder(args.out_dir, "--out-dir", create=False)   # (made once the voice loads)
     return
   if args.out == "":
     raise ValueError("--out is empty")
@@ -314,7 +321,7 @@ def run(args):
     return _convert(args, voice)
   if args.output_raw:
     return _stream_raw(voice, knobs, [args.text] if texts is None else texts,
-                       skip_unsayable=texts is not None)
+                       input_path=None if texts is None else args.input)
   if texts is None:
     return _text_to_file(args, voice, knobs)
   if args.json_input:
@@ -347,21 +354,24 @@ def _list_speakers(voice):
     raise ValueError(f"--list-speakers: cannot write to stdout: {e.strerror or e}") from None
 
 
-def _stream_raw(voice, knobs, texts, skip_unsayable):
-  """Each text's audio to stdout as 16-bit PCM as it is made. With `skip_unsayable`
-  (--input), a line with nothing the voice can say is skipped and counted, as with
-  --out-dir."""
+def _stream_raw(voice, knobs, texts, input_path=None):
+  """Each text's audio to stdout as 16-bit PCM as it is made. With `input_path` (--input), a
+  line with nothing the voice can say is skipped and counted, as with --out-dir (none
+  sayable is an error)."""
+  skip_unsayable = input_path is not None
   from vits_jax.files import pcm16
-  skipped = []
+  from vits_jax.text.frontend import NothingToSay
+  skipped, said = [], 0
   try:
     for text in texts:
       started = False
       try:
         for chunk in voice.stream(text, **knobs):
           started = True
+          said += 1
           sys.stdout.buffer.write(pcm16(chunk).tobytes())
           sys.stdout.buffer.flush()
-      except ValueError:
+      except NothingToSay:
         if started or not skip_unsayable:
           raise
         skipped.append(text)
@@ -369,6 +379,9 @@ def _stream_raw(voice, knobs, texts, skip_unsayable):
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
   except OSError as e:
     raise ValueError(f"cannot write to stdout: {e.strerror}") from None
+  if skipped and not said:
+    raise ValueError(f"no line of {_input_name(input_path)} has anything to say for this "
+                     f"voice ({len(skipped)} skipped, the first: {skipped[0][:40]!r})")
   if skipped:
     print(f"warning: skipped {len(skipped)} line(s) with nothing to say for this voice (the "
           f"first: {skipped[0][:40]!r})", file=sys.stderr)
@@ -411,7 +424,9 @@ def _write_audio(path, sample_rate, chunks) -> int:
   samples = 0
   chunks = iter(chunks)
   try:
-    with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, format=fmt,
+    # (a bytes name: soundfile encodes a str strictly, and a name that is not UTF-8, legal
+    # on Linux, failed with a UnicodeEncodeError after the synthesis)
+    with sf.SoundFile(os.fsencode(tmp), "w", samplerate=sample_rate, channels=1, format=fmt,
                       subtype=subtype) as f:
       while True:
         try:
@@ -436,7 +451,8 @@ def _write_audio(path, sample_rate, chunks) -> int:
     if os.path.exists(tmp):
       os.remove(tmp)
     reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
-    reason = reason.replace(repr(tmp), "the file").replace(tmp, "the file")
+    for shown in (repr(os.fsencode(tmp)), repr(tmp), tmp):
+      reason = reason.replace(shown, "the file")
     if "System error" in reason:   # libsndfile's word for a failed write(): say which
       reason = _write_failure(directory)
     raise ValueError(f"cannot write {path}: {reason}") from None
@@ -480,6 +496,8 @@ def _lines_to_files(args, voice, jobs):
   multi-host run each process takes every process_count-th job and writes its files."""
   from tqdm import tqdm
   from vits_jax import inference
+  from vits_jax.files import writable_folder
+  writable_folder(args.out_dir, "--out-dir")
   index, count = inference.process_share()
   mine = list(range(index, len(jobs), count))
   ours = {name.split(os.sep)[0] for _, _, name in jobs}

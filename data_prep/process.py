@@ -203,7 +203,7 @@ def _header(path: str) -> tuple[int, int] | None:
   (decoding then says why)."""
   import soundfile as sf  # pylint: disable=import-outside-toplevel
   try:
-    info = sf.info(path)
+    info = sf.info(os.fsencode(path))   # (a name that is not UTF-8 too)
   except Exception:  # pylint: disable=broad-except  # libsndfile raises many kinds
     return None
   return (int(info.frames), int(info.samplerate)) if info.samplerate > 0 else None

@@ -521,4 +521,59 @@ def test_input_from_a_pipe_and_stdin_limits(tmp_path, capsys, monkeypatch):
   code, err = _run(["--text", "-", "--out", str(tmp_path / "x.wav"), "--voice", TINY_SINGLE],
                    capsys)
   assert code == 2 and err.strip() == "error: --text -: stdin is closed", err
-  assert not (tmp_path / "x.wav").exists() and not list((tmp_path / "p").iterdir())
+  assert not (tmp_path / "x.wav").exists() and not (tmp_path / "p").exists()
+
+
+def test_raw_lines_refuse_what_they_should_and_split_only_at_newlines(tmp_path, capsys,
+                                                                      monkeypatch):
+  """`--input - --output-raw`: no sayable line is an error (exit 2), as with --out-dir (it
+  exited 0 with nothing written); an error that is not 'nothing to say' is not passed off
+  as a skipped line; a line past the text limit is refused. Lines end at newlines only
+  (U+2028 and form feeds split them, breaking a JSON line and shifting file numbers)."""
+  raw = ["--input", "-", "--output-raw", "--voice", TINY_SINGLE]
+  monkeypatch.setattr(sys, "stdout", _Stdout())
+  code, err = _run(raw, capsys, "\U0001F600\n...\n", monkeypatch)
+  assert code == 2 and err.strip().splitlines()[-1].startswith(
+      "error: no line of stdin has anything to say for this voice (2 skipped"), err
+  code, err = _run(raw + ["--length-scale", "20", "--noise-scale-w", "5"], capsys,
+                   "Short line.\n", monkeypatch)
+  assert code == 2 and "65536 frames" in err and "skipped" not in err, err
+  monkeypatch.setattr(infer, "MAX_TEXT_BYTES", 100)
+  monkeypatch.setattr(sys, "stdout", _Stdout())
+  code, err = _run(raw, capsys, "Hi.\n" + "a" * 300 + "\n", monkeypatch)
+  assert code == 2 and "line 2 of stdin is longer than" in err and err.count("\n") == 1
+  monkeypatch.undo()
+  lines = tmp_path / "l.txt"
+  lines.write_text("One sentence\u2028split here.\fStill one.\r\nTwo.\n", encoding="utf-8")
+  code, err = _run(["--input", str(lines), "--out-dir", str(tmp_path / "o"), "--voice",
+                    TINY_SINGLE], capsys)
+  assert code == 0 and sorted(os.listdir(tmp_path / "o")) == ["0001.wav", "0002.wav"], err
+  jsonl = tmp_path / "j.jsonl"
+  jsonl.write_text(json.dumps({"text": "First\u2028more."}, ensure_ascii=False) + "\n",
+                   encoding="utf-8")
+  code, err = _run(["--input", str(jsonl), "--json-input", "--out-dir", str(tmp_path / "j"),
+                    "--voice", TINY_SINGLE], capsys)
+  assert code == 0 and os.listdir(tmp_path / "j") == ["0001.wav"], err
+
+
+def test_names_that_are_not_utf8_and_no_folder_left_by_a_failed_run(tmp_path, capsys,
+                                                                     monkeypatch):
+  """A file or folder name that is not UTF-8 (legal on Linux) is written like any other (it
+  failed with a UnicodeEncodeError after the synthesis); a run that fails on its voice or
+  its input leaves no --out-dir behind."""
+  odd = str(tmp_path / "x\udcff.wav")   # the byte 0xff, as Python names it
+  lines = tmp_path / "l.txt"
+  lines.write_text("Hi.\n")
+  folder = str(tmp_path / "d\udcfe")
+  # (a real stderr shows such a name escaped; pytest's capture would refuse it)
+  monkeypatch.setattr(sys, "stderr", io.StringIO())
+  assert infer.main(["--text", "Hi.", "--out", odd, "--voice", TINY_SINGLE]) == 0
+  assert sf.read(os.fsencode(odd))[0].size > 0
+  assert infer.main(["--input", str(lines), "--out-dir", folder, "--voice", TINY_SINGLE]) == 0
+  assert os.listdir(folder) == ["0001.wav"]
+  monkeypatch.undo()
+  for argv in (["--input", str(tmp_path / "none.txt"), "--voice", TINY_SINGLE],
+               ["--input", str(lines), "--voice", str(tmp_path / "none.onnx")]):
+    code, err = _run(argv + ["--out-dir", str(tmp_path / "new" / "out")], capsys)
+    assert code == 2 and err.startswith("error: "), err
+    assert not (tmp_path / "new").exists()

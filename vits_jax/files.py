@@ -10,17 +10,28 @@ from typing import Optional, Tuple
 import numpy as np
 
 
-def writable_folder(path: str, flag: str) -> None:
+def writable_folder(path: str, flag: str, create: bool = True) -> None:
   """Creates folder `path` if needed and checks that it can be written.
 
   Args:
     flag: how the user named it (e.g. '--out-dir'), for the message.
+    create: False checks only that it could be made and written, making nothing (a run
+      that checks its arguments before it fails on others leaves no folder behind).
 
   Raises:
     ValueError: `path` is a file, cannot be created, or cannot be written.
   """
   if os.path.exists(path) and not os.path.isdir(path):
     raise ValueError(f"{flag} {path} exists and is not a folder")
+  if not create and not os.path.exists(path):
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):   # the nearest folder that exists: where it is made
+      parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+      raise ValueError(f"cannot create {flag} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK):
+      raise ValueError(f"cannot create {flag} {path}: permission denied")
+    return
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
@@ -125,8 +136,8 @@ def read_audio(path: str) -> Tuple[np.ndarray, int]:
       samples that are there and say nothing).
   """
   import soundfile as sf  # pylint: disable=import-outside-toplevel
-  source = path
-  if not os.path.isfile(path):   # a pipe (`<(...)`): read once, into memory
+  source = os.fsencode(path)   # (soundfile encodes a str name strictly: a name that is not
+  if not os.path.isfile(path):   # UTF-8, legal on Linux, failed with a UnicodeEncodeError)   # a pipe (`<(...)`): read once, into memory
     try:
       with open(path, "rb") as f:
         blob = f.read(MAX_PIPED_AUDIO_BYTES + 1)

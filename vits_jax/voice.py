@@ -31,6 +31,7 @@ import numpy as np
 
 from vits_jax import files
 from vits_jax import inference
+from vits_jax.text.frontend import NothingToSay
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ class Voice:
     is cut in halves at spaces until each piece fits.
 
     Raises:
-      ValueError: empty text, or nothing sayable in it.
+      NothingToSay (a ValueError): empty text, or nothing sayable in it.
     """
     sentences = self.frontend.text_to_sentence_ids(text)
     if all(len(ids) <= MAX_IDS for ids in sentences):
@@ -221,7 +222,7 @@ class Voice:
   def _fitting_ids(self, text: str) -> List[List[int]]:
     try:
       ids = self.frontend.text_to_ids(text)
-    except ValueError:
+    except NothingToSay:
       return []  # a piece with nothing to say
     # Words, a `[[ phoneme block ]]` counting as part of one, so a cut never splits a block.
     words = re.findall(r"(?:\[\[.*?\]\]|\S)+", text)
@@ -251,12 +252,12 @@ class Voice:
       for block in blocks:
         try:
           ids_list = self.text_to_sentence_ids(block)
-        except ValueError:
+        except NothingToSay:
           continue
         said = True
         yield from ids_list
       if not said:
-        raise ValueError(f"text has nothing to say for this voice: {text[:50]!r}")
+        raise NothingToSay(f"text has nothing to say for this voice: {text[:50]!r}")
 
     return gen() if lazy else list(gen())
 
@@ -345,8 +346,8 @@ class Voice:
       try:
         per_text.append(self._sentence_ids(text))
       except ValueError as e:
-        if not skip_unsayable:
-          raise ValueError(f"text {k}: {e}" if len(texts) > 1 else str(e)) from None
+        if not (skip_unsayable and isinstance(e, NothingToSay)):
+          raise type(e)(f"text {k}: {e}" if len(texts) > 1 else str(e)) from None
         per_text.append([])
 
     def sentences():
@@ -568,7 +569,7 @@ def _check_text(text) -> None:
   if not isinstance(text, str):
     raise ValueError(f"text must be a string, got {type(text).__name__}")
   if not text.strip():
-    raise ValueError("text is empty")
+    raise NothingToSay("text is empty")
 
 
 def _paragraphs(text: str) -> List[str]:

@@ -9,7 +9,7 @@
   (no phonemizer): the folder's `vocab.json`, lowercasing, `add_blank`.
 
 Both drop characters the voice cannot say (with one `UnknownCharactersWarning` per text) and
-raise `ValueError` for text with nothing to say.
+raise `NothingToSay` (a `ValueError`) for text with nothing to say.
 """
 
 import functools
@@ -30,11 +30,16 @@ def intersperse(ids, item):
   return out
 
 
+class NothingToSay(ValueError):
+  """A text with nothing a voice can say: empty, or nothing left after cleaning, dropping
+  unknown characters or phonemization (a line to skip, where other errors are not)."""
+
+
 def _check_text(text):
   if not isinstance(text, str):
     raise ValueError(f'text must be a string, got {type(text).__name__}')
   if not text.strip():
-    raise ValueError('text is empty')
+    raise NothingToSay('text is empty')
 
 
 class Frontend:
@@ -114,7 +119,7 @@ class VitsFrontend(Frontend):
                      p[:len(p) - len(p.lstrip())] + chars.drop_unknown(p.strip(), self._can_say)
                      + p[len(p.rstrip()):] for i, p in enumerate(parts))
     if not text.strip():
-      raise ValueError('text is empty after dropping characters the voice cannot say')
+      raise NothingToSay('text is empty after dropping characters the voice cannot say')
     return text
 
   def _clean_filtered(self, text):
@@ -153,7 +158,7 @@ class VitsFrontend(Frontend):
     ids = self.cleaned_to_ids(self._clean_filtered(text))
     # Punctuation and spaces alone say nothing.
     if all(i <= symbols.SPACE_ID for i in ids):
-      raise ValueError(f'text has nothing to say (empty after cleaning): {text[:50]!r}')
+      raise NothingToSay(f'text has nothing to say (empty after cleaning): {text[:50]!r}')
     return intersperse(ids, 0) if self.add_blank else ids
 
   def text_to_ids(self, text):
@@ -167,7 +172,7 @@ class VitsFrontend(Frontend):
       except ValueError:
         continue  # e.g. '...' alone
     if not out:
-      raise ValueError(f'text has nothing to say (empty after cleaning): {text[:50]!r}')
+      raise NothingToSay(f'text has nothing to say (empty after cleaning): {text[:50]!r}')
     return out
 
   def ids_to_text(self, ids):
@@ -304,7 +309,7 @@ class PiperFrontend(Frontend):
       pieces.extend(_cut_phonemes(s, max_phonemes) if max_phonemes else [s])
     out = [self.phonemes_to_ids(s) for s in pieces if self._sayable(s)]
     if not out:
-      raise ValueError(f'text has nothing to say (empty after phonemization): {text[:50]!r}')
+      raise NothingToSay(f'text has nothing to say (empty after phonemization): {text[:50]!r}')
     return out
 
   def text_to_ids(self, text):
@@ -312,7 +317,7 @@ class PiperFrontend(Frontend):
     data was prepared. Equals `text_to_sentence_ids(text)[0]` for one sentence."""
     phonemes = [p for s in self.phonemize(text) for p in s]
     if not self._sayable(phonemes):
-      raise ValueError(f'text has nothing to say (empty after phonemization): {text[:50]!r}')
+      raise NothingToSay(f'text has nothing to say (empty after phonemization): {text[:50]!r}')
     return self.phonemes_to_ids(phonemes)
 
   def split_sentences(self, text):
@@ -378,7 +383,7 @@ class HfFrontend(Frontend):
       text = ''.join(c for c in ''.join(out) if c in self.vocab).strip()
     kept = ''.join(c for c in text if c in self.vocab)
     if not kept.strip():
-      raise ValueError(f'text has nothing to say for this voice: {text[:50]!r}')
+      raise NothingToSay(f'text has nothing to say for this voice: {text[:50]!r}')
     ids = [self.vocab[c] for c in kept]
     return intersperse(ids, 0) if self.add_blank else ids
 
@@ -394,7 +399,7 @@ class HfFrontend(Frontend):
       except ValueError:
         continue
     if not out:
-      raise ValueError(f'text has nothing to say for this voice: {text[:50]!r}')
+      raise NothingToSay(f'text has nothing to say for this voice: {text[:50]!r}')
     return out
 
   def __repr__(self):

@@ -248,6 +248,14 @@ def _check_args(args):
     raise ValueError("--convert writes a file: use --out")
   if args.convert is None and args.source_speaker is not None:
     raise ValueError("--source-speaker goes with --convert")
+  if args.convert is not None:   # (the recording sets the timing: no text, no sentences)
+    given = [flag for flag, value, default in (
+        ("--length-scale", args.length_scale, None), ("--noise-scale-w", args.noise_scale_w,
+                                                      None),
+        ("--sentence-silence", args.sentence_silence, 0.0)) if value != default]
+    if given:
+      raise ValueError(f"--convert keeps the recording's timing: {', '.join(given)} "
+                       "does not apply (--noise-scale, --seed, --volume and --normalize do)")
   from vits_jax.voice import check_flags
   check_flags(noise_scale=args.noise_scale, noise_scale_w=args.noise_scale_w,
               length_scale=args.length_scale, seed=args.seed,

@@ -201,6 +201,11 @@ def test_unknown_characters_warn(tmp_path, capsys):
     ["--convert", "NOT_AUDIO", "--speaker", "1", "--source-speaker", "0", "--voice", TINY],
     ["--convert", "CUT_WAV", "--speaker", "1", "--source-speaker", "0", "--voice", TINY],
     ["--text", "Hi.", "--source-speaker", "1", "--voice", TINY],
+    # (the recording sets the timing: these were ignored without a word)
+    ["--convert", "WAV", "--speaker", "1", "--source-speaker", "0", "--voice", TINY,
+     "--length-scale", "1.5"],
+    ["--convert", "WAV", "--speaker", "1", "--source-speaker", "0", "--voice", TINY,
+     "--sentence-silence", "0.3"],
     # Knobs whose values would exhaust memory or cannot be used (found by hand, session 16).
     ["--text", "Hi.", "--length-scale", "1e6", "--voice", TINY],
     ["--text", "Hi.", "--noise-scale-w", "1e3", "--voice", TINY],

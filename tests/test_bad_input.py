@@ -58,6 +58,48 @@ def _official_copy(tmp_path, edit):
   return tmp_path / "G_7.pth"
 
 
+def _official_text(tmp_path, text):
+  shutil.copy(OFFICIAL / "G_7.pth", tmp_path / "G_7.pth")
+  (tmp_path / "config.json").write_text(text)
+  return tmp_path / "G_7.pth"
+
+
+def _official_pth(tmp_path, edit):
+  from vits_jax.convert import official_pth
+  state, step = official_pth.load_official_checkpoint(OFFICIAL / "G_7.pth")
+  state = dict(state)
+  edit(state)
+  official_pth.save_torch_checkpoint(tmp_path / "G_7.pth", {"model": state, "iteration": step})
+  shutil.copy(OFFICIAL / "config.json", tmp_path / "config.json")
+  return tmp_path / "G_7.pth"
+
+
+def _piper_graph(tmp_path, edit):
+  import onnx
+  model = onnx.load(str(MULTI))
+  edit(model.graph)
+  return _piper_copy(tmp_path, onnx_bytes=model.SerializeToString())
+
+
+def _drop_attribute(op, name):
+  def edit(graph):
+    node = next(n for n in graph.node if n.op_type == op)
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+  return edit
+
+
+def _nan_initializer(suffix):
+  def edit(graph):
+    from onnx import numpy_helper
+    i, t = next((i, t) for i, t in enumerate(graph.initializer) if t.name.endswith(suffix))
+    value = numpy_helper.to_array(t).copy()
+    value.flat[0] = np.nan
+    graph.initializer[i].CopyFrom(numpy_helper.from_array(value, t.name))
+  return edit
+
+
 def _hf_copy(tmp_path, edit):
   folder = tmp_path / "hf"
   shutil.copytree(FIX / "hf_tiny", folder)
@@ -135,6 +177,34 @@ VOICES = [
      ["speaking_rate must be > 0"]),
     ("not-a-voice-file", lambda t: (t / "x.txt").write_text("hi") and t / "x.txt",
      ["is not a voice"]),
+    # Found by a hostile-files sweep: tracebacks, minutes of building, gigabytes, silence.
+    ("official-config-string", lambda t: _official_text(t, json.dumps("data model")),
+     ["expected a JSON object"]),
+    ("official-config-nested-deep", lambda t: _official_text(t, "[" * 100000), ["JSON"]),
+    ("official-config-invalid", lambda t: _official_text(t, "{not json"),
+     ["config.json", "not valid JSON"]),
+    ("official-train-string", lambda t: _official_copy(t, lambda h: _set(h, "train", "x")),
+     ["'train' section"]),
+    ("official-speakers-infinite", lambda t: _official_text(t, (
+        OFFICIAL / "config.json").read_text().replace('"n_speakers": 3',
+                                                      '"n_speakers": Infinity')), []),
+    ("official-layers-huge", lambda t: _official_copy(
+        t, lambda h: _set(h, "model.n_layers", 3000)), ["model.n_layers 3000", "at most"]),
+    ("official-dilation-huge", lambda t: _official_copy(
+        t, lambda h: _set(h, "model.resblock_dilation_sizes",
+                          [[1, 10 ** 8]] * len(h["model"]["resblock_kernel_sizes"]))),
+     ["resblock_dilation_sizes"]),
+    ("official-nan-weights", lambda t: _official_pth(t, lambda sd: sd.__setitem__(
+        "dec.conv_post.weight", sd["dec.conv_post.weight"] * np.nan)), ["NaN or infinite"]),
+    ("official-emb-scalar", lambda t: _official_pth(t, lambda sd: sd.__setitem__(
+        "enc_p.emb.weight", np.float32(1.0) * np.ones((), np.float32))), []),
+    ("onnx-no-strides", lambda t: _piper_graph(t, _drop_attribute("ConvTranspose", "strides")),
+     []),
+    ("onnx-nan-bias", lambda t: _piper_graph(t, _nan_initializer("bias")), ["NaN or infinite"]),
+    ("json-is-a-folder", lambda t: (shutil.copy(MULTI, t / "v.onnx"),
+                                    (t / "v.onnx.json").mkdir(), t / "v.onnx")[-1], []),
+    ("hf-rate-null", lambda t: _hf_copy(t, lambda c: _set(c, "sampling_rate", None)), []),
+    ("hf-bins-word", lambda t: _hf_copy(t, lambda c: _set(c, "spectrogram_bins", "abc")), []),
     ("empty-folder", lambda t: (t / "d").mkdir() or t / "d", ["holds no voice"]),
 ]
 
@@ -146,6 +216,40 @@ def test_bad_voice_is_one_line_error(name, build, needles, tmp_path, capsys):
   code = infer.main(["--voice", str(voice), "--text", "Hello.", "--out", str(out)])
   _one_error(code, capsys.readouterr().err, *needles)
   assert not out.exists()
+
+
+def test_one_tensor_under_many_names_is_refused_before_it_is_copied(tmp_path, capsys,
+                                                                     monkeypatch):
+  """A file naming one stored tensor many times (a few MB on disk) was copied once per name,
+  20 GB for 5,000 names: the values its names hold are counted first (the bound lowered
+  here so the test's files stay small)."""
+  import onnx
+  import vits_jax.convert
+  from vits_jax.convert import official_pth
+  state, _ = official_pth.load_official_checkpoint(OFFICIAL / "G_7.pth")
+  total = sum(v.size for v in state.values())
+  monkeypatch.setattr(vits_jax.convert, "MAX_PARAMETERS", total + 1000)
+  big = next(k for k, v in state.items() if v.size > 1000)
+  pth = _official_pth(tmp_path, lambda sd: sd.update({f"{big}.copy{i}": sd[big]
+                                                      for i in range(5)}))
+  with pytest.raises(ValueError, match="more than a voice has"):
+    official_pth.load_official_checkpoint(pth)
+  graph = onnx.load(str(MULTI)).graph
+  total = sum(int(np.prod(t.dims)) for t in graph.initializer)
+  monkeypatch.setattr(vits_jax.convert, "MAX_PARAMETERS", total + 1000)
+
+  def many_readers(graph):   # more Conv nodes reading the largest conv weight
+    conv = max((n for n in graph.node if n.op_type == "Conv"), key=lambda n: next(
+        int(np.prod(t.dims)) for t in graph.initializer if t.name == n.input[1]))
+    for i in range(5):
+      copy = onnx.NodeProto()
+      copy.CopyFrom(conv)
+      copy.name = conv.name.replace("/Conv", f"_x{i}/Conv")
+      copy.output[0] = f"x{i}"
+      graph.node.append(copy)
+  voice = _piper_graph(tmp_path, many_readers)
+  code = infer.main(["--voice", str(voice), "--text", "Hi.", "--out", str(tmp_path / "o.wav")])
+  _one_error(code, capsys.readouterr().err, "more than a voice has")
 
 
 def _corpus(tmp_path):

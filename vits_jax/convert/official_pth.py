@@ -418,12 +418,14 @@ def load_official_checkpoint(path: PathLike) -> Tuple[Dict[str, np.ndarray], int
     state, iteration = ckpt, -1
   else:
     raise ValueError(f"{path}: not a VITS checkpoint (expected a dict with a 'model' entry)")
+  from vits_jax.convert import check_parameter_count  # pylint: disable=import-outside-toplevel
+  arrays = {name: value for name, value in state.items()
+            if isinstance(value, np.ndarray) and isinstance(name, str)}
+  check_parameter_count(sum(v.size for v in arrays.values()), path)   # (before any copy)
   out = {}
-  for name, value in state.items():
-    if not isinstance(value, np.ndarray) or not isinstance(name, str):
-      continue
+  for name, value in arrays.items():
     name = name[len("module."):] if name.startswith("module.") else name
-    out[name] = value.astype(np.float32) if value.dtype.kind == "f" else value
+    out[name] = np.asarray(value, np.float32) if value.dtype.kind == "f" else value
   if "enc_p.emb.weight" not in out:
     raise ValueError(f"{path}: not a VITS generator checkpoint (no enc_p.emb.weight; "
                      "D_*.pth files hold the discriminator)")
@@ -435,11 +437,14 @@ def load_official_config(path: PathLike) -> Dict[str, Any]:
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"config not found: {path}")
-  with open(path, encoding="utf-8") as f:
-    hps = json.load(f)
+  from vits_jax.convert.source import read_json  # pylint: disable=import-outside-toplevel
+  hps = read_json(path)
   for section in ("data", "model"):
-    if section not in hps:
+    if not isinstance(hps.get(section), dict):
       raise ValueError(f"{path}: not a VITS config (no '{section}' section)")
+  for section in ("train", "infer", "vits_jax"):
+    if section in hps and not isinstance(hps[section], dict):
+      raise ValueError(f"{path}: its '{section}' section is not a JSON object")
   return hps
 
 

@@ -119,6 +119,7 @@ def _module_path(node_name: str) -> str:
 def _graph_state_dict(graph) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict[str, Any]]]:
   """Maps initializers to official names; also returns conv attributes per module path."""
   from onnx import helper, numpy_helper
+  from vits_jax.convert import check_parameter_count
 
   inits = {t.name: t for t in graph.initializer}
   producers = {out: node for node in graph.node for out in node.output}
@@ -139,9 +140,17 @@ def _graph_state_dict(graph) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict[str,
 
   raw: Dict[str, np.ndarray] = {}
   attrs: Dict[str, Dict[str, Any]] = {}
+  arrays: Dict[str, np.ndarray] = {}
+  check_parameter_count(sum(int(np.prod(t.dims, dtype=np.float64)) for t in graph.initializer),
+                        "the Piper graph")
+  named = [0]
 
   def put(name: str, init_name: str):
-    value = numpy_helper.to_array(inits[init_name]).astype(np.float32)
+    if init_name not in arrays:   # (one array per initializer, however many read it)
+      arrays[init_name] = numpy_helper.to_array(inits[init_name]).astype(np.float32)
+    value = arrays[init_name]
+    named[0] += value.size   # (what the names will hold once converted, copies included)
+    check_parameter_count(named[0], "the Piper graph")
     if name in raw and not np.array_equal(raw[name], value):
       raise ValueError(f"two different initializers map to {name}")
     raw[name] = value

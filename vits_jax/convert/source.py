@@ -38,6 +38,23 @@ INFERENCE_ONLY_ABSENT = ("enc_q/", "dp/post_", "dp/flows_1/")
 
 _INT_FIELDS = ("inter_channels", "hidden_channels", "filter_channels", "n_heads", "n_layers",
                "kernel_size", "upsample_initial_channel", "n_vocab")
+# Upper bounds of the sizes a voice's config may give (the published VITS, Piper and MMS
+# voices use a tenth of them or less). A few bytes of config could otherwise ask for a
+# network that takes minutes to build or gigabytes to run (n_layers 10**6, a dilation of
+# 10**8) before its parameters are even compared.
+MAX_SIZES = {"channels": 8192, "layers": 256, "kernel": 255, "dilation": 1024, "rate": 64,
+             "vocab": 1 << 20, "speakers": 100_000}
+_SIZE_KIND = {"inter_channels": "channels", "hidden_channels": "channels",
+              "filter_channels": "channels", "upsample_initial_channel": "channels",
+              "gin_channels": "channels", "dp_filter_channels": "channels",
+              "n_heads": "layers", "n_layers": "layers", "n_layers_enc_q": "layers",
+              "flow_n_flows": "layers", "flow_n_layers": "layers", "sdp_n_flows": "layers",
+              "kernel_size": "kernel", "enc_q_kernel_size": "kernel",
+              "flow_kernel_size": "kernel", "sdp_kernel_size": "kernel",
+              "dp_kernel_size": "kernel", "enc_q_dilation_rate": "dilation",
+              "flow_dilation_rate": "dilation", "n_vocab": "vocab",
+              "n_speakers": "speakers", "upsample_rates": "rate",
+              "upsample_kernel_sizes": "kernel", "resblock_kernel_sizes": "kernel"}
 
 
 @dataclasses.dataclass
@@ -205,6 +222,15 @@ def check_model_config(config: ml_collections.ConfigDict, where: str = "config")
                      "resblock kernel")
   for d in dil:
     int_list("resblock_dilation_sizes", d)
+  for key, kind in _SIZE_KIND.items():
+    values = m.get(key)
+    values = values if isinstance(values, (list, tuple)) else [values]
+    if any(isinstance(v, (int, float)) and v > MAX_SIZES[kind] for v in values):
+      raise ValueError(f"{where}: model.{key} {m[key]!r} is beyond what a voice uses (at "
+                       f"most {MAX_SIZES[kind]})")
+  if any(v > MAX_SIZES["dilation"] for d in dil for v in d):
+    raise ValueError(f"{where}: model.resblock_dilation_sizes {list(map(list, dil))!r} is "
+                     f"beyond what a voice uses (at most {MAX_SIZES['dilation']})")
   if int(config.data.n_speakers or 0) > 1 and int(m.gin_channels or 0) < 1:
     raise ValueError(f"{where}: a multi-speaker model needs model.gin_channels > 0")
   for key in ("sampling_rate", "filter_length"):
@@ -250,13 +276,44 @@ def check_params(params: Mapping[str, Any], config: ml_collections.ConfigDict, w
       more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
       raise ValueError(f"{where}: parameters do not match its config ({label}: "
                        f"{', '.join(items[:3])}{more})")
-  return traverse_util.unflatten_dict(
-      {k: np.asarray(v, np.float32) for k, v in have.items()}, sep="/")
+  out = {k: np.asarray(v, np.float32) for k, v in have.items()}
+  bad = [k for k, v in out.items() if not np.isfinite(v).all()]
+  if bad:   # (it synthesized silence, or 'a sentence would last more than ... frames')
+    more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+    raise ValueError(f"{where}: parameters hold NaN or infinite values ({', '.join(bad[:3])}"
+                     f"{more})")
+  return traverse_util.unflatten_dict(out, sep="/")
 
 
 # --------------------------------------------------------------------------- sources
+# What a malformed file can make a reader raise besides ValueError (a field of the wrong
+# type, a list too short, a number too big, JSON nested too deep, a file that cannot be read):
+# each is reported as the file's fault, in one line.
+_MALFORMED = (TypeError, KeyError, IndexError, AttributeError, OverflowError,
+              ZeroDivisionError, RecursionError, MemoryError, OSError)
+
+
 def load_source(name_or_path: Optional[Union[str, os.PathLike]] = None,
                 step: Optional[int] = None, discriminator: bool = False) -> Source:
+  """Reads any voice source (see `_load_source`); what a malformed file makes a reader
+  raise is a ValueError naming the voice and the error (FileNotFoundError stays)."""
+  try:
+    return _load_source(name_or_path, step, discriminator)
+  except FileNotFoundError:
+    raise
+  except _MALFORMED as e:
+    source = str(name_or_path) if name_or_path else DEFAULT_VOICE
+    if isinstance(e, OSError) and e.strerror:
+      what = f"{e.strerror}" + (f" ({e.filename})" if e.filename else "")
+    else:
+      lines = str(e).strip().splitlines()
+      what = f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+    raise ValueError(f"cannot read voice {source}: it is malformed or unreadable "
+                     f"({what})") from None
+
+
+def _load_source(name_or_path: Optional[Union[str, os.PathLike]] = None,
+                 step: Optional[int] = None, discriminator: bool = False) -> Source:
   """Reads any voice source (see the module docstring).
 
   Args:
@@ -323,11 +380,22 @@ def piper_files(name_or_path) -> Optional[tuple]:
   return (onnx, meta) if onnx.is_file() and meta.is_file() else None
 
 
+# The largest voice config read (a Piper .onnx.json with its phoneme map is ~10 KB; an HF
+# config ~5 KB).
+MAX_JSON_BYTES = 16 << 20
+
+
 def read_json(path: Path) -> Dict[str, Any]:
   from vits_jax.files import parse_json
   try:
     with open(path, encoding="utf-8") as f:
-      value = parse_json(f.read())
+      value = parse_json(f.read(MAX_JSON_BYTES + 1))
+  except FileNotFoundError:
+    raise
+  except OSError as e:   # a folder, no permission, an I/O error (a link to /proc/self/mem)
+    raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+  except RecursionError:
+    raise ValueError(f"{path}: not valid JSON (nested too deep)") from None
   except UnicodeDecodeError as e:
     raise ValueError(f"{path}: not valid JSON ({e})") from None
   except ValueError as e:

@@ -66,7 +66,7 @@ def main(argv):
   try:
     # Must run before anything touches a JAX device.
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    training.train_and_evaluate(config, _WORKDIR.value)
+    training.train_and_evaluate(config, _WORKDIR.value, exit_on_signal=True)
   except KeyboardInterrupt:
     _exit_now("interrupted", 130)
   except (training.NonFiniteError, training.SaveError) as e:

@@ -54,6 +54,7 @@ def get_config(arg=None):
       # None means sampling_rate / 2 (librosa's default); typed so a flag can set a number.
       mel_fmax=config_dict.placeholder(float),
       n_speakers=0,
+      speaker_names={},            # name -> speaker id; train.py takes the prepared data's
       # Length buckets of the training split: one compiled step program each. 0: from the
       # run's length (`vits_jax.training.loop.num_buckets`: one per 500 steps, 1 to 4, so
       # a short run compiles one program), kept by a resumed run.

@@ -294,6 +294,15 @@ def test_bucket_count_follows_the_run_length_and_a_resume_keeps_it(tmp_path):
     ({"model.n_heads": 3}, "hidden_channels 16 is not divisible by n_heads 3"),  # assert
     ({"model.upsample_kernel_sizes": (16, 16)}, "upsample_kernel_sizes differ in length"),
     ({"model.resblock_dilation_sizes": ((1, 2), (2, 6))}, "one list per resblock kernel"),
+    # (from a QA sweep) every step non-finite, exit 0; a mel loss of 0 at every step
+    ({"loss.mel": math.nan}, "loss.mel must be a number >= 0"),
+    ({"loss.kl": -1.0}, "loss.kl must be a number >= 0"),
+    ({"data.mel_fmin": 12000.0}, r"mel_fmin < mel_fmax <= sampling_rate / 2"),
+    ({"data.mel_fmax": 30000.0}, r"mel_fmin < mel_fmax <= sampling_rate / 2"),
+    ({"train.max_nonfinite_steps": 0}, "train.max_nonfinite_steps must be >= 1"),
+    ({"train.fit_posterior_steps": -1}, "train.fit_posterior_steps must be >= 0"),
+    ({"data.n_speakers": -1}, "data.n_speakers must be >= 0"),
+    ({"model.n_layers": 3000}, "model.n_layers 3000 is beyond what a voice uses"),
 ])
 def test_settings_that_cannot_train_are_refused(override, message):
   """Each of these trained nothing, diverged, built another model than configured, deleted

@@ -323,3 +323,23 @@ def test_clips_shorter_than_the_training_window_are_counted(prepared):
   assert input_pipeline.short_clips_note(config).startswith(
       f"{short} of {len(lengths)} training clips are shorter than train.segment_size "
       f"({config.train.segment_size} samples, ")
+
+
+@pytest.mark.parametrize("edit,problem", [
+    ({"frontend": "vits"}, "'frontend' is not an object"),
+    ({"frontend": {"kind": "vits", "n_vocab": [178]}}, "'frontend.n_vocab' is [178]"),
+    ({"frontend": {"kind": "vits", "cleaners": 5}}, "'frontend.cleaners' is not a list"),
+])
+def test_a_manifest_with_a_damaged_frontend_is_one_error(prepared, tmp_path, edit, problem):
+  """A hand-damaged frontend entry was a traceback in train.py (AttributeError)."""
+  import json
+  import shutil
+  data_dir, _ = prepared
+  copy = tmp_path / "d"
+  shutil.copytree(data_dir, copy)
+  manifest = json.loads((copy / records.MANIFEST).read_text())
+  manifest.update(edit)
+  (copy / records.MANIFEST).write_text(json.dumps(manifest))
+  with pytest.raises(ValueError, match="is damaged") as e:
+    records.load_manifest(str(copy))
+  assert problem in str(e.value)

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import chex
 import flax.linen as nn
@@ -290,6 +291,9 @@ def test_run_logs_checkpoints_and_learns_nothing_nonfinite(run_a):
   assert rows[4]["jit/train_step_traces"] == 1
   config = json.loads((run_a / "config.json").read_text())
   assert config["train"]["num_steps"] == 4 and config["model"]["n_speakers"] == 3
+  # The prepared data's speaker names are the run's (its voice took ids only).
+  manifest = json.loads((Path(config["data"]["dir"]) / "manifest.json").read_text())
+  assert config["data"]["speaker_names"] == manifest["speakers"] and manifest["speakers"]
   # A 4-step run trains on one length bucket (data.num_buckets 0: from num_steps), and
   # config.json keeps the count for a resume.
   assert config["data"]["num_buckets"] == 1
@@ -781,3 +785,35 @@ def test_a_finished_run_says_there_is_nothing_to_train(run_a, data_dir, tmp_path
   assert f"nothing to train: the run in {work} is at step 4 and train.num_steps is 2" in \
       proc.stdout and "resuming" not in proc.stdout, proc.stdout
   assert sorted(str(p.relative_to(work)) for p in (work / "checkpoints").rglob("*")) == before
+
+
+def test_a_run_whose_last_steps_are_not_finite_is_an_error(data_dir, tmp_path):
+  """A learning rate of 1e30 makes the steps non-finite (each update skipped): fewer than
+  max_nonfinite_steps of them at the end of the run still end it with one error line and
+  exit 1, naming the weights the last checkpoint holds (it exited 0 with a NaN loss: the
+  check never saw the last step)."""
+  proc = tu.run_train(tmp_path / "w", data_dir, "--config.train.learning_rate=1e30",
+                      "--config.train.num_steps=3", "--config.train.checkpoint_every=3",
+                      check=False)
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+  assert re.search(r"training ended at step 3 with its last ([123]) steps non-finite .*"
+                   r"holds the weights of step (\d)", lines[0]), lines[0]
+
+
+def test_ctrl_c_in_a_library_call_leaves_the_process_alive():
+  """`train_and_evaluate` called from a notebook: Ctrl-C (the kernel's Interrupt) with
+  nothing to save, and a second one, set the stop flag and no more; they ended the process,
+  and with it the notebook's kernel (train.py asks for that with exit_on_signal=True)."""
+  preemption = loop._Preemption(exit_process=False)  # pylint: disable=protected-access
+  try:
+    for _ in range(2):
+      os.kill(os.getpid(), signal.SIGINT)
+      deadline = time.monotonic() + 30
+      while not preemption.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)   # (the watcher thread has read both)
+    assert preemption.is_set() and preemption.reason == "SIGINT"
+    assert preemption.exit_code == 130
+  finally:
+    preemption.close()

@@ -190,6 +190,18 @@ def _structure_problem(manifest: dict[str, Any]) -> str | None:
     return f"'sample_rate' is {rate!r}"
   if not isinstance(manifest.get("speakers", {}), dict):
     return "'speakers' is not an object"
+  front = manifest.get("frontend") or {}
+  if not isinstance(front, dict):
+    return "'frontend' is not an object"
+  n_vocab = front.get("n_vocab")
+  if n_vocab is not None and (not isinstance(n_vocab, int) or isinstance(n_vocab, bool)
+                              or n_vocab < 1):
+    return f"'frontend.n_vocab' is {n_vocab!r}"
+  cleaners = front.get("cleaners", [])
+  if not (isinstance(cleaners, list) and all(isinstance(c, str) for c in cleaners)):
+    return "'frontend.cleaners' is not a list of names"
+  if not isinstance(front.get("kind", ""), str):
+    return "'frontend.kind' is not a name"
   return None
 
 

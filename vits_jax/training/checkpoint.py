@@ -308,8 +308,9 @@ class Checkpointer:
     caught too, but orbax's background threads log pages of traces first)."""
     import resource
     import shutil
-    need = sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
-               for x in jax.tree_util.tree_leaves(state))
+    sizes = [int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+             for x in jax.tree_util.tree_leaves(state)]
+    need = sum(sizes)
     mb = lambda n: f"{n / 2**20:.0f} MB"
     try:
       free = shutil.disk_usage(self.directory).free
@@ -319,11 +320,14 @@ class Checkpointer:
       raise SaveError(f"cannot save the checkpoint of step {step} in {self.directory}: the "
                       f"disk is full (it needs about {mb(need)}, {mb(free)} free); the "
                       f"earlier checkpoints are intact")
+    # The file-size limit is per file, and a checkpoint is many files: refused here when
+    # its largest array alone cannot fit in one (the whole state may well be larger).
     limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
-    if limit not in (resource.RLIM_INFINITY, -1) and limit < need:
-      raise SaveError(f"cannot save the checkpoint of step {step} in {self.directory}: it "
-                      f"needs about {mb(need)}, more than this process's file-size limit "
-                      f"({limit} bytes, ulimit -f); the earlier checkpoints are intact")
+    largest = max(sizes, default=0)
+    if limit not in (resource.RLIM_INFINITY, -1) and limit < largest:
+      raise SaveError(f"cannot save the checkpoint of step {step} in {self.directory}: one "
+                      f"of its arrays takes {mb(largest)}, more than this process's file-size"
+                      f" limit ({limit} bytes, ulimit -f); the earlier checkpoints are intact")
 
   def wait(self):
     """Waits for the save in flight; SaveError if it failed."""

@@ -159,6 +159,24 @@ def check_config(config: ml_collections.ConfigDict):
   if int(d.get("num_buckets", 0)) < 0:
     raise ValueError(f"data.num_buckets must be >= 0 (0: from num_steps), got "
                      f"{d.num_buckets}")
+  # A weight of NaN made every step non-finite; a negative one climbs that loss.
+  for key, value in (config.get("loss") or {}).items():
+    if not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+      raise ValueError(f"loss.{key} must be a number >= 0, got {value!r}")
+  # A mel band beyond the Nyquist frequency (or upside down) has no filters: the mel loss
+  # was 0 at every step.
+  nyquist = int(d.sampling_rate) / 2
+  fmax = nyquist if d.get("mel_fmax") is None else float(d.mel_fmax)
+  if not 0 <= float(d.mel_fmin) < fmax <= nyquist:
+    raise ValueError(f"data.mel_fmin ({d.mel_fmin}) and mel_fmax ({d.get('mel_fmax')}) must "
+                     f"satisfy 0 <= mel_fmin < mel_fmax <= sampling_rate / 2 ({nyquist:g})")
+  for key in ("max_nonfinite_steps",):
+    if int(t.get(key, 1)) < 1:
+      raise ValueError(f"train.{key} must be >= 1, got {t[key]}")
+  if int(t.get("fit_posterior_steps", 0)) < 0:
+    raise ValueError(f"train.fit_posterior_steps must be >= 0, got {t.fit_posterior_steps}")
+  if int(d.n_speakers or 0) < 0:
+    raise ValueError(f"data.n_speakers must be >= 0, got {d.n_speakers}")
 
 
 # Steps of a run per length bucket when `data.num_buckets` is 0. Each bucket is one more
@@ -207,7 +225,10 @@ class _Preemption:
   one step at which every process saves, so they write the same checkpoint.
   """
 
-  def __init__(self):
+  def __init__(self, exit_process: bool = True):
+    # False (a library call: a notebook's kernel must survive its Interrupt button): no exit
+    # of the process; the loop stops at its next check and the call raises.
+    self.exit_process = exit_process
     self.multi_process = parallel.is_distributed() and jax.process_count() > 1
     self._flag = threading.Event()
     self._previous = None
@@ -250,7 +271,7 @@ class _Preemption:
 
   def _interrupt(self):
     self._interrupts += 1
-    if self._interrupts > 1:
+    if self._interrupts > 1 and self.exit_process:
       _exit_process("interrupted again: quitting without saving", 130)
     if not self._flag.is_set() and (self._unsaved_steps or self._sockets is None):
       sys.stderr.write("interrupted: saving a checkpoint at the end of this step "
@@ -262,7 +283,7 @@ class _Preemption:
     if not self._flag.is_set():
       self.reason = reason
     self._flag.set()
-    if self._unsaved_steps == 0 and self._sockets is not None:
+    if self._unsaved_steps == 0 and self._sockets is not None and self.exit_process:
       logging.warning("%s with nothing to save: exiting now", reason)
       try:
         self.wait_for_saves()
@@ -317,13 +338,17 @@ def _exit_process(message: Optional[str], code: int):
   os._exit(code)   # pylint: disable=protected-access
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> Optional[state_lib.TrainState]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       exit_on_signal: bool = False) -> Optional[state_lib.TrainState]:
   """Trains (or resumes) the run in `workdir` until `config.train.num_steps`.
 
   Args:
     config: full config (configs/*.py).
     workdir: run directory (checkpoints, metrics.jsonl, TensorBoard events, config.json).
+    exit_on_signal: end the process at once on SIGTERM or Ctrl-C when there is nothing to
+      save, or on a second Ctrl-C (`train.py`: a compilation would otherwise hold the exit
+      for minutes). False (a notebook, a library call): the call stops at the loop's next
+      check and raises KeyboardInterrupt, and the process lives on.
 
   Returns:
     The final train state.
@@ -344,7 +369,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           if jax.process_index() == 0 else None)
   checkpoints = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
   fresh = not os.path.exists(checkpoints)
-  preemption = _Preemption()   # from here on, SIGTERM and Ctrl-C leave a resumable workdir
+  # From here on, SIGTERM and Ctrl-C leave a resumable workdir.
+  preemption = _Preemption(exit_on_signal)
   try:
     state = _train(config, workdir, preemption)
   except BaseException:
@@ -408,6 +434,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     # record what the batch plan was built with (a resume reads it back).
     config = config.copy_and_resolve_references()
     config.data.num_buckets = buckets
+    t = config.train
+  speakers = records.load_manifest(config.data.dir).get("speakers") or {}
+  if int(config.data.n_speakers or 0) > 1 and speakers and not config.data.get(
+      "speaker_names"):
+    # The prepared data's speaker names go into the run's config (config.json and every
+    # checkpoint's), so its voice takes `--speaker p225` and exports name its speakers.
+    config = config.copy_and_resolve_references()
+    config.data.speaker_names = {str(k): int(v) for k, v in speakers.items()}
     t = config.train
   train_data = input_pipeline.TrainInput(config, local_batch)
   short = input_pipeline.short_clips_note(config) if is_main else None
@@ -525,6 +559,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   devices = jax.device_count()
   last_saved = latest
   pending = None   # (step, metrics) of the previous step: read after the next is dispatched
+  last_streak = 0   # non-finite steps in a row up to the last checkpoint
   interval_start, interval_steps = time.perf_counter(), 0
   try:
     if eval_at_start:
@@ -580,6 +615,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       preempted = preemption.reached(step)
       if step % int(t.checkpoint_every) == 0 or step == num_steps or preempted:
         _check_nonfinite(*pending, max_nonfinite, last_saved)
+        last_streak = int(pending[1]["nonfinite/streak"])
         pending = None
         if ckpt.save(step, state, train_data.get_state(), config):
           last_saved = step
@@ -589,8 +625,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         if is_main:
           progress.write(f"{preemption.verb}: checkpoint saved at step {step}")
         break
-    if step == num_steps and pending is not None:
-      streak = int(jax.device_get(pending[1]["nonfinite/streak"]))
+    if step == num_steps:   # (the save above read the last step's streak)
+      streak = last_streak if pending is None else int(pending[1]["nonfinite/streak"])
       if streak:   # (saved above: a shorter streak than max_nonfinite_steps ends here)
         raise NonFiniteError(
             f"training ended at step {step} with its last {streak} steps non-finite (their "
@@ -602,7 +638,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
     progress.close()
     train_data.close()
-  if preemption.is_set() and compiler.busy():
+  if preemption.is_set() and compiler.busy() and preemption.exit_process:
     # A compilation still running in a worker would hold the exit for its whole length.
     _exit_process(None, preemption.exit_code)
   return state

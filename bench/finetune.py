@@ -56,11 +56,8 @@ def main():
   p.add_argument("--val-seed", type=int, default=1234,
                  help="prepare.py's --seed: which 4 clips are held out (default: its default)")
   p.add_argument("overrides", nargs="*", help="extra --config.a.b=value flags")
-  args, extra = p.parse_known_args()
-  bad = [a for a in extra if not a.startswith("--config.")]
-  if bad:
-    p.error(f"unrecognized arguments: {' '.join(bad)}")
-  args.overrides = list(args.overrides) + extra
+  from flags import parse_with_overrides  # bench/ is on sys.path
+  args = parse_with_overrides(p)
 
   workdir = os.path.abspath(args.workdir)
   corpus, data = os.path.join(workdir, "corpus"), os.path.join(workdir, "data")

@@ -38,7 +38,8 @@ def main():
   p.add_argument("--eval-every", type=int, default=200)
   p.add_argument("--fresh", action="store_true", help="delete an existing workdir first")
   p.add_argument("overrides", nargs="*", help="extra --config.a.b=value flags")
-  args = p.parse_args()
+  from flags import parse_with_overrides  # bench/ is on sys.path
+  args = parse_with_overrides(p)
 
   workdir = os.path.abspath(args.workdir)
   if args.fresh and os.path.isdir(os.path.join(workdir, "checkpoints")):

@@ -79,11 +79,8 @@ def main():
   p.add_argument("--more", type=int, default=10, help="steps of the restarted run")
   p.add_argument("--cache", default=None, help="compile cache dir (default: a new empty one)")
   p.add_argument("overrides", nargs="*", help="extra --config.a.b=value flags")
-  args, extra = p.parse_known_args()   # (argparse takes --config.x=y for an option)
-  unknown = [a for a in extra if not a.startswith("--config.")]
-  if unknown:
-    p.error(f"unrecognized arguments: {' '.join(unknown)}")
-  args.overrides = list(args.overrides) + extra
+  from flags import parse_with_overrides  # bench/ is on sys.path
+  args = parse_with_overrides(p)
   if args.clips < 3:
     p.error(f"--clips {args.clips}: need at least 3 (2 are held out for evaluation)")
   if not os.path.isfile(os.path.join(args.src, "metadata.csv")):

@@ -53,6 +53,8 @@ def main(argv=None):
   except OSError as e:
     if isinstance(e, (FileNotFoundError, FileExistsError)) and not _names_output(e, args.out):
       print(f"error: {e}", file=sys.stderr)   # a missing voice; an output kept without --force
+    elif e.filename and not _names_output(e, args.out):   # reading the voice, not writing
+      print(f"error: cannot read {e.filename}: {e.strerror or e}", file=sys.stderr)
     else:                                     # e.g. --out /proc/x.onnx
       where = f" ({e.filename})" if e.filename else ""
       print(f"error: cannot write {args.out}: {e.strerror or e}{where}", file=sys.stderr)

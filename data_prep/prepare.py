@@ -421,6 +421,9 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
   manifest_path = os.path.join(args.out, records.MANIFEST)
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     raise PrepareError(f"--out {args.out} is a file, not a directory")
+  if os.path.isdir(os.path.join(args.out, "checkpoints")):   # (its shards beside a run's)
+    raise PrepareError(f"--out {args.out} is a training workdir (it holds checkpoints/): "
+                       "prepare into a folder of its own")
   # Everything is checked before --out is touched: a mistyped --src, a corpus with no clips
   # or a bad frontend leaves an existing prepared directory exactly as it was. A folder
   # corpus is listed first (its files are part of the fingerprint); a TFDS stream only

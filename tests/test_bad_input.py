@@ -275,6 +275,8 @@ PREPARE = [
     ("voice-config-bad", lambda t: ["--src", str(_corpus(t)), "--frontend", "piper",
                                     "--voice-config", str((t / "v.json").write_text("{}")
                                                           and t / "v.json")], ["not a Piper voice config"]),
+    ("out-is-a-workdir", lambda t: ["--src", str(_corpus(t)), "--out", str(
+        (t / "run" / "checkpoints").mkdir(parents=True) or t / "run")], ["training workdir"]),
     ("sample-rate-negative", lambda t: ["--src", str(_corpus(t)), "--sample-rate", "-5"],
      ["--sample-rate"]),
     ("no-clips", lambda t: ["--src", str((t / "e" / "wavs").mkdir(parents=True) or

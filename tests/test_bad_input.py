@@ -205,6 +205,8 @@ VOICES = [
                                     (t / "v.onnx.json").mkdir(), t / "v.onnx")[-1], []),
     ("hf-rate-null", lambda t: _hf_copy(t, lambda c: _set(c, "sampling_rate", None)), []),
     ("hf-bins-word", lambda t: _hf_copy(t, lambda c: _set(c, "spectrogram_bins", "abc")), []),
+    ("hf-other-size", lambda t: _hf_copy(t, lambda c: _set(c, "hidden_size", 24)),
+     ["hf: checkpoint does not match the model"]),   # (the message named no voice)
     ("empty-folder", lambda t: (t / "d").mkdir() or t / "d", ["holds no voice"]),
 ]
 

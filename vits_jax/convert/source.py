@@ -301,6 +301,12 @@ def load_source(name_or_path: Optional[Union[str, os.PathLike]] = None,
     return _load_source(name_or_path, step, discriminator)
   except FileNotFoundError:
     raise
+  except ValueError as e:   # a message that names no file gets the voice's name
+    text = str(e)
+    source = str(name_or_path) if name_or_path else DEFAULT_VOICE
+    if source in text or Path(source).name in text:
+      raise
+    raise ValueError(f"voice {source}: {text}") from None
   except _MALFORMED as e:
     source = str(name_or_path) if name_or_path else DEFAULT_VOICE
     if isinstance(e, OSError) and e.strerror:

@@ -173,7 +173,9 @@ def _like(default, value, where, field):
   if isinstance(default, (int, float)):
     value = number(value, where, field)
     if isinstance(default, int) and not isinstance(default, bool):
-      if float(value) != int(value):
+      if isinstance(value, int):
+        return value
+      if not math.isfinite(value) or float(value) != int(value):
         raise ValueError(f"{where}: {field} must be an integer, got {value!r}")
       return int(value)
     return float(value)

@@ -19,7 +19,6 @@ so later runs start faster.
 
 import argparse
 import io
-import json
 import os
 import sys
 import warnings
@@ -346,11 +345,10 @@ def _list_speakers(voice):
   if voice.num_speakers <= 1:
     lines = [f"voice {voice.name} has a single speaker (no --speaker)"]
   else:
+    from vits_jax import files
     names = {}
     for name, sid in voice.speaker_names.items():
-      shown = json.dumps(name, ensure_ascii=False)[1:-1] if any(
-          ord(c) < 32 or ord(c) == 127 for c in name) else name
-      names.setdefault(sid, []).append(shown)
+      names.setdefault(sid, []).append(files.one_line(name))
     lines = [f"{sid}\t{name}" if name else str(sid)
              for sid in range(voice.num_speakers) for name in names.get(sid, [""])]
   if sys.stdout is None:

@@ -51,8 +51,8 @@ def lock_folder(folder: str, flag: str, program: str, lock_file: Optional[str] =
       ('train.py'), for the message.
 
   Returns:
-    A handle whose close() releases the lock, or None where the file system has no locks (some network mounts), which
-    then go unguarded.
+    A handle whose close() releases the lock, or None where the file system has no locks
+    (some network mounts), which then go unguarded.
 
   Raises:
     ValueError: another process holds the lock.
@@ -89,6 +89,15 @@ class _Lock:
     if self._fd is not None:
       os.close(self._fd)
       self._fd = None
+
+
+def one_line(name: str) -> str:
+  """`name` as it can be shown on one line: JSON-escaped where it holds control characters
+  (a newline, a tab, a terminal escape code), else as it is."""
+  import json  # pylint: disable=import-outside-toplevel
+  if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    return json.dumps(name, ensure_ascii=False)[1:-1]
+  return name
 
 
 def parse_json(text: str):
@@ -136,8 +145,10 @@ def read_audio(path: str) -> Tuple[np.ndarray, int]:
       samples that are there and say nothing).
   """
   import soundfile as sf  # pylint: disable=import-outside-toplevel
-  source = os.fsencode(path)   # (soundfile encodes a str name strictly: a name that is not
-  if not os.path.isfile(path):   # UTF-8, legal on Linux, failed with a UnicodeEncodeError)   # a pipe (`<(...)`): read once, into memory
+  # (bytes: soundfile encodes a str name strictly, and a name that is not UTF-8, legal on
+  # Linux, failed with a UnicodeEncodeError)
+  source = os.fsencode(path)
+  if not os.path.isfile(path):   # a pipe (`<(...)`): read once, into memory
     try:
       with open(path, "rb") as f:
         blob = f.read(MAX_PIPED_AUDIO_BYTES + 1)

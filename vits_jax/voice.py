@@ -20,7 +20,6 @@ split into sentences; their audio is concatenated directly, as Piper does
 (`sentence_silence` adds a pause). `Voice.convert` is voice conversion between speakers.
 """
 
-import json
 import logging
 import math
 import os
@@ -189,9 +188,8 @@ class Voice:
         return self.speaker_names[speaker]
       if not re.fullmatch(r"\s*-?[0-9]+\s*", speaker):
         names = list(self.speaker_names)
-        shown = [json.dumps(n, ensure_ascii=False)[1:-1] if not n.isprintable() else n
-                 for n in names[:10]]   # (a name with a newline or an escape code: one line)
-        known = ", ".join(shown) + (", ..." if len(names) > 10 else "")
+        known = (", ".join(files.one_line(n) for n in names[:10])   # (one line, whatever
+                 + (", ..." if len(names) > 10 else ""))              # the names hold)
         raise ValueError(f"unknown speaker {speaker!r} for voice {self.name}"
                          + (f" (known: {known})" if known else ""))
       sid = int(speaker)

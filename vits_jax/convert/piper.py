@@ -143,14 +143,15 @@ def _graph_state_dict(graph) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict[str,
   arrays: Dict[str, np.ndarray] = {}
   check_parameter_count(sum(int(np.prod(t.dims, dtype=np.float64)) for t in graph.initializer),
                         "the Piper graph")
-  named = [0]
+  named = 0
 
   def put(name: str, init_name: str):
     if init_name not in arrays:   # (one array per initializer, however many read it)
       arrays[init_name] = numpy_helper.to_array(inits[init_name]).astype(np.float32)
     value = arrays[init_name]
-    named[0] += value.size   # (what the names will hold once converted, copies included)
-    check_parameter_count(named[0], "the Piper graph")
+    nonlocal named   # (what the names will hold once converted, copies included)
+    named += value.size
+    check_parameter_count(named, "the Piper graph")
     if name in raw and not np.array_equal(raw[name], value):
       raise ValueError(f"two different initializers map to {name}")
     raw[name] = value

@@ -54,7 +54,8 @@ _SIZE_KIND = {"inter_channels": "channels", "hidden_channels": "channels",
               "dp_kernel_size": "kernel", "enc_q_dilation_rate": "dilation",
               "flow_dilation_rate": "dilation", "n_vocab": "vocab",
               "n_speakers": "speakers", "upsample_rates": "rate",
-              "upsample_kernel_sizes": "kernel", "resblock_kernel_sizes": "kernel"}
+              "upsample_kernel_sizes": "kernel", "resblock_kernel_sizes": "kernel",
+              "resblock_dilation_sizes": "dilation"}
 
 
 @dataclasses.dataclass
@@ -227,12 +228,10 @@ def check_model_config(config: ml_collections.ConfigDict, where: str = "config")
   for key, kind in _SIZE_KIND.items():
     values = m.get(key)
     values = values if isinstance(values, (list, tuple)) else [values]
+    values = [v for x in values for v in (x if isinstance(x, (list, tuple)) else [x])]
     if any(isinstance(v, (int, float)) and v > MAX_SIZES[kind] for v in values):
       raise ValueError(f"{where}: model.{key} {m[key]!r} is beyond what a voice uses (at "
                        f"most {MAX_SIZES[kind]})")
-  if any(v > MAX_SIZES["dilation"] for d in dil for v in d):
-    raise ValueError(f"{where}: model.resblock_dilation_sizes {list(map(list, dil))!r} is "
-                     f"beyond what a voice uses (at most {MAX_SIZES['dilation']})")
   if int(config.data.n_speakers or 0) > 1 and int(m.gin_channels or 0) < 1:
     raise ValueError(f"{where}: a multi-speaker model needs model.gin_channels > 0")
   for key in ("sampling_rate", "filter_length"):
@@ -299,18 +298,17 @@ def load_source(name_or_path: Optional[Union[str, os.PathLike]] = None,
                 step: Optional[int] = None, discriminator: bool = False) -> Source:
   """Reads any voice source (see `_load_source`); what a malformed file makes a reader
   raise is a ValueError naming the voice and the error (FileNotFoundError stays)."""
+  source = str(name_or_path) if name_or_path else DEFAULT_VOICE
   try:
     return _load_source(name_or_path, step, discriminator)
   except FileNotFoundError:
     raise
   except ValueError as e:   # a message that names no file gets the voice's name
     text = str(e)
-    source = str(name_or_path) if name_or_path else DEFAULT_VOICE
     if source in text or Path(source).name in text:
       raise
     raise ValueError(f"voice {source}: {text}") from None
   except _MALFORMED as e:
-    source = str(name_or_path) if name_or_path else DEFAULT_VOICE
     if isinstance(e, OSError) and e.strerror:
       what = f"{e.strerror}" + (f" ({e.filename})" if e.filename else "")
     else:
@@ -397,7 +395,10 @@ def read_json(path: Path) -> Dict[str, Any]:
   from vits_jax.files import parse_json
   try:
     with open(path, encoding="utf-8") as f:
-      value = parse_json(f.read(MAX_JSON_BYTES + 1))
+      text = f.read(MAX_JSON_BYTES + 1)
+    if len(text) > MAX_JSON_BYTES:
+      raise ValueError(f"larger than a voice config ({MAX_JSON_BYTES >> 20} MiB)")   # (named below)
+    value = parse_json(text)
   except FileNotFoundError:
     raise
   except OSError as e:   # a folder, no permission, an I/O error (a link to /proc/self/mem)

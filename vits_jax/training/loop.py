@@ -170,9 +170,8 @@ def check_config(config: ml_collections.ConfigDict):
   if not 0 <= float(d.mel_fmin) < fmax <= nyquist:
     raise ValueError(f"data.mel_fmin ({d.mel_fmin}) and mel_fmax ({d.get('mel_fmax')}) must "
                      f"satisfy 0 <= mel_fmin < mel_fmax <= sampling_rate / 2 ({nyquist:g})")
-  for key in ("max_nonfinite_steps",):
-    if int(t.get(key, 1)) < 1:
-      raise ValueError(f"train.{key} must be >= 1, got {t[key]}")
+  if int(t.get("max_nonfinite_steps", 1)) < 1:
+    raise ValueError(f"train.max_nonfinite_steps must be >= 1, got {t.max_nonfinite_steps}")
   if int(t.get("fit_posterior_steps", 0)) < 0:
     raise ValueError(f"train.fit_posterior_steps must be >= 0, got {t.fit_posterior_steps}")
   if int(d.n_speakers or 0) < 0:
@@ -361,6 +360,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   check_config(config)
   manifest = records.load_manifest(config.data.dir)
   records.check_manifest(manifest, config)
+  speakers = manifest.get("speakers") or {}
+  if int(config.data.n_speakers or 0) > 1 and speakers and not config.data.get(
+      "speaker_names"):
+    # The prepared data's speaker names go into the run's config (config.json and every
+    # checkpoint's), so its voice takes `--speaker p225` and exports name its speakers.
+    config = config.copy_and_resolve_references()
+    config.data.speaker_names = {str(k): int(v) for k, v in speakers.items()}
   if jax.process_index() == 0:
     print(records.describe(manifest, config.data.dir), flush=True)
   files.writable_folder(workdir, "--workdir")
@@ -434,14 +440,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     # record what the batch plan was built with (a resume reads it back).
     config = config.copy_and_resolve_references()
     config.data.num_buckets = buckets
-    t = config.train
-  speakers = records.load_manifest(config.data.dir).get("speakers") or {}
-  if int(config.data.n_speakers or 0) > 1 and speakers and not config.data.get(
-      "speaker_names"):
-    # The prepared data's speaker names go into the run's config (config.json and every
-    # checkpoint's), so its voice takes `--speaker p225` and exports name its speakers.
-    config = config.copy_and_resolve_references()
-    config.data.speaker_names = {str(k): int(v) for k, v in speakers.items()}
     t = config.train
   train_data = input_pipeline.TrainInput(config, local_batch)
   short = input_pipeline.short_clips_note(config) if is_main else None
@@ -614,8 +612,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
 
       preempted = preemption.reached(step)
       if step % int(t.checkpoint_every) == 0 or step == num_steps or preempted:
-        _check_nonfinite(*pending, max_nonfinite, last_saved)
-        last_streak = int(pending[1]["nonfinite/streak"])
+        last_streak = _check_nonfinite(*pending, max_nonfinite, last_saved)
         pending = None
         if ckpt.save(step, state, train_data.get_state(), config):
           last_saved = step
@@ -625,13 +622,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         if is_main:
           progress.write(f"{preemption.verb}: checkpoint saved at step {step}")
         break
-    if step == num_steps:   # (the save above read the last step's streak)
-      streak = last_streak if pending is None else int(pending[1]["nonfinite/streak"])
-      if streak:   # (saved above: a shorter streak than max_nonfinite_steps ends here)
-        raise NonFiniteError(
-            f"training ended at step {step} with its last {streak} steps non-finite (their "
-            f"updates skipped: the checkpoint of step {step} holds the weights of step "
-            f"{step - streak}); check the learning rate, the optimizer settings and the data")
+    # (the save at the last step read its streak: one shorter than max_nonfinite_steps
+    # ends the run here, saved)
+    if step == num_steps and last_streak:
+      raise NonFiniteError(
+          f"training ended at step {step} with its last {last_streak} steps non-finite "
+          f"(their updates skipped: the checkpoint of step {step} holds the weights of step "
+          f"{step - last_streak}); check the learning rate, the optimizer settings and the "
+          "data")
   finally:
     compiler.close()
     ckpt.close()
@@ -655,10 +653,11 @@ def _abstract_batch(bucket, batch_size: int, sharding) -> dict:
           "sid": spec((batch_size,), jnp.int32)}
 
 
-def _check_nonfinite(step: int, metrics: dict, max_nonfinite: int, last_saved):
+def _check_nonfinite(step: int, metrics: dict, max_nonfinite: int, last_saved) -> int:
+  """The step's non-finite streak; logged when not 0, NonFiniteError at `max_nonfinite`."""
   streak = int(metrics["nonfinite/streak"])
   if streak == 0:
-    return
+    return 0
   logging.warning("step %d: non-finite loss or gradients, update skipped (%d in a row)",
                   step, streak)
   if streak >= max_nonfinite:
@@ -666,6 +665,7 @@ def _check_nonfinite(step: int, metrics: dict, max_nonfinite: int, last_saved):
         f"training stopped at step {step}: {streak} non-finite steps in a row (steps "
         f"{step - streak + 1}..{step} skipped); last checkpoint: "
         f"{'none' if last_saved is None else f'step {last_saved}'}")
+  return streak
 
 
 def _progress_bar(enabled: bool, step: int, total: int):

@@ -31,7 +31,7 @@ import numpy as np
 
 from vits_jax import files
 from vits_jax import inference
-from vits_jax.text.frontend import NothingToSay
+from vits_jax.text.frontend import NothingToSay, check_text
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class Voice:
     Raises:
       ValueError: empty text, or nothing sayable in it.
     """
-    _check_text(text)
+    check_text(text)
     blocks = _paragraphs(text)
 
     def gen():
@@ -405,7 +405,7 @@ class Voice:
     (or windows) per call: more throughput, later first audio. `normalize` needs a sentence's
     peak before its first sample, so with it each sentence comes whole.
     """
-    _check_text(text)
+    check_text(text)
     options = self._options(speaker, noise_scale, noise_scale_w, length_scale, seed,
                             batch_size, sentence_silence, volume, normalize)
     gap = np.zeros(int(round(sentence_silence * self.sample_rate)), np.float32)
@@ -564,13 +564,6 @@ def _checked_ids(ids_list, n_vocab: int) -> List[List[int]]:
                        f"0..{n_vocab - 1}")
     out.append([int(i) for i in ids])
   return out
-
-
-def _check_text(text) -> None:
-  if not isinstance(text, str):
-    raise ValueError(f"text must be a string, got {type(text).__name__}")
-  if not text.strip():
-    raise NothingToSay("text is empty")
 
 
 def _paragraphs(text: str) -> List[str]:

@@ -35,7 +35,8 @@ class NothingToSay(ValueError):
   unknown characters or phonemization (a line to skip, where other errors are not)."""
 
 
-def _check_text(text):
+def check_text(text) -> None:
+  """Refuses a non-string (ValueError) and an empty text (`NothingToSay`)."""
   if not isinstance(text, str):
     raise ValueError(f'text must be a string, got {type(text).__name__}')
   if not text.strip():
@@ -107,7 +108,7 @@ class VitsFrontend(Frontend):
     return char.lower() in symbols.SYMBOL_TO_ID
 
   def _filter(self, text):
-    _check_text(text)
+    check_text(text)
     # Control characters (NUL, escapes) would end or garble the text inside espeak-ng: they
     # separate words, like whitespace.
     text = ''.join(' ' if unicodedata.category(c) == 'Cc' else c for c in text)
@@ -252,7 +253,7 @@ class PiperFrontend(Frontend):
     (Piper's raw phoneme blocks, piper-tts >= 1.3): a block joins the sentence before it,
     and the text after it continues that sentence.
     """
-    _check_text(text)
+    check_text(text)
     if self.phoneme_type == 'text':
       # piper-phonemize's phonemize_codepoints: casefold, NFD, one sentence.
       text = chars.drop_unknown(text, self._can_say)
@@ -323,7 +324,7 @@ class PiperFrontend(Frontend):
   def split_sentences(self, text):
     """Sentences where espeak-ng ends them (each `text_to_ids(s)` matches piper's sentence
     ids, apart from rare cases where context crosses the boundary)."""
-    _check_text(text)
+    check_text(text)
     if self.phoneme_type == 'text':
       return [text.strip()]
     parts = _PHONEME_BLOCK.split(text)
@@ -372,7 +373,7 @@ class HfFrontend(Frontend):
     self._words = sorted(self.vocab, key=len, reverse=True)
 
   def text_to_ids(self, text):
-    _check_text(text)
+    check_text(text)
     if self.normalize:
       # VitsTokenizer keeps vocabulary entries as written and lowercases everything else.
       out, i = [], 0
@@ -391,7 +392,7 @@ class HfFrontend(Frontend):
     return sentences.split_sentences(text, max_chars=400)
 
   def text_to_sentence_ids(self, text):
-    _check_text(text)
+    check_text(text)
     out = []
     for sentence in self.split_sentences(text):
       try:

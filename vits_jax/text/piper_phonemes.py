@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import re
+import threading
 import unicodedata
 
 from vits_jax.text import espeak
@@ -30,6 +31,11 @@ BOS, EOS, PAD = '^', '$', '_'
 
 # Set to 1 to use the espeakng-loader fallback even where piper-phonemize imports.
 FORCE_FALLBACK_ENV = 'VITS_JAX_PIPER_FALLBACK'
+
+# espeak-ng keeps state between calls (the voice, a look-ahead): a text and the empty call
+# that ends its look-ahead run as one step, so threads sharing a Voice get the same phonemes
+# as one thread would.
+_LOCK = threading.RLock()
 
 # What piper appends after a clause, by the espeak-ng clause type of its last punctuation.
 # Types marked "optional space" in espeak-ng (fullwidth/CJK marks, ¡ ¿, danda, ...) and the
@@ -80,11 +86,12 @@ def piper_phonemize_module():
 
 
 @functools.lru_cache(maxsize=None)
-def _announce_fallback():
+def _announce_fallback(forced):
+  why = (f'{FORCE_FALLBACK_ENV} is set' if forced else
+         'piper-phonemize is not available (it needs Python <= 3.11)')
   _LOGGER.warning(
-      'piper-phonemize is not available (it needs Python <= 3.11); phonemizing with '
-      'espeakng-loader\'s espeak-ng %s instead, which may give other phonemes than the voice '
-      'was trained with on some words.', espeak.espeak_version())
+      '%s; phonemizing with espeakng-loader\'s espeak-ng %s instead, which may give other '
+      'phonemes than the voice was trained with on some words.', why, espeak.espeak_version())
 
 
 def _terminator(consumed, last):
@@ -218,7 +225,8 @@ def _check_voice(voice, use_fallback):
   """`check_espeak_voice`'s lookup, remembered for voices that exist (errors are not)."""
   if not use_fallback:
     try:
-      piper_phonemize_module().phonemize_espeak('', voice)   # sets the voice, says nothing
+      with _LOCK:
+        piper_phonemize_module().phonemize_espeak('', voice)   # sets the voice, says nothing
     except RuntimeError:   # 'Failed to set eSpeak-ng voice'
       raise ValueError(f'espeak-ng has no voice {voice!r}') from None
     return
@@ -244,15 +252,17 @@ def phonemize(text, voice, fallback=None):
   text = break_long_words(text)
   module = None if fallback else piper_phonemize_module()
   if module is None:
-    _announce_fallback()
-    sentences = phonemize_fallback(text, voice)
-    phonemize_fallback('', voice)
-    return sentences
-  sentences = module.phonemize_espeak(text, voice)
+    _announce_fallback(_import_piper_phonemize() is not None)
   # espeak-ng keeps a look-ahead between calls: after a text ending in a word and "..", the
   # next text began with a spoken "dot" (piper-tts too). An empty call ends it, so each
   # text is phonemized as if it came first.
-  module.phonemize_espeak('', voice)
+  with _LOCK:
+    if module is None:
+      sentences = phonemize_fallback(text, voice)
+      phonemize_fallback('', voice)
+    else:
+      sentences = module.phonemize_espeak(text, voice)
+      module.phonemize_espeak('', voice)
   return sentences
 
 
@@ -302,7 +312,10 @@ def split_sentences(text, voice):
     list of stripped, non-empty sentence texts.
   """
   out, current = [], ''
-  for clause in espeak.clause_phonemizer(voice).clauses(text):
+  with _LOCK:
+    clauses = espeak.clause_phonemizer(voice).clauses(text)
+    espeak.clause_phonemizer(voice).clauses('')   # ends the look-ahead, as `phonemize`
+  for clause in clauses:
     consumed = clause.consumed
     # A clause usually consumes the first character of the next one: cut after the last
     # whitespace when a single character follows it.

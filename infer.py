@@ -366,8 +366,9 @@ def _stream_raw(voice, knobs, texts, input_path=None):
   sayable is an error)."""
   skip_unsayable = input_path is not None
   from vits_jax.files import pcm16
+  from vits_jax.inference import SentenceTooLong
   from vits_jax.text.frontend import NothingToSay
-  skipped, said = [], 0
+  skipped, too_long, said = [], [], 0
   try:
     for text in texts:
       started = False
@@ -377,20 +378,26 @@ def _stream_raw(voice, knobs, texts, input_path=None):
           said += 1
           sys.stdout.buffer.write(pcm16(chunk).tobytes())
           sys.stdout.buffer.flush()
-      except NothingToSay:
-        if started or not skip_unsayable:
+      except (NothingToSay, SentenceTooLong) as e:
+        if started or not skip_unsayable:   # (part of the line's audio is out: it stops)
           raise
-        skipped.append(text)
+        (too_long if isinstance(e, SentenceTooLong) else skipped).append((text, e))
   except BrokenPipeError:   # the reader closed the pipe (`| head -c N`): done
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
   except OSError as e:
     raise ValueError(f"cannot write to stdout: {e.strerror}") from None
+  if too_long:
+    message = (f"{len(too_long)} line(s) whose first sentence would last too long "
+               f"(the first: {too_long[0][0][:40]!r}: {too_long[0][1]})")
+    if not said:
+      raise ValueError(f"nothing written: {message}")
+    print(f"warning: skipped {message}", file=sys.stderr)
   if skipped and not said:
     raise ValueError(f"no line of {_input_name(input_path)} has anything to say for this "
-                     f"voice ({len(skipped)} skipped, the first: {skipped[0][:40]!r})")
+                     f"voice ({len(skipped)} skipped, the first: {skipped[0][0][:40]!r})")
   if skipped:
     print(f"warning: skipped {len(skipped)} line(s) with nothing to say for this voice (the "
-          f"first: {skipped[0][:40]!r})", file=sys.stderr)
+          f"first: {skipped[0][0][:40]!r})", file=sys.stderr)
 
 
 def _in_cluster() -> bool:
@@ -523,15 +530,15 @@ def _lines_to_files(args, voice, jobs):
   groups = {}   # the same keywords -> one batched call, in order of first appearance
   for k in mine:
     groups.setdefault(tuple(sorted(jobs[k][1].items())), []).append(k)
-  skipped = []
+  skipped, too_long = [], []   # lines with nothing to say; with a sentence too long
   with tqdm(total=len(mine), unit="utt", disable=len(mine) < 2, file=sys.stderr) as bar:
     for key, group in groups.items():
       results = voice.iter_batch([jobs[k][0] for k in group], batch_size=args.batch_size,
                                  skip_unsayable=True, **dict(key))
-      for k, (audio, _) in zip(group, results):
+      for k, (audio, why) in zip(group, results):
         bar.update(1)
-        if audio.size == 0:   # nothing this voice can say: no file, counted below
-          skipped.append(k)
+        if audio.size == 0:   # no file, counted below
+          (too_long if isinstance(why, inference.SentenceTooLong) else skipped).append(k)
           continue
         path = os.path.join(args.out_dir, jobs[k][2])
         folder = os.path.dirname(path)
@@ -541,11 +548,21 @@ def _lines_to_files(args, voice, jobs):
           raise ValueError(f"cannot make folder {folder}: {e.strerror}") from None
         _write_audio(path, voice.sample_rate, [audio])
   where = f" (process {index} of {count})" if count > 1 else ""
+  if too_long:
+    too_long.sort()
+    names = ", ".join(jobs[k][2] for k in too_long[:5])
+    message = (f"{len(too_long)} line(s) with a sentence that would last more than "
+               f"{inference.MAX_SENTENCE_FRAMES} frames at their length and duration-noise "
+               f"scales (lower them), so no {names}{' ...' if len(too_long) > 5 else ''}")
+    if len(too_long) + len(skipped) == len(mine):
+      raise ValueError(f"no file written: {message}")
+    print(f"warning: skipped {message}", file=sys.stderr)
   if mine and len(skipped) == len(mine):
     raise ValueError(f"no line of {_input_name(args.input)} has anything to say for this "
                      f"voice ({len(skipped)} skipped, the first: {jobs[skipped[0]][0][:40]!r}):"
                      " no file written")
-  print(f"wrote {len(mine) - len(skipped)} files to {args.out_dir}{where}", file=sys.stderr)
+  print(f"wrote {len(mine) - len(skipped) - len(too_long)} files to {args.out_dir}{where}",
+        file=sys.stderr)
   if skipped:
     skipped.sort()
     names = ", ".join(jobs[k][2] for k in skipped[:5])

@@ -173,6 +173,7 @@ class TextToSpeech:
       self._run(batch)
 
   def _run(self, batch):
+    from vits_jax import inference
     texts = [text for _, text, _, _ in batch]
     abandoned = lambda: all(left.is_set() for _, _, done, left in batch if not done.done())
     try:
@@ -181,9 +182,11 @@ class TextToSpeech:
         results = self.voice.iter_batch(texts, batch_size=self.max_batch,
                                         skip_unsayable=True, stop=abandoned,
                                         **dict(batch[0][0]))
-        for (_, text, done, _), (audio, _) in zip(batch, results):
+        for (_, text, done, _), (audio, why) in zip(batch, results):
           if audio.size:
             done.set_result(audio)
+          elif isinstance(why, inference.SentenceTooLong):   # this request's alone
+            done.set_exception(ValueError(str(why)))
           else:
             done.set_exception(ValueError(
                 f"text has nothing to say for this voice: {text[:50]!r}"))
@@ -315,6 +318,12 @@ def make_handler(tts):
         self.wfile.write(b"0\r\n\r\n")
       except (BrokenPipeError, ConnectionResetError):   # the client went away
         self.close_connection = True
+      except ValueError as e:   # a later sentence refused (too long): the 200 is out, so
+        # the stream ends without its last chunk (the client sees it cut short) and the
+        # reason goes to the log
+        self.close_connection = True
+        self.log_message('"%s" stopped mid-stream: %s', self.requestline,
+                         str(e).splitlines()[0])
       finally:
         chunks.close()
 

@@ -582,3 +582,37 @@ def test_names_that_are_not_utf8_and_no_folder_left_by_a_failed_run(tmp_path, ca
     code, err = _run(argv + ["--out-dir", str(tmp_path / "new" / "out")], capsys)
     assert code == 2 and err.startswith("error: "), err
     assert not (tmp_path / "new").exists()
+
+
+def test_a_line_too_long_to_say_is_skipped_and_counted(tmp_path, capsys, monkeypatch):
+  """A line whose sentence would last more than MAX_SENTENCE_FRAMES (found only when its
+  durations are) is skipped and counted, as a line with nothing to say: the other lines'
+  files and raw audio are what they would be without it (it stopped the run before)."""
+  from vits_jax import inference, load_voice
+  from vits_jax.files import pcm16
+  lines = ["Hi.", "Hi there, all of you, my good old friends.", "Ho."]
+  voice = load_voice(TINY_SINGLE)
+  frames = [int(sum(d.sum() for d in voice.synthesize(t, with_durations=True)[1]))
+            for t in lines]
+  assert frames[1] > max(frames[0], frames[2]) + 1, frames
+  monkeypatch.setattr(inference, "MAX_SENTENCE_FRAMES", max(frames[0], frames[2]))
+  out = tmp_path / "out"
+  code, err = _run(["--input", "-", "--out-dir", str(out), "--voice", TINY_SINGLE], capsys,
+                   "\n".join(lines) + "\n", monkeypatch)
+  assert code == 0, err
+  assert sorted(os.listdir(out)) == ["0001.wav", "0003.wav"], err
+  assert "warning: skipped 1 line(s) with a sentence that would last more than" in err, err
+  assert "0002.wav" in err and "wrote 2 files" in err, err
+  for name, text in (("0001.wav", lines[0]), ("0003.wav", lines[2])):
+    samples, _ = sf.read(out / name, dtype="int16")
+    np.testing.assert_array_equal(samples, pcm16(voice.synthesize(text)))
+  monkeypatch.setattr(sys, "stdout", _Stdout())
+  code, err = _run(["--input", "-", "--output-raw", "--voice", TINY_SINGLE], capsys,
+                   "\n".join(lines) + "\n", monkeypatch)
+  assert code == 0 and "skipped 1 line(s) whose first sentence would last too long" in err, err
+  raw = np.frombuffer(sys.stdout.buffer.getvalue(), "<i2")
+  np.testing.assert_array_equal(raw, np.concatenate(
+      [pcm16(voice.synthesize(lines[0])), pcm16(voice.synthesize(lines[2]))]))
+  code, err = _run(["--input", "-", "--out-dir", str(tmp_path / "none"), "--voice",
+                    TINY_SINGLE], capsys, lines[1] + "\n", monkeypatch)
+  assert code == 2 and err.startswith("error: no file written: 1 line(s)"), err

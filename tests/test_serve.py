@@ -414,3 +414,52 @@ def test_content_lengths_that_differ_and_too_many_connections(server, monkeypatc
   finally:
     small.shutdown()
     small.server_close()
+
+
+def test_a_sentence_too_long_fails_only_its_own_request(server, monkeypatch, capfd):
+  """A sentence found too long (more than MAX_SENTENCE_FRAMES, known only once its text side
+  has run) is its own request's 400, not its batch's: the requests beside it get their
+  audio as alone. Streamed, it ends the stream short with one line in the log, no
+  traceback."""
+  import http.client
+  from concurrent.futures import ThreadPoolExecutor
+  from vits_jax import inference
+  voice, url, tts = server
+  long = "Hi there, all of you, my good old friends."
+  # streamed: its first sentence, longer than a decoder window, sends a lead window before
+  # the second's text side runs
+  texts = ["Hi.", long, "Ho. Hey."]
+  streamed = ("The birch canoe slid on the smooth planks, then it went down the long wide "
+              "river to the sea. Glue the sheet to the dark blue background, and then again "
+              "and again and again and again, all of it, my good old friend.")
+  frames = [[int(d.sum()) for d in voice.synthesize(t, speaker=1, with_durations=True)[1]]
+            for t in texts + [streamed]]   # per sentence
+  assert frames[1][0] > max(frames[0] + frames[2])
+  assert frames[3][1] > frames[3][0] > inference.WINDOW_FRAMES
+  monkeypatch.setattr(inference, "MAX_SENTENCE_FRAMES", max(frames[0] + frames[2]))
+  tts.batch_wait, before = 1.0, tts.batches
+  try:
+    with ThreadPoolExecutor(len(texts)) as pool:
+      replies = list(pool.map(lambda t: _call(url + "/synthesize", json.dumps(
+          {"text": t}).encode()), texts))
+  finally:
+    tts.batch_wait = 0.01
+  assert tts.batches - before < len(texts)   # they shared a call
+  assert replies[1][0] == 400 and "frames" in json.loads(replies[1][2])["error"], replies[1]
+  for k in (0, 2):
+    assert replies[k][0] == 200
+    np.testing.assert_array_equal(_samples(replies[k][2])[0],
+                                  files.pcm16(voice.synthesize(texts[k], speaker=1)))
+  monkeypatch.setattr(inference, "MAX_SENTENCE_FRAMES", frames[3][0])
+  host, port = url.removeprefix("http://").split(":")
+  connection = http.client.HTTPConnection(host, int(port), timeout=300)
+  connection.request("POST", "/synthesize", json.dumps({"text": streamed, "stream": True}),
+                     {"Content-Type": "application/json"})
+  response = connection.getresponse()
+  assert response.status == 200
+  with pytest.raises(http.client.IncompleteRead):
+    response.read()
+  connection.close()
+  assert _call(url + "/synthesize", b'{"text": "Still here."}')[0] == 200
+  err = capfd.readouterr().err
+  assert "Traceback" not in err and "stopped mid-stream: a sentence would last more" in err, err

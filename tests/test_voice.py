@@ -325,6 +325,21 @@ def test_a_sentence_too_long_to_decode_is_refused_before_its_audio(multi, monkey
   monkeypatch.setattr(inference, "MAX_SENTENCE_FRAMES", frames - 1)
   with pytest.raises(ValueError, match=f"more than {frames - 1} frames"):
     multi.synthesize("Hi there, all of you.")
+  # In a batch it is that text's refusal alone: skipped, the others as they are alone (the
+  # call starts again after it: a text before it whose audio was not out yet included).
+  texts = ["Hi. Ho.", "Hi there, all of you. Ho.", "Hey.", "\U0001F600",
+           "Hi there, all of you."]
+  with pytest.raises(inference.SentenceTooLong, match="text 1: .*more than"):
+    multi.synthesize_batch(texts[:3])
+  monkeypatch.setattr(inference, "MAX_TEXT_BATCH", {})     # texts side by side, as on an
+  monkeypatch.setattr(inference, "MAX_WINDOW_BATCH", {})   # accelerator: "Hi. Ho." unfinished
+  out = list(multi.iter_batch(texts, skip_unsayable=True, batch_size=4))
+  assert [a.size > 0 for a, _ in out] == [True, False, True, False, False]
+  assert [type(why).__name__ for a, why in out if not a.size] == [
+      "SentenceTooLong", "NothingToSay", "SentenceTooLong"]
+  for k in (0, 2):
+    alone = multi.synthesize(texts[k])
+    assert out[k][0].shape == alone.shape and np.abs(out[k][0] - alone).max() <= 1e-6
 
 
 def test_non_string_text_and_skipped_texts(multi):

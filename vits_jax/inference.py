@@ -483,6 +483,16 @@ def convert_audio(model, params, audio: np.ndarray, source_id: int, target_id: i
   return np.concatenate(pieces).astype(np.float32)
 
 
+class SentenceTooLong(ValueError):
+  """A sentence whose durations add up to more than `MAX_SENTENCE_FRAMES` (found by its text
+  side, so possibly after earlier sentences' audio). `index`: the sentence's index in the
+  `stream_ids` call."""
+
+  def __init__(self, message: str, index: int):
+    super().__init__(message)
+    self.index = index
+
+
 def _text_side(model, params, group, sid, scales, key, batch):
   """Text side of `group` [(index, (ids, seed))] in batches of similar length.
 
@@ -512,9 +522,9 @@ def _text_side(model, params, group, sid, scales, key, batch):
       n = int(lengths[r])
       w = w_ceil[r, :n]
       if not (np.all(np.isfinite(w)) and float(w.sum()) <= MAX_SENTENCE_FRAMES):
-        raise ValueError(f"a sentence would last more than {MAX_SENTENCE_FRAMES} frames "
-                         f"(length_scale {scales[2]:g}, noise_scale_w {scales[1]:g}): lower "
-                         "them")
+        raise SentenceTooLong(
+            f"a sentence would last more than {MAX_SENTENCE_FRAMES} frames (length_scale "
+            f"{scales[2]:g}, noise_scale_w {scales[1]:g}): lower them", group[j][0])
       results[j] = (m_p[r, :n], logs_p[r, :n], w.astype(np.int64))
   for j, (i, (_, seed)) in enumerate(group):
     yield i, results[j], seed

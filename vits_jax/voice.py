@@ -329,8 +329,12 @@ class Voice:
     text, in order, as soon as it is complete (so a caller can write and drop it).
 
     Every text is phonemized before any audio is made, so a text with nothing to say (empty,
-    or nothing the voice can pronounce) raises ValueError up front; with `skip_unsayable`
-    it yields an empty waveform and no durations instead, and the others are synthesized.
+    or nothing the voice can pronounce) raises ValueError up front. A sentence that would
+    last more than `inference.MAX_SENTENCE_FRAMES` frames (an extreme length_scale or
+    noise_scale_w) is found when its durations are, and raises `inference.SentenceTooLong`
+    then. With `skip_unsayable` such a text yields an empty waveform and, in place of its
+    durations, the ValueError that says why; the others are synthesized as if it were not
+    there (each text's audio is the same as alone).
     `stop`, when given, is asked after each decoder window: once it returns True the
     generator ends there, without the texts not yet yielded (a server whose clients left).
     """
@@ -340,9 +344,9 @@ class Voice:
     options = self._options(speaker, noise_scale, noise_scale_w, length_scale, seed,
                             batch_size, sentence_silence, volume, normalize)
     gap = np.zeros(int(round(sentence_silence * self.sample_rate)), np.float32)
-    owner: List[Tuple[int, bool]] = []  # sentence -> (utterance, is its last sentence)
 
     per_text = []   # phonemized before any audio: a bad text fails the call up front
+    refused: Dict[int, ValueError] = {}   # text -> why it yields no audio
     for k, text in enumerate(texts):
       try:
         per_text.append(self._sentence_ids(text))
@@ -350,44 +354,53 @@ class Voice:
         if not (skip_unsayable and isinstance(e, NothingToSay)):
           raise type(e)(f"text {k}: {e}" if len(texts) > 1 else str(e)) from None
         per_text.append([])
+        refused[k] = e
 
-    def sentences():
-      for u, ids_list in enumerate(per_text):
-        for s, ids in enumerate(ids_list):
-          owner.append((u, s == len(ids_list) - 1))
-          yield ids, s
-
-    pieces: List[np.ndarray] = []
-    sentence: List[np.ndarray] = []   # the pieces of the sentence being made
-    durations: List[np.ndarray] = []
-    total = sum(len(ids_list) for ids_list in per_text)
     done = 0   # texts yielded so far
-    for i, piece, dur in inference.stream_ids(
-        self.model, self.params, sentences(), options,
-        text_batch=min(options.batch_size, total),
-        lengths=[len(ids) for ids_list in per_text for ids in ids_list]):
-      if stop is not None and stop():
-        return
-      sentence.append(piece)
-      if dur is None:
+    while True:
+      # The texts from `done` on, less those refused; after a refusal mid-run the call
+      # starts again from the first text not yet yielded.
+      todo = [u for u in range(done, len(texts)) if u not in refused]
+      owner = [(u, s == len(per_text[u]) - 1) for u in todo for s in range(len(per_text[u]))]
+      pieces: List[np.ndarray] = []
+      sentence: List[np.ndarray] = []   # the pieces of the sentence being made
+      durations: List[np.ndarray] = []
+      try:
+        for i, piece, dur in inference.stream_ids(
+            self.model, self.params,
+            ((ids, s) for u in todo for s, ids in enumerate(per_text[u])), options,
+            text_batch=min(options.batch_size, len(owner)),
+            lengths=[len(ids) for u in todo for ids in per_text[u]]):
+          if stop is not None and stop():
+            return
+          sentence.append(piece)
+          if dur is None:
+            continue
+          if volume == 1.0 and not normalize:
+            pieces.extend(sentence)
+          else:
+            pieces.append(loudness(np.concatenate(sentence), volume, normalize))
+          sentence = []
+          durations.append(dur)
+          if not owner[i][1]:
+            if gap.size:
+              pieces.append(gap)
+            continue
+          for u in range(done, owner[i][0]):   # refused texts before this one
+            yield np.zeros(0, np.float32), refused[u]
+          yield np.concatenate(pieces).astype(np.float32), durations
+          done = owner[i][0] + 1
+          pieces, durations = [], []
+      except inference.SentenceTooLong as e:
+        u = owner[e.index][0]
+        if not skip_unsayable:
+          raise inference.SentenceTooLong(f"text {u}: {e}" if len(texts) > 1 else str(e),
+                                          e.index) from None
+        refused[u] = e
         continue
-      if volume == 1.0 and not normalize:
-        pieces.extend(sentence)
-      else:
-        pieces.append(loudness(np.concatenate(sentence), volume, normalize))
-      sentence = []
-      durations.append(dur)
-      if not owner[i][1]:
-        if gap.size:
-          pieces.append(gap)
-        continue
-      for _ in range(done, owner[i][0]):   # skipped texts before this one
-        yield np.zeros(0, np.float32), []
-      yield np.concatenate(pieces).astype(np.float32), durations
-      done = owner[i][0] + 1
-      pieces, durations = [], []
-    for _ in range(done, len(per_text)):
-      yield np.zeros(0, np.float32), []
+      break
+    for u in range(done, len(texts)):
+      yield np.zeros(0, np.float32), refused[u]
 
   def stream(self, text: str, speaker=None, noise_scale: Optional[float] = None,
              noise_scale_w: Optional[float] = None, length_scale: Optional[float] = None,

@@ -118,6 +118,25 @@ def test_hf_names_map_both_ways():
       "flow.flows.6.enc.in_layers.0.weight_g")
 
 
+@pytest.mark.parametrize("fixture", ["hf_sdp_rb1", "hf_dp_rb1_ms"])
+def test_hf_export_names_are_the_ones_transformers_saves(fixture):
+  """The HF export's tensor names are exactly those of a `VitsModel` transformers saved
+  (the parity fixtures), with the stochastic duration predictor and without: the plain
+  predictor's projection is `proj` there, `conv_proj` only in the stochastic one (a wrong
+  name left transformers a random projection, and another length, with no error)."""
+  from vits_jax.convert import hf as hf_import, torch_names
+  data = dict(np.load(FIXTURES / f"{fixture}.npz"))
+  saved = {k[3:]: v.astype(np.float32) for k, v in data.items() if k.startswith("sd/")}
+  config = hf_import.config_from_hf(json.loads(str(data["config"])))
+  params = torch_names.torch_to_flax(hf_import.hf_to_official(saved),
+                                     like=hf_import.param_template(config))
+  exported = hf_export.hf_state_dict(params)
+  assert set(exported) == set(saved), (sorted(set(exported) - set(saved))[:5],
+                                       sorted(set(saved) - set(exported))[:5])
+  for name in ("duration_predictor.proj.weight", "duration_predictor.conv_proj.weight"):
+    assert (name in exported) == (name in saved)
+
+
 def test_official_export_round_trip(tmp_path):
   out = tmp_path / "official"
   result = export_voice(MULTI, "official", out)

@@ -150,13 +150,19 @@ def hf_to_official_name(name: str) -> str:
   return name
 
 
-def official_to_hf_name(name: str) -> str:
+def official_to_hf_name(name: str, sdp: bool = True) -> str:
   """Official VITS parameter name -> HF `VitsModel` name (what current transformers saves:
-  weight norm as `parametrizations.weight.original0/1`)."""
+  weight norm as `parametrizations.weight.original0/1`).
+
+  `sdp`: whether the voice's duration predictor is the stochastic one. The plain one has
+  the official names under HF's `duration_predictor.` (its `proj` stays `proj`, where the
+  stochastic one's is `conv_proj`)."""
   m = _LAYER_NORM.search(name)
   if m:
     back = {o: h for h, o in _LAYER_NORM_PARAMS}
     name = name[:m.end()] + back.get(name[m.end():], name[m.end():])
+  if not sdp and name.startswith("dp."):
+    return "duration_predictor." + name[len("dp."):]
   return _rename(name, 1)
 
 

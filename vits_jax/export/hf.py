@@ -27,6 +27,7 @@ from vits_jax.export import common
 
 def hf_state_dict(params) -> Dict[str, np.ndarray]:
   """Flax generator params -> HF names and layouts (decoder weight norm folded)."""
+  sdp = any(k.startswith("flows") for k in params.get("dp", {}))   # stochastic predictor
   official = torch_names.flax_to_torch({k: v for k, v in params.items() if k != "dec"})
   official.update(torch_names.flax_to_torch({"dec": params["dec"]}, fold_weight_norm=True))
   out = {}
@@ -34,7 +35,7 @@ def hf_state_dict(params) -> Dict[str, np.ndarray]:
     value = np.ascontiguousarray(value, np.float32)
     if hf_import.ATTENTION_WEIGHT.search(name):
       value = value[:, :, 0]
-    hf_name = hf_import.official_to_hf_name(name)
+    hf_name = hf_import.official_to_hf_name(name, sdp)
     back = hf_import.hf_to_official({hf_name: value})
     if list(back) != [name]:
       raise AssertionError(f"HF name map is not invertible at {name} -> {hf_name} -> "

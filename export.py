@@ -62,9 +62,9 @@ def main(argv=None):
   for note in result.notes:
     print(f"note: {note}", file=sys.stderr)
   if result.fresh:
-    print(f"note: {result.fresh} tensors the source does not have (modules inference never "
-          "runs, e.g. a Piper voice's posterior encoder) were freshly initialized",
-          file=sys.stderr)
+    print(f"note: {result.fresh} tensors the source does not have (modules synthesis never "
+          "runs, e.g. a Piper voice's posterior encoder) were freshly initialized; a vits_jax "
+          "load of the export leaves them out again", file=sys.stderr)
   for f in result.files:
     print(f"wrote {f} ({f.stat().st_size / 2**20:.1f} MiB)")
   return 0

@@ -164,6 +164,25 @@ def test_official_export_round_trip(tmp_path):
   knobs = dict(speaker="bob", noise_scale=0.0, noise_scale_w=0.0)
   np.testing.assert_allclose(exported.synthesize(text, **knobs),
                              original.synthesize(text, **knobs), atol=1e-5)
+  # The modules filled with fresh weights are listed, and a load leaves them out as the
+  # Piper voice lacks them: conversion refuses (it used random weights), a fine-tune from
+  # the export would fit the posterior encoder.
+  untrained = hps[source_lib.OWN_SECTION]["untrained"]
+  assert "enc_q" in untrained and all(m.startswith(("enc_q", "dp/")) for m in untrained)
+  assert "enc_q" not in exported.params
+  assert sorted(exported.params["dp"]) == sorted(original.params["dp"])
+  with pytest.raises(ValueError, match="no posterior encoder weights"):
+    exported.convert(np.zeros(4000, np.float32), 16000, "alice", "bob")
+  again = tmp_path / "again"
+  export_voice(out / "G_0.pth", "official", again)   # still listed, a second export on
+  assert json.loads((again / "config.json").read_text())[source_lib.OWN_SECTION][
+      "untrained"] == untrained
+  for bad in (["dec"], "enc_q", [1]):   # only modules synthesis never runs
+    hps[source_lib.OWN_SECTION]["untrained"] = bad
+    (out / "config.json").write_text(json.dumps(hps))
+    with pytest.raises(ValueError, match="untrained' must list modules"):
+      load_voice(out / "G_0.pth")
+  hps[source_lib.OWN_SECTION]["untrained"] = untrained
   hps[source_lib.OWN_SECTION]["frontend"]["config"]["phoneme_id_map"]["a"] = [9999]
   (out / "config.json").write_text(json.dumps(hps))
   with pytest.raises(ValueError, match="phoneme_id_map uses id 9999"):

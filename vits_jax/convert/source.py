@@ -21,7 +21,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import ml_collections
 import numpy as np
@@ -493,11 +493,36 @@ def _piper_inference(voice_config: Mapping[str, Any], where: str) -> Dict[str, f
 OWN_SECTION = "vits_jax"
 
 
-def own_section(src: "Source") -> Dict[str, Any]:
+def own_section(src: "Source", untrained: Sequence[str] = ()) -> Dict[str, Any]:
   """The `OWN_SECTION` an export writes for `src` (plain JSON; `_own_section` reads it):
-  its frontend, speaker names and sampling knobs (`config.infer`)."""
-  return json.loads(json.dumps({"frontend": src.frontend, "speaker_names": src.speaker_names,
-                                "inference": dict(src.config.get("infer") or {})}))
+  its frontend, speaker names and sampling knobs (`config.infer`), and the modules the
+  export filled with fresh weights because the source had none (`untrained`)."""
+  own = {"frontend": src.frontend, "speaker_names": src.speaker_names,
+         "inference": dict(src.config.get("infer") or {})}
+  if untrained:
+    own["untrained"] = list(untrained)
+  return json.loads(json.dumps(own))
+
+
+def _without_untrained(params: Dict[str, Any], own: Mapping[str, Any], where: str
+                       ) -> Dict[str, Any]:
+  """`params` less the modules an export filled with fresh weights (`OWN_SECTION`'s
+  'untrained': a Piper voice's posterior encoder, say), so a load of the export lacks them as
+  its source did: voice conversion refuses, and fine-tuning fits the posterior encoder,
+  rather than both using random weights. Only modules inference does not read can be
+  listed."""
+  untrained = own.get("untrained", [])
+  if not isinstance(untrained, list) or not all(
+      isinstance(m, str) and (m + "/").startswith(INFERENCE_ONLY_ABSENT) for m in untrained):
+    raise ValueError(f"{where}: '{OWN_SECTION}.untrained' must list modules inference does "
+                     f"not use ({', '.join(INFERENCE_ONLY_ABSENT)}), got {untrained!r:.60}")
+  if not untrained:
+    return params
+  from flax import traverse_util
+  flat = traverse_util.flatten_dict(params, sep="/")
+  return traverse_util.unflatten_dict(
+      {k: v for k, v in flat.items()
+       if not any(k == m or k.startswith(m + "/") for m in untrained)}, sep="/")
 
 
 def _own_knobs(own: Mapping[str, Any], where: str) -> Optional[Dict[str, float]]:
@@ -561,6 +586,7 @@ def load_official(checkpoint: Union[str, os.PathLike],
   # A generator saved for inference only (no enc_q, as Piper's) is still a voice.
   params = check_params(torch_names.torch_to_flax(state_dict), config,
                         f"{checkpoint} (with {config_path})", inference_only=True)
+  params = _without_untrained(params, own, str(config_path))
   _check_frontend(frontend, config.model.n_vocab, str(config_path))
   if frontend is None:
     frontend = dict(kind="vits", cleaners=list(config.data.text_cleaners),
@@ -580,6 +606,7 @@ def load_hf(folder: Union[str, os.PathLike]) -> Source:
   params = check_params(params, config, str(folder / "model.safetensors"))
   own, frontend, voice_config = _own_section(read_json(folder / "config.json"),
                                              str(folder / "config.json"))
+  params = _without_untrained(params, own, str(folder / "config.json"))
   if frontend is None:
     vocab_path = folder / "vocab.json"
     if not vocab_path.is_file():

@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
 from flax import traverse_util
@@ -15,14 +15,17 @@ from vits_jax.convert import source as source_lib
 from vits_jax.convert import torch_names
 
 
-def complete_params(src: source_lib.Source, seed: int = 0) -> Tuple[Dict[str, Any], int]:
+def complete_params(src: source_lib.Source, seed: int = 0
+                    ) -> Tuple[Dict[str, Any], int, List[str]]:
   """The source's generator params with the modules an inference-only source lacks (a Piper
   voice has no posterior encoder) freshly initialized, so formats that hold the whole
   generator (HF, official) load without missing keys. Inference never reads those modules;
   training continued from the export learns them again.
 
   Returns:
-    (params, number of tensors freshly initialized).
+    (params, number of tensors freshly initialized, the modules made of them only, as
+    'enc_q' or 'dp/post_flows_0': an export lists them in its `OWN_SECTION` so a load of
+    it knows them for untrained, `source_lib.untrained_modules`).
   """
   from vits_jax.models.synthesizer import build_synthesizer, param_shapes
   want = traverse_util.flatten_dict(param_shapes(build_synthesizer(src.config)))
@@ -39,7 +42,13 @@ def complete_params(src: source_lib.Source, seed: int = 0) -> Tuple[Dict[str, An
   for key in out:    # weight norm: g = ||v|| for fresh pairs
     if key[-1] == "weight_g" and key not in have:
       out[key], _ = torch_names.unfold_weight(key[:-1], out[key[:-1] + ("weight_v",)])
-  return traverse_util.unflatten_dict(out), fresh
+  modules: List[Tuple[str, ...]] = []   # the outermost modules with no tensor of the source
+  for depth in (1, 2):
+    for prefix in sorted({key[:depth] for key in want if key not in have}):
+      if not any(prefix[:len(m)] == m for m in modules) and not any(
+          key[:depth] == prefix for key in have):
+        modules.append(prefix)
+  return traverse_util.unflatten_dict(out), fresh, ["/".join(m) for m in modules]
 
 
 def _fresh(name: str, shape, rng) -> np.ndarray:

@@ -108,12 +108,12 @@ def export_hf(src: source_lib.Source, out, force: bool = False) -> Tuple[Path, i
   """
   from safetensors.numpy import save
   config = hf_config(src.config)
-  params, fresh = common.complete_params(src)
+  params, fresh, untrained = common.complete_params(src)
   tensors = hf_state_dict(params)
-  if src.frontend["kind"] != "hf" or src.speaker_names:
+  if src.frontend["kind"] != "hf" or src.speaker_names or untrained:
     # What HF's tokenizer cannot hold (a Piper voice's phoneme map; speaker names), for a
     # vits_jax load: transformers keeps unknown config keys and ignores them.
-    config[source_lib.OWN_SECTION] = source_lib.own_section(src)
+    config[source_lib.OWN_SECTION] = source_lib.own_section(src, untrained)
   out = Path(out)
   with common.output_dir(out, force) as tmp:
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

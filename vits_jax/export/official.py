@@ -99,7 +99,7 @@ def export_official(src: source_lib.Source, out, force: bool = False
                    f"{list(dc.get('periods', _PERIODS))})")
       disc = None
   hps = official_config(src.config)
-  params, fresh = common.complete_params(src)
+  params, fresh, untrained = common.complete_params(src)
   lr = float(src.config.train.get("learning_rate", 2e-4))
   step = src.step if src.step is not None else 0
   out = Path(out)
@@ -111,6 +111,6 @@ def export_official(src: source_lib.Source, out, force: bool = False
           tmp / f"D_{step}.pth", _checkpoint(torch_names.flax_to_torch(disc), lr))
     # The voice's own frontend and speaker names, which the official code has no place for
     # (it reads text with its own symbols and cleaners): a vits_jax load keeps them.
-    hps[source_lib.OWN_SECTION] = source_lib.own_section(src)
+    hps[source_lib.OWN_SECTION] = source_lib.own_section(src, untrained)
     (tmp / "config.json").write_text(json.dumps(hps, indent=2) + "\n", encoding="utf-8")
   return out, fresh, notes

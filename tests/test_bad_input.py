@@ -196,6 +196,10 @@ VOICES = [
      ["resblock_dilation_sizes"]),
     ("official-nan-weights", lambda t: _official_pth(t, lambda sd: sd.__setitem__(
         "dec.conv_post.weight", sd["dec.conv_post.weight"] * np.nan)), ["NaN or infinite"]),
+    # a community checkpoint trained with a symbol table of its own (38 ids): its ids would
+    # index past the embedding (it said 'a sentence would last more than 65536 frames')
+    ("official-own-symbols", lambda t: _official_pth(t, lambda sd: sd.__setitem__(
+        "enc_p.emb.weight", sd["enc_p.emb.weight"][:38])), ["38 token ids", "symbol table"]),
     ("official-emb-scalar", lambda t: _official_pth(t, lambda sd: sd.__setitem__(
         "enc_p.emb.weight", np.float32(1.0) * np.ones((), np.float32))), []),
     ("onnx-no-strides", lambda t: _piper_graph(t, _drop_attribute("ConvTranspose", "strides")),

@@ -560,6 +560,13 @@ def _check_frontend(frontend: Optional[Mapping[str, Any]], n_vocab: int, where: 
     _check_id_map(frontend["config"].get("phoneme_id_map"), n_vocab, where)
   if frontend and frontend.get("kind") == "hf":
     _check_id_map(frontend.get("vocab"), n_vocab, where, "vocabulary")
+  if frontend and frontend.get("kind") == "vits":
+    from vits_jax.text import symbols
+    if n_vocab < len(symbols.SYMBOLS):
+      raise ValueError(f"{where}: the checkpoint has {n_vocab} token ids, fewer than the "
+                       f"{len(symbols.SYMBOLS)} symbols of the official table its text is "
+                       "read with: it was trained with a symbol table of its own, which "
+                       "this config does not name")
 
 
 def load_official(checkpoint: Union[str, os.PathLike],
@@ -587,10 +594,10 @@ def load_official(checkpoint: Union[str, os.PathLike],
   params = check_params(torch_names.torch_to_flax(state_dict), config,
                         f"{checkpoint} (with {config_path})", inference_only=True)
   params = _without_untrained(params, own, str(config_path))
-  _check_frontend(frontend, config.model.n_vocab, str(config_path))
   if frontend is None:
     frontend = dict(kind="vits", cleaners=list(config.data.text_cleaners),
                     add_blank=bool(config.data.add_blank))
+  _check_frontend(frontend, config.model.n_vocab, str(config_path))
   return Source("official", Path(checkpoint), Path(checkpoint).name, config, params,
                 frontend, speaker_names=dict(own.get("speaker_names", {})),
                 step=_step_of(Path(checkpoint)) if _step_of(Path(checkpoint)) >= 0 else None,

@@ -172,6 +172,57 @@ def test_hf_voice_matches_transformers():
     assert np.abs(audio - golden[f"wav_{k}"]).max() <= 1e-3
 
 
+def test_hf_folder_saved_as_pytorch_model_bin(tmp_path):
+  """An older save's `pytorch_model.bin` (no safetensors) is read with the tensors-only
+  reader: the same voice, the same audio."""
+  import shutil
+  from safetensors.numpy import load_file
+  from vits_jax.convert import official_pth
+  folder = tmp_path / "bin"
+  shutil.copytree(FIXTURES / "hf_tiny", folder)
+  state = load_file(str(folder / "model.safetensors"))
+  (folder / "model.safetensors").unlink()
+  official_pth.save_torch_checkpoint(folder / "pytorch_model.bin", state)
+  ids = [[0, 5, 0, 9, 0, 12, 0]]
+  want = load_voice(FIXTURES / "hf_tiny").synthesize_ids(ids, noise_scale=0.0)[0]
+  np.testing.assert_array_equal(load_voice(folder).synthesize_ids(ids, noise_scale=0.0)[0],
+                                want)
+  official_pth.save_torch_checkpoint(folder / "pytorch_model.bin", {"model": state})
+  with pytest.raises(ValueError, match="pytorch_model.bin: not a state dict"):
+    load_voice(folder)
+  (folder / "pytorch_model.bin").unlink()
+  with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
+    load_voice(folder)
+
+
+def test_hf_tokenizer_language_rule_and_its_export(tmp_path):
+  """VitsTokenizer's one language rule: for 'ron' (MMS Romanian, trained on 'ţ' with a
+  cedilla) 'ț' with a comma below is read as 'ţ', after normalizing; other languages drop
+  it as a character outside the vocabulary. The language survives an HF export."""
+  import shutil
+  from vits_jax.export import export_voice
+  from vits_jax.text import get_frontend
+  vocab = {"_": 0, " ": 1, "a": 2, "r": 3, "\u0163": 4}
+  text = "\u0162ara \u021ba"   # 'Ţara ța'
+  ron = get_frontend("hf", vocab=vocab, add_blank=False, language="ron")
+  assert ron.text_to_ids(text) == [4, 2, 3, 2, 1, 4, 2]
+  assert get_frontend("hf", vocab=vocab, add_blank=False, language="eng").text_to_ids(
+      text) == [4, 2, 3, 2, 1, 2]
+  assert get_frontend("hf", vocab=vocab, add_blank=False, normalize=False,
+                      language="ron").text_to_ids("\u021ba") == [4, 2]
+  with pytest.raises(ValueError, match="language must be a string"):
+    get_frontend("hf", vocab=vocab, language=7)
+  folder = tmp_path / "ron"
+  shutil.copytree(FIXTURES / "hf_tiny", folder)
+  tok = json.loads((folder / "tokenizer_config.json").read_text())
+  (folder / "tokenizer_config.json").write_text(json.dumps(dict(tok, language="ron")))
+  assert load_voice(folder).frontend.language == "ron"
+  export_voice(folder, "hf", tmp_path / "out")
+  assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())[
+      "language"] == "ron"
+  assert load_voice(tmp_path / "out").frontend.language == "ron"
+
+
 def test_workdir_latest_checkpoint(tmp_path, multi):
   import orbax.checkpoint as ocp
   from configs import presets

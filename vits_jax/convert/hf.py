@@ -1,7 +1,8 @@
 """Hugging Face `transformers` VITS (`VitsModel`, e.g. facebook/mms-tts-*) -> our model.
 
-An HF folder holds `config.json` (a `VitsConfig`) and `model.safetensors`. We read both
-without torch (safetensors' numpy loader), rename HF parameters to the official VITS names
+An HF folder holds `config.json` (a `VitsConfig`) and `model.safetensors` (older saves:
+`pytorch_model.bin`). We read them without torch (safetensors' numpy loader; the `.bin` with
+the tensors-only reader of official checkpoints), rename HF parameters to the official VITS names
 (`hf_to_official`: one name table, `_PREFIXES`, that `vits_jax.export.hf` reads the other
 way) and hand those to `torch_names.torch_to_flax`.
 
@@ -270,8 +271,33 @@ def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
     raise ValueError(f"{path}: not a readable safetensors file ({_one_line(e)})") from None
 
 
+def weights_file(path) -> str:
+  """The weights of the HF folder `path`: `model.safetensors`, else (older saves)
+  `pytorch_model.bin`; the first where neither exists."""
+  safetensors = os.path.join(path, "model.safetensors")
+  pickled = os.path.join(path, "pytorch_model.bin")
+  return pickled if not os.path.isfile(safetensors) and os.path.isfile(pickled) else safetensors
+
+
+def _read_torch_bin(path: str) -> Dict[str, np.ndarray]:
+  """The tensors of a `pytorch_model.bin` (a `torch.save`d state dict), read by the reader
+  of official checkpoints: only tensors and plain containers, nothing in the file is run.
+
+  Raises:
+    ValueError: it is not a readable state dict (one line naming the file).
+  """
+  from vits_jax.convert import check_parameter_count, official_pth
+  state = official_pth.read_torch_checkpoint(path)
+  if not isinstance(state, dict) or not all(
+      isinstance(k, str) and isinstance(v, np.ndarray) for k, v in state.items()):
+    raise ValueError(f"{path}: not a state dict (a mapping of names to tensors)")
+  check_parameter_count(sum(v.size for v in state.values()), path)
+  return {k: np.asarray(v, np.float32) if v.dtype.kind == "f" else v for k, v in state.items()}
+
+
 def load_hf(path: str) -> Tuple[ml_collections.ConfigDict, Dict]:
-  """Loads an HF VITS folder (`config.json` + `model.safetensors`) without torch.
+  """Loads an HF VITS folder (`config.json` + `model.safetensors`, or an older save's
+  `pytorch_model.bin`) without torch.
 
   Args:
     path: folder of a saved `VitsModel` (e.g. a local copy of facebook/mms-tts-eng).
@@ -281,11 +307,11 @@ def load_hf(path: str) -> Tuple[ml_collections.ConfigDict, Dict]:
     method='infer')`.
 
   Raises:
-    FileNotFoundError: `config.json` or `model.safetensors` is missing.
+    FileNotFoundError: `config.json` or the weights are missing.
     ValueError: a file is malformed (e.g. a truncated `model.safetensors`).
   """
   config_path = os.path.join(path, "config.json")
-  weights_path = os.path.join(path, "model.safetensors")
+  weights_path = weights_file(path)
   for p in (config_path, weights_path):
     if not os.path.isfile(p):
       raise FileNotFoundError(f"not an HF VITS folder: {p} is missing")
@@ -293,6 +319,7 @@ def load_hf(path: str) -> Tuple[ml_collections.ConfigDict, Dict]:
   tok_path = Path(path) / "tokenizer_config.json"
   if tok_path.is_file():
     config.data.add_blank = bool(source.read_json(tok_path).get("add_blank", True))
-  official = hf_to_official(_read_safetensors(weights_path))
+  official = hf_to_official(_read_safetensors(weights_path) if weights_path.endswith(
+      ".safetensors") else _read_torch_bin(weights_path))
   params = torch_names.torch_to_flax(official, like=param_template(config))
   return config, params

@@ -610,7 +610,7 @@ def load_hf(folder: Union[str, os.PathLike]) -> Source:
   from vits_jax.convert import hf
   folder = Path(folder)
   config, params = hf.load_hf(str(folder))
-  params = check_params(params, config, str(folder / "model.safetensors"))
+  params = check_params(params, config, hf.weights_file(folder))
   own, frontend, voice_config = _own_section(read_json(folder / "config.json"),
                                              str(folder / "config.json"))
   params = _without_untrained(params, own, str(folder / "config.json"))
@@ -627,6 +627,8 @@ def load_hf(folder: Union[str, os.PathLike]) -> Source:
                        "are not supported")
     frontend = dict(kind="hf", vocab=vocab, add_blank=bool(tok.get("add_blank", True)),
                     normalize=bool(tok.get("normalize", True)))
+    if tok.get("language") is not None:
+      frontend["language"] = tok["language"]
   _check_frontend(frontend, config.model.n_vocab, str(folder / "config.json"))
   return Source("hf", folder, folder.name, config, params, frontend,
                 speaker_names=dict(own.get("speaker_names", {})), voice_config=voice_config)

@@ -126,6 +126,8 @@ def export_hf(src: source_lib.Source, out, force: bool = False) -> Tuple[Path, i
       tok = {"add_blank": bool(front["add_blank"]), "normalize": bool(front["normalize"]),
              "phonemize": False, "is_uroman": False, "tokenizer_class": "VitsTokenizer",
              "pad_token": "<pad>", "unk_token": "<unk>"}
+      if front.get("language") is not None:
+        tok["language"] = front["language"]
       (tmp / "tokenizer_config.json").write_text(json.dumps(tok, indent=2) + "\n",
                                                  encoding="utf-8")
   return out, fresh

@@ -20,7 +20,7 @@ def get_frontend(kind, **kwargs):
   Args:
     kind: 'vits' (kwargs: `cleaners`, default ['english_cleaners2']; `add_blank`, default
       True), 'piper' (kwargs: `config`, the dict of a voice's .onnx.json) or 'hf'
-      (kwargs: `vocab`, `add_blank`, `normalize`).
+      (kwargs: `vocab`, `add_blank`, `normalize`, `language`).
     **kwargs: passed to the frontend class.
 
   Returns:

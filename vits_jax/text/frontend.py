@@ -357,11 +357,13 @@ class HfFrontend(Frontend):
     vocab: the folder's `vocab.json` (character -> id).
     add_blank: insert id 0 between ids and at both ends.
     normalize: lowercase what is not a vocabulary entry as written.
+    language: the tokenizer's `language` (MMS: an ISO 639-3 code); 'ron' reads 'ț' (comma
+      below) as the 'ţ' (cedilla) MMS Romanian was trained on, as `VitsTokenizer` does.
   """
 
   name = 'hf'
 
-  def __init__(self, vocab, add_blank=True, normalize=True):
+  def __init__(self, vocab, add_blank=True, normalize=True, language=None):
     if not isinstance(vocab, dict) or not vocab or not all(
         isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
         for k, v in vocab.items()):
@@ -369,6 +371,9 @@ class HfFrontend(Frontend):
     self.vocab = dict(vocab)
     self.add_blank = bool(add_blank)
     self.normalize = bool(normalize)
+    if language is not None and not isinstance(language, str):
+      raise ValueError(f'an HF tokenizer language must be a string, got {language!r:.40}')
+    self.language = language
     self.n_vocab = max(self.vocab.values()) + 1
     self._words = sorted(self.vocab, key=len, reverse=True)
 
@@ -381,7 +386,11 @@ class HfFrontend(Frontend):
         w = next((w for w in self._words if w and text.startswith(w, i)), None)
         out.append(w if w is not None else text[i].lower())
         i += len(w) if w is not None else 1
-      text = ''.join(c for c in ''.join(out) if c in self.vocab).strip()
+      text = ''.join(out)
+    if self.language == 'ron':   # (VitsTokenizer's one language rule, after normalizing)
+      text = text.replace('\u021b', '\u0163')
+    if self.normalize:
+      text = ''.join(c for c in text if c in self.vocab).strip()
     kept = ''.join(c for c in text if c in self.vocab)
     if not kept.strip():
       raise NothingToSay(f'text has nothing to say for this voice: {text[:50]!r}')

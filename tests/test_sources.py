@@ -49,8 +49,8 @@ def test_every_source_gives_config_params_frontend(path, kind, frontend):
 
 def test_warm_start_from_joe_and_hf():
   """`train.init_from` takes what load_voice takes: the bundled voice by name, HF folders."""
-  params, name = warm_start.load_source_params("joe")
-  assert name.startswith("piper ")
+  params, name, notes = warm_start.load_source_params("joe")
+  assert name.startswith("piper ") and notes == []
   target = _zeros(presets.get_config("medium"))
   merged, copied, kept = warm_start.merge_params(target, params, name)
   assert copied == _n_leaves(params) and kept == _n_leaves(target) - copied
@@ -60,9 +60,18 @@ def test_warm_start_from_joe_and_hf():
   np.testing.assert_array_equal(flat[k], src[k])
 
   hf = source_lib.load_source(HF)
-  params, name = warm_start.load_source_params(str(HF))
+  params, name, _ = warm_start.load_source_params(str(HF))
   merged, copied, kept = warm_start.merge_params(_zeros(hf.config), params, name)
   assert copied == _n_leaves(params) > 0 and kept == 0   # HF folders hold enc_q too
+  # A source made for other data is said: joe (22.05 kHz, Piper's phonemes) on data
+  # prepared at 16 kHz with the official symbols.
+  config = presets.get_config("medium")
+  config.data.frontend = "piper"
+  assert warm_start.load_source_params("joe", config)[2] == []
+  config.data.sampling_rate, config.data.frontend = 16000, "vits"
+  notes = warm_start.load_source_params("joe", config)[2]
+  assert len(notes) == 2 and "22050 Hz and the data is at 16000 Hz" in notes[0], notes
+  assert "data.frontend='vits'" in notes[1], notes
 
 
 def test_warm_start_errors_name_the_source(tmp_path):

@@ -454,7 +454,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   # A fine-tuning run's init program takes the source voice's params as an argument.
   source = source_name = None
   if t.init_from and latest is None:
-    source, source_name = warm_start.load_source_params(t.init_from)
+    source, source_name, notes = warm_start.load_source_params(t.init_from, config)
+    for note in notes if is_main else ():
+      print(f"warning: {note}", file=sys.stderr, flush=True)
     source = warm_start.init_args(source)
   init_state = make_init_state(config, generator, discriminator, tx_g, tx_d, source_name)
   init_args = (jax.random.PRNGKey(int(t.seed)),) + ((source,) if source is not None else ())

@@ -16,7 +16,7 @@ transcripts (`train.fit_posterior_steps`, `vits_jax.training.posterior_fit`).
 """
 
 import logging
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import jax
 import ml_collections
@@ -26,8 +26,10 @@ from flax import traverse_util
 from vits_jax.training import state as state_lib
 
 
-def load_source_params(path: str) -> Tuple[Dict[str, Any], str]:
-  """Generator params (flax layout) of `path` and a short description of the source."""
+def load_source_params(path: str, config=None) -> Tuple[Dict[str, Any], str, List[str]]:
+  """Generator params (flax layout) of `path`, a short description of the source, and
+  warnings where the source voice was made for other data than `config`'s (another sampling
+  rate or text frontend: it trains, but starts from a voice that does not fit the clips)."""
   from vits_jax.convert.source import load_source
   try:
     source = load_source(path)
@@ -36,7 +38,19 @@ def load_source_params(path: str) -> Tuple[Dict[str, Any], str]:
   except ValueError as e:
     raise ValueError(f"train.init_from: {e}") from None
   step = f" (step {source.step})" if source.step is not None else ""
-  return source.params, f"{source.kind} {source.path}{step}"
+  name = f"{source.kind} {source.path}{step}"
+  notes = []
+  if config is not None:
+    rate, want = int(source.config.data.sampling_rate), int(config.data.sampling_rate)
+    if rate != want:
+      notes.append(f"train.init_from: {name} speaks at {rate} Hz and the data is at {want} "
+                   "Hz: the voice starts from audio at the wrong rate (prepare the clips at "
+                   f"{rate} Hz to fine-tune it)")
+    if source.frontend["kind"] != config.data.get("frontend", "vits"):
+      notes.append(f"train.init_from: {name} reads text with its {source.frontend['kind']} "
+                   f"frontend and the data was prepared with data.frontend="
+                   f"'{config.data.get('frontend', 'vits')}': its ids mean other sounds")
+  return source.params, name, notes
 
 
 def merge_params(target: Dict[str, Any], source: Dict[str, Any],

@@ -311,7 +311,9 @@ def run(args):
   from vits_jax import xla_cache
   allocator.keep_freed_memory()   # short-lived and steady: freed buffers stay mapped
   xla_cache.enable()
-  if texts is not None and _in_cluster():
+  # One host of a multi-host job takes its share of --input's lines; --output-raw is one
+  # stream, which every host writes whole to its own stdout (as --text).
+  if texts is not None and not args.output_raw and _in_cluster():
     from vits_jax.training import parallel
     parallel.initialize_distributed()
   from vits_jax.voice import load_voice
@@ -548,16 +550,17 @@ def _lines_to_files(args, voice, jobs):
           raise ValueError(f"cannot make folder {folder}: {e.strerror}") from None
         _write_audio(path, voice.sample_rate, [audio])
   where = f" (process {index} of {count})" if count > 1 else ""
+  # (on one host of several, a share with nothing said is no error: the others say theirs)
   if too_long:
     too_long.sort()
     names = ", ".join(jobs[k][2] for k in too_long[:5])
     message = (f"{len(too_long)} line(s) with a sentence that would last more than "
                f"{inference.MAX_SENTENCE_FRAMES} frames at their length and duration-noise "
                f"scales (lower them), so no {names}{' ...' if len(too_long) > 5 else ''}")
-    if len(too_long) + len(skipped) == len(mine):
+    if len(too_long) + len(skipped) == len(mine) and count == 1:
       raise ValueError(f"no file written: {message}")
-    print(f"warning: skipped {message}", file=sys.stderr)
-  if mine and len(skipped) == len(mine):
+    print(f"warning: skipped {message}{where}", file=sys.stderr)
+  if mine and len(skipped) == len(mine) and count == 1:
     raise ValueError(f"no line of {_input_name(args.input)} has anything to say for this "
                      f"voice ({len(skipped)} skipped, the first: {jobs[skipped[0]][0][:40]!r}):"
                      " no file written")
@@ -568,7 +571,7 @@ def _lines_to_files(args, voice, jobs):
     names = ", ".join(jobs[k][2] for k in skipped[:5])
     print(f"warning: skipped {len(skipped)} line(s) with nothing to say for this voice, so "
           f"no {names}{' ...' if len(skipped) > 5 else ''} (the first: "
-          f"{jobs[skipped[0]][0][:40]!r})", file=sys.stderr)
+          f"{jobs[skipped[0]][0][:40]!r}){where}", file=sys.stderr)
 
 
 def _convert(args, voice):
@@ -625,5 +628,14 @@ if __name__ == "__main__":
       if stream is not None:
         stream.flush()
     except OSError:
+      pass
+  parallel = sys.modules.get("vits_jax.training.parallel")   # (imported for a multi-host job)
+  if parallel is not None and parallel.is_distributed():
+    # Process 0 holds the job's coordination service: leaving without this goodbye took it
+    # down under the hosts still writing their files (they aborted).
+    try:
+      import jax
+      jax.distributed.shutdown()
+    except Exception:  # pylint: disable=broad-except  (a host already gone: exit anyway)
       pass
   os._exit(code)   # pylint: disable=protected-access

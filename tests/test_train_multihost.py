@@ -47,3 +47,55 @@ def test_two_processes_match_one(data_dir, tmp_path):
   data = work / "checkpoints" / "2" / "data"
   assert sorted(p.name for p in data.glob("process_*.json")) == [
       "process_0-of-2.json", "process_1-of-2.json"]
+
+
+def test_infer_input_split_between_two_processes(tmp_path):
+  """Two `infer.py --input` processes joined through the JAX_* environment variables each
+  write their share of the lines. Process 0 (the job's coordinator) has the short lines and
+  finishes first: it waits to say goodbye (leaving at once took the coordination service
+  down under process 1, which aborted before writing its files). Its share holds a line
+  with nothing to say: a warning, not a failed run (its other line is said)."""
+  import os
+  import sys
+  voice = tu.REPO / "tests" / "fixtures" / "piper_tiny_high.onnx"
+  long = "The box was thrown beside the parked truck, and the hogs were fed chopped corn."
+  lines = tmp_path / "lines.txt"
+  lines.write_text(f"Yes.\n{' '.join([long] * 40)}\n\U0001F600\n{long}\n")
+  out = tmp_path / "out"
+  port = tu.free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, str(tu.REPO / "infer.py"), "--input", str(lines), "--out-dir", str(out),
+       "--voice", str(voice)],
+      cwd=tu.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=tu._env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}",  # pylint: disable=protected-access
+                  JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+      for i in range(2)]
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=600))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert sorted(os.listdir(out)) == ["0001.wav", "0002.wav", "0004.wav"]
+  assert "process 0 of 2" in outs[0][1] and "no 0003.wav" in outs[0][1], outs[0][1]
+  assert "wrote 2 files to" in outs[1][1] and "process 1 of 2" in outs[1][1], outs[1][1]
+
+
+def test_a_coordinator_that_cannot_be_joined_is_an_error():
+  """JAX_COORDINATOR_ADDRESS alone (JAX reads no process count from the environment) was
+  swallowed, and every process ran alone; bad numbers are one line too."""
+  import sys
+  code = ("from vits_jax.training import parallel\n"
+          "try:\n  parallel.initialize_distributed()\n"
+          "except ValueError as e:\n  print(e)\n")
+  for extra, needle in (({}, "cannot join the multi-process run at JAX_COORDINATOR_ADDRESS"),
+                        ({"JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"}, "whole numbers"),
+                        ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"}, "not one of 0..1")):
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tu.REPO, capture_output=True, text=True, timeout=300,
+        env=tu._env(JAX_COORDINATOR_ADDRESS="localhost:1", **extra))  # pylint: disable=protected-access
+    assert proc.returncode == 0 and needle in proc.stdout, (proc.stdout, proc.stderr[-2000:])

@@ -432,6 +432,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   latest = ckpt.latest_step()
   if latest is not None:   # before anything is built for it: one line naming what differs
     ckpt.check_config(latest, config)
+    saved = checkpoint_lib.saved_config(ckpt.directory, latest) or {}
+    was = (saved.get("train") or {}).get("batch_size")
+    if is_main and isinstance(was, int) and was != int(t.batch_size):
+      print(f"warning: train.batch_size is {int(t.batch_size)} and the run was at {was}: "
+            "its data order and epochs (the learning rate's decay) go on from another batch "
+            "plan, not as the run would have", file=sys.stderr, flush=True)
 
   # --- Input -----------------------------------------------------------------------------
   buckets = num_buckets(config, workdir, latest is not None)

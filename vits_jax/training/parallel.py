@@ -5,6 +5,7 @@ so XLA averages gradients with an all-reduce. Each host loads only its own rows
 (`global_batch // process_count`) and `global_batch` assembles them into one global array.
 """
 
+import os
 from typing import Mapping, Optional
 
 import jax
@@ -17,13 +18,38 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
                            process_id: Optional[int] = None) -> None:
   """Joins a multi-process run when there is one; a no-op for a single process.
 
-  With explicit arguments (or JAX_COORDINATOR_ADDRESS set) they are used as given; otherwise
-  JAX's cluster auto-detection (Cloud TPU, SLURM, Open MPI, ...) decides, and finding no
-  cluster means a plain single-process run. Must be called before any JAX computation.
+  With explicit arguments they are used as given, else those of the environment variables
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (JAX itself reads only the
+  first); otherwise JAX's cluster auto-detection (Cloud TPU, SLURM, Open MPI, ...) decides,
+  and finding no cluster means a plain single-process run. Must be called before any JAX
+  computation.
+
+  Raises:
+    ValueError: the arguments or variables are incomplete or not numbers, or a coordinator
+      was named and the process could not join it (one line; it had run alone, every
+      process then training or writing everything by itself).
   """
+  env = os.environ
+  if coordinator_address is None and num_processes is None and process_id is None:
+    coordinator_address = env.get("JAX_COORDINATOR_ADDRESS") or None
+    try:
+      num_processes = int(env["JAX_NUM_PROCESSES"]) if env.get("JAX_NUM_PROCESSES") else None
+      process_id = int(env["JAX_PROCESS_ID"]) if env.get("JAX_PROCESS_ID") else None
+    except ValueError:
+      raise ValueError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be whole numbers") from None
+    if coordinator_address and (num_processes is None or process_id is None):
+      try:   # JAX may find the rest itself (a TPU slice, SLURM)
+        jax.distributed.initialize()
+      except (ValueError, RuntimeError) as e:
+        raise ValueError(f"cannot join the multi-process run at JAX_COORDINATOR_ADDRESS="
+                         f"{coordinator_address}: {' '.join(str(e).split())[:200]} (set "
+                         "JAX_NUM_PROCESSES and JAX_PROCESS_ID too)") from None
+      return
   if num_processes is not None and num_processes > 1 or coordinator_address:
     if coordinator_address is None or num_processes is None or process_id is None:
       raise ValueError("--coordinator_address, --num_processes and --process_id go together")
+    if not 0 <= process_id < num_processes:
+      raise ValueError(f"process id {process_id} is not one of 0..{num_processes - 1}")
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
     return
   try:

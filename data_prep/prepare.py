@@ -260,6 +260,10 @@ def read_clips(args: argparse.Namespace):
     return readers.read_vctk(args.src, mic=args.mic)
   except (FileNotFoundError, ValueError) as e:   # no corpus there; a metadata.csv not UTF-8
     raise PrepareError(str(e)) from None
+  except OSError as e:   # a corpus file or folder that cannot be read (not our writing)
+    where = f" {e.filename}" if getattr(e, "filename", None) else ""
+    raise PrepareError(f"cannot read the corpus in {args.src}:{where} "
+                       f"{e.strerror or e}") from None
 
 
 def validation_candidates(clips) -> list[int]:
@@ -489,6 +493,8 @@ def _prepare_into(args, settings, fp, clips, speakers, workers, n_val, pick, n_v
   for split in records.SPLITS:  # temporaries of an interrupted run (ours only)
     for stale in glob.glob(os.path.join(args.out, f".{split}-*.tmp-*")):
       os.remove(stale)
+  for stale in glob.glob(os.path.join(args.out, f"{records.MANIFEST}.tmp-*")):
+    os.remove(stale)   # (a run killed while writing its manifest)
   # This run's files carry their own tag: the old manifest and the shards it names stay valid
   # until the new manifest replaces it (then the old files are removed).
   run = f"{int(time.time() * 1000) % 10**10:010d}{os.getpid() % 1000:03d}"
@@ -608,6 +614,13 @@ def main(argv=None) -> int:
   if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)   # (see the top of this file)
   args = parse_args(argv)
+  for flag in ("src", "out", "data_dir"):   # (recorded in the manifest, which is UTF-8 JSON)
+    value = getattr(args, flag, None)
+    if isinstance(value, str) and not readers.utf8_name(value):
+      print(f"error: --{flag.replace('_', '-')} "
+            f"{os.fsencode(value).decode('utf-8', 'replace')} is not a UTF-8 path: rename "
+            "it or give another", file=sys.stderr)
+      return 2
   had = os.path.isfile(os.path.join(args.out, records.MANIFEST))
   kept = (f"the previous prepared data in {args.out} is intact" if had else
           f"no prepared data was written to {args.out}")

@@ -7,7 +7,7 @@ codes are stable strings (they are counted in the manifest):
   missing audio       the audio file does not exist
   empty audio file    the file has zero bytes
   unreadable audio    the decoder rejected it (corrupt header, ...)
-  audio cut short     a WAV file holding fewer samples than its header says
+  audio cut short     a WAV (or MP3, OGG) file holding fewer samples than its header says
   no audio samples    it decodes to zero samples
   non-finite samples  a float file holding NaN or infinite samples
   silent audio        every sample is zero, or the 16-bit peak is below -72 dBFS
@@ -150,6 +150,8 @@ def process_clip(clip: Clip, settings: Settings, frontend=None) -> dict[str, Any
     audio = np.asarray(clip.audio)
     if audio.dtype.kind == "i":  # TFDS gives int16 PCM
       audio = audio.astype(np.float32) / float(np.iinfo(audio.dtype).max + 1)
+    if audio.ndim == 0 or audio.shape[0] == 0:
+      return skip("no audio samples")
     audio = audio.astype(np.float32).reshape(audio.shape[0], -1)
     rate = int(clip.audio_rate)
   else:

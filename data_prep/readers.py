@@ -105,8 +105,10 @@ def read_ljspeech(src: str) -> list[Clip]:
     # LJSpeech quotes freely inside the text; '|' is the only separator, so no csv module.
     fields = line.split("|")
     clip_id = fields[0].strip()
-    if len(fields) < 2 or not clip_id:
-      problem = "has no '|' fields" if len(fields) < 2 else "has an empty clip id"
+    if not 2 <= len(fields) <= 3 or not clip_id:
+      problem = ("has no '|' fields" if len(fields) < 2 else
+                 f"has {len(fields)} '|' fields, not 2 or 3 (id|text|normalized)"
+                 if len(fields) > 3 else "has an empty clip id")
       clips.append(Clip(clip_id or f"line{lineno}", SINGLE_SPEAKER, None,
                         skip="malformed metadata",
                         detail=f"metadata.csv line {lineno} {problem}"))
@@ -153,44 +155,60 @@ def read_vctk(src: str, mic: str = "mic1") -> list[Clip]:
           "VCTK-Corpus-0.92 layout)")
   txt_root = os.path.join(src, "txt")
 
-  audio: dict[str, tuple[str, str]] = {}  # clip id -> (speaker, path)
-  for speaker in sorted(os.listdir(audio_root)):
-    sdir = os.path.join(audio_root, speaker)
+  clips = []
+  # Audio and transcripts pair by (speaker folder, name): a corpus of its own in this layout
+  # may reuse names across speakers ('001'), which must not meet another speaker's clip.
+  audio = _vctk_files(audio_root, suffix + ext, clips)
+  texts = _vctk_files(txt_root, ".txt", clips) if os.path.isdir(txt_root) else {}
+  for key in sorted(set(audio) | set(texts)):
+    speaker, name = key
+    # VCTK's names begin with their speaker (p225_001); others get it, so ids stay unique.
+    clip_id = name if name.startswith(speaker) else f"{speaker}_{name}"
+    if key not in texts:
+      clips.append(Clip(clip_id, speaker, None, path=audio[key], skip="no transcript",
+                        detail=f"no txt/{speaker}/{name}.txt"))
+    elif key not in audio:
+      clips.append(Clip(clip_id, speaker, None, skip="missing audio",
+                        detail=f"no {mic} audio for {speaker}/{name}"))
+    else:
+      text, problem = _read_transcript(texts[key])
+      if problem:
+        clips.append(Clip(clip_id, speaker, None, path=audio[key], skip=problem[0],
+                          detail=f"txt/{speaker}/{name}.txt {problem[1]}"))
+      else:
+        clips.append(Clip(clip_id, speaker, text, path=audio[key]))
+  return sorted(clips, key=lambda c: (c.clip_id, c.speaker))
+
+
+def _vctk_files(root: str, ending: str, clips: list[Clip]) -> dict[tuple[str, str], str]:
+  """(speaker folder, name without `ending`) -> path of the files in `root`'s speaker
+  folders; a speaker folder or file whose name is not UTF-8 (it could not be recorded) is
+  a skipped clip in `clips`."""
+  found = {}
+  for speaker in sorted(os.listdir(root)):
+    sdir = os.path.join(root, speaker)
     if not os.path.isdir(sdir):
       continue
-    for name in os.listdir(sdir):
-      if name.endswith(suffix + ext):
-        audio[name[:-len(suffix + ext)]] = (speaker, os.path.join(sdir, name))
-
-  texts: dict[str, tuple[str, str]] = {}  # clip id -> (speaker, path)
-  if os.path.isdir(txt_root):
-    for speaker in sorted(os.listdir(txt_root)):
-      sdir = os.path.join(txt_root, speaker)
-      if not os.path.isdir(sdir):
+    for name in sorted(os.listdir(sdir)):
+      if not name.endswith(ending):
         continue
-      for name in os.listdir(sdir):
-        if name.endswith(".txt"):
-          texts[name[:-4]] = (speaker, os.path.join(sdir, name))
+      if not (utf8_name(speaker) and utf8_name(name)):
+        shown = os.fsencode(os.path.join(speaker, name)).decode("utf-8", "replace")
+        clips.append(Clip(shown.replace("/", "_"), "?", None, skip="file name not UTF-8",
+                          detail=f"{os.path.basename(root)}/{shown}"))
+        continue
+      found[(speaker, name[:-len(ending)])] = os.path.join(sdir, name)
+  return found
 
-  clips = []
-  for clip_id in sorted(set(audio) | set(texts)):
-    if clip_id not in texts:
-      speaker, path = audio[clip_id]
-      clips.append(Clip(clip_id, speaker, None, path=path, skip="no transcript",
-                        detail=f"no txt/{speaker}/{clip_id}.txt"))
-    elif clip_id not in audio:
-      speaker, _ = texts[clip_id]
-      clips.append(Clip(clip_id, speaker, None, skip="missing audio",
-                        detail=f"no {mic} audio for {clip_id}"))
-    else:
-      speaker, path = audio[clip_id]
-      text, problem = _read_transcript(texts[clip_id][1])
-      if problem:
-        clips.append(Clip(clip_id, speaker, None, path=path, skip=problem[0],
-                          detail=f"txt/{texts[clip_id][0]}/{clip_id}.txt {problem[1]}"))
-      else:
-        clips.append(Clip(clip_id, speaker, text, path=path))
-  return clips
+
+def utf8_name(name: str) -> bool:
+  """Whether a name from `os.listdir` or `sys.argv` is UTF-8 text (else it holds surrogate
+  escapes)."""
+  try:
+    name.encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
 
 
 def _read_transcript(path: str) -> tuple[str | None, tuple[str, str] | None]:

@@ -24,6 +24,25 @@ MISSING = ("--tfds needs tensorflow-datasets and TensorFlow: "
            "pip install -r requirements-tfds.txt")
 
 
+def _root_cause(e: BaseException) -> str:
+  """One line for an error TFDS raised: its innermost cause (TFDS wraps a missing module as
+  'Failed to encode example:', with the module's name on a later line)."""
+  chain = [e]
+  while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
+    chain.append(chain[-1].__cause__ or chain[-1].__context__)
+  missing = next((c for c in chain if isinstance(c, ModuleNotFoundError) and c.name), None)
+  if missing is None and "No module named" in str(e):
+    missing = e
+  if missing is not None:
+    name = getattr(missing, "name", None) or str(missing).split("No module named")[-1].strip(
+        " '\"\n").split("'")[0]
+    return (f"it needs the module {name!r}: pip install -r requirements-tfds.txt (the vctk "
+            "builder also needs ffmpeg's ffprobe on PATH)")
+  root = chain[-1]
+  text = " ".join(str(root).split())[:300]
+  return f"{type(root).__name__}: {text}" if text else type(root).__name__
+
+
 class TfdsError(RuntimeError):
   """The builder could not be downloaded/prepared where --data-dir points (one line)."""
 
@@ -102,9 +121,8 @@ def read_tfds(dataset: str, data_dir: str | None, download: bool = True,
     try:
       builder.download_and_prepare(file_format="array_record")
     except Exception as e:  # pylint: disable=broad-except  # network, permissions, disk...
-      first = (str(e).strip().splitlines() or [""])[0][:300]
       raise TfdsError(f"TFDS could not download and prepare {name} in "
-                      f"{builder.data_dir_root}: {type(e).__name__}: {first}") from e
+                      f"{builder.data_dir_root}: {_root_cause(e)}") from e
   speaker_names = None
   if dataset == "vctk":
     speaker_names = list(builder.info.features["speaker"].names)

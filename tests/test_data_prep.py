@@ -677,3 +677,98 @@ def test_one_run_at_a_time_writes_an_out_folder(tmp_path, capsys):
   assert os.listdir(out) == []
   rc, _, _ = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", out, "--workers", 1)
   assert rc == 0 and sorted(os.listdir(out))[0] == records.MANIFEST
+
+
+def test_vctk_names_pair_within_a_speaker_and_names_not_utf8_are_skipped(tmp_path, capsys):
+  """A corpus of its own in the VCTK layout may reuse clip names across speakers ('001'):
+  each pairs with its own speaker's transcript (another speaker's clip took its text, and one
+  of the two vanished uncounted), ids stay unique; a file name that is not UTF-8 is a skipped
+  clip (it was a traceback when its record was written)."""
+  src = tmp_path / "own"
+  for spk, freq in (("anna", 300.0), ("bert", 900.0)):
+    os.makedirs(src / "wav48_silence_trimmed" / spk)
+    os.makedirs(src / "txt" / spk)
+    for i in (1, 2):
+      sf.write(src / "wav48_silence_trimmed" / spk / f"{i:03d}_mic1.flac",
+               _tone(0.7, 48000, freq), 48000)
+  (src / "txt" / "anna" / "001.txt").write_text(TEXTS[0] + "\n")
+  (src / "txt" / "anna" / "002.txt").write_text(TEXTS[1] + "\n")
+  (src / "txt" / "bert" / "002.txt").write_text(TEXTS[2] + "\n")   # bert's 001: no text
+  bad = os.path.join(os.fsencode(src / "wav48_silence_trimmed" / "anna"), b"\xff03_mic1.flac")
+  sf.write(bad, _tone(0.7, 48000), 48000, format="FLAC")
+  with open(os.path.join(os.fsencode(src / "txt" / "anna"), b"\xff03.txt"), "w") as f:
+    f.write(TEXTS[3])
+  out = tmp_path / "out"
+  rc, stdout, _ = _run(capsys, "--dataset", "vctk", "--src", src, "--out", out,
+                       "--workers", 1, "--val-size", 0)
+  assert rc == 0, stdout
+  manifest = records.load_manifest(str(out))
+  reasons = sorted((s["reason"], s["id"]) for s in manifest["skipped"])
+  assert reasons == [("file name not UTF-8", "anna_\ufffd03.txt"),
+                     ("file name not UTF-8", "anna_\ufffd03_mic1.flac"),
+                     ("no transcript", "bert_001")], reasons
+  recs = _all_records(str(out))
+  assert {cid: (r["speaker"], r["text"]) for cid, (_, r) in recs.items()} == {
+      "anna_001": ("anna", TEXTS[0]), "anna_002": ("anna", TEXTS[1]),
+      "bert_002": ("bert", TEXTS[2])}
+  for cid, (_, rec) in recs.items():   # each clip's own audio
+    spectrum = np.abs(np.fft.rfft(rec["audio"].astype(np.float64)))
+    want = 300.0 if cid.startswith("anna") else 900.0
+    assert abs(np.argmax(spectrum) * 22050 / len(rec["audio"]) - want) < 3.0, cid
+
+
+def test_odd_rows_paths_and_files_of_an_ljspeech_corpus(tmp_path, capsys, monkeypatch):
+  """A row with more '|' fields than id|text|normalized is skipped as malformed (its text was
+  cut to one field); an MP3 cut short is skipped as such (it was kept, shorter than its
+  transcript); a corpus file that cannot be read is a read error, not 'cannot write'; a
+  --src or --out that is not UTF-8 is one line; a failed manifest write leaves no temporary."""
+  src = _small_corpus(tmp_path / "c", good=4, extra_rows=["X-1|One part|Two|Three"])
+  mp3 = src / "wavs" / "G-003.wav"   # MP3 content behind a .wav name, as corpora have
+  import io
+  blob = io.BytesIO()
+  sf.write(blob, _tone(2.0, 16000), 16000, format="MP3")
+  mp3.write_bytes(blob.getvalue()[:len(blob.getvalue()) // 2])
+  out = tmp_path / "out"
+  rc, stdout, _ = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", out,
+                       "--workers", 1, "--val-size", 0)
+  assert rc == 0, stdout
+  skipped = {s["id"]: s["reason"] for s in records.load_manifest(str(out))["skipped"]}
+  assert skipped == {"X-1": "malformed metadata", "G-003": "audio cut short"}, skipped
+  for flag in ("--src", "--out"):
+    argv = {"--src": src, "--out": tmp_path / "o2"}
+    argv[flag] = os.fsdecode(os.fsencode(tmp_path) + b"/\xff")
+    rc, _, err = _run(capsys, "--dataset", "ljspeech", "--src", argv["--src"], "--out",
+                      argv["--out"])
+    _one_line_error(rc, err, f"{flag} ", "is not a UTF-8 path")
+
+  real_open = open
+
+  def failing_open(path, *args, **kwargs):
+    if str(path).endswith("metadata.csv"):
+      raise OSError(5, "Input/output error", str(path))
+    return real_open(path, *args, **kwargs)
+  import builtins
+  monkeypatch.setattr(builtins, "open", failing_open)
+  rc, _, err = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", tmp_path / "o3")
+  monkeypatch.undo()
+  _one_line_error(rc, err, "cannot read the corpus", "metadata.csv", "Input/output error")
+
+  def full_disk(obj, f, **kwargs):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(records.json, "dump", full_disk)
+  rc, _, err = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", tmp_path / "o4",
+                    "--workers", 1, "--val-size", 0)
+  monkeypatch.undo()
+  _one_line_error(rc, err, "No space left on device")
+  assert not [p for p in os.listdir(tmp_path / "o4") if ".tmp-" in p], os.listdir(
+      tmp_path / "o4")
+
+
+def test_a_tfds_example_without_samples_is_skipped():
+  from data_prep.readers import Clip
+  frontend = get_frontend("vits")
+  settings = process.Settings()
+  for empty in (np.zeros(0, np.int16), np.zeros((0, 2), np.float32)):
+    got = process.process_clip(Clip("t", "s", TEXTS[0], audio=empty, audio_rate=16000),
+                               settings, frontend)
+    assert got["skip"] == "no audio samples", got

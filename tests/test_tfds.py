@@ -301,7 +301,20 @@ def test_download_failure_is_one_error_line(tmp_path, capsys):
                       "--out", tmp_path / "o")
   assert rc == 2 and err.count("\n") == 1, err
   assert err.startswith("error: TFDS could not download and prepare vctk/mic1 in ")
-  assert "PermissionError: 403 Forbidden" in err and "more detail" not in err
+  assert "PermissionError: 403 Forbidden" in err and "more detail" in err
+
+  def need_module(self, **kwargs):   # as TFDS wraps a missing module while encoding
+    try:
+      raise ModuleNotFoundError("No module named 'pydub'", name="pydub")
+    except ModuleNotFoundError as e:
+      raise RuntimeError("Failed to encode example:\n{'speech': ...}") from e
+
+  with _mock(), mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare",
+                                  need_module):
+    rc, _, err = _run(capsys, "--dataset", "ljspeech", "--tfds", "--data-dir",
+                      tmp_path / "d", "--out", tmp_path / "o")
+  assert rc == 2 and err.count("\n") == 1, err
+  assert "it needs the module 'pydub': pip install -r requirements-tfds.txt" in err, err
 
 
 def test_tfds_shards_train(controlled, tmp_path, capsys):

@@ -158,7 +158,9 @@ def read_audio(path: str) -> Tuple[np.ndarray, int]:
       raise ValueError(f"{path} holds more than {MAX_PIPED_AUDIO_BYTES >> 20} MiB of audio")
     source = io.BytesIO(blob)
   try:
-    data, rate = sf.read(source, dtype="float32", always_2d=True)
+    with sf.SoundFile(source) as f:
+      promised, rate, kind = f.frames, f.samplerate, f.format
+      data = f.read(dtype="float32", always_2d=True)
   except (RuntimeError, sf.LibsndfileError) as e:  # (LibsndfileError is a RuntimeError)
     lines = str(e).splitlines()
     raise ValueError(f"cannot read {path}: {lines[0] if lines else type(e).__name__}") from None
@@ -166,6 +168,10 @@ def read_audio(path: str) -> Tuple[np.ndarray, int]:
   if short:
     raise CutShortError(f"{path} is cut short: its header promises {short[0]} bytes of "
                         f"samples, the file holds {short[1]}")
+  if kind in ("MP3", "MPEG", "OGG") and 0 < data.shape[0] < promised:
+    # (an MP3's Xing header counts its frames: a cut file decodes fewer, without an error)
+    raise CutShortError(f"{path} is cut short: its header promises {promised} samples, "
+                        f"{data.shape[0]} decode")
   return data, rate
 
 

@@ -25,6 +25,7 @@ This module imports neither jax nor grain, so the data-prep CLI stays light.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -102,12 +103,17 @@ def file_entry(path: str) -> dict[str, Any]:
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes JSON to a temporary name, fsyncs, then renames: readers see all or nothing."""
   tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1, ensure_ascii=False)
-    f.write("\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=1, ensure_ascii=False)
+      f.write("\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:   # a full disk, Ctrl-C: no temporary left behind
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
 
 
 def manifest_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:

@@ -190,11 +190,24 @@ def test_official_export_round_trip(tmp_path):
 
 
 def test_official_export_of_an_official_checkpoint(tmp_path):
+  """The same voice, and the source's own training settings that we have no field for (its
+  epochs, fp16_run, file lists) kept: they were replaced by ljs_base.json's."""
+  import shutil
+  src = tmp_path / "src"
+  shutil.copytree(Path(OFFICIAL).parent, src)
+  hps = json.loads((src / "config.json").read_text())
+  hps["train"].update(epochs=777, fp16_run=False)
+  hps["data"].update(training_files="filelists/vctk_train.txt", cleaned_text=False)
+  (src / "config.json").write_text(json.dumps(hps))
   out = tmp_path / "o"
-  export_voice(OFFICIAL, "official", out)
+  export_voice(src / Path(OFFICIAL).name, "official", out)
   exported, original = load_voice(out / "G_7.pth"), load_voice(OFFICIAL)
   assert exported.frontend.name == "vits"
   _same_audio(exported, original, _ids(original), sid=1)
+  written = json.loads((out / "config.json").read_text())
+  assert (written["train"]["epochs"], written["train"]["fp16_run"]) == (777, False)
+  assert written["data"]["training_files"] == "filelists/vctk_train.txt"
+  assert written["data"]["cleaned_text"] is False
 
 
 def test_official_export_refuses_sizes_the_official_code_fixes(tmp_path):

@@ -18,7 +18,7 @@ voice read with the official symbols would be fed ids it was never trained on.
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from vits_jax.convert import official_pth
 from vits_jax.convert import source as source_lib
@@ -43,8 +43,11 @@ _TRAIN_KEYS = ("seed", "learning_rate", "betas", "eps", "batch_size", "lr_decay"
                "segment_size")
 
 
-def official_config(config) -> Dict[str, Any]:
+def official_config(config, source_hps: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """The official hparams JSON for our config.
+
+  `source_hps`: an official source's own hparams, whose settings we have no field for (its
+  epochs, fp16_run, file lists, ...) are kept rather than replaced by ljs_base.json's.
 
   Raises:
     ValueError: a size the official code hard-codes differs.
@@ -63,6 +66,12 @@ def official_config(config) -> Dict[str, Any]:
           "n_vocab": int(m.n_vocab)}
   model = {**{k: _plain(m[k]) for k in _MODEL_KEYS if k in m}, **unused["model"]}
   model["resblock"] = str(model["resblock"])
+  for section, own in (("train", train), ("data", data)):
+    theirs = (source_hps or {}).get(section)
+    if isinstance(theirs, dict):
+      for key in (*unused[section], "training_files", "validation_files"):
+        if key in own and key in theirs:
+          own[key] = theirs[key]
   return {"train": train, "data": data, "model": model}
 
 
@@ -98,7 +107,13 @@ def export_official(src: source_lib.Source, out, force: bool = False
                    f"(discriminator.channel_div={dc.get('channel_div', 1)}, periods="
                    f"{list(dc.get('periods', _PERIODS))})")
       disc = None
-  hps = official_config(src.config)
+  source_hps = None
+  if src.kind == "official":   # (read and checked when the source loaded)
+    try:
+      source_hps = official_pth.load_official_config(official_pth.find_config(src.path))
+    except (FileNotFoundError, ValueError):   # (a config given apart: ljs_base.json's then)
+      pass
+  hps = official_config(src.config, source_hps)
   params, fresh, untrained = common.complete_params(src)
   lr = float(src.config.train.get("learning_rate", 2e-4))
   step = src.step if src.step is not None else 0

@@ -44,7 +44,10 @@ def _names_output(e: OSError, out: str) -> bool:
 
 def main(argv=None):
   args = parse_args(argv)
+  import warnings
   from vits_jax.export import export_voice
+  from vits_jax.files import warning_line
+  warnings.showwarning = warning_line
   try:
     result = export_voice(args.voice, args.to, args.out, step=args.step, force=args.force)
   except ValueError as e:

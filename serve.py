@@ -460,13 +460,10 @@ def _stop_on_signals(server):
     return {}
 
 
-def _warning_line(message, category, filename, lineno, file=None, line=None):
-  print(f"warning: {message}", file=sys.stderr)   # one line, not Python's source excerpt
-
-
 def main(argv=None):
   args = parse_args(argv)
-  warnings.showwarning = _warning_line
+  from vits_jax.files import warning_line
+  warnings.showwarning = warning_line
   try:
     if not 0 <= args.port <= 65535:
       raise ValueError(f"--port must be 0 to 65535, got {args.port}")

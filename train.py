@@ -39,6 +39,9 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # Orbax and JAX log every checkpoint step at INFO; --verbosity=0 shows them.
     logging.set_verbosity(logging.WARNING)
+  import warnings
+  from vits_jax.files import warning_line
+  warnings.showwarning = warning_line
   if len(argv) > 1:   # (absl's UsageError would print the whole usage before it)
     _exit_now(f"error: unexpected arguments: {' '.join(argv[1:])} (settings are flags: "
               "--config.section.key=value)", 2)
@@ -74,6 +77,9 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:
     # User mistakes (bad data dir, init_from, config values) are raised with a clear message.
     _exit_now(f"error: {e}", 2)
+  except OSError as e:   # the workdir's files themselves (not writable, a full disk)
+    where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+    _exit_now(f"error: {where}{e.strerror or e}", 1)
   # Done: every checkpoint, metric and event file is written and closed. The interpreter's
   # teardown under JAX's and orbax's threads crashed (SIGSEGV) now and then after a finished
   # run (once in the README test of a clean-clone run), so it is skipped, as infer.py does.

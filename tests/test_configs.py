@@ -258,21 +258,28 @@ def test_bucket_count_follows_the_run_length_and_a_resume_keeps_it(tmp_path):
   counts = {}
   for steps in (4, 30, 999, 1000, 1500, 1999, 2000, 800_000):
     c.train.num_steps = steps
-    counts[steps] = loop.num_buckets(c, str(tmp_path), resuming=False)
+    counts[steps] = loop.num_buckets(c, str(tmp_path), resuming=None)
   assert counts == {4: 1, 30: 1, 999: 1, 1000: 2, 1500: 3, 1999: 3, 2000: 4, 800_000: 4}
   c.data.num_buckets = 3                       # set: used as is, fresh or resumed
-  assert loop.num_buckets(c, str(tmp_path), resuming=False) == 3
-  assert loop.num_buckets(c, str(tmp_path), resuming=True) == 3
+  assert loop.num_buckets(c, str(tmp_path), resuming=None) == 3
+  assert loop.num_buckets(c, str(tmp_path), resuming=5) == 3
   c.data.num_buckets = 0
   # A resumed run takes the count its first run wrote to config.json, whatever num_steps
   # says now (the batch plan depends on it); a workdir from before the field: 4.
   (tmp_path / loop.CONFIG_FILE).write_text(json.dumps({"data": {"num_buckets": 1}}))
   c.train.num_steps = 5000
-  assert loop.num_buckets(c, str(tmp_path), resuming=True) == 1
+  assert loop.num_buckets(c, str(tmp_path), resuming=5) == 1
   (tmp_path / loop.CONFIG_FILE).write_text(json.dumps({"data": {"dir": "x"}}))
-  assert loop.num_buckets(c, str(tmp_path), resuming=True) == 4
+  assert loop.num_buckets(c, str(tmp_path), resuming=5) == 4
   (tmp_path / loop.CONFIG_FILE).write_text("{not json")
-  assert loop.num_buckets(c, str(tmp_path), resuming=True) == 4
+  assert loop.num_buckets(c, str(tmp_path), resuming=5) == 4
+  # The checkpoint resumed from holds its own config: it decides, config.json lost or not.
+  saved = tmp_path / "checkpoints" / "5" / "config"
+  saved.mkdir(parents=True)
+  (saved / "metadata").write_text(json.dumps({"data": {"num_buckets": 2}}))
+  assert loop.num_buckets(c, str(tmp_path), resuming=5) == 2
+  (tmp_path / loop.CONFIG_FILE).unlink()
+  assert loop.num_buckets(c, str(tmp_path), resuming=5) == 2
   c.data.num_buckets = -1
   c.data.dir = "x"
   with pytest.raises(ValueError, match="num_buckets"):

@@ -352,6 +352,38 @@ def test_resume_continues_bitwise(run_a, data_dir, tmp_path):
   chex.assert_trees_all_equal(tu.checkpoint_params(tmp_path, 4), tu.checkpoint_params(run_a, 4))
 
 
+def test_resume_of_a_workdir_with_damage_around_its_checkpoints(run_a, data_dir, tmp_path):
+  """A resume without config.json keeps its checkpoint's batch plan (it fell back to 4
+  buckets) and says that its data is named otherwise than the run's; metrics.jsonl that
+  cannot be written is one error line (a traceback), as is a damaged config.json beside
+  checkpoints (it called the workdir another tool's)."""
+  import shutil
+  work = tmp_path / "w"
+  shutil.copytree(run_a, work)
+  saved = json.loads((work / "config.json").read_text())
+  (work / "config.json").unlink()
+  alias = tmp_path / "alias"
+  alias.symlink_to(data_dir)
+  proc = tu.run_train(work, alias, "--config.train.num_steps=5", *EVAL)
+  assert "resuming from step 4" in proc.stdout
+  assert "warning: resuming on other data than the run trained on (data.dir" in proc.stderr
+  assert str(alias) in proc.stderr, proc.stderr[-2000:]
+  again = json.loads((work / "config.json").read_text())
+  assert again["data"]["num_buckets"] == saved["data"]["num_buckets"] == 1
+  (work / "config.json").write_text("{garbage")
+  proc = tu.run_train(work, data_dir, "--config.train.num_steps=6", check=False)
+  assert proc.returncode == 2 and proc.stderr.strip().endswith(
+      "has checkpoints and a damaged config.json: delete that file to resume (each "
+      "checkpoint holds its config)"), proc.stderr[-2000:]
+  (work / "config.json").write_text(json.dumps(again))
+  (work / "metrics.jsonl").unlink()
+  (work / "metrics.jsonl").mkdir()
+  proc = tu.run_train(work, data_dir, "--config.train.num_steps=6", check=False)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      f"error: cannot write {work / 'metrics.jsonl'}: "), proc.stderr[-2000:]
+
+
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
 

@@ -5,9 +5,18 @@ import contextlib
 import io
 import os
 import struct
+import sys
+import tempfile
 from typing import Optional, Tuple
 
 import numpy as np
+
+
+def warning_line(message, category, filename, lineno, file=None, line=None):
+  """`warnings.showwarning` for the command-line programs: `warning: <message>`, one line
+  on stderr, not Python's file, line and source excerpt."""
+  del category, filename, lineno, file, line
+  print(f"warning: {message}", file=sys.stderr)
 
 
 def writable_folder(path: str, flag: str, create: bool = True) -> None:
@@ -36,8 +45,12 @@ def writable_folder(path: str, flag: str, create: bool = True) -> None:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
     raise ValueError(f"cannot create {flag} {path}: {e.strerror}") from None
-  if not os.access(path, os.W_OK):
-    raise ValueError(f"{flag} {path} cannot be written (permission denied or read-only)")
+  try:   # a file made and dropped: a read-only mount or an immutable folder fail here even
+    # for root, whom `os.access` always answers yes
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise ValueError(f"{flag} {path} cannot be written ({e.strerror or e})") from None
 
 
 def lock_folder(folder: str, flag: str, program: str, lock_file: Optional[str] = None):

@@ -194,8 +194,17 @@ def _structure_problem(manifest: dict[str, Any]) -> str | None:
   rate = manifest.get("sample_rate", 1)
   if not isinstance(rate, int) or isinstance(rate, bool) or rate <= 0:
     return f"'sample_rate' is {rate!r}"
-  if not isinstance(manifest.get("speakers", {}), dict):
+  speakers = manifest.get("speakers", {})
+  if not isinstance(speakers, dict):
     return "'speakers' is not an object"
+  n_speakers = manifest.get("n_speakers", 0) or 0
+  if not isinstance(n_speakers, int) or isinstance(n_speakers, bool) or n_speakers < 0:
+    return f"'n_speakers' is {n_speakers!r}"
+  outside = {k: v for k, v in speakers.items() if not (
+      isinstance(v, int) and not isinstance(v, bool) and 0 <= v < max(n_speakers, 1))}
+  if outside:   # (a voice trained on them could not be loaded: its names name no speaker)
+    return (f"'speakers' holds ids outside 0..{max(n_speakers, 1) - 1} "
+            f"({dict(list(outside.items())[:3])})")
   front = manifest.get("frontend") or {}
   if not isinstance(front, dict):
     return "'frontend' is not an object"

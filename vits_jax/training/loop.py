@@ -188,20 +188,29 @@ STEPS_PER_BUCKET = 500
 MAX_AUTO_BUCKETS = 4
 
 
-def num_buckets(config: ml_collections.ConfigDict, workdir: str, resuming: bool) -> int:
+def num_buckets(config: ml_collections.ConfigDict, workdir: str,
+                resuming: Optional[int]) -> int:
   """The run's length-bucket count: `data.num_buckets`, or where that is 0, what the run
-  started with (its saved config.json; 4 for runs saved before the field existed) when
-  `resuming` (the batch plan, and so a bitwise resume, depends on it), else one per
-  `STEPS_PER_BUCKET` steps, 1 to `MAX_AUTO_BUCKETS`."""
+  started with when `resuming` (the step resumed from: its checkpoint's config, else
+  config.json; 4 for runs saved before the field existed; the batch plan, and so a bitwise
+  resume, depends on it), else one per `STEPS_PER_BUCKET` steps, 1 to `MAX_AUTO_BUCKETS`."""
   n = int(config.data.get("num_buckets", 0))
   if n:
     return n
   if resuming:
+    # The latest checkpoint's own config first (a lost or edited config.json must not
+    # change the batch plan), then config.json.
+    saved = checkpoint_lib.saved_config(
+        os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR), resuming)
+    if saved is None:
+      try:
+        with open(os.path.join(workdir, CONFIG_FILE), encoding="utf-8") as f:
+          saved = json.load(f)
+      except (OSError, ValueError):
+        saved = None
     try:
-      with open(os.path.join(workdir, CONFIG_FILE), encoding="utf-8") as f:
-        saved = json.load(f).get("data", {}).get("num_buckets", 0)
-      return int(saved) or MAX_AUTO_BUCKETS
-    except (OSError, ValueError, TypeError, AttributeError):
+      return int(saved["data"]["num_buckets"]) or MAX_AUTO_BUCKETS
+    except (TypeError, KeyError, ValueError):
       return MAX_AUTO_BUCKETS
   return min(MAX_AUTO_BUCKETS, max(1, int(config.train.num_steps) // STEPS_PER_BUCKET))
 
@@ -375,6 +384,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           if jax.process_index() == 0 else None)
   checkpoints = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
   fresh = not os.path.exists(checkpoints)
+  if not fresh:   # (a save into it hung for minutes in orbax, then failed)
+    files.writable_folder(checkpoints, "the checkpoint folder", create=False)
   # From here on, SIGTERM and Ctrl-C leave a resumable workdir.
   preemption = _Preemption(exit_on_signal)
   try:
@@ -396,6 +407,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 LOCK_FILE = ".train.lock"
+# Data settings a resume is told about when they differ from the checkpoint's (what the
+# clips and their ids are; the model's own sizes are `checkpoint.STATE_SECTIONS`, refused).
+RESUME_DATA_KEYS = ("dir", "frontend", "sampling_rate", "text_cleaners", "add_blank",
+                    "n_speakers", "hop_length", "filter_length", "n_mel_channels")
 
 
 def _check_not_someone_elses(workdir: str) -> None:
@@ -412,6 +427,9 @@ def _check_not_someone_elses(workdir: str) -> None:
   # Ours has the official sections and our own (an official config has only the first).
   if not (isinstance(saved, dict) and {"model", "data", "train"} <= set(saved)
           and {"discriminator", "loss"} & set(saved)):
+    if os.path.isdir(os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)):
+      raise ValueError(f"--workdir {workdir} has checkpoints and a damaged {CONFIG_FILE}: "
+                       f"delete that file to resume (each checkpoint holds its config)")
     raise ValueError(f"--workdir {workdir} holds a {CONFIG_FILE} that is not a training "
                      "run's (a voice's or another tool's?), which the run would overwrite: "
                      "use a new --workdir")
@@ -438,9 +456,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       print(f"warning: train.batch_size is {int(t.batch_size)} and the run was at {was}: "
             "its data order and epochs (the learning rate's decay) go on from another batch "
             "plan, not as the run would have", file=sys.stderr, flush=True)
+    changed = checkpoint_lib.state_differences(saved, config, sections=("data",),
+                                               keys=RESUME_DATA_KEYS) if saved else []
+    if is_main and changed:
+      print(f"warning: resuming on other data than the run trained on ({'; '.join(changed)})"
+            ": it goes on learning from these clips", file=sys.stderr, flush=True)
 
   # --- Input -----------------------------------------------------------------------------
-  buckets = num_buckets(config, workdir, latest is not None)
+  buckets = num_buckets(config, workdir, latest)
   if int(config.data.get("num_buckets", 0)) != buckets:
     # The count in the config from here on, so config.json and every checkpoint's config
     # record what the batch plan was built with (a resume reads it back).

@@ -33,9 +33,12 @@ class MetricWriter:
       return
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, METRICS_FILE)
-    if resume_step is not None and os.path.exists(self.path):
-      _truncate_after(self.path, resume_step)
-    self._file = open(self.path, "a")
+    try:
+      if resume_step is not None and os.path.exists(self.path):
+        _truncate_after(self.path, resume_step)
+      self._file = open(self.path, "a")
+    except OSError as e:   # not writable, a folder of that name, a full disk
+      raise ValueError(f"cannot write {self.path}: {e.strerror or e}") from None
     from tensorboardX import SummaryWriter  # heavy import; process 0 only
     self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
 
@@ -93,7 +96,8 @@ def _truncate_after(path: str, step: int):
       row = json.loads(line)
     except ValueError:        # a partial line (or bytes that are not JSON): not a row
       continue
-    if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+    at = row.get("step") if isinstance(row, dict) else None
+    if isinstance(at, int) and not isinstance(at, bool) and at <= step:   # (else not ours)
       keep.append(line + b"\n")
   if len(keep) != len([l for l in lines if l.strip()]):
     tmp = path + ".tmp"

@@ -329,9 +329,14 @@ def test_clips_shorter_than_the_training_window_are_counted(prepared):
     ({"frontend": "vits"}, "'frontend' is not an object"),
     ({"frontend": {"kind": "vits", "n_vocab": [178]}}, "'frontend.n_vocab' is [178]"),
     ({"frontend": {"kind": "vits", "cleaners": 5}}, "'frontend.cleaners' is not a list"),
+    # a speaker id past n_speakers: the voice trained on it could not be loaded
+    ({"n_speakers": 3, "speakers": {"a": 0, "b": 1, "c": 2, "d": 7}},
+     "'speakers' holds ids outside 0..2 ({'d': 7})"),
+    ({"n_speakers": -1}, "'n_speakers' is -1"),
 ])
 def test_a_manifest_with_a_damaged_frontend_is_one_error(prepared, tmp_path, edit, problem):
-  """A hand-damaged frontend entry was a traceback in train.py (AttributeError)."""
+  """A hand-damaged frontend entry was a traceback in train.py (AttributeError); a speaker
+  table out of step with n_speakers trained a voice that would not load."""
   import json
   import shutil
   data_dir, _ = prepared

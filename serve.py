@@ -301,6 +301,12 @@ def make_handler(tts):
         return None
       except ValueError as e:
         return self._json(400, {"error": str(e).splitlines()[0]})
+      except Exception as e:  # pylint: disable=broad-except  (a bug of ours: a 500, not a
+        # dropped connection; the traceback goes to the log)
+        import traceback  # pylint: disable=import-outside-toplevel
+        sys.stderr.write(traceback.format_exc())
+        return self._json(500, {"error": f"internal error ({type(e).__name__}); see the "
+                                         "server's log"})
       if not stream:
         try:
           return self._send(200, wav, "audio/wav")
@@ -460,6 +466,17 @@ def _stop_on_signals(server):
     return {}
 
 
+def request_defaults(args, voice):
+  """The `Voice.synthesize` keywords a request leaves out, from the command line's flags
+  (`parse_args`) and, for the scales it leaves out, the voice's own."""
+  defaults = dict(length_scale=args.length_scale, noise_scale=args.noise_scale,
+                  noise_scale_w=args.noise_w_scale, sentence_silence=args.sentence_silence,
+                  volume=args.volume, normalize=args.normalize, seed=0,
+                  speaker=voice.speaker_id(args.speaker))
+  defaults.update({k: v for k, v in voice.defaults.items() if defaults[k] is None})
+  return defaults
+
+
 def main(argv=None):
   args = parse_args(argv)
   from vits_jax.files import warning_line
@@ -474,11 +491,7 @@ def main(argv=None):
                 volume=args.volume)
     xla_cache.enable()
     voice = load_voice(args.voice)
-    defaults = dict(length_scale=args.length_scale, noise_scale=args.noise_scale,
-                    noise_scale_w=args.noise_w_scale, sentence_silence=args.sentence_silence,
-                    volume=args.volume, normalize=args.normalize, seed=0,
-                    speaker=voice.speaker_id(args.speaker))
-    defaults.update({k: v for k, v in voice.defaults.items() if defaults[k] is None})
+    defaults = request_defaults(args, voice)
     if args.max_batch < 1 or not 0 <= args.batch_wait_ms <= 10000:
       raise ValueError("--max-batch must be >= 1 and --batch-wait-ms 0 to 10000")
     tts = TextToSpeech(voice, defaults, args.max_batch, args.batch_wait_ms / 1000)

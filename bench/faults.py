@@ -15,7 +15,7 @@ Preparation: prepare.py on a corpus of `--clips` clips, SIGKILLed `--prepare-kil
 at random moments, then run to completion; its records equal a clean run's (ids, tokens,
 audio) and the directory holds no temporaries.
 
-Prints the kills survived, when each kill landed, and the bytes lost (steps redone beyond
+Prints the kills survived, when each kill landed, and the work lost (steps redone beyond
 the last checkpoint). CPU only; takes about as long as `--kills + 2` short runs.
 """
 
@@ -38,9 +38,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 
+_CACHE = None   # this run's compile cache (in its temporary folder: every run starts cold,
+# so the first kill lands during compilation, as the docstring says)
+
+
 def _env():
   return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-              VITS_JAX_XLA_CACHE=os.path.join(tempfile.gettempdir(), "vits_jax_faults_xla"))
+              VITS_JAX_XLA_CACHE=str(_CACHE))
 
 
 def _train_cmd(workdir, data, steps):
@@ -184,7 +188,11 @@ def main():
   p.add_argument("--seed", type=int, default=0)
   a = p.parse_args()
   rng = random.Random(a.seed)
+  if a.steps < 2:
+    sys.exit("error: --steps must be at least 2 (a kill lands between logged steps)")
   root = Path(tempfile.mkdtemp(prefix="vits_jax_faults_"))
+  global _CACHE
+  _CACHE = root / "xla"
   try:
     ok = prepare_faults(root, a.prepare_kills, a.clips, rng)
     ok = train_faults(root, a.kills, a.steps, rng) and ok

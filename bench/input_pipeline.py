@@ -41,14 +41,15 @@ def synthetic(out, n_clips=600, rate=22050, seed=0):
 
 
 def rate(it, n):
-  """(batches/s, mean host bytes per batch: what goes to the device)."""
+  """(batches/s, mean host bytes per batch: what goes to the device, of which int16 audio)."""
   next(it)  # first batch includes thread start-up
   start = time.perf_counter()
-  nbytes = 0
+  nbytes = pcm = 0
   for _ in range(n):
     batch = next(it)
     nbytes += sum(np.asarray(v).nbytes for v in batch.values())
-  return n / (time.perf_counter() - start), nbytes / n
+    pcm += sum(np.asarray(v).nbytes for v in batch.values() if np.asarray(v).dtype == np.int16)
+  return n / (time.perf_counter() - start), nbytes / n, pcm / n
 
 
 def main():
@@ -65,7 +66,10 @@ def main():
     tmp = tempfile.TemporaryDirectory()
     data = tmp.name
     synthetic(data)
-  split = loader.PreparedSplit(data)
+  try:
+    split = loader.PreparedSplit(data)
+  except (ValueError, FileNotFoundError) as e:   # not prepared data (a corpus folder, ...)
+    sys.exit(f"error: {e}")
   print(f"data: {data} ({len(split)} training clips, "
         f"{split.lengths[:, 1].sum() / 22050 / 3600:.2f} h)")
 
@@ -86,10 +90,14 @@ def main():
                                     num_threads=threads, prefetch=2 * threads,
                                     min_audio_len=4096)
       n_batches = max(10, args.batches // (1 if batch == 4 else 8))
-      bps, nbytes = rate(iter(ld), n_batches)
+      bps, nbytes, pcm = rate(iter(ld), n_batches)
       ratio = bps / args.train_steps_per_sec
       print(f"{'make_train_loader':30s} {batch:5d} {threads:7d} {bps:10.1f} "
             f"{bps * batch:9.1f} {ratio:8.1f} {nbytes / 2**20:9.2f}")
+      if threads == 1:   # the reference: the same batch's audio as float32 (it is int16)
+        audio = pcm   # (float32 doubles the int16 audio's bytes)
+        print(f"{'  audio as float32 instead':30s} {'':5s} {'':7s} {'':10s} {'':9s} {'':8s} "
+              f"{(nbytes + audio) / 2**20:9.2f}  ({nbytes / (nbytes + audio):.2f}x)")
   if tmp is not None:
     tmp.cleanup()
 

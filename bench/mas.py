@@ -157,7 +157,8 @@ def main():
     os.environ["JAX_PLATFORMS"] = "cpu"
   _table(args)
   if not args.no_thp and THP not in os.environ.get("GLIBC_TUNABLES", ""):
-    env = dict(os.environ, GLIBC_TUNABLES=THP)
+    env = dict(os.environ, GLIBC_TUNABLES=":".join(   # (added to any the caller set)
+        t for t in (os.environ.get("GLIBC_TUNABLES", ""), THP) if t))
     argv = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--no-thp"]
     subprocess.run(argv, env=env, check=True)
 

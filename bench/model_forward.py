@@ -16,9 +16,11 @@ durations; our noise draws still run, with scale 0):
 
 Random-weight durations are arbitrary, so `length_scale` is chosen to give about 6 frames per
 token, a typical speaking rate. PyTorch and onnxruntime get 2 threads; JAX uses the CPU
-devices it sees. Times are wall-clock medians (and minima) of repeats that interleave the two
-sides, so load from other processes hits both alike. `ratio` = reference time / our time
-(> 1: we are faster). `max|diff|` checks that both sides computed the same waveform.
+devices it sees (JAX_PLATFORMS=cuda or tpu, set before running, measures an accelerator
+instead). Times are wall-clock medians (and minima) of repeats that interleave the two sides,
+so load from other processes hits both alike. `ratio` = our time / reference time (< 1: we
+are faster), as the README's tables give it. `max|diff|` checks that both sides computed the
+same waveform. The HF rows need torch and transformers (not in requirements-dev.txt).
 """
 
 import argparse
@@ -148,7 +150,7 @@ def _rows(label, tokens, frames, hop, sr, ours, ref, repeats, diff, ref_name, sa
   med_o, med_r = np.median(t_ours), np.median(t_ref)
   print(f"{label:<13} {tokens:>6} {frames:>6} {frames * hop / sr:>7.2f} "
         f"{med_o * 1e3:>9.1f} {min(t_ours) * 1e3:>9.1f} {ref_name:>11} {med_r * 1e3:>9.1f} "
-        f"{min(t_ref) * 1e3:>9.1f} {med_r / med_o:>6.2f} {diff:>9.1e}"
+        f"{min(t_ref) * 1e3:>9.1f} {med_o / med_r:>6.2f} {diff:>9.1e}"
         f"{'' if same_len else '  (lengths differ!)'}", flush=True)
 
 
@@ -160,6 +162,16 @@ def main():
   parser.add_argument("--rows", default="ljs_base,piper_medium,piper_joe")
   args = parser.parse_args()
   rows = args.rows.split(",")
+  known = ("ljs_base", "piper_medium", "piper_joe")
+  if not rows or any(r not in known for r in rows):
+    sys.exit(f"error: --rows takes some of {','.join(known)}, got {args.rows!r}")
+  if {"ljs_base", "piper_medium"} & set(rows):
+    try:
+      import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+      import transformers  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError as e:
+      sys.exit(f"error: the HF rows need torch and transformers ({e}): install them, or "
+               "run --rows piper_joe")
   print(f"jax {jax.__version__} devices={jax.devices()} cpu_count={os.cpu_count()}")
   print(f"{'config':<13} {'tokens':>6} {'frames':>6} {'audio_s':>7} {'ours_ms':>9} "
         f"{'ours_min':>9} {'reference':>11} {'ref_ms':>9} {'ref_min':>9} {'ratio':>6} "

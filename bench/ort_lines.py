@@ -1,4 +1,4 @@
-"""The reference for `bench/infer_speed.py --e2e`: what a user of Piper's runtime pieces would
+"""The reference for `bench/infer_speed.py --e2e-runs`: what a user of Piper's runtime pieces would
 write to turn a file of lines into WAVs. piper-phonemize + onnxruntime on a Piper voice, one
 sentence at a time (as Piper does), 16-bit WAVs 0001.wav, 0002.wav, ...
 
@@ -45,7 +45,7 @@ def main():
   for k, line in enumerate(lines):
     pieces = []
     for phonemes in piper_phonemize.phonemize_espeak(line, config["espeak"]["voice"]):
-      ids = list(id_map["^"])
+      ids = list(id_map["^"]) + list(id_map["_"])   # BOS and a pad, as Piper's ids begin
       for ph in phonemes:
         if ph in id_map:
           ids += id_map[ph] + id_map["_"]

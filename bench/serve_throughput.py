@@ -43,8 +43,7 @@ def main():
   voice = load_voice("joe")
   with open(os.path.join(ROOT, "bench", "lines60.txt"), encoding="utf-8") as f:
     lines = [line.strip() for line in f if line.strip()][:args.requests]
-  defaults = dict(length_scale=1.0, noise_scale=0.667, noise_w_scale=0.8, sentence_silence=0.0,
-                  volume=1.0, normalize=False, seed=0, speaker=None)
+  defaults = serve.request_defaults(serve.parse_args([]), voice)   # the server's own
 
   def run(max_batch):
     tts = serve.TextToSpeech(voice, defaults, max_batch=max_batch, batch_wait=0.01)

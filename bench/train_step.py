@@ -50,10 +50,10 @@ def main():
                  help="a checkout of jaywalnut310/vits: time its train step interleaved, "
                       "in a worker process")
   args = p.parse_args()
-  if not os.path.isfile(args.config):
+  if not os.path.isfile(args.config.split(":")[0]):   # (FILE:ARG, as train.py takes it)
     p.error(f"config file not found: {args.config}")
-  if args.steps < 1 or args.block < 2:
-    p.error("--steps must be >= 1 and --block >= 2")
+  if args.steps < 1 or (args.official and args.block < 2):
+    p.error("--steps must be >= 1 (and with --official, --block >= 2)")
   if args.official:
     if os.path.basename(args.config) != "ljs_base.py":
       p.error("--official times the checkout's configs/ljs_base.json: use --config "
@@ -317,7 +317,10 @@ def _module_from_file(path):
 
 
 def _load_config(path):
-  return _module_from_file(path).get_config()
+  """`FILE` or `FILE:ARG` (ml_collections' config_flags form, e.g. configs/tiny.py:micro)."""
+  path, _, arg = path.partition(":")
+  module = _module_from_file(path)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 if __name__ == "__main__":

@@ -382,6 +382,8 @@ def _stream_raw(voice, knobs, texts, input_path=None):
           sys.stdout.buffer.flush()
       except (NothingToSay, SentenceTooLong) as e:
         if started or not skip_unsayable:   # (part of the line's audio is out: it stops)
+          # (the stream computes the text side of the sentences its first window needs
+          # before any audio, so a refusal can come before the line starts or after)
           raise
         (too_long if isinstance(e, SentenceTooLong) else skipped).append((text, e))
   except BrokenPipeError:   # the reader closed the pipe (`| head -c N`): done
@@ -389,8 +391,9 @@ def _stream_raw(voice, knobs, texts, input_path=None):
   except OSError as e:
     raise ValueError(f"cannot write to stdout: {e.strerror}") from None
   if too_long:
-    message = (f"{len(too_long)} line(s) whose first sentence would last too long "
-               f"(the first: {too_long[0][0][:40]!r}: {too_long[0][1]})")
+    message = (f"{len(too_long)} line(s) with a sentence that would last too long, found "
+               f"before any of the line's audio was written (the first: "
+               f"{too_long[0][0][:40]!r}: {too_long[0][1]})")
     if not said:
       raise ValueError(f"nothing written: {message}")
     print(f"warning: skipped {message}", file=sys.stderr)
@@ -630,12 +633,13 @@ if __name__ == "__main__":
     except OSError:
       pass
   parallel = sys.modules.get("vits_jax.training.parallel")   # (imported for a multi-host job)
-  if parallel is not None and parallel.is_distributed():
+  if code != 130 and parallel is not None and parallel.is_distributed():
     # Process 0 holds the job's coordination service: leaving without this goodbye took it
-    # down under the hosts still writing their files (they aborted).
+    # down under the hosts still writing their files (they aborted). (It waits for every
+    # host; an interrupted one leaves at once.)
     try:
       import jax
       jax.distributed.shutdown()
-    except Exception:  # pylint: disable=broad-except  (a host already gone: exit anyway)
+    except BaseException:  # pylint: disable=broad-except  (a host gone, a second Ctrl-C)
       pass
   os._exit(code)   # pylint: disable=protected-access

@@ -609,7 +609,7 @@ def test_a_line_too_long_to_say_is_skipped_and_counted(tmp_path, capsys, monkeyp
   monkeypatch.setattr(sys, "stdout", _Stdout())
   code, err = _run(["--input", "-", "--output-raw", "--voice", TINY_SINGLE], capsys,
                    "\n".join(lines) + "\n", monkeypatch)
-  assert code == 0 and "skipped 1 line(s) whose first sentence would last too long" in err, err
+  assert code == 0 and "skipped 1 line(s) with a sentence that would last too long" in err, err
   raw = np.frombuffer(sys.stdout.buffer.getvalue(), "<i2")
   np.testing.assert_array_equal(raw, np.concatenate(
       [pcm16(voice.synthesize(lines[0])), pcm16(voice.synthesize(lines[2]))]))

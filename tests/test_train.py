@@ -362,23 +362,27 @@ def test_resume_of_a_workdir_with_damage_around_its_checkpoints(run_a, data_dir,
   shutil.copytree(run_a, work)
   saved = json.loads((work / "config.json").read_text())
   (work / "config.json").unlink()
-  alias = tmp_path / "alias"
+  alias = tmp_path / "alias"   # the same folder by another name: no change
   alias.symlink_to(data_dir)
   proc = tu.run_train(work, alias, "--config.train.num_steps=5", *EVAL)
-  assert "resuming from step 4" in proc.stdout
+  assert "resuming from step 4" in proc.stdout and "other data" not in proc.stderr
+  other = tmp_path / "other"   # a copy: other data, as far as the run can tell
+  shutil.copytree(data_dir, other)
+  proc = tu.run_train(work, other, "--config.train.num_steps=6", *EVAL)
+  assert "resuming from step 5" in proc.stdout
   assert "warning: resuming on other data than the run trained on (data.dir" in proc.stderr
-  assert str(alias) in proc.stderr, proc.stderr[-2000:]
+  assert str(other) in proc.stderr, proc.stderr[-2000:]
   again = json.loads((work / "config.json").read_text())
   assert again["data"]["num_buckets"] == saved["data"]["num_buckets"] == 1
   (work / "config.json").write_text("{garbage")
-  proc = tu.run_train(work, data_dir, "--config.train.num_steps=6", check=False)
+  proc = tu.run_train(work, data_dir, "--config.train.num_steps=7", check=False)
   assert proc.returncode == 2 and proc.stderr.strip().endswith(
       "has checkpoints and a damaged config.json: delete that file to resume (each "
       "checkpoint holds its config)"), proc.stderr[-2000:]
   (work / "config.json").write_text(json.dumps(again))
   (work / "metrics.jsonl").unlink()
   (work / "metrics.jsonl").mkdir()
-  proc = tu.run_train(work, data_dir, "--config.train.num_steps=6", check=False)
+  proc = tu.run_train(work, data_dir, "--config.train.num_steps=7", check=False)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1].startswith(
       f"error: cannot write {work / 'metrics.jsonl'}: "), proc.stderr[-2000:]

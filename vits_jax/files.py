@@ -181,11 +181,31 @@ def read_audio(path: str) -> Tuple[np.ndarray, int]:
   if short:
     raise CutShortError(f"{path} is cut short: its header promises {short[0]} bytes of "
                         f"samples, the file holds {short[1]}")
-  if kind in ("MP3", "MPEG", "OGG") and 0 < data.shape[0] < promised:
-    # (an MP3's Xing header counts its frames: a cut file decodes fewer, without an error)
+  if (kind == "OGG" or kind == "MP3" and _mp3_counts_its_frames(source)) and (
+      0 < data.shape[0] < promised):
+    # (a cut file decodes fewer samples than its header counts, without an error)
     raise CutShortError(f"{path} is cut short: its header promises {promised} samples, "
                         f"{data.shape[0]} decode")
   return data, rate
+
+
+def _mp3_counts_its_frames(source) -> bool:
+  """Whether an MP3 states its length (a Xing/Info or VBRI header in its first frame, which
+  encoders write): without one, libsndfile's length is mpg123's estimate from the file's
+  size, which a tag or a variable bit rate makes longer than the audio."""
+  def read(offset: int, n: int) -> bytes:
+    if isinstance(source, io.BytesIO):
+      return source.getbuffer()[offset:offset + n].tobytes()
+    with open(source, "rb") as f:
+      f.seek(offset)
+      return f.read(n)
+  head, start = read(0, 10), 0
+  if head[:3] == b"ID3" and len(head) == 10:   # an ID3v2 tag first: its size is syncsafe
+    for b in head[6:10]:
+      start = (start << 7) | (b & 0x7F)
+    start += 10
+  frame = read(start, 256)
+  return any(tag in frame[:200] for tag in (b"Xing", b"Info")) or b"VBRI" in frame[:64]
 
 
 def wav_shortfall(path) -> Optional[Tuple[int, int]]:

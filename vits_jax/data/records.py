@@ -201,9 +201,10 @@ def _structure_problem(manifest: dict[str, Any]) -> str | None:
   if not isinstance(n_speakers, int) or isinstance(n_speakers, bool) or n_speakers < 0:
     return f"'n_speakers' is {n_speakers!r}"
   outside = {k: v for k, v in speakers.items() if not (
-      isinstance(v, int) and not isinstance(v, bool) and 0 <= v < max(n_speakers, 1))}
-  if outside:   # (a voice trained on them could not be loaded: its names name no speaker)
-    return (f"'speakers' holds ids outside 0..{max(n_speakers, 1) - 1} "
+      isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n_speakers)}
+  if n_speakers > 1 and outside:   # (a voice trained on them could not be loaded: its
+    # names would name no speaker; a single-speaker model reads no speaker id at all)
+    return (f"'speakers' holds ids outside 0..{n_speakers - 1} "
             f"({dict(list(outside.items())[:3])})")
   front = manifest.get("frontend") or {}
   if not isinstance(front, dict):

@@ -86,9 +86,7 @@ def piper_phonemize_module():
 
 
 @functools.lru_cache(maxsize=None)
-def _announce_fallback(forced):
-  why = (f'{FORCE_FALLBACK_ENV} is set' if forced else
-         'piper-phonemize is not available (it needs Python <= 3.11)')
+def _announce_fallback(why):
   _LOGGER.warning(
       '%s; phonemizing with espeakng-loader\'s espeak-ng %s instead, which may give other '
       'phonemes than the voice was trained with on some words.', why, espeak.espeak_version())
@@ -252,7 +250,11 @@ def phonemize(text, voice, fallback=None):
   text = break_long_words(text)
   module = None if fallback else piper_phonemize_module()
   if module is None:
-    _announce_fallback(_import_piper_phonemize() is not None)
+    _announce_fallback(
+        'piper-phonemize is not available (it needs Python <= 3.11)'
+        if _import_piper_phonemize() is None else f'{FORCE_FALLBACK_ENV} is set'
+        if os.environ.get(FORCE_FALLBACK_ENV, '') not in ('', '0') else
+        'the espeakng-loader fallback was asked for')
   # espeak-ng keeps a look-ahead between calls: after a text ending in a word and "..", the
   # next text began with a spoken "dot" (piper-tts too). An empty call ends it, so each
   # text is phonemized as if it came first.

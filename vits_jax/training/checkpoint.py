@@ -202,16 +202,12 @@ def saved_config(directory, step: int) -> Optional[Dict[str, Any]]:
     return None
 
 
-def state_differences(saved: Dict[str, Any], config: ml_collections.ConfigDict,
-                      sections=None, keys=None) -> list:
-  """`section.key saved-value -> new-value` for every setting of `sections` (default
-  `STATE_SECTIONS`; only `keys` of them where given) in which `config` differs from a
-  checkpoint's `saved` config."""
+def state_differences(saved: Dict[str, Any], config: ml_collections.ConfigDict) -> list:
+  """`section.key saved-value -> new-value` for every setting of `STATE_SECTIONS` in which
+  `config` differs from a checkpoint's `saved` config."""
   from flax import traverse_util
-  sections = STATE_SECTIONS if sections is None else sections
   flat = lambda d: traverse_util.flatten_dict(
-      {section: {k: v for k, v in (d.get(section) or {}).items()
-                 if keys is None or k in keys} for section in sections}, sep=".")
+      {section: d.get(section) or {} for section in STATE_SECTIONS}, sep=".")
   old_flat, new_flat = flat(saved), flat(config.to_dict())
   norm = lambda v: list(v) if isinstance(v, tuple) else v
   return [f"{k} {old_flat.get(k)!r} -> {new_flat.get(k)!r}"

@@ -197,7 +197,7 @@ def num_buckets(config: ml_collections.ConfigDict, workdir: str,
   n = int(config.data.get("num_buckets", 0))
   if n:
     return n
-  if resuming:
+  if resuming is not None:
     # The latest checkpoint's own config first (a lost or edited config.json must not
     # change the batch plan), then config.json.
     saved = checkpoint_lib.saved_config(
@@ -413,6 +413,16 @@ RESUME_DATA_KEYS = ("dir", "frontend", "sampling_rate", "text_cleaners", "add_bl
                     "n_speakers", "hop_length", "filter_length", "n_mel_channels")
 
 
+def _data_changes(saved: dict, config: ml_collections.ConfigDict) -> list:
+  """`data.key saved -> new` for the `RESUME_DATA_KEYS` a resume's config changes (keys an
+  older checkpoint lacks are not changes; `dir` is compared as the folder it names)."""
+  old, new = saved.get("data") or {}, config.data.to_dict()
+  norm = lambda k, v: (os.path.realpath(v) if k == "dir" and isinstance(v, str) else
+                       list(v) if isinstance(v, tuple) else v)
+  return [f"data.{k} {old[k]!r} -> {new.get(k)!r}" for k in RESUME_DATA_KEYS
+          if k in old and norm(k, old[k]) != norm(k, new.get(k))]
+
+
 def _check_not_someone_elses(workdir: str) -> None:
   """ValueError if `workdir` holds a config.json that a run of ours did not write (an
   official VITS voice's, another tool's): the run would overwrite it."""
@@ -456,8 +466,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       print(f"warning: train.batch_size is {int(t.batch_size)} and the run was at {was}: "
             "its data order and epochs (the learning rate's decay) go on from another batch "
             "plan, not as the run would have", file=sys.stderr, flush=True)
-    changed = checkpoint_lib.state_differences(saved, config, sections=("data",),
-                                               keys=RESUME_DATA_KEYS) if saved else []
+    changed = _data_changes(saved, config) if saved else []
     if is_main and changed:
       print(f"warning: resuming on other data than the run trained on ({'; '.join(changed)})"
             ": it goes on learning from these clips", file=sys.stderr, flush=True)

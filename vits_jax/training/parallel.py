@@ -30,7 +30,9 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
       process then training or writing everything by itself).
   """
   env = os.environ
+  names = "--coordinator_address, --num_processes and --process_id"
   if coordinator_address is None and num_processes is None and process_id is None:
+    names = "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID"
     coordinator_address = env.get("JAX_COORDINATOR_ADDRESS") or None
     try:
       num_processes = int(env["JAX_NUM_PROCESSES"]) if env.get("JAX_NUM_PROCESSES") else None
@@ -47,7 +49,7 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
       return
   if num_processes is not None and num_processes > 1 or coordinator_address:
     if coordinator_address is None or num_processes is None or process_id is None:
-      raise ValueError("--coordinator_address, --num_processes and --process_id go together")
+      raise ValueError(f"{names} go together")
     if not 0 <= process_id < num_processes:
       raise ValueError(f"process id {process_id} is not one of 0..{num_processes - 1}")
     jax.distributed.initialize(coordinator_address, num_processes, process_id)

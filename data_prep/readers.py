@@ -163,7 +163,7 @@ def read_vctk(src: str, mic: str = "mic1") -> list[Clip]:
   for key in sorted(set(audio) | set(texts)):
     speaker, name = key
     # VCTK's names begin with their speaker (p225_001); others get it, so ids stay unique.
-    clip_id = name if name.startswith(speaker) else f"{speaker}_{name}"
+    clip_id = name if name.startswith(speaker + "_") else f"{speaker}_{name}"
     if key not in texts:
       clips.append(Clip(clip_id, speaker, None, path=audio[key], skip="no transcript",
                         detail=f"no txt/{speaker}/{name}.txt"))

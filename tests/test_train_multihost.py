@@ -9,6 +9,25 @@ import pytest
 import train_utils as tu
 
 
+def _run_together(commands, timeout):
+  """Starts every (argv, extra environment) at once (the processes of one job); returns
+  their (stdout, stderr) once all have ended, each having exited 0."""
+  procs = [subprocess.Popen(argv, cwd=tu.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=tu._env(**extra))  # pylint: disable=protected-access
+           for argv, extra in commands]
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=timeout))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  return outs
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("multihost_data")
@@ -21,22 +40,9 @@ def test_two_processes_match_one(data_dir, tmp_path):
 
   work = tmp_path / "two"
   port = tu.free_port()
-  procs = [subprocess.Popen(
-      tu.train_cmd(work, data_dir, "--config.train.num_steps=2",
-                   f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                   f"--process_id={i}"),
-      cwd=tu.REPO, env=tu._env(), stdout=subprocess.PIPE,  # pylint: disable=protected-access
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outs = []
-  try:
-    for p in procs:
-      outs.append(p.communicate(timeout=1200))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
+  _run_together([(tu.train_cmd(work, data_dir, "--config.train.num_steps=2",
+                                f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                                f"--process_id={i}"), {}) for i in range(2)], timeout=1200)
 
   rows, want = tu.train_rows(work), tu.train_rows(ref)
   assert rows[2]["devices"] == 2
@@ -63,23 +69,11 @@ def test_infer_input_split_between_two_processes(tmp_path):
   lines.write_text(f"Yes.\n{' '.join([long] * 40)}\n\U0001F600\n{long}\n")
   out = tmp_path / "out"
   port = tu.free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, str(tu.REPO / "infer.py"), "--input", str(lines), "--out-dir", str(out),
-       "--voice", str(voice)],
-      cwd=tu.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env=tu._env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}",  # pylint: disable=protected-access
-                  JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
-      for i in range(2)]
-  outs = []
-  try:
-    for p in procs:
-      outs.append(p.communicate(timeout=600))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
+  outs = _run_together([
+      ([sys.executable, str(tu.REPO / "infer.py"), "--input", str(lines), "--out-dir",
+        str(out), "--voice", str(voice)],
+       dict(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(i))) for i in range(2)], timeout=600)
   assert sorted(os.listdir(out)) == ["0001.wav", "0002.wav", "0004.wav"]
   assert "process 0 of 2" in outs[0][1] and "no 0003.wav" in outs[0][1], outs[0][1]
   assert "wrote 2 files to" in outs[1][1] and "process 1 of 2" in outs[1][1], outs[1][1]

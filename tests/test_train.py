@@ -386,6 +386,15 @@ def test_resume_of_a_workdir_with_damage_around_its_checkpoints(run_a, data_dir,
   assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1].startswith(
       f"error: cannot write {work / 'metrics.jsonl'}: "), proc.stderr[-2000:]
+  # A lost data-position file is a damaged checkpoint, with the advice to move it away (it
+  # was blamed on another number of processes).
+  (work / "metrics.jsonl").rmdir()
+  (work / "checkpoints" / "6" / "data" / "process_0-of-1.json").unlink()
+  proc = tu.run_train(work, data_dir, "--config.train.num_steps=7", check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert "checkpoint 6 in" in last and "incomplete or damaged" in last and (
+      "move" in last) and "processes" not in last, last
 
 
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}

@@ -48,9 +48,11 @@ class DataStateHandler(ocp.CheckpointHandler):
 
   def restore(self, directory: epath.Path, args: Optional["DataStateRestore"] = None):
     path = directory / _process_file()
-    if not path.exists() and directory.exists() and any(directory.iterdir()):
+    others = sorted(p.name for p in directory.glob("process_*-of-*.json")) \
+        if directory.exists() else []
+    if not path.exists() and others:   # (no file at all: a damaged checkpoint, said below)
       raise DataStateError(f"{path} is missing: the checkpoint was written by a run with a "
-                           "different number of processes")
+                           f"different number of processes ({others[0]})")
     return json.loads(path.read_text())
 
   def metadata(self, directory: epath.Path):

@@ -130,7 +130,7 @@ def test_hf_export_names_are_the_ones_transformers_saves(fixture):
   config = hf_import.config_from_hf(json.loads(str(data["config"])))
   params = torch_names.torch_to_flax(hf_import.hf_to_official(saved),
                                      like=hf_import.param_template(config))
-  exported = hf_export.hf_state_dict(params)
+  exported = hf_export.hf_state_dict(params, bool(config.model.use_sdp))
   assert set(exported) == set(saved), (sorted(set(exported) - set(saved))[:5],
                                        sorted(set(saved) - set(exported))[:5])
   for name in ("duration_predictor.proj.weight", "duration_predictor.conv_proj.weight"):

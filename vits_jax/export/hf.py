@@ -25,9 +25,9 @@ from vits_jax.convert import source as source_lib
 from vits_jax.convert import torch_names
 from vits_jax.export import common
 
-def hf_state_dict(params) -> Dict[str, np.ndarray]:
-  """Flax generator params -> HF names and layouts (decoder weight norm folded)."""
-  sdp = any(k.startswith("flows") for k in params.get("dp", {}))   # stochastic predictor
+def hf_state_dict(params, sdp: bool) -> Dict[str, np.ndarray]:
+  """Flax generator params -> HF names and layouts (decoder weight norm folded); `sdp`:
+  the model's `use_sdp` (the stochastic duration predictor's names differ)."""
   official = torch_names.flax_to_torch({k: v for k, v in params.items() if k != "dec"})
   official.update(torch_names.flax_to_torch({"dec": params["dec"]}, fold_weight_norm=True))
   out = {}
@@ -109,7 +109,7 @@ def export_hf(src: source_lib.Source, out, force: bool = False) -> Tuple[Path, i
   from safetensors.numpy import save
   config = hf_config(src.config)
   params, fresh, untrained = common.complete_params(src)
-  tensors = hf_state_dict(params)
+  tensors = hf_state_dict(params, bool(src.config.model.use_sdp))
   if src.frontend["kind"] != "hf" or src.speaker_names or untrained:
     # What HF's tokenizer cannot hold (a Piper voice's phoneme map; speaker names), for a
     # vits_jax load: transformers keeps unknown config keys and ignores them.

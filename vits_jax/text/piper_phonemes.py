@@ -250,11 +250,13 @@ def phonemize(text, voice, fallback=None):
   text = break_long_words(text)
   module = None if fallback else piper_phonemize_module()
   if module is None:
-    _announce_fallback(
-        'piper-phonemize is not available (it needs Python <= 3.11)'
-        if _import_piper_phonemize() is None else f'{FORCE_FALLBACK_ENV} is set'
-        if os.environ.get(FORCE_FALLBACK_ENV, '') not in ('', '0') else
-        'the espeakng-loader fallback was asked for')
+    if _import_piper_phonemize() is None:
+      why = 'piper-phonemize is not available (it needs Python <= 3.11)'
+    elif piper_phonemize_module() is None:
+      why = f'{FORCE_FALLBACK_ENV} is set'
+    else:
+      why = 'the espeakng-loader fallback was asked for'
+    _announce_fallback(why)
   # espeak-ng keeps a look-ahead between calls: after a text ending in a word and "..", the
   # next text began with a spoken "dot" (piper-tts too). An empty call ends it, so each
   # text is phonemized as if it came first.

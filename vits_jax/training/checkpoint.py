@@ -142,18 +142,23 @@ def _silence_closed_loop_errors() -> None:
 
 
 def _dropped_read_tasks(record: logging.LogRecord) -> bool:
-  """asyncio's 'Task exception was never retrieved' for a read task of orbax's (or JAX's
-  array serialization) dropped with a failed restore: logged when the task is garbage
-  collected, which may be after `_quiet` has ended (a traceback on the terminal, 'at random'
-  under load). Those are kept off; every other record passes."""
-  if not record.getMessage().startswith("Task exception was never retrieved"):
+  """asyncio's '<Task|Future|_GatheringFuture> exception was never retrieved' for a read of
+  orbax's (or JAX's array serialization) dropped with a failed restore: logged when the
+  future is garbage collected, which may be after `_quiet` has ended (a traceback on the
+  terminal, 'at random' under load). Those are kept off; every other record passes."""
+  if not record.getMessage().endswith("exception was never retrieved"):
     return True
-  tb = record.exc_info[2] if record.exc_info else None
-  while tb is not None:
-    name = tb.tb_frame.f_code.co_filename
-    if f"{os.sep}orbax{os.sep}" in name or f"{os.sep}array_serialization{os.sep}" in name:
-      return False
-    tb = tb.tb_next
+  exc = record.exc_info[1] if record.exc_info else None
+  seen = set()
+  while exc is not None and id(exc) not in seen:   # the failure and what it wraps
+    seen.add(id(exc))
+    tb = exc.__traceback__
+    while tb is not None:
+      name = tb.tb_frame.f_code.co_filename
+      if f"{os.sep}orbax{os.sep}" in name or f"{os.sep}array_serialization{os.sep}" in name:
+        return False
+      tb = tb.tb_next
+    exc = exc.__cause__ or exc.__context__
   return True
 
 

@@ -864,6 +864,14 @@ def test_ctrl_c_in_a_library_call_leaves_the_process_alive():
     preemption.close()
 
 
+async def _gathered(read):
+  """A gather of a failing read, returned unawaited once it has failed (as orbax drops it)."""
+  import asyncio
+  gathered = asyncio.gather(read())
+  await asyncio.wait([gathered])
+  return gathered
+
+
 def test_read_tasks_dropped_with_a_failed_restore_stay_off_the_terminal():
   """asyncio logs 'Task (or _GatheringFuture) exception was never retrieved' when a dropped
   read of orbax's is garbage collected, possibly after the failed restore has returned
@@ -872,7 +880,8 @@ def test_read_tasks_dropped_with_a_failed_restore_stay_off_the_terminal():
   import logging
   from vits_jax.training import checkpoint
 
-  def record(filename, message="Task exception was never retrieved"):
+  def record(filename, message="Task exception was never retrieved\n"
+                               "future: <Task finished name='Task-7' coro=<read() done>>"):
     namespace = {}
     exec(compile("def read():\n  raise OSError('truncated')\n", filename, "exec"), namespace)  # pylint: disable=exec-used
     try:
@@ -889,7 +898,33 @@ def test_read_tasks_dropped_with_a_failed_restore_stay_off_the_terminal():
   assert checkpoint._dropped_read_tasks(  # pylint: disable=protected-access
       record(f"{sep}x{sep}orbax{sep}io.py", "Something else failed"))
   assert not checkpoint._dropped_read_tasks(  # pylint: disable=protected-access
-      record(f"{sep}x{sep}orbax{sep}io.py", "_GatheringFuture exception was never retrieved"))
+      record(f"{sep}x{sep}orbax{sep}io.py",
+             "_GatheringFuture exception was never retrieved\nfuture: <_GatheringFuture>"))
+  # The records asyncio itself logs for a dropped task and a dropped gather (their message
+  # goes on with a 'future: ...' line).
+  import asyncio
+  import gc
+  namespace = {}
+  exec(compile("async def read():\n  raise OSError('truncated')\n",  # pylint: disable=exec-used
+               f"{sep}x{sep}orbax{sep}io.py", "exec"), namespace)
+  logged = []
+  catcher = logging.Handler()
+  catcher.emit = logged.append
+  asyncio_log = logging.getLogger("asyncio")
+  asyncio_log.addHandler(catcher)
+  try:
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(namespace["read"]())
+    gathered = loop.run_until_complete(_gathered(namespace["read"]))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+    del task, gathered
+    gc.collect()
+  finally:
+    asyncio_log.removeHandler(catcher)
+  kinds = sorted(r.getMessage().partition(" ")[0] for r in logged)
+  assert kinds == ["Task", "_GatheringFuture"], [r.getMessage() for r in logged]
+  assert not any(checkpoint._dropped_read_tasks(r) for r in logged)  # pylint: disable=protected-access
   wrapped = record(f"{sep}x{sep}orbax{sep}io.py")
   try:
     raise ValueError("read failed") from wrapped.exc_info[1]

@@ -146,7 +146,8 @@ def _dropped_read_tasks(record: logging.LogRecord) -> bool:
   orbax's (or JAX's array serialization) dropped with a failed restore: logged when the
   future is garbage collected, which may be after `_quiet` has ended (a traceback on the
   terminal, 'at random' under load). Those are kept off; every other record passes."""
-  if not record.getMessage().endswith("exception was never retrieved"):
+  first_line = record.getMessage().partition("\n")[0]   # then 'future: <Task ...>'
+  if not first_line.endswith("exception was never retrieved"):
     return True
   exc = record.exc_info[1] if record.exc_info else None
   seen = set()

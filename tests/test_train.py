@@ -911,6 +911,9 @@ def test_read_tasks_dropped_with_a_failed_restore_stay_off_the_terminal():
   catcher = logging.Handler()
   catcher.emit = logged.append
   asyncio_log = logging.getLogger("asyncio")
+  filters, level = asyncio_log.filters[:], asyncio_log.level   # (an earlier test put ours on)
+  asyncio_log.filters[:] = []
+  asyncio_log.setLevel(logging.ERROR)
   asyncio_log.addHandler(catcher)
   try:
     loop = asyncio.new_event_loop()
@@ -922,6 +925,8 @@ def test_read_tasks_dropped_with_a_failed_restore_stay_off_the_terminal():
     gc.collect()
   finally:
     asyncio_log.removeHandler(catcher)
+    asyncio_log.filters[:] = filters
+    asyncio_log.setLevel(level)
   kinds = sorted(r.getMessage().partition(" ")[0] for r in logged)
   assert kinds == ["Task", "_GatheringFuture"], [r.getMessage() for r in logged]
   assert not any(checkpoint._dropped_read_tasks(r) for r in logged)  # pylint: disable=protected-access

@@ -11,7 +11,7 @@ Piper .onnx, a training workdir, an HF VitsModel folder or an official G_*.pth. 
 16-bit PCM; `--output-raw` streams it to stdout as it is synthesized:
 
     python infer.py --text "Hello there." --output-raw | aplay -r 22050 -f S16_LE -c 1
-    python infer.py --voice vctk.onnx --convert in.wav --source-speaker 3 --speaker 12 --out out.wav
+    python infer.py --voice runs/vctk --convert in.wav --source-speaker 3 --speaker 12 --out out.wav
 
 Compiled programs are cached in ~/.cache/vits_jax/xla (set VITS_JAX_XLA_CACHE= to disable),
 so later runs start faster.
@@ -33,7 +33,7 @@ def parse_args(argv=None):
   src.add_argument("--input", help="file with one utterance per line, '-' for stdin")
   src.add_argument("--convert", metavar="IN.wav",
                    help="voice conversion: re-speak this recording as --speaker "
-                        "(multi-speaker voices; give --source-speaker)")
+                        "(multi-speaker voices; give --source-speaker; '-' reads stdin)")
   src.add_argument("--list-speakers", action="store_true",
                    help="print the voice's speaker ids and names, then exit")
   p.add_argument("--out", help="output audio file for --text / --convert (default out.wav; "
@@ -52,7 +52,8 @@ def parse_args(argv=None):
   p.add_argument("--source-speaker", default=None,
                  help="speaker id or name of the --convert recording")
   p.add_argument("--noise-scale", type=float, default=None,
-                 help="prior noise (default: the voice's own, 0.667 for most)")
+                 help="prior noise (default: the voice's own, 0.667 for most); with "
+                      "--convert the posterior's (default 0, its mean)")
   p.add_argument("--noise-scale-w", "--noise-w-scale", dest="noise_scale_w", type=float,
                  default=None, help="duration noise (default: the voice's own, 0.8 for most; "
                  "--noise-w-scale is Piper's spelling)")
@@ -234,7 +235,7 @@ def _check_args(args):
     raise ValueError("--list-speakers prints to stdout: leave out --out, --out-dir and "
                      "--output-raw")
   if args.out_dir and args.input is None:
-    raise ValueError("--out-dir goes with --input; use --out for --text")
+    raise ValueError("--out-dir goes with --input; use --out for --text and --convert")
   if args.input is not None and args.out:
     raise ValueError("--out goes with --text; use --out-dir for --input")
   if args.output_raw and (args.out or args.out_dir):
@@ -287,8 +288,10 @@ def _check_args(args):
   if os.path.isdir(out):
     raise ValueError(f"--out {out} is a folder")
   _check_name_length(os.path.basename(out), "--out")
-  if not os.access(parent, os.W_OK) or (os.path.exists(out) and not os.access(out, os.W_OK)):
+  if os.path.exists(out) and not os.access(out, os.W_OK):
     raise ValueError(f"--out {out} cannot be written (permission denied)")
+  from vits_jax import files   # (a file made and dropped there: `os.access` says yes to root)
+  files.writable_folder(parent, "--out's folder")
 
 
 def run(args):
@@ -303,8 +306,13 @@ def run(args):
     texts = _json_lines(args.input)
   elif args.input is not None:
     texts = _read_lines(args.input)
-  if args.convert is not None and (not os.path.exists(args.convert) or
-                                   os.path.isdir(args.convert)):
+  if args.convert == "-":
+    if sys.stdin is None or sys.stdin.isatty() or not os.path.exists("/dev/stdin"):
+      raise ValueError("--convert -: pipe a recording into stdin")
+    args.convert = "/dev/stdin"
+  if args.convert is not None and os.path.isdir(args.convert):
+    raise ValueError(f"--convert {args.convert} is a folder; give a recording")
+  if args.convert is not None and not os.path.exists(args.convert):
     raise FileNotFoundError(f"--convert recording not found: {args.convert}")
 
   from vits_jax import allocator
@@ -321,13 +329,13 @@ def run(args):
   voice = load_voice(args.voice)
   if args.list_speakers:
     return _list_speakers(voice)
+  if args.convert is not None:
+    return _convert(args, voice)
   speaker = voice.speaker_id(args.speaker)
   knobs = dict(speaker=speaker, noise_scale=args.noise_scale,
                noise_scale_w=args.noise_scale_w, length_scale=args.length_scale,
                seed=args.seed, sentence_silence=args.sentence_silence, volume=args.volume,
                normalize=args.normalize)
-  if args.convert is not None:
-    return _convert(args, voice)
   if args.output_raw:
     return _stream_raw(voice, knobs, [args.text] if texts is None else texts,
                        input_path=None if texts is None else args.input)
@@ -579,9 +587,10 @@ def _lines_to_files(args, voice, jobs):
 
 def _convert(args, voice):
   from vits_jax import files
+  voice.check_convertible()   # (before a recording is read)
   if args.speaker is None or args.source_speaker is None:
     raise ValueError("--convert needs --source-speaker and --speaker (the target)")
-  audio, rate = files.read_audio(args.convert)
+  audio, rate = files.read_audio(args.convert, check=voice.check_recording)
   out = args.out or "out.wav"
   from vits_jax.voice import loudness
   # --noise-scale samples the posterior (0, the default here, takes its mean).

@@ -254,6 +254,61 @@ def test_bad_input_is_one_line_error(argv, tmp_path, capsys):
   assert all(line.startswith(("error: ", "warning: ")) for line in lines)
 
 
+def test_convert_refusals_name_their_cause(tmp_path, capsys):
+  """What `--convert` refuses says why, before a sample is read: a single-speaker voice
+  (it answered "--convert needs --source-speaker", then "a speaker id cannot be given"), a
+  folder, a header promising hours of audio (it decoded them all: gigabytes, then a
+  MemoryError traceback), a file that is not audio (libsndfile's "Error opening b'...'")."""
+  wav = tmp_path / "in.wav"
+  sf.write(wav, np.zeros(4000, np.float32), 16000)
+  code, err = _run(["--convert", str(wav), "--voice", TINY_SINGLE,
+                    "--out", str(tmp_path / "x.wav")], capsys)
+  assert code == 2 and "single speaker: voice conversion needs a multi-speaker voice" in err, err
+  code, err = _run(["--convert", str(tmp_path), "--voice", TINY, "--source-speaker", "0",
+                    "--speaker", "1", "--out", str(tmp_path / "x.wav")], capsys)
+  assert code == 2 and "is a folder" in err, err
+
+  from vits_jax import files
+  from vits_jax.voice import Voice
+  hostile = tmp_path / "hours.wav"   # 8-bit mono 48 kHz, 10^9 samples said: 5.8 hours
+  n = 10 ** 9
+  with open(hostile, "wb") as f:
+    f.write(b"RIFF" + (36 + n).to_bytes(4, "little") + b"WAVEfmt " +
+            (16).to_bytes(4, "little") + (1).to_bytes(2, "little") + (1).to_bytes(2, "little") +
+            (48000).to_bytes(4, "little") + (48000).to_bytes(4, "little") +
+            (1).to_bytes(2, "little") + (8).to_bytes(2, "little") + b"data" +
+            n.to_bytes(4, "little"))
+    f.truncate(44 + n)   # sparse: nothing on disk
+  import resource
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  with pytest.raises(ValueError, match="lasts 347.2 minutes; voice conversion takes up to 20"):
+    files.read_audio(str(hostile), check=Voice.check_recording)
+  assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000   # KiB
+  with pytest.raises(ValueError, match="at 1000 Hz is not speech audio"):
+    Voice.check_recording(1000, 1.0)
+  (tmp_path / "bad.wav").write_bytes(b"RIFF....not audio at all")
+  with pytest.raises(ValueError) as e:
+    files.read_audio(str(tmp_path / "bad.wav"))
+  assert str(e.value).startswith(f"cannot read {tmp_path / 'bad.wav'}: ")
+  assert "Error opening" not in str(e.value) and "b'" not in str(e.value), str(e.value)
+
+
+def test_out_in_a_folder_that_takes_no_files_is_refused_before_synthesis(tmp_path, capsys):
+  """`--out` in a folder that cannot take a file is refused up front, also for root (whom
+  `os.access` always answers yes: it synthesized, then failed to write)."""
+  ro = tmp_path / "ro"
+  ro.mkdir()
+  os.chmod(ro, 0o555)
+  target = "/proc/x.wav" if os.geteuid() == 0 else str(ro / "x.wav")
+  try:
+    code, err = _run(["--text", "Hi.", "--voice", TINY, "--speaker", "0", "--out", target],
+                     capsys)
+  finally:
+    os.chmod(ro, 0o755)
+  assert code == 2 and "--out's folder" in err and "cannot be written" in err, err
+  assert "wrote" not in err
+
+
 def test_output_raw_speaks_stdin_lines_as_they_arrive(capsys, monkeypatch):
   """`--input - --output-raw` speaks each line as soon as it is written into the pipe (a
   program feeding it lines hears them one by one), skips and counts a line with nothing to

@@ -321,12 +321,24 @@ def test_voice_conversion_errors(multi):
     voice.convert(wav[:3000], 1, 1, 2)
   from vits_jax.voice import MAX_CONVERT_MINUTES
   long = np.zeros(int((MAX_CONVERT_MINUTES + 1) * 60 * 4000), np.float32)
-  with pytest.raises(ValueError, match=f"lasts 21 minutes.*up to {MAX_CONVERT_MINUTES}"):
+  with pytest.raises(ValueError, match=f"lasts 21.0 minutes.*up to {MAX_CONVERT_MINUTES}"):
     voice.convert(long, 4000, 1, 2)
   # Samples of another scale: PCM values as floats were refused nowhere (past ~1e17 the
   # result was NaN, written as a silent WAV with exit 0).
   with pytest.raises(ValueError, match="its peak is 1e\\+20"):
     voice.convert(wav / np.abs(wav).max() * 1e20, rate, 1, 2)
+  # Odd arguments through the API: each a ValueError naming it (a TypeError, a silently
+  # truncated rate, a dropped imaginary part, NaN audio called "not mono" before).
+  with pytest.raises(ValueError, match="whole number of Hz"):
+    voice.convert(wav, rate + 0.5, 1, 2)
+  with pytest.raises(ValueError, match="whole number of Hz"):
+    voice.convert(wav, str(rate), 1, 2)
+  with pytest.raises(ValueError, match="real-valued samples"):
+    voice.convert(wav.astype(np.complex64), rate, 1, 2)
+  with pytest.raises(ValueError, match="holds 1 NaN or infinite"):
+    voice.convert(np.where(np.arange(wav.size) == 5, np.nan, wav), rate, 1, 2)
+  with pytest.raises(ValueError, match="too short"):
+    voice.convert(np.zeros((0, 2), np.float32), rate, 1, 2)
 
 
 def test_voice_conversion_takes_pcm_and_either_channel_layout():
@@ -336,6 +348,10 @@ def test_voice_conversion_takes_pcm_and_either_channel_layout():
   wav, rate = golden["wav"].astype(np.float32), int(golden["rate"])
   pcm = np.round(np.clip(wav, -1, 32767 / 32768) * 32768).astype(np.int16)
   want = voice.convert(pcm.astype(np.float32) / 32768, rate, 1, 2)
+  # noise_scale None is the default's posterior mean (it raised a TypeError), a float rate
+  # that is a whole number the same rate
+  np.testing.assert_array_equal(voice.convert(pcm.astype(np.float32) / 32768, float(rate), 1,
+                                              2, noise_scale=None), want)
   np.testing.assert_array_equal(voice.convert(pcm, rate, 1, 2), want)
   stereo = np.stack([wav, wav], 1)
   np.testing.assert_array_equal(voice.convert(stereo.T, rate, 1, 2),

@@ -667,13 +667,15 @@ def test_infer_cli_speaks_with_the_trained_workdir(run_a, tmp_path):
   # --convert (a workdir keeps the posterior encoder): the file holds Voice.convert's audio
   # for the same speakers and seed; another target speaker gives other audio.
   converted = {}
-  for target in ("2", "0"):
+  for target in ("2", "0"):   # (the second reads the recording from stdin: --convert -)
     conv = tmp_path / f"conv{target}.wav"
-    proc = subprocess.run(
-        [sys.executable, str(tu.REPO / "infer.py"), "--voice", str(run_a), "--convert",
-         str(out), "--source-speaker", "1", "--speaker", target, "--seed", "3",
-         "--out", str(conv)],
-        cwd=tu.REPO, env=tu._env(), capture_output=True, text=True, timeout=600)  # pylint: disable=protected-access
+    with open(out, "rb") as recording:
+      proc = subprocess.run(
+          [sys.executable, str(tu.REPO / "infer.py"), "--voice", str(run_a), "--convert",
+           str(out) if target == "2" else "-", "--source-speaker", "1", "--speaker", target,
+           "--seed", "3", "--out", str(conv)],
+          cwd=tu.REPO, env=tu._env(), capture_output=True, text=True, timeout=600,  # pylint: disable=protected-access
+          stdin=subprocess.PIPE if target == "2" else recording)
     assert proc.returncode == 0, proc.stderr[-3000:]
     converted[target], rate = sf.read(conv, dtype="float32")
     assert rate == sr

@@ -4,10 +4,11 @@ each with one clear message, and the 16-bit samples they write."""
 import contextlib
 import io
 import os
+import re
 import struct
 import sys
 import tempfile
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -149,8 +150,14 @@ class CutShortError(ValueError):
   """A WAV file holds fewer samples than its header says (a copy or download cut off)."""
 
 
-def read_audio(path: str) -> Tuple[np.ndarray, int]:
+def read_audio(path: str, check: Optional[Callable[[int, float], None]] = None
+               ) -> Tuple[np.ndarray, int]:
   """Decodes an audio file (WAV, FLAC, OGG...: libsndfile) to float32 [T, C] and its rate.
+
+  Args:
+    check: called with (sample rate, seconds) from the header before any sample is decoded;
+      it raises ValueError to refuse the file (a hostile header can promise hours of audio,
+      gigabytes once decoded).
 
   Raises:
     ValueError: the file cannot be decoded.
@@ -173,10 +180,11 @@ def read_audio(path: str) -> Tuple[np.ndarray, int]:
   try:
     with sf.SoundFile(source) as f:
       promised, rate, kind = f.frames, f.samplerate, f.format
+      if check is not None:
+        check(rate, promised / max(rate, 1))
       data = f.read(dtype="float32", always_2d=True)
   except (RuntimeError, sf.LibsndfileError) as e:  # (LibsndfileError is a RuntimeError)
-    lines = str(e).splitlines()
-    raise ValueError(f"cannot read {path}: {lines[0] if lines else type(e).__name__}") from None
+    raise ValueError(f"cannot read {path}: {_libsndfile_reason(e)}") from None
   short = wav_shortfall(source)
   if short:
     raise CutShortError(f"{path} is cut short: its header promises {short[0]} bytes of "
@@ -187,6 +195,20 @@ def read_audio(path: str) -> Tuple[np.ndarray, int]:
     raise CutShortError(f"{path} is cut short: its header promises {promised} samples, "
                         f"{data.shape[0]} decode")
   return data, rate
+
+
+def _libsndfile_reason(e: BaseException) -> str:
+  """libsndfile's reason for an error, without the file's name that soundfile puts first
+  ("Error opening b'/x.wav': ...", or a BytesIO's repr for a pipe) and with its internal
+  words for a header that makes no sense said as such."""
+  lines = str(e).splitlines()
+  reason = lines[0] if lines else type(e).__name__
+  opening = re.match(r"Error opening (?:b?'.*'|<.*>): (.+)$", reason)
+  if opening:
+    reason = opening.group(1)
+  if "SF_INFO" in reason or reason.strip() == "System error.":
+    reason = "its header is damaged, or it is not audio"
+  return reason
 
 
 def _mp3_counts_its_frames(source) -> bool:

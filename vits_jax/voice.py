@@ -492,6 +492,30 @@ class Voice:
                              float(length_scale), int(seed), int(batch_size))
 
   # ----------------------------------------------------------------- voice conversion
+  def check_convertible(self) -> None:
+    """Raises ValueError (one line) where this voice cannot convert speech: a single speaker,
+    or no posterior encoder."""
+    if self.num_speakers <= 1:
+      raise ValueError(f"voice {self.name} has a single speaker: voice conversion needs a "
+                       "multi-speaker voice")
+    if "enc_q" not in self.params:
+      raise ValueError(f"voice {self.name} has no posterior encoder weights (Piper exports "
+                       "and inference-only checkpoints leave them out): voice conversion "
+                       "needs a voice that has them (a training workdir, a full official or "
+                       "HF checkpoint)")
+
+  @staticmethod
+  def check_recording(sample_rate: int, seconds: float) -> None:
+    """Raises ValueError (one line) for a recording voice conversion does not take: a rate
+    that is not speech audio, or longer than MAX_CONVERT_MINUTES. `files.read_audio` calls it
+    with the header's figures, before a sample is decoded."""
+    if not MIN_CONVERT_RATE <= sample_rate <= MAX_CONVERT_RATE:
+      raise ValueError(f"a recording at {sample_rate} Hz is not speech audio (voice "
+                       f"conversion takes {MIN_CONVERT_RATE} to {MAX_CONVERT_RATE} Hz)")
+    if seconds > MAX_CONVERT_MINUTES * 60:
+      raise ValueError(f"the recording lasts {seconds / 60:.1f} minutes; voice conversion "
+                       f"takes up to {MAX_CONVERT_MINUTES} at a time (split it)")
+
   def convert(self, audio: np.ndarray, sample_rate: int, source_speaker,
               target_speaker, noise_scale: float = 0.0, seed: int = 0) -> np.ndarray:
     """Speech of `source_speaker` -> the same speech in the voice of `target_speaker`
@@ -501,49 +525,50 @@ class Voice:
       audio: float mono waveform (any rate: resampled to `sample_rate` of the voice).
       sample_rate: its rate in Hz.
       source_speaker, target_speaker: ids or names.
-      noise_scale: posterior sample noise (0 takes the posterior mean, deterministic; the
-        official code samples with 1).
+      noise_scale: posterior sample noise (0 or None takes the posterior mean,
+        deterministic; the official code samples with 1).
 
     Returns:
       float32 waveform at the voice's rate, `len(audio) // hop_length * hop_length` samples
       (after resampling).
     """
-    if self.num_speakers <= 1:
-      raise ValueError(f"voice {self.name} has a single speaker: voice conversion needs a "
-                       "multi-speaker voice")
+    self.check_convertible()
     if source_speaker is None or target_speaker is None:
       raise ValueError("voice conversion needs a source and a target speaker")
     src, tgt = self.speaker_id(source_speaker), self.speaker_id(target_speaker)
-    if "enc_q" not in self.params:
-      raise ValueError(f"voice {self.name} has no posterior encoder weights (Piper exports "
-                       "and inference-only checkpoints leave them out): voice conversion "
-                       "needs a voice that has them (a training workdir, a full official or "
-                       "HF checkpoint)")
+    noise_scale = 0.0 if noise_scale is None else noise_scale
     check_knobs(noise_scale=noise_scale, seed=seed)
+    if not (_is_integer(sample_rate) or isinstance(sample_rate, (float, np.floating)) and
+            float(sample_rate).is_integer()):
+      raise ValueError(f"sample_rate must be a whole number of Hz, got {sample_rate!r}")
+    sample_rate = int(sample_rate)
     audio = np.asarray(audio)
+    if audio.dtype.kind not in "iuf":
+      raise ValueError(f"audio must be real-valued samples (float or PCM integers), got "
+                       f"dtype {audio.dtype}")
     if audio.dtype.kind in "iu":   # PCM samples (int16 from a WAV): to [-1, 1]
       info = np.iinfo(audio.dtype)
       audio = (audio.astype(np.float64) - (info.max + 1 if info.min == 0 else 0)) / (
           info.max + 1)
     audio = audio.astype(np.float32)
+    if audio.ndim not in (1, 2):
+      raise ValueError(f"audio must be a mono waveform [T] or channels [T, C], got shape "
+                       f"{audio.shape}")
+    if audio.size == 0:
+      raise ValueError("audio too short to convert (0 samples)")
+    if not np.all(np.isfinite(audio)):
+      raise ValueError(f"the recording holds {int(np.sum(~np.isfinite(audio)))} NaN or "
+                       "infinite sample(s)")
     if audio.ndim == 2:   # the channel axis is the short one ([T, C] or [C, T])
       audio = audio.mean(axis=1 if audio.shape[0] >= audio.shape[1] else 0)
-    if audio.ndim != 1 or not np.all(np.isfinite(audio)):
-      raise ValueError("audio must be a finite mono waveform")
-    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    peak = float(np.abs(audio).max())
     if peak > MAX_CONVERT_PEAK:   # (its spectrogram overflowed to NaN audio past ~1e17)
       raise ValueError(f"audio must be a waveform in [-1, 1]; its peak is {peak:.6g} "
-                       "(PCM sample values as floats? divide them by 32768)")
-    if not MIN_CONVERT_RATE <= int(sample_rate) <= MAX_CONVERT_RATE:
-      raise ValueError(f"a recording at {int(sample_rate)} Hz is not speech audio (voice "
-                       f"conversion takes {MIN_CONVERT_RATE} to {MAX_CONVERT_RATE} Hz)")
-    minutes = len(audio) / int(sample_rate) / 60
-    if minutes > MAX_CONVERT_MINUTES:
-      raise ValueError(f"the recording lasts {minutes:.0f} minutes; voice conversion takes up "
-                       f"to {MAX_CONVERT_MINUTES} at a time (split it)")
-    if int(sample_rate) != self.sample_rate:
+                       "(PCM sample values stored as floats? scale them to [-1, 1])")
+    self.check_recording(sample_rate, len(audio) / sample_rate)
+    if sample_rate != self.sample_rate:
       import librosa
-      audio = librosa.resample(audio, orig_sr=int(sample_rate), target_sr=self.sample_rate,
+      audio = librosa.resample(audio, orig_sr=sample_rate, target_sr=self.sample_rate,
                                res_type="soxr_hq").astype(np.float32)
     frames = len(audio) // self.hop_length
     if frames < 1:

@@ -219,6 +219,32 @@ def test_spectral_norm_forward_and_update():
       np.asarray(same["spectral"]["discriminators_1"]["convs_2"]["u"]), np.asarray(u0))
 
 
+def test_spectral_norm_divides_the_kernel_by_its_largest_singular_value():
+  """After some power-iteration updates, the kernel a spectral-normalized layer uses is the
+  raw kernel divided by its largest singular value (numpy's SVD of the [Cout, rest] matrix,
+  torch's layout): its own largest singular value is 1."""
+  import flax.linen as nn
+  from vits_jax.models import layers
+
+  class Normalized(nn.Module):
+    @nn.compact
+    def __call__(self, w, update_stats=False):
+      return layers._spectral_normalize(self, w, update_stats)  # pylint: disable=protected-access
+
+  w = jax.random.normal(jax.random.PRNGKey(3), (5, 6, 7))   # [K, Cin, Cout]
+  module = Normalized()
+  variables = module.init(jax.random.PRNGKey(0), w)
+  step = jax.jit(lambda v: module.apply(v, w, update_stats=True, mutable=["spectral"]))
+  for _ in range(50):
+    used, spectral = step(variables)
+    variables = {**variables, **spectral}
+  mat = np.moveaxis(np.asarray(w), -1, 0).reshape(7, -1)
+  sigma = np.linalg.svd(mat, compute_uv=False)[0]
+  np.testing.assert_allclose(np.asarray(used), np.asarray(w) / sigma, rtol=1e-4)
+  used_mat = np.moveaxis(np.asarray(used), -1, 0).reshape(7, -1)
+  assert abs(np.linalg.svd(used_mat, compute_uv=False)[0] - 1) < 1e-4
+
+
 @pytest.mark.parametrize("spectral", [False, True])
 def test_score_passes_equal_the_joint_pass(spectral):
   # The train step's generator update scores generated and real audio in two `score` passes

@@ -103,7 +103,12 @@ def _quiet():
   try:
     with warnings.catch_warnings():
       warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
-      yield
+      try:
+        yield
+      except BaseException:
+        import gc  # pylint: disable=import-outside-toplevel
+        gc.collect()   # the failed read's dropped futures and coroutines go now, quietly
+        raise
   finally:
     for lg, level in zip(loggers, levels):
       lg.setLevel(level)
@@ -141,24 +146,34 @@ def _silence_closed_loop_errors() -> None:
   logging.getLogger("asyncio").addFilter(_dropped_read_tasks)
 
 
+# How tensorstore (orbax's storage layer) words a failed read: an absl status code first.
+_STORE_ERROR = re.compile(r"(OUT_OF_RANGE|DATA_LOSS|NOT_FOUND|INVALID_ARGUMENT|"
+                          r"FAILED_PRECONDITION|UNKNOWN|INTERNAL|UNAVAILABLE): ")
+
+
 def _dropped_read_tasks(record: logging.LogRecord) -> bool:
   """asyncio's '<Task|Future|_GatheringFuture> exception was never retrieved' for a read of
   orbax's (or JAX's array serialization) dropped with a failed restore: logged when the
   future is garbage collected, which may be after `_quiet` has ended (a traceback on the
-  terminal, 'at random' under load). Those are kept off; every other record passes."""
+  terminal, 'at random' under load). A read is known by orbax's frames in the failure's
+  traceback, or, for a future tensorstore failed from its own threads (no Python frames at
+  all), by tensorstore's wording. Those are kept off; every other record passes."""
   first_line = record.getMessage().partition("\n")[0]   # then 'future: <Task ...>'
   if not first_line.endswith("exception was never retrieved"):
     return True
   exc = record.exc_info[1] if record.exc_info else None
-  seen = set()
+  seen, frames = set(), False
   while exc is not None and id(exc) not in seen:   # the failure and what it wraps
     seen.add(id(exc))
     tb = exc.__traceback__
     while tb is not None:
+      frames = True
       name = tb.tb_frame.f_code.co_filename
       if f"{os.sep}orbax{os.sep}" in name or f"{os.sep}array_serialization{os.sep}" in name:
         return False
       tb = tb.tb_next
+    if not frames and _STORE_ERROR.match(str(exc)):
+      return False
     exc = exc.__cause__ or exc.__context__
   return True
 

@@ -267,6 +267,10 @@ def test_convert_refusals_name_their_cause(tmp_path, capsys):
   code, err = _run(["--convert", str(tmp_path), "--voice", TINY, "--source-speaker", "0",
                     "--speaker", "1", "--out", str(tmp_path / "x.wav")], capsys)
   assert code == 2 and "is a folder" in err, err
+  for knob in (["--length-scale", "1.5"], ["--sentence-silence", "0.3"]):
+    code, err = _run(["--convert", str(wav), "--voice", TINY, "--source-speaker", "0",
+                      "--speaker", "1", "--out", str(tmp_path / "x.wav"), *knob], capsys)
+    assert code == 2 and f"{knob[0]} does not apply" in err, err
 
   from vits_jax import files
   from vits_jax.voice import Voice

@@ -352,6 +352,12 @@ def test_voice_conversion_takes_pcm_and_either_channel_layout():
   # that is a whole number the same rate
   np.testing.assert_array_equal(voice.convert(pcm.astype(np.float32) / 32768, float(rate), 1,
                                               2, noise_scale=None), want)
+  # The seed draws the posterior sample: it matters with noise, and only then.
+  np.testing.assert_array_equal(voice.convert(pcm, rate, 1, 2, seed=4), want)
+  noisy = voice.convert(pcm, rate, 1, 2, noise_scale=1.0, seed=3)
+  np.testing.assert_array_equal(noisy, voice.convert(pcm, rate, 1, 2, noise_scale=1.0, seed=3))
+  assert np.abs(noisy - voice.convert(pcm, rate, 1, 2, noise_scale=1.0, seed=4)).max() > 1e-4
+  assert np.abs(noisy - want).max() > 1e-4
   np.testing.assert_array_equal(voice.convert(pcm, rate, 1, 2), want)
   stereo = np.stack([wav, wav], 1)
   np.testing.assert_array_equal(voice.convert(stereo.T, rate, 1, 2),

@@ -321,7 +321,45 @@ def test_run_logs_checkpoints_and_learns_nothing_nonfinite(run_a):
   e2, e4 = (p["generator"]["emb_g"]["weight"] for p in (p2, p4))
   moved = np.abs(e4 - e2).max(axis=1)
   decay_only = np.abs(e2).max(axis=1) * t.learning_rate * t.weight_decay * 2 * 1.5 + 1e-7
+  decay = np.abs(e2).max(axis=1) * t.learning_rate * t.weight_decay * 2   # two steps' worth
   assert moved[0] > 10 * decay_only[0] and np.all(moved[1:] <= decay_only[1:]), moved
+  assert np.all(moved[1:] >= 0.5 * decay[1:]), (moved, decay)   # the decay is applied
+
+
+def test_validation_measures_on_known_alignments():
+  """The alignment measures on alignments whose answer is known: a straight diagonal is 1
+  with every frame in the band, one token for every frame far from it; mel L1 over the
+  valid frames only; the length ratio is inferred over true frames."""
+  from vits_jax.training import evaluation
+  frames, tokens = 40, 10
+  straight = np.zeros((frames, tokens))
+  straight[np.arange(frames), np.arange(frames) * tokens // frames] = 1
+  diag, band = evaluation.diagonality(straight, frames, tokens)
+  assert diag >= 0.9 and band == 1.0   # (4 frames a token: 1 - 2 * 0.025 off the line)
+  stuck = np.zeros((frames, tokens))
+  stuck[:, 0] = 1
+  diag, band = evaluation.diagonality(stuck, frames, tokens)
+  assert diag < 0.1 and band < 0.2
+  # (the padded tail, past the true frames and tokens, does not count)
+  padded = np.zeros((frames + 8, tokens + 3))
+  padded[:frames, :tokens] = straight
+  padded[frames:, tokens:] = 1
+  assert evaluation.diagonality(padded, frames, tokens) == evaluation.diagonality(
+      straight, frames, tokens)
+  hop, mels = 4, 3
+  mel = np.zeros((2, 12, mels))
+  mel_tf = np.zeros((2, 12, mels))
+  mel_tf[0, :10] = 0.5     # item 0: 10 valid frames off by 0.5
+  mel_tf[1, :6] = 1.0      # item 1: 6 valid frames off by 1
+  mel_tf[:, 10:] = 99.0    # padding: not counted
+  y_mask = (np.arange(12)[None, :, None] < np.array([10, 6])[:, None, None]).astype(float)
+  attn = np.zeros((2, 12, 5))
+  attn[:, :, 0] = 1
+  out = dict(mel=mel, mel_tf=mel_tf, y_mask=y_mask, attn=attn, inf_frames=np.array([20, 3]))
+  batch = dict(audio_lengths=np.array([10, 6]) * hop, text_lengths=np.array([5, 5]))
+  got = evaluation.summarize(out, batch, hop)
+  assert got["val/mel_l1"] == pytest.approx(0.75)
+  assert got["val/len_ratio"] == pytest.approx((20 / 10 + 3 / 6) / 2)
 
 
 def test_resume_continues_bitwise(run_a, data_dir, tmp_path):

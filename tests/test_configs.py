@@ -346,3 +346,28 @@ def test_a_corpus_given_as_prepared_data_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match=f"{tmp_path} is a corpus, not prepared data: "
                                               f"run data_prep/prepare.py --src {tmp_path}"):
     records.load_manifest(str(tmp_path))
+
+
+def test_optimizer_is_torch_adamw_with_the_configs_settings():
+  """`make_optimizer` is torch's AdamW (the official optimizer) with the config's betas, eps
+  and weight decay, written out here: decay the weight by lr * wd, then the bias-corrected
+  Adam step (a swapped beta or a dropped decay moves the weights elsewhere)."""
+  import jax.numpy as jnp
+  from vits_jax.training import state as state_lib
+  train = ljs_base.get_config().train
+  b1, b2 = train.betas
+  lr, wd, eps = train.learning_rate, train.weight_decay, train.eps
+  tx = state_lib.make_optimizer(train)
+  rng = np.random.RandomState(0)
+  p = rng.randn(5).astype(np.float64)
+  ours = jnp.asarray(p, jnp.float32)
+  opt_state = tx.init(ours)
+  m = v = np.zeros_like(p)
+  for t in range(1, 4):
+    g = rng.randn(5)
+    updates, opt_state = tx.update(jnp.asarray(g, jnp.float32), opt_state, ours)
+    ours = ours + updates
+    p = p * (1 - lr * wd)
+    m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+    p = p - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+  np.testing.assert_allclose(np.asarray(ours), p, rtol=1e-6, atol=1e-7)

@@ -123,6 +123,33 @@ def test_vits_drops_unknown_characters_with_one_warning(vits, text, clean_text):
   assert ids == vits.text_to_ids(clean_text)
 
 
+def test_vits_transliterates_as_unidecode(vits):
+  """The official transliteration is unidecode's: these are its spellings (signs it spelled
+  and we dropped, so "€5, ½ a cup" lost its words); a decomposed accent is its letter's
+  (it split words apart: "cre me"), and separators without an ASCII form are spaces (they
+  were deleted, joining the words around them)."""
+  import unicodedata
+  assert cleaners.convert_to_ascii('€5, ½ cup, 20°C ¿Qué? ¡Hola! ©®™ £ ¥ ¢ ±÷µ §¶') == (
+      'EUR5,  1/2 cup, 20degC ?Que? !Hola! (c)(r)(tm) PS Y= C/ +-/u SSP')
+  for text in ('Crème brûlée à la carte.', 'Ça, façade, naïve, Ångström, Zürich.'):
+    assert vits.text_to_sentence_ids(unicodedata.normalize('NFD', text)) == (
+        vits.text_to_sentence_ids(text))
+  assert vits.clean('Hello\u2028world\u2029again\u1680now\u3000then') == vits.clean(
+      'Hello world again now then')
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')   # (nothing is dropped)
+    assert vits.text_to_ids('It costs €5.') == vits.text_to_ids('It costs EUR5.')
+
+
+def test_a_zero_width_space_parts_words(vits, fixture):
+  """A zero-width space separates words (espeak-ng, piper-tts and unidecode all read two
+  words); other invisible format characters are dropped silently."""
+  piper = _piper(fixture, 'en-us')
+  for frontend in (vits, piper):
+    assert frontend.text_to_ids('zero\u200bwidth') == frontend.text_to_ids('zero width')
+    assert frontend.text_to_ids('soft\u00adware') == frontend.text_to_ids('software')
+
+
 @pytest.mark.parametrize('text', ['', '   \n\t', '...', '!?'])
 def test_empty_text_is_a_clear_error(vits, fixture, text):
   with pytest.raises(ValueError, match='empty'):

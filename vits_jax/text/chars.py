@@ -109,8 +109,8 @@ def drop_unknown(text, can_say):
   """Removes the characters `can_say(char)` rejects, warning once which ones.
 
   A run of dropped characters leaves one space between the words around it (none before
-  punctuation or at the end); invisible format characters (zero-width space, soft hyphen,
-  BOM) are removed silently.
+  punctuation or at the end); invisible format characters (soft hyphen, joiners, BOM) are
+  removed silently, and a zero-width space is a space.
 
   Args:
     text: input text.
@@ -121,7 +121,9 @@ def drop_unknown(text, can_say):
   """
   out, dropped = [], []
   for char in text:
-    if unicodedata.category(char) == 'Cf' and not is_emoji(char):
+    if char == '\u200b':   # a zero-width space still parts words (as espeak-ng and unidecode)
+      char = ' '
+    elif unicodedata.category(char) == 'Cf' and not is_emoji(char):
       continue
     if can_say(char):
       out.append(char)

@@ -5,8 +5,10 @@ transliterate to ASCII, lowercase, expand abbreviations, phonemize with espeak-n
 punctuation kept, stress marks), collapse whitespace.
 
 The official transliteration is `unidecode`; we fold with Unicode NFKD plus a small table,
-which agrees with it on accented Latin letters, quotes and dashes. Characters with no ASCII
-form (emoji, CJK, ...) are dropped by the frontend before they get here.
+which agrees with it on accented Latin letters (composed or decomposed), quotes, dashes,
+common signs (currency, degrees, fractions) and whitespace. Characters with no ASCII form
+here (emoji, CJK, and also Greek and Cyrillic, which unidecode would romanize) are dropped
+by the frontend, with a warning, before they get here.
 """
 
 import re
@@ -32,6 +34,9 @@ _ASCII = {
     '‘': "'", '’': "'", '‚': ',', '‛': "'", '′': "'", '“': '"', '”': '"', '„': ',,',
     '‟': '"', '″': '"', '«': '<<', '»': '>>', '‹': '<', '›': '>', '–': '-', '—': '--',
     '‐': '-', '‑': '-', '−': '-', '…': '...', '\u00a0': ' ', '·': '*', '×': 'x',
+    '€': 'EUR', '£': 'PS', '¥': 'Y=', '¢': 'C/', '°': 'deg', '½': ' 1/2', '¼': ' 1/4',
+    '¾': ' 3/4', '¿': '?', '¡': '!', '©': '(c)', '®': '(r)', '™': '(tm)', '§': 'SS',
+    '¶': 'P', 'µ': 'u', '±': '+-', '÷': '/',
 }
 
 
@@ -41,6 +46,10 @@ def to_ascii(char):
     return char
   if char in _ASCII:
     return _ASCII[char]
+  if char.isspace():   # line and paragraph separators, ideographic space...: a space
+    return ' '
+  if unicodedata.combining(char):   # a decomposed accent: its letter is already there
+    return ''
   folded = ''.join(c for c in unicodedata.normalize('NFKD', char) if not unicodedata.combining(c))
   if folded and folded.isascii():
     return folded

@@ -401,6 +401,11 @@ def test_fallback_flag_and_sentence_split(fixture):
   text = 'Dr. Smith met Mr. and Mrs. Jones on Baker St. yesterday. "Stop," she said.'
   assert frontend.split_sentences(text) == [
       'Dr.', 'Smith met Mr. and Mrs.', 'Jones on Baker St. yesterday.', '"Stop," she said.']
+  # The next clause's first character goes with it after any space, and after a sentence
+  # end in a script without spaces (one character went to the wrong sentence).
+  assert frontend.split_sentences('Hello.\u3000Next one. He said "hi." Then.') == [
+      'Hello.', 'Next one.', 'He said "hi."', 'Then.']
+  assert piper_phonemes.split_sentences('你好。世界。再见。', 'cmn') == ['你好。', '世界。', '再见。']
   record = next(r for r in fixture['records'] if r['text'].startswith('Is it raining?'))
   assert frontend.text_to_sentence_ids(record['text']) == record['ids']
 

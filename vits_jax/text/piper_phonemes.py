@@ -321,12 +321,14 @@ def split_sentences(text, voice):
     espeak.clause_phonemizer(voice).clauses('')   # ends the look-ahead, as `phonemize`
   for clause in clauses:
     consumed = clause.consumed
-    # A clause usually consumes the first character of the next one: cut after the last
-    # whitespace when a single character follows it.
-    space = max(consumed.rfind(c) for c in ' \t\n\r\f\v')
+    # A clause usually consumes the first character of the next one: cut before it where
+    # it follows a space (any: an ideographic one too) or, a letter in scripts without
+    # spaces ("你好。世界。"), punctuation.
     own, ahead = consumed, ''
-    if not clause.last and space >= 0 and len(consumed) - space - 1 == 1:
-      own, ahead = consumed[:space + 1], consumed[space + 1:]
+    if not clause.last and len(consumed) >= 2 and not consumed[-1].isspace() and (
+        consumed[-2].isspace() or unicodedata.category(consumed[-2])[0] == 'P' and
+        unicodedata.category(consumed[-1])[0] == 'L'):
+      own, ahead = consumed[:-1], consumed[-1:]
     current += own
     if _terminator(clause.consumed, clause.last) in _SENTENCE_TYPES:
       out.append(current)

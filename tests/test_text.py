@@ -141,6 +141,16 @@ def test_vits_transliterates_as_unidecode(vits):
     assert vits.text_to_ids('It costs €5.') == vits.text_to_ids('It costs EUR5.')
 
 
+def test_vits_blank_line_ends_a_sentence(vits):
+  """A blank line ends a sentence, as the splitter's rule says (the frontend turned newlines
+  into spaces first, so it never did); a single newline is a space."""
+  assert vits.text_to_sentence_ids('One\n\nTwo') == [vits.text_to_ids('One'),
+                                                     vits.text_to_ids('Two')]
+  assert vits.text_to_sentence_ids('One\r\n\r\nTwo') == vits.text_to_sentence_ids('One\n\nTwo')
+  assert vits.text_to_sentence_ids('One\ntwo.') == [vits.text_to_ids('One two.')]
+  assert vits.clean('One\ntwo.') == vits.clean('One two.')
+
+
 def test_a_zero_width_space_parts_words(vits, fixture):
   """A zero-width space separates words (espeak-ng, piper-tts and unidecode all read two
   words); other invisible format characters are dropped silently."""

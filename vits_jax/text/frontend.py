@@ -110,8 +110,9 @@ class VitsFrontend(Frontend):
   def _filter(self, text):
     check_text(text)
     # Control characters (NUL, escapes) would end or garble the text inside espeak-ng: they
-    # separate words, like whitespace.
-    text = ''.join(' ' if unicodedata.category(c) == 'Cc' else c for c in text)
+    # separate words, like whitespace. Newlines stay until the text is split: a blank line
+    # ends a sentence.
+    text = ''.join(' ' if unicodedata.category(c) == 'Cc' and c != '\n' else c for c in text)
     parts = _PHONEME_BLOCK.split(text)   # `[[ symbols ]]` blocks are kept as written
     if len(parts) == 1:
       text = chars.drop_unknown(text, self._can_say)
@@ -124,6 +125,7 @@ class VitsFrontend(Frontend):
     return text
 
   def _clean_filtered(self, text):
+    text = text.replace('\n', ' ')
     parts = _PHONEME_BLOCK.split(text)
     if len(parts) == 1:
       return cleaners_lib.clean(text, self.cleaners)

@@ -449,7 +449,13 @@ def test_val_size_is_met_when_bad_rows_rank_first(seed, tmp_path, capsys):
                        "--workers", 1, "--val-size", 2, "--seed", seed)
   assert rc == 0 and "validation 2," in stdout, stdout
   clips = readers.read_ljspeech(src)
-  ranked, n = prepare.rank_validation(prepare.validation_candidates(clips), 2, seed)
+  candidates = prepare.validation_candidates(clips)
+  ranked, n = prepare.rank_validation(candidates, 2, seed)
+  # The seeded order is numpy's permutation of the candidates (written out here: a rank
+  # that ignored the seed passed when the test took its order from rank_validation).
+  assert n == 2 and ranked == [candidates[i] for i in
+                               np.random.default_rng(seed).permutation(len(candidates))]
+  assert ranked != candidates
   want = [clips[p].clip_id for p in ranked if clips[p].clip_id.startswith("G-")][:n]
   recs = _all_records(out)
   assert sorted(recs) == [f"G-{i:03d}" for i in range(5)]

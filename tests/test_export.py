@@ -135,6 +135,12 @@ def test_hf_export_names_are_the_ones_transformers_saves(fixture):
                                        sorted(set(saved) - set(exported))[:5])
   for name in ("duration_predictor.proj.weight", "duration_predictor.conv_proj.weight"):
     assert (name in exported) == (name in saved)
+  # ... and each holds the tensor transformers saved (speaker rows in order, weight-norm
+  # parts, predictor projections).
+  for name, value in saved.items():
+    np.testing.assert_allclose(np.asarray(exported[name], np.float32).reshape(value.shape),
+                               value, atol=1e-6, rtol=0, err_msg=name)
+    assert np.shape(exported[name]) == value.shape, name
 
 
 def test_official_export_round_trip(tmp_path):
@@ -278,9 +284,10 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
   assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def _workdir(tmp_path, voice):
+def _workdir(tmp_path, voice, speaker_names=None):
   """A training workdir (orbax checkpoint + config) holding `voice`'s generator, with the
-  Piper frontend (data.frontend='piper', the voice's .onnx.json)."""
+  Piper frontend (data.frontend='piper', the voice's .onnx.json); `speaker_names` as the
+  run's data named its speakers."""
   import orbax.checkpoint as ocp
   from configs import presets
   from vits_jax.convert import piper
@@ -290,6 +297,8 @@ def _workdir(tmp_path, voice):
   config.data.n_speakers = 3
   config.data.sampling_rate = 16000
   config.data.piper_config = str(MULTI) + ".json"
+  if speaker_names:
+    config.data.speaker_names = speaker_names
   tmp_path.mkdir(parents=True, exist_ok=True)
   (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
   from vits_jax.convert.source import load_source
@@ -304,11 +313,13 @@ def test_trained_workdir_exports_to_piper_and_official(tmp_path):
   as vits_jax on the same ids (noise off, each speaker); and to official, step in the name."""
   import onnxruntime as ort
   original = load_voice(MULTI)
-  work = _workdir(tmp_path / "run", original)
+  names = {"p225": 0, "p226": 1, "p227": 2}   # the run's, not its base voice's alice/bob/carol
+  work = _workdir(tmp_path / "run", original, speaker_names=names)
   result = export_voice(work, "piper", tmp_path / "out" / "mine.onnx")
   assert [p.name for p in result.files] == ["mine.onnx", "mine.onnx.json"]
   meta = json.loads((tmp_path / "out" / "mine.onnx.json").read_text())
   assert meta["num_speakers"] == 3 and meta["audio"]["sample_rate"] == 16000
+  assert meta["speaker_id_map"] == names
   sess = ort.InferenceSession(str(tmp_path / "out" / "mine.onnx"),
                               providers=["CPUExecutionProvider"])
   ids = _ids(original)
@@ -364,6 +375,11 @@ def test_exports_keep_the_voice_knobs_through_every_format(tmp_path):
       meta = json.loads(Path(str(voice) + ".json").read_text())
       assert meta["inference"] == pytest.approx(
           {"noise_scale": 0.3, "length_scale": 1.7, "noise_w": 0.5})
+    if to == "hf":   # transformers' VitsConfig fields: its length scale is 1 / speaking_rate
+      hf_config = json.loads((out / "config.json").read_text())
+      assert hf_config["speaking_rate"] == pytest.approx(1 / 1.7)
+      assert hf_config["noise_scale"] == pytest.approx(0.3)
+      assert hf_config["noise_scale_duration"] == pytest.approx(0.5)
   # Spoken with its defaults (noise drawn the same way), the last export is the source.
   ids = _ids(original)
   for g, w in zip(exported.synthesize_ids(ids), original.synthesize_ids(ids)):

@@ -106,6 +106,14 @@ def test_same_seed_same_batches_in_same_order(prepared):
   # Epochs are reshuffled: epoch 1 is not a replay of epoch 0.
   assert any(not np.array_equal(a[i]["audio_lengths"], a[i + per_epoch]["audio_lengths"])
              for i in range(per_epoch))
+  # ... both ways: other clips share a batch (each bucket's clips are shuffled), and the
+  # batches come in an order that is not their buckets' (the batches are shuffled).
+  _, clips = prepared
+  groups = [{frozenset(_row_ids(batch, clips)) for batch in a[e * per_epoch:(e + 1) * per_epoch]}
+            for e in (0, 1)]
+  assert groups[0] != groups[1]
+  shapes = [batch["audio"].shape[1] for batch in a[:per_epoch]]
+  assert len(set(shapes)) > 1 and shapes not in (sorted(shapes), sorted(shapes)[::-1]), shapes
 
 
 def test_epoch_uses_each_clip_once_and_never_mixes_buckets(prepared):

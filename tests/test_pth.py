@@ -265,6 +265,18 @@ def test_storage_declared_with_two_dtypes(tmp_path):
   _refused(odd, "record holds 6 bytes, but 1 x FloatStorage needs 4")
 
 
+def test_offsets_and_strides_are_read_as_torch_views(tmp_path):
+  """A tensor that is a view of its storage (an offset, strides other than C order, a
+  shared storage) reads as torch would index it: storage[offset + sum(i_k * stride_k)]."""
+  pkl = _dict(tail=_tensor(offset=1, size=(3,)), t=_tensor(size=(2, 2), stride=(1, 2)),
+              whole=_tensor(), row=_tensor(offset=2, size=(1, 2), stride=(2, 1)))
+  got = read_torch_checkpoint(_zip(tmp_path / "views.pth", pkl))   # storage: 0, 1, 2, 3
+  np.testing.assert_array_equal(got["tail"], [1, 2, 3])
+  np.testing.assert_array_equal(got["t"], [[0, 2], [1, 3]])
+  np.testing.assert_array_equal(got["whole"], [0, 1, 2, 3])
+  np.testing.assert_array_equal(got["row"], [[2, 3]])
+
+
 def test_huge_stride_does_not_crash_the_process(tmp_path):
   """Unchecked, as_strided with this stride reads far outside the buffer: SIGSEGV (rc 139)."""
   path = _zip(tmp_path / "stride.pth", _dict(w=_tensor(size=(2, 2), stride=(2**40, 1))))

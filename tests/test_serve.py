@@ -484,3 +484,13 @@ def test_an_unexpected_error_is_a_500_and_the_server_goes_on(server, monkeypatch
   defaults = serve.request_defaults(serve.parse_args([]), voice)
   assert set(defaults) == set(tts.defaults)
   assert len(serve.TextToSpeech(voice, defaults).synthesize({"text": "Ho."})) > 44
+  # Each flag is the default of its own knob; the scales left out are the voice's.
+  flags = serve.parse_args(["--length-scale", "1.3", "--noise-scale", "0.2",
+                            "--noise-w-scale", "0.4", "--volume", "0.5", "--sentence-silence",
+                            "0.1", "--normalize", "--speaker", "bob"])
+  assert serve.request_defaults(flags, voice) == dict(
+      length_scale=1.3, noise_scale=0.2, noise_scale_w=0.4, sentence_silence=0.1, volume=0.5,
+      normalize=True, seed=0, speaker=1)
+  assert serve.request_defaults(serve.parse_args(["--noise-scale", "0.3"]), voice) == dict(
+      defaults, noise_scale=0.3)
+  assert {k: defaults[k] for k in voice.defaults} == voice.defaults

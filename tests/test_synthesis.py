@@ -200,7 +200,7 @@ def test_stream_equals_synthesize(multi, monkeypatch):
   assert whole.size == frames * multi.hop_length + 2 * 1600
   ids = [i for block in text.split("\n\n") for i in multi.text_to_sentence_ids(block)]
   assert [len(d) for d in durations] == [len(i) for i in ids]
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="text is empty"):
     next(multi.stream("   "))
 
 

@@ -410,6 +410,10 @@ def test_resume_of_a_workdir_with_damage_around_its_checkpoints(run_a, data_dir,
   assert "resuming from step 5" in proc.stdout
   assert "warning: resuming on other data than the run trained on (data.dir" in proc.stderr
   assert str(other) in proc.stderr, proc.stderr[-2000:]
+  # Checkpoints 2, 4, 5 and 6 were written; the micro config keeps the last 3.
+  assert tu_config().train.max_to_keep == 3
+  assert sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit()) == [
+      4, 5, 6]
   again = json.loads((work / "config.json").read_text())
   assert again["data"]["num_buckets"] == saved["data"]["num_buckets"] == 1
   (work / "config.json").write_text("{garbage")

@@ -203,6 +203,26 @@ def test_hf_folder_saved_as_pytorch_model_bin(tmp_path):
     load_voice(folder)
 
 
+def test_hf_tokenizer_names_the_letters_it_drops():
+  """Letters, digits and symbols outside an HF vocabulary are dropped (as VitsTokenizer
+  does) with one warning per text that names them (they went silently: '5 cats' said
+  'cats'); punctuation outside it goes quietly."""
+  import warnings
+  from vits_jax.text import get_frontend
+  from vits_jax.text.chars import UnknownCharactersWarning
+  vocab = {c: i for i, c in enumerate("_ acst")}
+  frontend = get_frontend("hf", vocab=vocab, add_blank=False)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    ids = frontend.text_to_sentence_ids("5 cats. 7 cats + 5 cats!")
+    quiet = frontend.text_to_ids("cats, cats.")
+  assert ids == [[vocab[c] for c in "cats"], [vocab[c] for c in "cats   cats"]]
+  assert [str(w.message) for w in caught] == [
+      "dropped characters the voice cannot say: '5' (U+0035) '7' (U+0037) '+' (U+002B)"]
+  assert issubclass(caught[0].category, UnknownCharactersWarning)
+  assert quiet == [vocab[c] for c in "cats cats"]
+
+
 def test_hf_tokenizer_language_rule_and_its_export(tmp_path):
   """VitsTokenizer's one language rule: for 'ron' (MMS Romanian, trained on 'ţ' with a
   cedilla) 'ț' with a comma below is read as 'ţ', after normalizing; other languages drop

@@ -133,8 +133,13 @@ def drop_unknown(text, can_say):
       out.append('\x00')
   if not dropped:
     return ''.join(out)
+  warn_dropped(dropped)
+  return re.sub(r'(\s*)\x00+(\s*)', _join_gap, ''.join(out))
+
+
+def warn_dropped(dropped):
+  """One `UnknownCharactersWarning` naming the characters dropped (the first 10)."""
   shown = ' '.join(f'{c!r} (U+{ord(c):04X})' for c in dropped[:10])
   more = f' and {len(dropped) - 10} more' if len(dropped) > 10 else ''
   warnings.warn(f'dropped characters the voice cannot say: {shown}{more}',
                 UnknownCharactersWarning, stacklevel=_caller_stacklevel())
-  return re.sub(r'(\s*)\x00+(\s*)', _join_gap, ''.join(out))

@@ -381,6 +381,15 @@ class HfFrontend(Frontend):
 
   def text_to_ids(self, text):
     check_text(text)
+    ids, lost = self._ids(text)
+    if lost:
+      chars.warn_dropped(lost)
+    if ids is None:
+      raise NothingToSay(f'text has nothing to say for this voice: {text[:50]!r}')
+    return ids
+
+  def _ids(self, text):
+    """(ids, or None where nothing is left; the letters, digits and symbols dropped)."""
     if self.normalize:
       # VitsTokenizer keeps vocabulary entries as written and lowercases everything else.
       out, i = [], 0
@@ -391,25 +400,32 @@ class HfFrontend(Frontend):
       text = ''.join(out)
     if self.language == 'ron':   # (VitsTokenizer's one language rule, after normalizing)
       text = text.replace('\u021b', '\u0163')
+    # Characters outside the vocabulary are dropped, as VitsTokenizer does; the letters,
+    # digits and symbols among them are named in a warning (punctuation and spaces go
+    # quietly: MMS vocabularies hold few marks, and a warning per full stop says nothing).
+    lost = list(dict.fromkeys(c for c in text if c not in self.vocab and
+                              unicodedata.category(c)[0] not in 'PZC'))
     if self.normalize:
       text = ''.join(c for c in text if c in self.vocab).strip()
     kept = ''.join(c for c in text if c in self.vocab)
     if not kept.strip():
-      raise NothingToSay(f'text has nothing to say for this voice: {text[:50]!r}')
+      return None, lost
     ids = [self.vocab[c] for c in kept]
-    return intersperse(ids, 0) if self.add_blank else ids
+    return (intersperse(ids, 0) if self.add_blank else ids), lost
 
   def split_sentences(self, text):
     return sentences.split_sentences(text, max_chars=400)
 
   def text_to_sentence_ids(self, text):
     check_text(text)
-    out = []
+    out, lost = [], []
     for sentence in self.split_sentences(text):
-      try:
-        out.append(self.text_to_ids(sentence))
-      except ValueError:
-        continue
+      ids, dropped = self._ids(sentence)
+      lost += [c for c in dropped if c not in lost]
+      if ids is not None:
+        out.append(ids)
+    if lost:   # one warning for the text
+      chars.warn_dropped(lost)
     if not out:
       raise NothingToSay(f'text has nothing to say for this voice: {text[:50]!r}')
     return out

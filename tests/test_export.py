@@ -331,8 +331,20 @@ def test_trained_workdir_exports_to_piper_and_official(tmp_path):
                             "scales": np.asarray([0.0, 1.0, 0.0], np.float32),
                             "sid": np.asarray([sid], np.int64)})[0].reshape(-1)
       assert got.shape == w.shape and np.abs(got - w).max() <= 1e-3
+  # The run's own loss weights and AdamW settings go with it (official's c_mel 45 / c_kl 1
+  # and torch's defaults were written, and torch's load_state_dict takes a group's settings
+  # from the checkpoint).
+  run_config = json.loads((work / "config.json").read_text())
+  run_config["loss"].update(mel=30.0, kl=2.0)
+  run_config["train"].update(betas=[0.5, 0.9], eps=1e-7, weight_decay=0.02)
+  (work / "config.json").write_text(json.dumps(run_config))
   result = export_voice(work, "official", tmp_path / "official")
   assert sorted(p.name for p in result.files) == ["G_9.pth", "config.json"]
+  hps = json.loads((tmp_path / "official" / "config.json").read_text())
+  assert (hps["train"]["c_mel"], hps["train"]["c_kl"]) == (30.0, 2.0)
+  group = official_pth.read_torch_checkpoint(tmp_path / "official" / "G_9.pth")[
+      "optimizer"]["param_groups"][0]
+  assert (group["betas"], group["eps"], group["weight_decay"]) == ([0.5, 0.9], 1e-7, 0.02)
   # Exported into its own workdir with force: refused, the run left whole.
   before = sorted(str(p.relative_to(work)) for p in work.rglob("*"))
   with pytest.raises(FileExistsError, match=r"does not write \(checkpoints\)"):

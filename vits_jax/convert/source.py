@@ -629,6 +629,11 @@ def load_hf(folder: Union[str, os.PathLike]) -> Source:
                     normalize=bool(tok.get("normalize", True)))
     if tok.get("language") is not None:
       frontend["language"] = tok["language"]
+    for name in ("pad_token", "unk_token"):   # (a newer transformers saves {"content": ...})
+      token = tok.get(name)
+      token = token.get("content") if isinstance(token, dict) else token
+      if isinstance(token, str):
+        frontend[name] = token
   _check_frontend(frontend, config.model.n_vocab, str(folder / "config.json"))
   return Source("hf", folder, folder.name, config, params, frontend,
                 speaker_names=dict(own.get("speaker_names", {})), voice_config=voice_config)

@@ -125,7 +125,9 @@ def export_hf(src: source_lib.Source, out, force: bool = False) -> Tuple[Path, i
                                       encoding="utf-8")
       tok = {"add_blank": bool(front["add_blank"]), "normalize": bool(front["normalize"]),
              "phonemize": False, "is_uroman": False, "tokenizer_class": "VitsTokenizer",
-             "pad_token": "<pad>", "unk_token": "<unk>"}
+             # the source's (MMS pads with its id-0 letter); else transformers' defaults
+             "pad_token": front.get("pad_token") or "<pad>",
+             "unk_token": front.get("unk_token") or "<unk>"}
       if front.get("language") is not None:
         tok["language"] = front["language"]
       (tmp / "tokenizer_config.json").write_text(json.dumps(tok, indent=2) + "\n",

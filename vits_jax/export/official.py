@@ -61,6 +61,8 @@ def official_config(config, source_hps: Optional[Dict[str, Any]] = None) -> Dict
                        f"SynthesizerTrn hard-codes {official[key]}")
   unused = base.OFFICIAL_UNUSED
   train = {**unused["train"], **{k: _plain(t[k]) for k in _TRAIN_KEYS if k in t}}
+  if "loss" in config:   # the run's loss weights, under the official names
+    train["c_mel"], train["c_kl"] = float(config.loss.mel), float(config.loss.kl)
   data = {"training_files": "filelists/train.txt", "validation_files": "filelists/val.txt",
           **{k: _plain(d[k]) for k in _DATA_KEYS if k in d}, **unused["data"],
           "n_vocab": int(m.n_vocab)}
@@ -79,10 +81,15 @@ def _plain(v):
   return json.loads(json.dumps(v))   # tuples -> lists, ConfigDict values -> JSON
 
 
-def _checkpoint(state_dict, learning_rate: float) -> Dict[str, Any]:
+def _checkpoint(state_dict, train) -> Dict[str, Any]:
+  """An official checkpoint of `state_dict`, its optimizer group holding the run's AdamW
+  settings (torch's `load_state_dict` takes a group's settings from the checkpoint)."""
   n = len(state_dict)
+  learning_rate = float(train.get("learning_rate", 2e-4))
   optimizer = {"state": {}, "param_groups": [{
-      "lr": learning_rate, "betas": [0.8, 0.99], "eps": 1e-9, "weight_decay": 0.01,
+      "lr": learning_rate, "betas": [float(b) for b in train.get("betas", (0.8, 0.99))],
+      "eps": float(train.get("eps", 1e-9)),
+      "weight_decay": float(train.get("weight_decay", 0.01)),
       "amsgrad": False, "foreach": None, "maximize": False, "capturable": False,
       "differentiable": False, "fused": None, "params": list(range(n))}]}
   return {"model": state_dict, "iteration": 1, "optimizer": optimizer,
@@ -115,15 +122,14 @@ def export_official(src: source_lib.Source, out, force: bool = False
       pass
   hps = official_config(src.config, source_hps)
   params, fresh, untrained = common.complete_params(src)
-  lr = float(src.config.train.get("learning_rate", 2e-4))
   step = src.step if src.step is not None else 0
   out = Path(out)
   with common.output_dir(out, force) as tmp:
     official_pth.save_torch_checkpoint(
-        tmp / f"G_{step}.pth", _checkpoint(torch_names.flax_to_torch(params), lr))
+        tmp / f"G_{step}.pth", _checkpoint(torch_names.flax_to_torch(params), src.config.train))
     if disc is not None:
       official_pth.save_torch_checkpoint(
-          tmp / f"D_{step}.pth", _checkpoint(torch_names.flax_to_torch(disc), lr))
+          tmp / f"D_{step}.pth", _checkpoint(torch_names.flax_to_torch(disc), src.config.train))
     # The voice's own frontend and speaker names, which the official code has no place for
     # (it reads text with its own symbols and cleaners): a vits_jax load keeps them.
     hps[source_lib.OWN_SECTION] = source_lib.own_section(src, untrained)

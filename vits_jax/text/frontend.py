@@ -361,11 +361,14 @@ class HfFrontend(Frontend):
     normalize: lowercase what is not a vocabulary entry as written.
     language: the tokenizer's `language` (MMS: an ISO 639-3 code); 'ron' reads 'ț' (comma
       below) as the 'ţ' (cedilla) MMS Romanian was trained on, as `VitsTokenizer` does.
+    pad_token, unk_token: the tokenizer's (MMS: 'k', id 0, as pad), kept for an HF export;
+      ids do not use them.
   """
 
   name = 'hf'
 
-  def __init__(self, vocab, add_blank=True, normalize=True, language=None):
+  def __init__(self, vocab, add_blank=True, normalize=True, language=None, pad_token=None,
+               unk_token=None):
     if not isinstance(vocab, dict) or not vocab or not all(
         isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
         for k, v in vocab.items()):
@@ -376,6 +379,10 @@ class HfFrontend(Frontend):
     if language is not None and not isinstance(language, str):
       raise ValueError(f'an HF tokenizer language must be a string, got {language!r:.40}')
     self.language = language
+    for name, token in (('pad_token', pad_token), ('unk_token', unk_token)):
+      if token is not None and not isinstance(token, str):
+        raise ValueError(f'an HF tokenizer {name} must be a string, got {token!r:.40}')
+    self.pad_token, self.unk_token = pad_token, unk_token
     self.n_vocab = max(self.vocab.values()) + 1
     self._words = sorted(self.vocab, key=len, reverse=True)
 

@@ -320,6 +320,10 @@ def test_trained_workdir_exports_to_piper_and_official(tmp_path):
   meta = json.loads((tmp_path / "out" / "mine.onnx.json").read_text())
   assert meta["num_speakers"] == 3 and meta["audio"]["sample_rate"] == 16000
   assert meta["speaker_id_map"] == names
+  # Named after the run, labelled by its own size and rate (not the base voice's labels).
+  base = json.loads(Path(str(MULTI) + ".json").read_text())
+  assert meta["dataset"] == "run" != base.get("dataset")
+  assert meta["audio"]["quality"] in ("x_low", "low", "medium", "high")
   sess = ort.InferenceSession(str(tmp_path / "out" / "mine.onnx"),
                               providers=["CPUExecutionProvider"])
   ids = _ids(original)

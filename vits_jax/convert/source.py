@@ -651,7 +651,12 @@ def load_workdir(workdir: Union[str, os.PathLike], step: Optional[int] = None,
   data = config.data
   voice_config = None
   if data.get("frontend", "vits") == "piper":
+    # The base voice's phonemes, inference and speakers; not its name and quality label
+    # (a run is a voice of its own: an export names it after the workdir, labels it by size).
     voice_config = workdir_piper_config(data)
+    voice_config.pop("dataset", None)
+    voice_config["audio"] = {k: v for k, v in (voice_config.get("audio") or {}).items()
+                             if k != "quality"}
     frontend = dict(kind="piper", config=voice_config)
   else:
     frontend = dict(kind="vits", cleaners=list(data.text_cleaners),

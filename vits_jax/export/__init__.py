@@ -54,14 +54,7 @@ def export_voice(source, to: str, out, step: Optional[int] = None,
     return Exported(list(piper.export_piper(voice, out, force=force)))
   if to == "hf":
     from vits_jax.export import hf
-    folder, fresh = hf.export_hf(src, out, force=force)
-    notes = []
-    if src.frontend["kind"] != "hf":
-      reads = ("a Piper phoneme map (espeak-ng phonemes)" if src.frontend["kind"] == "piper"
-               else "the official VITS symbols and cleaners")
-      notes.append(f"no vocab.json: this voice reads text with {reads}, which transformers' "
-                   "VitsTokenizer cannot; transformers takes its token ids, and a vits_jax "
-                   "load of the export reads text as the source did")
+    folder, fresh, notes = hf.export_hf(src, out, force=force)
     return Exported(sorted(folder.iterdir()), fresh, notes)
   from vits_jax.export import official
   folder, fresh, notes = official.export_official(src, out, force=force)

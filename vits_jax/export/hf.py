@@ -15,7 +15,7 @@ a wrong model.
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -97,11 +97,13 @@ def hf_config(config) -> Dict[str, Any]:
   }
 
 
-def export_hf(src: source_lib.Source, out, force: bool = False) -> Tuple[Path, int]:
+def export_hf(src: source_lib.Source, out, force: bool = False
+              ) -> Tuple[Path, int, List[str]]:
   """Writes the HF folder `out`.
 
   Returns:
-    (out, number of tensors freshly initialized because the source lacked them).
+    (out, number of tensors freshly initialized because the source lacked them, notes for
+     the user).
 
   Raises:
     ValueError: a voice HF cannot express; FileExistsError: `out` exists and not `force`.
@@ -132,4 +134,11 @@ def export_hf(src: source_lib.Source, out, force: bool = False) -> Tuple[Path, i
         tok["language"] = front["language"]
       (tmp / "tokenizer_config.json").write_text(json.dumps(tok, indent=2) + "\n",
                                                  encoding="utf-8")
-  return out, fresh
+  notes = []
+  if src.frontend["kind"] != "hf":
+    reads = ("a Piper phoneme map (espeak-ng phonemes)" if src.frontend["kind"] == "piper"
+             else "the official VITS symbols and cleaners")
+    notes.append(f"no vocab.json: this voice reads text with {reads}, which transformers' "
+                 "VitsTokenizer cannot; transformers takes its token ids, and a vits_jax "
+                 "load of the export reads text as the source did")
+  return out, fresh, notes

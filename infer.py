@@ -372,13 +372,15 @@ def _list_speakers(voice):
 
 def _stream_raw(voice, knobs, texts, input_path=None):
   """Each text's audio to stdout as 16-bit PCM as it is made. With `input_path` (--input), a
-  line with nothing the voice can say is skipped and counted, as with --out-dir (none
-  sayable is an error)."""
+  line with nothing the voice can say, or with a sentence that would last too long, is
+  skipped and counted, as with --out-dir (none sayable is an error); such a sentence found
+  after part of its line's audio went out cuts that line short, counted, and the stream goes
+  on with the next line."""
   skip_unsayable = input_path is not None
   from vits_jax.files import pcm16
   from vits_jax.inference import SentenceTooLong
   from vits_jax.text.frontend import NothingToSay
-  skipped, too_long, said = [], [], 0
+  skipped, too_long, cut, said = [], [], [], 0
   try:
     for text in texts:
       started = False
@@ -389,11 +391,13 @@ def _stream_raw(voice, knobs, texts, input_path=None):
           sys.stdout.buffer.write(pcm16(chunk).tobytes())
           sys.stdout.buffer.flush()
       except (NothingToSay, SentenceTooLong) as e:
-        if started or not skip_unsayable:   # (part of the line's audio is out: it stops)
-          # (the stream computes the text side of the sentences its first window needs
-          # before any audio, so a refusal can come before the line starts or after)
+        if not skip_unsayable:
           raise
-        (too_long if isinstance(e, SentenceTooLong) else skipped).append((text, e))
+        # (the stream computes the text side of the sentences its first window needs
+        # before any audio, so a refusal can come before the line starts or after: then
+        # the line's audio so far is out, and the stream goes on with the next line)
+        (cut if started else too_long if isinstance(e, SentenceTooLong)
+         else skipped).append((text, e))
   except BrokenPipeError:   # the reader closed the pipe (`| head -c N`): done
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
   except OSError as e:
@@ -405,6 +409,10 @@ def _stream_raw(voice, knobs, texts, input_path=None):
     if not said:
       raise ValueError(f"nothing written: {message}")
     print(f"warning: skipped {message}", file=sys.stderr)
+  if cut:
+    print(f"warning: cut {len(cut)} line(s) short where a sentence would last too long, "
+          f"after part of the line's audio was written (the first: {cut[0][0][:40]!r}: "
+          f"{cut[0][1]})", file=sys.stderr)
   if skipped and not said:
     raise ValueError(f"no line of {_input_name(input_path)} has anything to say for this "
                      f"voice ({len(skipped)} skipped, the first: {skipped[0][0][:40]!r})")

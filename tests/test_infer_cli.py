@@ -672,6 +672,23 @@ def test_a_line_too_long_to_say_is_skipped_and_counted(tmp_path, capsys, monkeyp
   raw = np.frombuffer(sys.stdout.buffer.getvalue(), "<i2")
   np.testing.assert_array_equal(raw, np.concatenate(
       [pcm16(voice.synthesize(lines[0])), pcm16(voice.synthesize(lines[2]))]))
+  # A too-long sentence found after part of its line went out cuts that line short; the
+  # stream goes on with the next line (it ended the stream with an error).
+  short = " ".join(["Hi.", "Ho."] * 5)
+  monkeypatch.setattr(sys, "stdout", _Stdout())
+  code, err = _run(["--input", "-", "--output-raw", "--voice", TINY_SINGLE], capsys,
+                   "\n".join([lines[0], short + " " + lines[1], lines[2]]) + "\n",
+                   monkeypatch)
+  assert code == 0 and "warning: cut 1 line(s) short where a sentence would last too long" \
+      in err, err
+  raw = np.frombuffer(sys.stdout.buffer.getvalue(), "<i2")
+  first, last = pcm16(voice.synthesize(lines[0])), pcm16(voice.synthesize(lines[2]))
+  part = raw[first.size:raw.size - last.size]
+  np.testing.assert_array_equal(raw[:first.size], first)
+  np.testing.assert_array_equal(raw[raw.size - last.size:], last)
+  whole = pcm16(voice.synthesize(short))
+  assert 0 < part.size <= whole.size, (part.size, whole.size)
+  np.testing.assert_array_equal(part, whole[:part.size])
   code, err = _run(["--input", "-", "--out-dir", str(tmp_path / "none"), "--voice",
                     TINY_SINGLE], capsys, lines[1] + "\n", monkeypatch)
   assert code == 2 and err.startswith("error: no file written: 1 line(s)"), err

@@ -10,6 +10,8 @@ codes are stable strings (they are counted in the manifest):
   audio cut short     a WAV (or MP3, OGG) file holding fewer samples than its header says
   no audio samples    it decodes to zero samples
   non-finite samples  a float file holding NaN or infinite samples
+  samples out of range  a float file whose samples go past twice full scale (+6 dBFS): written
+                      at another scale (e.g. 16-bit values as floats), clipping makes noise
   silent audio        every sample is zero, or the 16-bit peak is below -72 dBFS
   unusable sample rate  a rate below 4 kHz (or above 384 kHz)
   no transcript       the corpus has no text for it
@@ -33,6 +35,9 @@ from vits_jax import files
 
 # A clip whose 16-bit peak stays below this (-72 dBFS) holds no speech to learn from.
 SILENT_PEAK = 8
+# Float samples past this (+6 dBFS) are not overs of a full-scale recording but another scale
+# (16-bit values stored as floats, say): clipped to 16 bits they would be noise.
+MAX_FLOAT_PEAK = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,8 +185,11 @@ def process_clip(clip: Clip, settings: Settings, frontend=None) -> dict[str, Any
     first = int(np.argmin(finite.all(axis=1)))
     return skip("non-finite samples", f"{int((~finite).sum())} NaN or infinite sample(s), "
                                       f"the first at sample {first}")
-  with np.errstate(over="ignore"):   # absurd but finite floats: clipped by to_int16
-    mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+  peak = float(np.abs(audio).max())
+  if peak > MAX_FLOAT_PEAK:
+    return skip("samples out of range", f"float samples reach {peak:.4g}, full scale is 1.0 "
+                "(rescale the file)")
+  mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
   if not np.any(mono):
     return skip("silent audio")
 

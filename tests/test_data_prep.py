@@ -407,26 +407,37 @@ def test_read_only_out_is_one_line_error(tmp_path, capsys, monkeypatch):
 
 
 def test_clips_with_nan_or_inf_samples_are_skipped_without_warnings(tmp_path, capsys):
+  """NaN/inf samples, and float samples at another scale (16-bit values stored as floats:
+  clipped, they were kept as noise), are skipped and counted; a float clip with a small over
+  of full scale is kept."""
   import warnings
   src = _small_corpus(str(tmp_path / "src"), extra_rows=[
       "NAN|A clip with a NaN sample.|A clip with a NaN sample.",
-      "INF|A clip with an infinite sample.|A clip with an infinite sample."])
+      "INF|A clip with an infinite sample.|A clip with an infinite sample.",
+      "BIG|A clip in sixteen bit scale.|A clip in sixteen bit scale.",
+      "HOT|A clip a little over full scale.|A clip a little over full scale."])
   for cid, value in (("NAN", np.nan), ("INF", -np.inf)):
     wav = _tone(0.6, 16000)
     wav[10] = value
     sf.write(os.path.join(src, "wavs", cid + ".wav"), wav, 16000, subtype="FLOAT")
+  tone = _tone(0.6, 16000)
+  sf.write(os.path.join(src, "wavs", "BIG.wav"), tone * 32768.0 / np.abs(tone).max() * 0.5,
+           16000, subtype="FLOAT")
+  sf.write(os.path.join(src, "wavs", "HOT.wav"), tone * 1.3 / np.abs(tone).max(), 16000,
+           subtype="FLOAT")
   out = str(tmp_path / "o")
   with warnings.catch_warnings():
     warnings.simplefilter("error")   # numpy's "invalid value encountered in cast" was leaked
     rc, stdout, err = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", out,
                            "--workers", 1, "--val-size", 1)
   assert rc == 0 and not err, err
-  assert "non-finite samples 2" in stdout
+  assert "non-finite samples 2" in stdout and "samples out of range 1" in stdout, stdout
   m = records.load_manifest(out)
-  assert {s["id"]: s["reason"] for s in m["skipped"]} == {"NAN": "non-finite samples",
-                                                          "INF": "non-finite samples"}
+  assert {s["id"]: s["reason"] for s in m["skipped"]} == {
+      "NAN": "non-finite samples", "INF": "non-finite samples", "BIG": "samples out of range"}
   assert "sample 10" in m["skipped"][0]["detail"]
-  assert sorted(_all_records(out)) == [f"G-{i:03d}" for i in range(4)]
+  assert "reach 1.638e+04" in m["skipped"][2]["detail"], m["skipped"][2]
+  assert sorted(_all_records(out)) == [f"G-{i:03d}" for i in range(4)] + ["HOT"]
 
 
 @pytest.mark.parametrize("rate", [0, 1, 7999, 192001, -5])

@@ -590,3 +590,26 @@ def test_prepare_skips_and_counts_duplicate_ids(tmp_path, capsys):
   m = records.load_manifest(str(out))
   assert m["counts"]["kept"] == 3 and m["counts"]["skipped_by_reason"] == {"duplicate id": 1}
   assert "duplicate id 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt, subtype", [("WAV", "PCM_16"), ("AIFF", "PCM_16"),
+                                          ("AIFF", "FLOAT"), ("FLAC", "PCM_16"),
+                                          ("OGG", "VORBIS")])
+def test_audio_cut_short_is_refused_not_read_in_part(fmt, subtype, tmp_path):
+  """A recording cut off halfway (a copy or download that stopped) is refused, by data prep
+  and --convert alike, rather than read as the half that is there: libsndfile returns the
+  samples present and says nothing for WAV and AIFF (AIFF was read in part)."""
+  import soundfile as sf
+  from vits_jax import files
+  audio = (0.5 * np.sin(np.arange(44100) * 0.05)).astype(np.float32)
+  whole = tmp_path / f"whole.{fmt.lower()}"
+  sf.write(whole, audio, 22050, format=fmt, subtype=subtype)
+  data, rate = files.read_audio(str(whole))
+  assert rate == 22050 and data.shape == (44100, 1)
+  cut = tmp_path / f"cut.{fmt.lower()}"
+  blob = whole.read_bytes()
+  cut.write_bytes(blob[:len(blob) // 2])
+  with pytest.raises(ValueError, match=r"cut short|cannot read") as e:
+    files.read_audio(str(cut))
+  if fmt in ("WAV", "AIFF"):
+    assert isinstance(e.value, files.CutShortError), e.value

@@ -147,7 +147,7 @@ MAX_PIPED_AUDIO_BYTES = 1 << 30
 
 
 class CutShortError(ValueError):
-  """A WAV file holds fewer samples than its header says (a copy or download cut off)."""
+  """An audio file holds fewer samples than its header says (a copy or download cut off)."""
 
 
 def read_audio(path: str, check: Optional[Callable[[int, float], None]] = None
@@ -161,8 +161,8 @@ def read_audio(path: str, check: Optional[Callable[[int, float], None]] = None
 
   Raises:
     ValueError: the file cannot be decoded.
-    CutShortError (a ValueError): a WAV file cut short (libsndfile would return the
-      samples that are there and say nothing).
+    CutShortError (a ValueError): a WAV, AIFF, OGG or MP3 file cut short (libsndfile
+      would return the samples that are there and say nothing).
   """
   import soundfile as sf  # pylint: disable=import-outside-toplevel
   # (bytes: soundfile encodes a str name strictly, and a name that is not UTF-8, legal on
@@ -231,9 +231,10 @@ def _mp3_counts_its_frames(source) -> bool:
 
 
 def wav_shortfall(path) -> Optional[Tuple[int, int]]:
-  """(bytes the data chunk's header promises, bytes the file holds) of a RIFF/WAVE file cut
-  short; None for a whole file, a file that is not RIFF/WAVE, or a streamed WAV whose size
-  field was never filled in (0 or 0xFFFFFFFF)."""
+  """(bytes the sample chunk's header promises, bytes the file holds) of a RIFF/WAVE (its
+  `data` chunk) or AIFF/AIFF-C (its `SSND` chunk) file cut short; None for a whole file, a
+  file of another kind, or a streamed file whose size field was never filled in (0 or
+  0xFFFFFFFF)."""
   if isinstance(path, io.BytesIO):
     size, opened = len(path.getbuffer()), contextlib.nullcontext(path)
   else:
@@ -241,13 +242,19 @@ def wav_shortfall(path) -> Optional[Tuple[int, int]]:
   with opened as f:
     f.seek(0)
     head = f.read(12)
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+    if len(head) < 12:
+      return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+      order, samples = "<", b"data"
+    elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+      order, samples = ">", b"SSND"
+    else:
       return None
     offset = 12
     while offset + 8 <= size:
       f.seek(offset)
-      chunk, length = struct.unpack("<4sI", f.read(8))
-      if chunk == b"data":
+      chunk, length = struct.unpack(order + "4sI", f.read(8))
+      if chunk == samples:
         held = size - offset - 8
         if length in (0, 0xFFFFFFFF) or held >= length:
           return None

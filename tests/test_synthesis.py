@@ -73,14 +73,17 @@ def test_windows_equal_whole_decoding(multi, noise_scale):
   key = jax.random.PRNGKey(11)
   # Frames as tokens of duration 1; two groups, so the tape also grows between windows.
   items = [(i, (m[i], logs[i], np.ones(n, np.int64)), seeds[i]) for i, n in enumerate(lengths)]
-  pieces = {}
+  pieces, durs = {}, {}
   for i, piece, dur in inference.decode_tokens(multi.model, multi.params,
                                                [items[:3], items[3:]], options, WINDOW):
     pieces.setdefault(i, []).append(piece)
-    if dur is not None:
-      assert len(dur) == lengths[i]
+    durs.setdefault(i, []).append(dur)
   want = _whole(multi, m, logs, seeds, 2, noise_scale, key)
   for i, n in enumerate(lengths):
+    # Each utterance is complete exactly once, on its last piece (also one that ends on a
+    # window's edge: n = WINDOW), which carries its durations.
+    assert all(d is None for d in durs[i][:-1]), (i, durs[i])
+    np.testing.assert_array_equal(durs[i][-1], np.ones(n))
     got = np.concatenate(pieces[i])
     assert got.shape == (n * multi.hop_length,)
     np.testing.assert_allclose(got, want[i], atol=1e-5, rtol=0)
@@ -120,10 +123,14 @@ def test_short_last_windows_run_small_and_equal_whole_decoding(multi, monkeypatc
     logs = 0.3 * rng.randn(n, c).astype(np.float32)
     del ran[:]
     with inference.record_programs() as used:
-      got = np.concatenate([p for _, p, _ in inference.decode_tokens(
+      out = list(inference.decode_tokens(
           multi.model, multi.params, [[(0, (m, logs, np.ones(n, np.int64)), 4)]], options,
-          WINDOW)])
+          WINDOW))
+    got = np.concatenate([p for _, p, _ in out])
     assert len(used) == 1
+    # Complete once, on the last piece (n = 16 and 12 end on a window's or a core's edge).
+    assert all(d is None for _, _, d in out[:-1]), n
+    np.testing.assert_array_equal(out[-1][2], np.ones(n))
     tail = n - WINDOW * ((n - 1) // WINDOW)
     assert ran[-1] == min(s for s in sizes if s >= tail), (n, ran)
     assert all(s == WINDOW for s in ran[:-1])

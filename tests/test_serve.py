@@ -298,6 +298,35 @@ def test_a_whole_wav_whose_client_left_stops_being_made(server):
   assert _call(url + "/synthesize", b'{"text": "Still here."}')[0] == 200
 
 
+def test_a_client_that_leaves_does_not_stop_its_batch_mates(server):
+  """A whole-WAV request whose client leaves while another request of its batch still waits
+  goes on being made for that one, which gets its own audio (the batch stops only when
+  nobody waits)."""
+  import time
+  from concurrent.futures import ThreadPoolExecutor
+  voice, url, tts = server
+  host, port = url.removeprefix("http://").split(":")
+  before, batches = tts.abandoned, tts.batches
+  body = json.dumps({"text": "Here is one more sentence to say. " * 40}).encode()
+  tts.batch_wait = 2.0
+  try:
+    with ThreadPoolExecutor(1) as pool:
+      with socket.create_connection((host, int(port)), timeout=300) as s:
+        s.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                  b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        reply = pool.submit(_call, url + "/synthesize", b'{"text": "Still waiting."}')
+        deadline = time.monotonic() + 300   # hang guard only
+        while tts.batches == batches and time.monotonic() < deadline:
+          time.sleep(0.05)
+      status, _, wav = reply.result(timeout=300)
+  finally:
+    tts.batch_wait = 0.01
+  seen = (tts.batches - batches, status, tts.abandoned - before)
+  assert seen == (1, 200, 0), seen   # one batch for both; answered; not abandoned
+  np.testing.assert_array_equal(_samples(wav)[0],
+                                files.pcm16(voice.synthesize("Still waiting.", speaker=1)))
+
+
 def test_iter_batch_stops_where_asked(server):
   """`iter_batch(stop=...)` ends after the window where `stop` first says so; what it
   yielded before is each text's audio alone."""

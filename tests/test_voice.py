@@ -122,6 +122,18 @@ def test_long_paragraph(multi):
   run_on = " ".join(["word"] * 700)  # ~3500 characters, no sentence end
   pieces = multi.text_to_sentence_ids(run_on)
   assert len(pieces) >= 2 and all(len(p) <= voice_lib.MAX_IDS for p in pieces)
+  # A sentence the frontend leaves longer than MAX_IDS (each of ours splits a run-on text
+  # itself) is cut in halves at words, none lost: the word's ids occur 700 times in all.
+  word_ids = multi.frontend.text_to_ids("word")[2:-2]   # (without BOS, EOS and pads)
+  cut = multi._fitting_ids(run_on)
+  assert len(cut) >= 2 and all(len(p) <= voice_lib.MAX_IDS for p in cut)
+  found = [sum(p[i:i + len(word_ids)] == word_ids for i in range(len(p))) for p in cut]
+  assert sum(found) == 700, found
+  # One word of more ids than a sentence may hold is cut in its ids, none lost.
+  word = "abcdefghij" * 300
+  ids = multi.frontend.text_to_ids(word)
+  assert len(ids) > voice_lib.MAX_IDS
+  assert sum(multi._fitting_ids(word), []) == ids
   # A VITS-frontend voice cuts a run-on text at spaces, never inside a phoneme block.
   official = load_voice(FIXTURES / "official_tiny" / "G_7.pth")
   text = " ".join(["w [[ w ɜː d ]]"] * 350)   # the 400-character cuts would land in blocks
@@ -129,6 +141,18 @@ def test_long_paragraph(multi):
   assert len(cut) >= 2 and " ".join(cut) == text
   assert all(p.count("[[") == p.count("]]") == p.count("ɜː") for p in cut)
   assert official.text_to_sentence_ids(text) == [official.frontend.text_to_ids(p) for p in cut]
+  # A block longer than a piece is cut between its phonemes, closed and reopened there (its
+  # pieces were read as text: letters spelled, 'ɜ' dropped); every phoneme is kept (the
+  # spaces where it was cut are dropped, as at any cut).
+  text = "Hello there, [[ " + "w ɜː d " * 700 + "]] and more."
+  cut = official.frontend.split_sentences(text)
+  assert len(cut) >= 3 and all(p.count("[[") == p.count("]]") for p in cut), cut
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")   # nothing dropped
+    pieces = official.text_to_sentence_ids(text)
+  space = official.frontend.symbols.index(" ")
+  no_blank = lambda ids: [i for i in ids if i not in (0, space)]
+  assert no_blank(sum(pieces, [])) == no_blank(official.frontend.text_to_ids(text))
   audio = multi.synthesize(paragraph, noise_scale=0.0, noise_scale_w=0.0)
   parts = multi.synthesize_ids(sentences, 0, noise_scale=0.0, noise_scale_w=0.0)
   # Sentences are joined directly (no silence), in order.

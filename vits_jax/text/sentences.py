@@ -6,7 +6,8 @@ follows; a full stop does not when the next word starts in lowercase, or after a
 abbreviation ("Dr.", "Mrs.") or a lone initial. An ellipsis does not end a sentence (as in
 espeak-ng); a blank line always does.
 Sentences longer than `max_chars` are cut again at clause punctuation, then at spaces.
-Nothing inside a `[[ phoneme block ]]` ends or cuts a sentence.
+Nothing inside a `[[ phoneme block ]]` ends or cuts a sentence, but a block longer than
+`max_chars`, cut between its phonemes, is closed at the cut and reopened after it.
 """
 
 import re
@@ -48,6 +49,15 @@ def _cut_long(sentence, max_chars):
     cuts = [m.end() for m in _CLAUSE_RE.finditer(window) if outside(m.start())]
     if not cuts or cuts[-1] < max_chars // 4:
       cuts = [m.end() for m in re.finditer(r'\s+', window) if outside(m.start())]
+    if not cuts:   # the window lies in one phoneme block: cut it between its phonemes,
+      block = next((m for m in _BLOCK_RE.finditer(sentence)   # closing and reopening it
+                    if m.start() < max_chars - 3 < m.end()), None)
+      spaces = [m.start() for m in re.finditer(r'\s+', sentence[:max_chars - 3])
+                if block is not None and m.start() > block.start() + 2]
+      if spaces and sentence[:spaces[-1]].strip():
+        pieces.append(sentence[:spaces[-1]].strip() + ' ]]')
+        sentence = '[[ ' + sentence[spaces[-1]:].strip()
+        continue
     cut = cuts[-1] if cuts else max_chars
     pieces.append(sentence[:cut].strip())
     sentence = sentence[cut:].strip()

@@ -8,6 +8,7 @@ import json
 import io
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -408,6 +409,69 @@ def test_real_process_exit_code():
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2
   assert proc.stderr.strip() == "error: input file not found: /no/such.txt"
+
+
+def test_output_raw_speaks_each_line_as_it_comes_in_a_real_pipe(tmp_path):
+  """`--input - --output-raw` in a real process between two pipes: a line's audio comes
+  out whole (flushed) before the next line is written, and the bytes are the lines'
+  samples."""
+  import select
+  from vits_jax import load_voice
+  from vits_jax.files import pcm16
+  lines = ["Hello there. Hi.", "And a second line."]
+  voice = load_voice(TINY_SINGLE)
+  # (fast speech: the line's last piece, 'Hi.', is less than stdout's 8 KiB buffer)
+  want = [pcm16(voice.synthesize(line, length_scale=0.2)).tobytes() for line in lines]
+  proc = subprocess.Popen([sys.executable, str(ROOT / "infer.py"), "--voice", TINY_SINGLE,
+                           "--input", "-", "--output-raw", "--length-scale", "0.2"],
+                          cwd=ROOT, env={k: v for k, v in _env().items()
+                                         if k != "PYTHONUNBUFFERED"},   # (as a user's shell)
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+  try:
+    proc.stdin.write((lines[0] + "\n").encode())
+    proc.stdin.flush()
+    first = b""
+    deadline = time.monotonic() + 240   # hang guard only
+    while len(first) < len(want[0]) and time.monotonic() < deadline and proc.poll() is None:
+      if select.select([proc.stdout], [], [], 1.0)[0]:
+        first += os.read(proc.stdout.fileno(), 1 << 20)
+    assert first == want[0], (len(first), len(want[0]), proc.poll())
+    proc.stdin.write((lines[1] + "\n").encode())
+    proc.stdin.close()
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert rest == want[1]
+
+
+def test_output_raw_flushes_each_line_before_reading_the_next(capsys, monkeypatch):
+  """With a stdout buffer larger than a line's audio (a pipe's is 4 KiB, so the test above
+  cannot tell), each line's bytes are flushed before the next line is read."""
+  from vits_jax import load_voice
+  from vits_jax.files import pcm16
+  lines = ["Hello there. Hi.", "And a second line."]
+  voice = load_voice(TINY_SINGLE)
+  sizes = [2 * pcm16(voice.synthesize(line)).size for line in lines]
+  out, seen = io.BytesIO(), []
+
+  class Stdin:   # notes what stdout holds each time a line is asked for
+    def __init__(self, data):
+      self.buffer, self._lines = self, iter(data.splitlines(True))
+
+    def readline(self, size=-1):
+      seen.append(len(out.getvalue()))
+      return next(self._lines, b"")
+
+  stdout = _Stdout()
+  stdout.buffer = io.BufferedWriter(out, buffer_size=1 << 24)
+  monkeypatch.setattr(sys, "stdout", stdout)
+  monkeypatch.setattr(sys, "stdin", Stdin("".join(l + "\n" for l in lines).encode()))
+  code = infer.main(["--voice", TINY_SINGLE, "--input", "-", "--output-raw"])
+  assert code == 0, capsys.readouterr().err
+  assert seen == [0, sizes[0], sizes[0] + sizes[1]], (seen, sizes)
 
 
 def test_out_dir_with_other_files_is_not_mixed_silently(tmp_path, capsys, monkeypatch):

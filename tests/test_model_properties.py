@@ -325,6 +325,15 @@ def test_commons_helpers():
   for b in range(2):
     np.testing.assert_array_equal(s[b, :, 0], x[b, ids[b]:ids[b] + 4, 0])
   assert int(ids[1]) <= 1
+  # The start is uniform on [0, length - segment] (the official `rand * (len - seg + 1)`):
+  # over 2800 draws of length 10, segment 4, each of the 7 starts about 1/7 of the time,
+  # padding beyond the length never drawn; shorter than the segment: 0.
+  x = jnp.zeros((2800, 16, 1))
+  _, ids = commons.rand_slice_segments(jax.random.PRNGKey(1), x,
+                                       jnp.array([10] * 2799 + [3]), 4)
+  counts = np.bincount(np.asarray(ids[:-1]), minlength=13)
+  assert counts[7:].sum() == 0 and int(ids[-1]) == 0, counts
+  assert np.all(np.abs(counts[:7] / 2799 - 1 / 7) < 0.03), counts
 
 
 def test_full_size_generator_forward_compiles_on_cpu():

@@ -211,6 +211,11 @@ def test_default_buckets_hold_every_clip_and_grow():
   for (t, a), b in zip(lengths, ids):  # the smallest bucket that fits
     assert t <= bks[b][0] and a <= bks[b][1]
     assert b == 0 or t > bks[b - 1][0] or a > bks[b - 1][1]
+  # Exactly at a bucket's bounds fits it; one more token or sample needs the next.
+  bks = [(8, 4096), (16, 8192)]
+  np.testing.assert_array_equal(buckets_lib.assign_buckets(
+      [[8, 4096], [8, 4097], [9, 4096], [16, 8192], [17, 8192], [16, 8193]], bks),
+      [0, 1, 1, 1, -1, -1])
 
 
 def test_user_buckets_are_validated_and_oversized_clips_excluded(prepared):

@@ -69,6 +69,11 @@ def test_synthesize_equals_the_voice(server):
       {"text": "Hi.", "speaker_id": 0, "speaker": "carol",
        "voice": Path(voice.name).stem}).encode())
   np.testing.assert_array_equal(_samples(by_id)[0], files.pcm16(voice.synthesize("Hi.", speaker=0)))
+  # ... but a null speaker_id leaves the speaker named.
+  _, _, by_name = _call(url + "/synthesize", json.dumps(
+      {"text": "Hi.", "speaker_id": None, "speaker": "carol"}).encode())
+  np.testing.assert_array_equal(_samples(by_name)[0],
+                                files.pcm16(voice.synthesize("Hi.", speaker=2)))
   # Piper's first server: the text as the body, or ?text= -- the server's defaults.
   default = files.pcm16(voice.synthesize("Hi.", speaker=1))
   status, _, plain = _call(url + "/", "Hi.".encode(), "text/plain")

@@ -244,6 +244,9 @@ def test_head_chunked_body_and_query_that_is_not_utf8(server):
   slow = {"text": "Hi. " * (serve.MAX_WAV_TEXT_CHARS // 8 + 1), "length_scale": 2}
   status, _, body = _call(url + "/synthesize", json.dumps(slow).encode())
   assert status == 400 and "at length_scale 2" in json.loads(body)["error"]
+  fast = {"text": "Hi. " * (serve.MAX_WAV_TEXT_CHARS // 4 + 1), "length_scale": 0.5}
+  status, _, body = _call(url + "/synthesize", json.dumps(fast).encode())   # (counted at 1)
+  assert status == 400 and '"stream": true' in json.loads(body)["error"], body
   status, _, body = _call(url + "/?text=%ff%fe")
   assert status == 400 and json.loads(body) == {"error": "the query is not UTF-8 text"}
   host, port = urllib.parse.urlsplit(url).netloc.split(":")

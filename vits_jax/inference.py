@@ -36,6 +36,7 @@ import functools
 import itertools
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
                     Tuple)
@@ -649,7 +650,9 @@ def _count_trace(model):
 
 # ------------------------------------------------------------------- programs
 _PROGRAMS: Dict[Any, Callable] = {}
-_SIGNATURES: Dict[int, Tuple[Any, Any]] = {}  # id(params) -> (params, its signature)
+# id(params) -> (a weak reference to its first leaf, its signature): a voice dropped by its
+# user is freed (holding the params themselves kept every voice ever loaded alive).
+_SIGNATURES: Dict[int, Tuple[Any, Any]] = {}
 
 
 def _signature(tree) -> Tuple:
@@ -659,12 +662,24 @@ def _signature(tree) -> Tuple:
       a, "dtype") else str(a.dtype)) for a in leaves)
 
 
+def _first_leaf(tree):
+  while isinstance(tree, dict) and tree:
+    tree = next(iter(tree.values()))
+  return tree
+
+
 def _params_signature(params) -> Tuple:
+  leaf = _first_leaf(params)
   entry = _SIGNATURES.get(id(params))
-  if entry is None or entry[0] is not params:
-    entry = (params, _signature(params))
-    _SIGNATURES[id(params)] = entry
-  return entry[1]
+  if entry is not None and entry[0]() is leaf:
+    return entry[1]
+  signature = _signature(params)
+  try:   # (the entry goes with the leaf)
+    ref = weakref.ref(leaf, lambda _, key=id(params): _SIGNATURES.pop(key, None))
+  except TypeError:   # a leaf that cannot be weakly referenced: not cached
+    return signature
+  _SIGNATURES[id(params)] = (ref, signature)
+  return signature
 
 
 def _run(fn, model, static: Tuple, params, *args):

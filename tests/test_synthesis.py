@@ -494,3 +494,23 @@ def test_noise_key_is_prngkey():
     ours, theirs = np.asarray(noise_key(seed)), np.asarray(jax.random.PRNGKey(seed))
     assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_the_noise_of_a_seed_does_not_depend_on_the_hosts_jax_flags(multi):
+  """A host application's JAX flags do not change the audio of a seed: `jax_enable_x64`
+  made seeds outside [0, 2**31) other keys (README: a seed counts modulo 2**32), and
+  `jax_default_prng_impl` another kind of key."""
+  seeds = (0, -1, 2 ** 31 + 3, 2 ** 32 + 3, 3)
+  want = [multi.synthesize("Hi there.", seed=s) for s in seeds]
+  np.testing.assert_array_equal(want[3], want[4])   # modulo 2**32
+  assert want[0].shape != want[1].shape or np.abs(want[0] - want[1]).max() > 1e-3
+  for flag, value in (("jax_enable_x64", True), ("jax_default_prng_impl", "rbg")):
+    before = getattr(jax.config, flag)
+    jax.config.update(flag, value)
+    try:
+      got = [multi.synthesize("Hi there.", seed=s) for s in seeds]
+    finally:
+      jax.config.update(flag, before)
+    for s, a, b in zip(seeds, want, got):
+      assert a.shape == b.shape, (flag, s)
+      np.testing.assert_allclose(a, b, atol=1e-6, rtol=0, err_msg=f"{flag} seed {s}")

@@ -406,15 +406,13 @@ def _window_batch(options: Options) -> int:
   return _round_up(min(batch_bucket(max(1, int(options.batch_size))), cap), _device_count())
 
 
-def noise_key(seed: int):
-  """`jax.random.PRNGKey(seed)`, built on the host where it can be (the default threefry
-  key of a seed in [0, 2**31) is the pair (0, seed)): `PRNGKey` itself compiles and runs
-  two small programs, a cost every fresh process paid before its first sentence."""
-  import jax
-  seed = int(seed)
-  if 0 <= seed < 2 ** 31 and str(jax.config.jax_default_prng_impl) == "threefry2x32":
-    return np.array([0, seed], np.uint32)
-  return jax.random.PRNGKey(seed)
+def noise_key(seed: int) -> np.ndarray:
+  """The raw threefry key `jax.random.PRNGKey(seed)` makes with JAX's default flags, the
+  pair (0, seed mod 2**32), built on the host whatever the host's flags (`jax_enable_x64`
+  made seeds outside [0, 2**31) other keys, `jax_default_prng_impl` another kind of key);
+  the model reads it as a threefry key. (`PRNGKey` itself also compiles and runs two small
+  programs, a cost every fresh process paid before its first sentence.)"""
+  return np.array([0, int(seed) % 2 ** 32], np.uint32)
 
 
 def _scales(options: Options) -> np.ndarray:

@@ -454,7 +454,8 @@ class Voice:
     Args:
       ids_list: one id list per sentence.
       speaker_id: validated speaker id or None.
-      seeds: per-sentence noise seeds (default all 0); the noise key is `PRNGKey(seed)`.
+      seeds: per-sentence noise seeds (default all 0); the noise key is `PRNGKey(seed)`
+        (as JAX's default flags make it: `inference.noise_key`).
       batch_size: most sentences per call.
     """
     noise_scale, noise_scale_w, length_scale = self._knobs(noise_scale, noise_scale_w,

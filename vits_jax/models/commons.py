@@ -106,6 +106,16 @@ def upsample_mask(mask: jax.Array, factor: int, length: int) -> jax.Array:
   return jnp.pad(up, ((0, 0), (0, length - up.shape[1]), (0, 0)))
 
 
+def threefry_key(key):
+  """A raw uint32[2] key (`jax.random.PRNGKey(seed)` with JAX's default flags) as a typed
+  threefry key, so the noise of a seed does not depend on the host's
+  `jax_default_prng_impl`; a typed key, or the raw key of another kind (a training run's
+  under the host's implementation), is returned as it is."""
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape[-1:] != (2,):
+    return key
+  return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32), impl="threefry2x32")
+
+
 def frame_normal(key: jax.Array, seeds: jax.Array, length: int, channels: int,
                  positions: Optional[jax.Array] = None, dtype=jnp.float32) -> jax.Array:
   """Standard normal noise drawn independently per item (seed) and per position.

@@ -208,10 +208,11 @@ class SynthesizerTrn(nn.Module):
 
   # ------------------------------------------------------------------ inference halves
   def _noise_key(self, key, *scales):
-    """The inference noise key: `key` if given, else one draw of the 'noise' stream; None
-    when every scale is a Python zero (nothing to draw)."""
+    """The inference noise key: `key` if given (a raw uint32[2] key read as threefry's,
+    whatever `jax_default_prng_impl` says), else one draw of the 'noise' stream; None when
+    every scale is a Python zero (nothing to draw)."""
     if key is not None:
-      return key
+      return commons.threefry_key(key)
     if all(_is_zero(s) for s in scales):
       return None
     return self.make_rng("noise")

@@ -514,3 +514,39 @@ def test_the_noise_of_a_seed_does_not_depend_on_the_hosts_jax_flags(multi):
     for s, a, b in zip(seeds, want, got):
       assert a.shape == b.shape, (flag, s)
       np.testing.assert_allclose(a, b, atol=1e-6, rtol=0, err_msg=f"{flag} seed {s}")
+
+
+_HOST_FLAGS_SCRIPT = """
+import sys
+import jax
+import numpy as np
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+from vits_jax import load_voice
+voice = load_voice(sys.argv[1])
+with jax.disable_jit():
+  np.save(sys.argv[2], voice.synthesize("Hello there. Here we go.", speaker=1, seed=3))
+"""
+
+
+def test_host_jax_settings_neither_break_synthesis_nor_drop_stored_programs(multi, tmp_path):
+  """A host application's strict dtype promotion, rank promotion 'raise' and
+  `jax.disable_jit()` (debugging its own code) neither fail loading and synthesis with a
+  cold cache (they did: our tracing met the host's rules) nor, with a warm one, throw away
+  the stored executables (they did not run under disable_jit; each was deleted and rebuilt)."""
+  import os
+  import subprocess
+  import sys
+  env = dict(os.environ, JAX_PLATFORMS="cpu", VITS_JAX_XLA_CACHE=str(tmp_path / "cache"),
+             PYTHONPATH=str(Path(__file__).parents[1]))
+  want = multi.synthesize("Hello there. Here we go.", speaker=1, seed=3)
+  stamps = None
+  for k in range(2):   # a cold cache, then a warm one
+    out = tmp_path / f"{k}.npy"
+    proc = subprocess.run([sys.executable, "-c", _HOST_FLAGS_SCRIPT, str(MULTI), str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(out), want)
+    now = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.xlaexe")}
+    assert now and (stamps is None or now == stamps), (stamps, now)
+    stamps = now

@@ -526,3 +526,10 @@ def test_a_dropped_voice_is_freed():
   assert all(ref() is None for ref in leaves)
   again = load_voice(MULTI)   # (and the same programs serve the next one)
   assert again.synthesize("Hello there.").size > 0
+
+
+def test_an_empty_voice_name_is_refused():
+  """`load_voice("")` (an unset variable, say) is an error, not the default voice."""
+  for name in ("", "  "):
+    with pytest.raises(ValueError, match="empty"):
+      load_voice(name)

@@ -693,16 +693,30 @@ def _run(fn, model, static: Tuple, params, *args):
   then supplies the compiled code).
   """
   key = _program_key(fn, model, static, params, args)
-  program = _PROGRAMS.get(key)
-  if program is not None:
-    return program(params, *args)
-  with _PENDING_LOCK:
-    building = _BUILDING.setdefault(key, threading.Lock())
-  with building:   # windows in flight: the first of them builds, the others wait for it
+  with standard_jax():
     program = _PROGRAMS.get(key)
     if program is not None:
       return program(params, *args)
-    return _first_run(fn, model, static, params, args, key)
+    with _PENDING_LOCK:
+      building = _BUILDING.setdefault(key, threading.Lock())
+    with building:   # windows in flight: the first of them builds, the others wait for it
+      program = _PROGRAMS.get(key)
+      if program is not None:
+        return program(params, *args)
+      return _first_run(fn, model, static, params, args, key)
+
+
+def standard_jax() -> contextlib.ExitStack:
+  """JAX's default behaviour for the library's own tracing and programs, whatever the host
+  application has set: jit on (`jax.disable_jit()` is for the host's own code; stored
+  programs cannot run without it), standard dtype promotion, rank promotion allowed (a
+  host's 'strict' or 'raise' failed our tracing, so only with a cold cache)."""
+  import jax
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.disable_jit(False))
+  stack.enter_context(jax.numpy_dtype_promotion("standard"))
+  stack.enter_context(jax.numpy_rank_promotion("allow"))
+  return stack
 
 
 _BUILDING: Dict[Any, threading.Lock] = {}
@@ -724,10 +738,21 @@ def _first_run(fn, model, static, params, args, key):
     if stored is None or not _executable_path(stored).is_file():
       raise
     # A stored executable that loads but does not run (one saved by an older version split
-    # into several objects: "Function ... not found"): drop it and build afresh.
-    _executable_path(stored).unlink(missing_ok=True)
-    program = _build(fn, model, static, params, args, key)
-    out = program(params, *args)
+    # into several objects: "Function ... not found"): build afresh without it, and drop
+    # it only when the fresh program runs (an error of the call itself keeps it).
+    exe = _executable_path(stored)
+    aside = exe.with_name(exe.name + f".failed-{os.getpid()}")
+    os.replace(exe, aside)
+    try:
+      program = _build(fn, model, static, params, args, key)
+      out = jax.block_until_ready(program(params, *args))
+    except BaseException:
+      if exe.exists():   # (rebuilt and stored again: the call itself fails)
+        aside.unlink(missing_ok=True)
+      else:
+        os.replace(aside, exe)
+      raise
+    aside.unlink(missing_ok=True)
   _PROGRAMS[key] = program
   return out
 
@@ -785,14 +810,20 @@ def _preload(model, params, lengths: Sequence[int], options: Options, text_batch
         continue
       if not _LOADERS:
         _LOADERS.append(concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="load"))
+      # (JAX's configuration contexts are per thread: the loader enters its own)
       if _executable_path(path).is_file():
-        _PENDING[pkey] = _LOADERS[0].submit(_load_executable, _executable_path(path), params,
-                                            args)
+        _PENDING[pkey] = _LOADERS[0].submit(_in_standard_jax, _load_executable,
+                                            _executable_path(path), params, args)
       else:
-        _PENDING[pkey] = _LOADERS[0].submit(_build_ahead, fn, model, static, params, args,
-                                            pkey)
+        _PENDING[pkey] = _LOADERS[0].submit(_in_standard_jax, _build_ahead, fn, model,
+                                            static, params, args, pkey)
     queued += 1
   return queued
+
+
+def _in_standard_jax(fn, *args):
+  with standard_jax():
+    return fn(*args)
 
 
 def _build_ahead(fn, model, static, params, args, key):

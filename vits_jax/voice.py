@@ -629,6 +629,8 @@ def load_voice(name_or_path: Optional[Union[str, os.PathLike]] = None,
     ValueError: a file or folder that is not a voice we can read.
   """
   import json
+  if name_or_path is not None and not str(name_or_path).strip():
+    raise ValueError("the voice's name or path is empty (None, or leave it out, for joe)")
   from vits_jax import xla_cache
   from vits_jax.convert import cache
   from vits_jax.models.lazy import LazySynthesizer
@@ -648,7 +650,9 @@ def load_voice(name_or_path: Optional[Union[str, os.PathLike]] = None,
     from vits_jax.convert.source import load_source
     from vits_jax.convert.torch_names import fold_weight_norm
     from vits_jax.models.synthesizer import synthesizer_kwargs
-    source = load_source(name_or_path, step=step)
+    from vits_jax.inference import standard_jax
+    with standard_jax():   # (a host's strict promotion failed the params' shapes)
+      source = load_source(name_or_path, step=step)
     config, params = source.config, fold_weight_norm(source.params)
     fields = json.loads(json.dumps(synthesizer_kwargs(config, dtype=None)))  # float32
     model = LazySynthesizer(fields)

@@ -204,7 +204,9 @@ class Voice:
 
   # ----------------------------------------------------------------- text
   def text_to_sentence_ids(self, text: str) -> List[List[int]]:
-    """Ids per sentence of `text`, as the voice's own runtime splits it.
+    """Ids per sentence of `text`, as synthesis reads it (and so durations with
+    `with_durations` line up): a paragraph (blank-line separated block) at a time, each
+    split as the voice's own runtime splits it.
 
     A run-on "sentence" of more than MAX_IDS ids (~1000 characters without a sentence end)
     is cut in halves at spaces until each piece fits.
@@ -212,6 +214,10 @@ class Voice:
     Raises:
       NothingToSay (a ValueError): empty text, or nothing sayable in it.
     """
+    return self._sentence_ids(text)
+
+  def _block_sentence_ids(self, text: str) -> List[List[int]]:
+    """`text_to_sentence_ids` of one paragraph."""
     sentences = self.frontend.text_to_sentence_ids(text)
     if all(len(ids) <= MAX_IDS for ids in sentences):
       return sentences
@@ -247,12 +253,12 @@ class Voice:
 
     def gen():
       if len(blocks) == 1:
-        yield from self.text_to_sentence_ids(blocks[0])
+        yield from self._block_sentence_ids(blocks[0])
         return
       said = False
       for block in blocks:
         try:
-          ids_list = self.text_to_sentence_ids(block)
+          ids_list = self._block_sentence_ids(block)
         except NothingToSay:
           continue
         said = True

@@ -92,8 +92,10 @@ def test_speakers_and_scales(multi):
       multi.speaker_id(bad)
   single = load_voice(HIGH)
   assert single.num_speakers == 1 and single.speaker_id(None) is None
-  with pytest.raises(ValueError, match="single speaker"):
-    single.synthesize("Hi.", speaker=0)
+  np.testing.assert_array_equal(single.synthesize("Hi.", speaker=0), single.synthesize("Hi."))
+  for bad in (1, "1", "bob", -1):   # (0, its one speaker, is taken as none, as Piper does)
+    with pytest.raises(ValueError, match="single speaker"):
+      single.synthesize("Hi.", speaker=bad)
   # (1e-40: float32 durations underflowed to 0 frames, for audio of one frame)
   for kw in (dict(length_scale=0.0), dict(length_scale=-1.0), dict(length_scale=1e-40),
              dict(noise_scale=-0.1), dict(noise_scale_w=float("nan"))):

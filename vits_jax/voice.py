@@ -174,11 +174,14 @@ class Voice:
 
   # ----------------------------------------------------------------- validation
   def speaker_id(self, speaker: Union[None, int, str]) -> Optional[int]:
-    """Validated speaker id (None for single-speaker voices)."""
+    """Validated speaker id (None for single-speaker voices, which take 0, their one
+    speaker, as none, as Piper does, and refuse any other)."""
     if self.num_speakers <= 1:
-      if speaker is not None:
-        raise ValueError(f"voice {self.name} has a single speaker; a speaker id cannot "
-                         "be given")
+      one = speaker is None or (_is_integer(speaker) and int(speaker) == 0) or (
+          isinstance(speaker, str) and speaker.strip() == "0")
+      if not one:
+        raise ValueError(f"voice {self.name} has a single speaker (0); speaker "
+                         f"{speaker!r} cannot be given")
       return None
     if speaker is None:
       return 0

@@ -183,7 +183,7 @@ def test_unknown_characters_warn(tmp_path, capsys):
     ["--text", "   "],
     ["--text", "😀"],
     ["--text", "Hi.", "--voice", "/no/such/voice.onnx"],
-    ["--text", "Hi.", "--voice", TINY_SINGLE, "--speaker", "0"],
+    ["--text", "Hi.", "--voice", TINY_SINGLE, "--speaker", "1"],
     ["--text", "Hi.", "--voice", TINY, "--speaker", "3"],
     ["--text", "Hi.", "--voice", TINY, "--speaker", "nobody"],
     ["--text", "Hi.", "--length-scale", "0"],

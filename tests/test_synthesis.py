@@ -208,8 +208,11 @@ def test_stream_equals_synthesize(multi, monkeypatch):
   ids = multi.text_to_sentence_ids(text)   # (read a paragraph at a time, as synthesis does)
   assert ids == [i for block in text.split("\n\n") for i in multi.text_to_sentence_ids(block)]
   assert [len(d) for d in durations] == [len(i) for i in ids]
+  # Checked when called, not at the first piece (a generator would wait until then).
   with pytest.raises(ValueError, match="text is empty"):
-    next(multi.stream("   "))
+    multi.stream("   ")
+  with pytest.raises(ValueError, match="length_scale"):
+    multi.stream("Hi.", length_scale=-1)
 
 
 def test_windows_in_flight_overlap_and_equal_one_at_a_time(multi, monkeypatch):

@@ -426,10 +426,16 @@ class Voice:
     bounded however long the text. `batch_size` > 1 runs the model on several sentences
     (or windows) per call: more throughput, later first audio. `normalize` needs a sentence's
     peak before its first sample, so with it each sentence comes whole.
+
+    The text and the knobs are checked when `stream` is called (ValueError), before the
+    first piece is asked for.
     """
     check_text(text)
     options = self._options(speaker, noise_scale, noise_scale_w, length_scale, seed,
                             batch_size, sentence_silence, volume, normalize)
+    return self._stream(text, options, sentence_silence, volume, normalize)
+
+  def _stream(self, text, options, sentence_silence, volume, normalize):
     gap = np.zeros(int(round(sentence_silence * self.sample_rate)), np.float32)
 
     def sentences():

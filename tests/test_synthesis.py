@@ -537,12 +537,15 @@ def test_host_jax_settings_neither_break_synthesis_nor_drop_stored_programs(mult
   """A host application's strict dtype promotion, rank promotion 'raise' and
   `jax.disable_jit()` (debugging its own code) neither fail loading and synthesis with a
   cold cache (they did: our tracing met the host's rules) nor, with a warm one, throw away
-  the stored executables (they did not run under disable_jit; each was deleted and rebuilt)."""
+  the stored executables (they did not run under disable_jit; each was deleted and rebuilt).
+  The JAX cache the host configured holds our stored programs and voices too (they went
+  to ~/.cache/vits_jax whatever it said)."""
   import os
   import subprocess
   import sys
-  env = dict(os.environ, JAX_PLATFORMS="cpu", VITS_JAX_XLA_CACHE=str(tmp_path / "cache"),
-             PYTHONPATH=str(Path(__file__).parents[1]))
+  env = {k: v for k, v in os.environ.items() if k != "VITS_JAX_XLA_CACHE"}
+  env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
+             HOME=str(tmp_path / "home"), PYTHONPATH=str(Path(__file__).parents[1]))
   want = multi.synthesize("Hello there. Here we go.", speaker=1, seed=3)
   stamps = None
   for k in range(2):   # a cold cache, then a warm one
@@ -554,3 +557,5 @@ def test_host_jax_settings_neither_break_synthesis_nor_drop_stored_programs(mult
     now = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.xlaexe")}
     assert now and (stamps is None or now == stamps), (stamps, now)
     stamps = now
+  assert list((tmp_path / "cache" / "voices").glob("*.voice"))
+  assert not (tmp_path / "home").exists()

@@ -1,17 +1,30 @@
 """The persistent XLA compilation cache shared by `load_voice`, `infer.py` and `train.py`."""
 
 import os
+import sys
+
+
+def default_dir() -> str:
+  return os.path.join(os.path.expanduser("~"), ".cache", "vits_jax", "xla")
 
 
 def cache_dir() -> str:
-  """~/.cache/vits_jax/xla, or `VITS_JAX_XLA_CACHE` ('' disables the cache)."""
-  return os.environ.get("VITS_JAX_XLA_CACHE",
-                        os.path.join(os.path.expanduser("~"), ".cache", "vits_jax", "xla"))
+  """Where compiled programs (JAX's and vits_jax's own stored ones) and converted voices
+  are kept: `VITS_JAX_XLA_CACHE` ('' disables the cache), else a JAX compilation cache the
+  user configured (`jax_compilation_cache_dir`, JAX_COMPILATION_CACHE_DIR), else
+  ~/.cache/vits_jax/xla."""
+  own = os.environ.get("VITS_JAX_XLA_CACHE")
+  if own is not None:
+    return own
+  jax = sys.modules.get("jax")   # (not imported for this: a CLI's start-up imports it later)
+  configured = (getattr(jax.config, "jax_compilation_cache_dir", None) if jax is not None
+                else os.environ.get("JAX_COMPILATION_CACHE_DIR"))
+  return configured or default_dir()
 
 
 def enable() -> None:
-  """Caches compiled programs in `cache_dir()`, unless the user has configured JAX's own
-  cache already (`jax_compilation_cache_dir`, e.g. through JAX_COMPILATION_CACHE_DIR)."""
+  """Turns on JAX's persistent compilation cache, process-wide, in `cache_dir()`, unless
+  the user has configured JAX's own cache already (then that one is used as it is)."""
   cache = cache_dir()
   if not cache:
     return

@@ -34,6 +34,22 @@ def test_mel_cepstral_distance():
   assert sm.mel_cepstral_distance(a, 1.1 * a, SR) < sm.mel_cepstral_distance(a, _tone(300.0), SR)
   with pytest.raises(ValueError):
     sm.mel_cepstral_distance(a[:0], a, SR)
+  # A gain moves only c0 (the energy), which MCD leaves out: louder is no farther.
+  assert sm.mel_cepstral_distance(a + 0.01 * noise, 2.0 * (a + 0.01 * noise), SR) < 1e-3
+  # The value, computed another way: scipy's orthonormal DCT of librosa's log-mel power (dB),
+  # c1..c24 in natural-log amplitude, 10 / ln10 * mean over frames of sqrt(2 * sum d^2).
+  import librosa
+  import scipy.fft
+
+  def cepstra(x):
+    mel = librosa.feature.melspectrogram(y=x, sr=SR, n_fft=1024, hop_length=256, n_mels=80)
+    c = scipy.fft.dct(librosa.power_to_db(mel), type=2, norm="ortho", axis=0)
+    return c[1:25] * np.log(10) / 20
+
+  b = a + 0.1 * noise
+  diff = cepstra(a) - cepstra(b)
+  want = 10 / np.log(10) * np.mean(np.sqrt(2 * np.sum(diff ** 2, axis=0)))
+  assert sm.mel_cepstral_distance(a, b, SR) == pytest.approx(want, rel=1e-4)
 
 
 def test_word_error_rate():

@@ -132,6 +132,10 @@ def test_unknown_endpoint_and_oversized_body(server):
   assert _call(url + "/nope", b"{}")[0] == 404
   status, _, body = _call(url + "/synthesize", b"x" * (serve.MAX_BODY_BYTES + 1))
   assert status == 413 and "bytes" in json.loads(body)["error"]
+  # Exactly the limit is read (a JSON body padded with spaces: then refused for its text).
+  exact = b'{"text": "  "}'.ljust(serve.MAX_BODY_BYTES)
+  status, _, body = _call(url + "/synthesize", exact)
+  assert status == 400 and "no text" in json.loads(body)["error"], body
   # A text longer than one WAV may hold is refused before any synthesis.
   long_text = json.dumps({"text": "Hi. " * (serve.MAX_WAV_TEXT_CHARS // 4 + 1)}).encode()
   status, _, body = _call(url + "/synthesize", long_text)
@@ -207,6 +211,38 @@ def test_requests_that_come_together_share_a_batch(server):
   finally:
     tts.batch_wait = 0.01
   assert tts.batches - before < len(calls)   # at least two requests shared a call
+  for (text, knobs), (status, _, body) in zip(calls, replies):
+    assert status == 200
+    np.testing.assert_array_equal(
+        _samples(body)[0], files.pcm16(voice.synthesize(text, speaker=1, **knobs)))
+
+
+def test_a_batch_holds_at_most_max_batch_requests(server, monkeypatch):
+  """Requests set aside while another batch was gathered (other options) make batches of
+  at most `max_batch` too; each still gets its own audio."""
+  import time
+  from concurrent.futures import ThreadPoolExecutor
+  voice, url, tts = server
+  sizes = []
+  real = voice.iter_batch
+  monkeypatch.setattr(voice, "iter_batch", lambda texts, *args, **kw: (
+      sizes.append(len(texts)), real(texts, *args, **kw))[1])
+  # A1 opens a batch; B1-B3 (other options) are set aside while it gathers; A2 fills it.
+  calls = [("One.", {}), ("Two.", {"length_scale": 1.2}), ("Three.", {"length_scale": 1.2}),
+           ("Four.", {"length_scale": 1.2}), ("Five.", {})]
+  tts.max_batch, tts.batch_wait = 2, 1.0
+  try:
+    with ThreadPoolExecutor(len(calls)) as pool:
+      futures = []
+      for text, knobs in calls:
+        futures.append(pool.submit(_call, url + "/synthesize",
+                                   json.dumps(dict(text=text, **knobs)).encode()))
+        time.sleep(0.1)
+      replies = [f.result(timeout=300) for f in futures]
+  finally:
+    tts.max_batch, tts.batch_wait = 16, 0.01
+  assert sizes and max(sizes) <= 2 and sum(sizes) == len(calls), sizes
+  monkeypatch.undo()
   for (text, knobs), (status, _, body) in zip(calls, replies):
     assert status == 200
     np.testing.assert_array_equal(

@@ -559,3 +559,41 @@ def test_host_jax_settings_neither_break_synthesis_nor_drop_stored_programs(mult
     stamps = now
   assert list((tmp_path / "cache" / "voices").glob("*.voice"))
   assert not (tmp_path / "home").exists()
+
+
+def test_a_stream_starts_on_the_least_work(multi, monkeypatch):
+  """When a stream's first piece comes out, only what it needs has run: one paragraph
+  phonemized (the text is read lazily: memory stays bounded), the text side of one
+  sentence, and one (short, lead) decoder window, with no second window started."""
+  monkeypatch.setattr(inference, "WINDOW_FRAMES", WINDOW)
+  monkeypatch.setattr(inference, "LEAD_FRAMES", 5)
+  paragraph = ("The birch canoe slid on the smooth planks. Glue the sheet to the dark blue "
+               "background. It is easy to tell the depth of a well.")
+  text = "\n\n".join([paragraph] * 4)
+  seen = {"paragraphs": 0, "sentences": 0, "windows": 0}
+  real_block, real_text, real_latent = (multi._block_sentence_ids, inference._text_side,
+                                        inference._latent_side)
+
+  def block(*args):
+    seen["paragraphs"] += 1
+    return real_block(*args)
+
+  def text_side(model, params, group, *args):
+    seen["sentences"] += len(group)
+    return real_text(model, params, group, *args)
+
+  def latent(*args):
+    seen["windows"] += 1
+    return real_latent(*args)
+
+  monkeypatch.setattr(multi, "_block_sentence_ids", block)
+  monkeypatch.setattr(inference, "_text_side", text_side)
+  monkeypatch.setattr(inference, "_latent_side", latent)
+  stream = multi.stream(text, seed=1)
+  first = next(stream)
+  at_first = dict(seen)
+  rest = list(stream)
+  assert at_first == {"paragraphs": 1, "sentences": 1, "windows": 1}, at_first
+  assert len(first) == 5 * multi.hop_length
+  assert seen["paragraphs"] == 4 and seen["sentences"] == 12 and seen["windows"] > 4
+  np.testing.assert_array_equal(np.concatenate([first] + rest), multi.synthesize(text, seed=1))

@@ -71,3 +71,43 @@ def test_recognizer_reads_the_bundled_voice():
   assert sm.word_error_rate(text, heard) <= 0.34, heard
   silence = sm.recognizer().transcribe(np.zeros(SR, np.float32), SR)
   assert sm.word_error_rate(text, silence) >= 0.9
+
+
+def test_evaluation_measures_read_the_right_audio(monkeypatch):
+  """`Evaluator.speech_measures` on outputs with known answers: F0 of the inferred audio up
+  to its own length (not its padding), MCD of the teacher-timed audio against the real clip
+  (identical here: 0), WER of the inferred audio and, once, of the real clips."""
+  import ml_collections
+  from vits_jax.training import evaluation
+  hop, scale = 256, 32768.0
+  real = [_tone(150.0, 1.0), _tone(200.0, 1.2)]
+  width = 3 * SR
+  audio = np.zeros((2, width), np.int16)
+  for b, r in enumerate(real):
+    audio[b, :len(r)] = np.round(r * scale)
+  evaluator = object.__new__(evaluation.Evaluator)
+  evaluator.config = ml_collections.ConfigDict({"data": {"max_wav_value": scale}})
+  evaluator.sample_rate, evaluator.hop = SR, hop
+  evaluator.texts = ["hello world", "good morning"]
+  evaluator.batch_np = {"audio": audio, "audio_lengths": np.array([len(r) for r in real])}
+  evaluator._real_f0 = evaluator._real_wer = None
+  said = _tone(300.0, 0.8)            # the inferred speech; its padding is another tone
+  frames = len(said) // hop
+  wav_inf = np.tile(_tone(100.0, 3.0)[:width], (2, 1))
+  wav_inf[:, :frames * hop] = said[:frames * hop]
+  wav_tf = wav_inf.copy()
+  for b in range(2):                  # decoded along the true timing: the real clip itself
+    wav_tf[b, :len(real[b])] = audio[b, :len(real[b])] / scale
+  out = {"inf_frames": np.array([frames, frames]), "wav_inf": wav_inf, "wav_tf": wav_tf}
+
+  class Recognizer:   # hears the texts in the real clips, nothing in the rest
+    def transcribe(self, a, sr):
+      matches = [t for t, r in zip(evaluator.texts, real) if len(a) == len(r)]
+      return matches[0] if matches else ""
+
+  monkeypatch.setattr(sm, "recognizer", lambda: Recognizer())
+  got = evaluator.speech_measures(out)
+  assert abs(got["val/f0_median"] - 300.0) < 6.0, got
+  assert abs(got["val/f0_median_real"] - 175.0) < 4.0, got   # the median of 150 and 200
+  assert got["val/mcd"] < 1e-3, got
+  assert got["val/wer"] == 1.0 and got["val/wer_real"] == 0.0, got

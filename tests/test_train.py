@@ -262,6 +262,36 @@ def test_merge_params_copies_matches_and_names_mismatches():
     warm_start.merge_params(target, {"enc_p": {"w": np.ones((3, 3))}}, "voice x")
 
 
+def test_a_single_speaker_source_speaks_for_every_speaker_at_first():
+  """Warm-starting a multi-speaker model from a single-speaker voice, the speaker
+  conditioning it lacks starts at zero: every speaker's audio (timing included) is the
+  source voice's (random, it made a frozen duration predictor speak twice as fast)."""
+  from vits_jax.convert.source import load_source
+  from vits_jax.models.synthesizer import build_synthesizer, param_shapes
+  source = load_source(str(tu.REPO / "tests" / "fixtures" / "piper_tiny_high.onnx"))
+  single = build_synthesizer(source.config)
+  config = ml_collections.ConfigDict(source.config.to_dict())
+  config.data.n_speakers = config.model.n_speakers = 3
+  config.model.gin_channels = 8
+  multi = build_synthesizer(config)
+  rng = np.random.RandomState(0)
+  fresh = jax.tree_util.tree_map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32),
+                                 param_shapes(multi))
+  params, _, _ = warm_start.merge_params(fresh, source.params, "voice x")
+  flat = {k: v for k, v in __import__("flax").traverse_util.flatten_dict(
+      params, sep="/").items() if "cond" in k}
+  assert flat and any(k.endswith("weight_v") for k in flat)
+  assert all(np.any(v) == k.endswith("weight_v") for k, v in flat.items()), sorted(flat)
+  x, lengths = jnp.array([[5, 9, 12, 3, 7, 20, 4]]), jnp.array([7])
+  kw = dict(noise_scale=0.0, noise_scale_w=0.0, length_scale=1.0)
+  want, _ = single.apply({"params": source.params}, x, lengths, method="infer", **kw)
+  for sid in range(3):
+    got, _ = multi.apply({"params": params}, x, lengths, sid=jnp.array([sid]),
+                         method="infer", **kw)
+    assert got.shape == want.shape, sid
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
+
+
 # --- train.py runs --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -298,7 +328,24 @@ def test_run_logs_checkpoints_and_learns_nothing_nonfinite(run_a):
   # config.json keeps the count for a resume.
   assert config["data"]["num_buckets"] == 1
   assert sorted(int(p.name) for p in (run_a / "checkpoints").iterdir()) == [2, 4]
-  assert list(run_a.glob("events.out.tfevents.*"))
+  # TensorBoard holds every number of metrics.jsonl, at its step (read back from the
+  # event files: length-prefixed records of Event protos).
+  from tensorboardX.proto import event_pb2
+  board = {}
+  for path in run_a.glob("events.out.tfevents.*"):
+    blob, at = path.read_bytes(), 0
+    while at < len(blob):
+      n = int.from_bytes(blob[at:at + 8], "little")
+      event = event_pb2.Event.FromString(blob[at + 12:at + 12 + n])
+      at += 12 + n + 4
+      for value in event.summary.value:
+        if value.HasField("simple_value"):
+          board[(value.tag, event.step)] = value.simple_value
+  numbers = [(k, r["step"], v) for r in tu.metrics(run_a) for k, v in r.items()
+             if k not in ("step", "time") and isinstance(v, (int, float))]
+  assert any(isinstance(v, float) for _, _, v in numbers) and len(numbers) > 50
+  for key, step, v in numbers:
+    assert board.get((key, step)) == pytest.approx(v, rel=1e-6, abs=1e-30), (key, step)
   val = {r["step"]: r for r in tu.metrics(run_a) if "val/mel_l1" in r}
   assert sorted(val) == [0, 2, 4]
   for r in val.values():
@@ -370,6 +417,10 @@ def test_resume_continues_bitwise(run_a, data_dir, tmp_path):
   # (the speech measures are host-side: off here, the same programs load)
   quiet = "--config.train.eval_speech_measures=False"
   first = tu.run_train(tmp_path, data_dir, "--config.train.num_steps=2", quiet, *EVAL, env=log)
+  # As if killed after logging past its checkpoint, the last line half-written: the resume
+  # drops those rows, so metrics.jsonl reads as one run (checked against run_a's below).
+  with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+    f.write(json.dumps({"step": 3, "loss/g/total": 1.0}) + '\n{"step": 4, "loss/g/to')
   proc = tu.run_train(tmp_path, data_dir, quiet, *EVAL, env=log)
   assert "resuming from step 2" in proc.stdout
   # What the run trains on, as the manifest says (a line before anything else).

@@ -5,7 +5,9 @@ Accepted sources: everything `vits_jax.voice.load_voice` accepts (read by the sa
 training workdir (its latest checkpoint), an HF `VitsModel` folder, an official `G_*.pth`.
 
 Every generator parameter the source has is copied; those it lacks (a Piper export has no
-posterior encoder `enc_q` and no `dp.post_*` flows) keep their fresh initialization, and the
+posterior encoder `enc_q` and no `dp.post_*` flows) keep their fresh initialization (but
+speaker conditioning a single-speaker source lacks starts at zero: each speaker speaks as the
+source voice at first), and the
 discriminator and optimizer states always start fresh. The copy happens inside the run's init
 program (`loop.make_init_state(..., source_name=...)`, the source as an argument), so XLA drops
 the random initialization of every tensor the source replaces: for a Piper medium voice the
@@ -78,8 +80,26 @@ def merge_params(target: Dict[str, Any], source: Dict[str, Any],
     raise ValueError(f"train.init_from: {source_name} shares no parameter with the model")
   # (leaves may be tracers: merge_params also runs inside the init program)
   cast = lambda v, like: v if v.dtype == like.dtype else v.astype(like.dtype)
-  merged = {k: cast(flat_s[k], v) if k in flat_s else v for k, v in flat_t.items()}
+  merged = {k: cast(flat_s[k], v) if k in flat_s else neutral(k, v)
+            for k, v in flat_t.items()}
   return traverse_util.unflatten_dict(merged, sep="/"), len(copied), len(flat_t) - len(copied)
+
+
+# Speaker conditioning the source lacks (a single-speaker voice fine-tuned on several
+# speakers) starts at zero: every speaker speaks as the source voice, and each layer learns
+# its speakers from there. Random, it changed a frozen duration predictor's timing for good
+# (twice as fast speech from joe). Weight norm's direction `weight_v` stays as drawn: its
+# scale `weight_g` is zero.
+_CONDITIONING = ("cond", "cond_layer")
+_ZEROED = ("weight", "weight_g", "bias")
+
+
+def neutral(path: str, value):
+  """A fresh leaf as it starts in a warm-started model (see `_CONDITIONING`)."""
+  parts = path.split("/")
+  if parts[-1] in _ZEROED and any(p in _CONDITIONING for p in parts[:-1]):
+    return jax.numpy.zeros_like(value)
+  return value
 
 
 def init_args(source: Dict[str, Any]) -> Dict[str, np.ndarray]:

@@ -503,8 +503,13 @@ def _prepare_into(args, settings, fp, clips, speakers, workers, n_val, pick, n_v
   writers = {s: writer.SplitWriter(args.out, s, shard_bytes, run) for s in records.SPLITS}
   skipped = []
   rows = 0
-  add = lambda split, r: writers[split].add(r["id"], r["speaker"], speakers[r["speaker"]],
-                                            r["text"], r["tokens"], r["audio"])
+  trained = collections.Counter()   # training clips per speaker
+
+  def add(split, r):
+    if split == "train":
+      trained[r["speaker"]] += 1
+    writers[split].add(r["id"], r["speaker"], speakers[r["speaker"]], r["text"], r["tokens"],
+                       r["audio"])
   seen_ids = set()
   try:
     for pos, res in enumerate(_results(clips, settings, workers)):
@@ -524,7 +529,21 @@ def _prepare_into(args, settings, fp, clips, speakers, workers, n_val, pick, n_v
           add("train", released)
     # Validation never takes more than half of what survived.
     n_val = min(n_val, (len(pick.held) + len(writers["train"].lengths)) // 2)
-    validation, rest = pick.split(n_val)
+    drawn, rest = pick.split(n_val)
+    # Validation is the best-ranked held clips, but never a speaker's last one: drawn, it
+    # would never be trained (its embedding stays random, yet listed); the next-ranked
+    # held clips take its place.
+    held = drawn + rest   # (in rank order)
+    for r in held:
+      trained[r["speaker"]] += 1
+    validation, rest = [], []
+    for r in held:
+      if len(validation) < n_val and trained[r["speaker"]] > 1:
+        trained[r["speaker"]] -= 1
+        validation.append(r)
+      else:
+        rest.append(r)
+    alone = [r for r in drawn if all(r is not v for v in validation)]
     for res in validation:
       add("validation", res)
     for res in sorted(rest, key=lambda r: r["id"]):
@@ -537,6 +556,7 @@ def _prepare_into(args, settings, fp, clips, speakers, workers, n_val, pick, n_v
     splits = {s: w.finish() for s, w in writers.items()}
     manifest = _manifest(args, settings, fp, speakers, n_vocab, writers, splits, skipped,
                          rows, workers, start)
+    manifest["counts"]["validation_kept_in_train"] = len(alone)
     records.write_json_atomic(manifest_path, manifest)
   except BaseException:
     for w in writers.values():
@@ -593,7 +613,11 @@ def summary(manifest: dict[str, Any], out: str) -> str:
   verb = "already prepared (verified)" if manifest.get("_reused") else "prepared"
   wanted = (manifest.get("settings") or {}).get("val_size")
   validation = f"validation {c['validation']}"
-  if isinstance(wanted, int) and c["validation"] < wanted:
+  kept = c.get("validation_kept_in_train", 0)
+  if kept and isinstance(wanted, int) and c["validation"] < wanted:
+    validation += (f" of --val-size {wanted}: {kept} drawn clip(s) stayed in train, the only "
+                   "one(s) of their speaker")
+  elif isinstance(wanted, int) and c["validation"] < wanted:
     # Validation takes at most half of the usable clips (see rank_validation).
     validation += f" of --val-size {wanted}: at most half the usable clips"
   return (f"{verb} {c['kept']} clips (train {c['train']}, {validation}, "

@@ -545,6 +545,33 @@ def test_a_changed_corpus_is_prepared_again_and_another_corpus_needs_force(tmp_p
   assert rc == 0 and len(_all_records(str(out))) == 3
 
 
+def test_a_speaker_with_one_clip_keeps_it_in_train(tmp_path, capsys):
+  """Whatever the validation draw, a speaker's only clip trains (drawn for validation, the
+  speaker was listed by the voice but never trained); the others' clips fill validation."""
+  src = tmp_path / "VCTK-Corpus-0.92"
+  for spk, n in (("p225", 5), ("p226", 1)):
+    os.makedirs(src / "wav48_silence_trimmed" / spk)
+    os.makedirs(src / "txt" / spk)
+    for i in range(1, n + 1):
+      cid = f"{spk}_{i:03d}"
+      sf.write(src / "wav48_silence_trimmed" / spk / f"{cid}_mic1.flac", _tone(0.5, 16000),
+               16000)
+      (src / "txt" / spk / f"{cid}.txt").write_text(TEXTS[i] + "\n")
+  moved = 0
+  for seed in range(6):
+    out = tmp_path / f"o{seed}"
+    rc, stdout, _ = _run(capsys, "--dataset", "vctk", "--src", src, "--out", out,
+                         "--workers", 1, "--val-size", 3, "--seed", seed)
+    assert rc == 0, stdout
+    splits = {cid: split for cid, (split, _) in _all_records(str(out)).items()}
+    assert splits["p226_001"] == "train", (seed, splits)
+    validation = sorted(c for c, s in splits.items() if s == "validation")
+    assert len(validation) == 3 and all(c.startswith("p225") for c in validation), seed
+    drawn, _ = prepare.rank_validation(list(range(6)), 3, seed)
+    moved += 5 in drawn[:3]   # (p226_001 is the corpus' last clip)
+  assert moved   # some draws took it, and another clip took its place
+
+
 def test_unreadable_vctk_transcripts_are_skipped_and_counted(tmp_path, capsys):
   """A transcript that cannot be read (a dangling link, a folder) or is not UTF-8 is a
   skipped clip, as a bad metadata.csv line is: it stopped the run, or was kept with

@@ -251,6 +251,17 @@ def test_initial_params_draw_with_one_op_per_tensor():
   assert not np.allclose(a, c) and abs(a.mean()) < 0.1 and abs(a.std() - 1) < 0.05
 
 
+def test_speaker_changes_between_a_run_and_its_data():
+  saved = {"data": {"speaker_names": {"p1": 0, "p2": 1}}}
+  changes = lambda new: loop._speaker_changes(saved, ml_collections.ConfigDict(
+      {"data": {"speaker_names": new}}))
+  assert changes({"p1": 0, "p2": 1}) == [] and changes({"p1": 0, "p2": 1, "p3": 2}) == []
+  assert changes({"p1": 0}) == []   # (a speaker left out trains no more: no change)
+  assert changes({"p1": 1, "p2": 0}) == ["p1: id 0 -> 1", "p2: id 1 -> 0"]
+  assert changes({"p0": 0, "p1": 1, "p2": 2}) == ["p1: id 0 -> 1", "p2: id 1 -> 2",
+                                                  "id 0: p1 -> p0"]
+
+
 def test_merge_params_copies_matches_and_names_mismatches():
   target = {"enc_p": {"w": np.zeros((2, 3))}, "enc_q": {"w": np.zeros(4)}}
   merged, copied, kept = warm_start.merge_params(target, {"enc_p": {"w": np.ones((2, 3))}},
@@ -479,9 +490,20 @@ def test_resume_of_a_workdir_with_damage_around_its_checkpoints(run_a, data_dir,
   assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1].startswith(
       f"error: cannot write {work / 'metrics.jsonl'}: "), proc.stderr[-2000:]
+  # Data whose speaker names give the run's ids to other speakers is refused (it trained
+  # each embedding on another speaker's clips, with a warning only about the folder).
+  renamed = tmp_path / "renamed"
+  shutil.copytree(data_dir, renamed)
+  manifest = json.loads((renamed / "manifest.json").read_text())
+  manifest["speakers"] = {"someone else": 0}
+  (renamed / "manifest.json").write_text(json.dumps(manifest))
+  (work / "metrics.jsonl").rmdir()
+  proc = tu.run_train(work, renamed, "--config.train.num_steps=7", check=False)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert "id 0: ljspeech -> someone else" in last and "--speaker-map" in last, last
   # A lost data-position file is a damaged checkpoint, with the advice to move it away (it
   # was blamed on another number of processes).
-  (work / "metrics.jsonl").rmdir()
   (work / "checkpoints" / "6" / "data" / "process_0-of-1.json").unlink()
   proc = tu.run_train(work, data_dir, "--config.train.num_steps=7", check=False)
   assert proc.returncode == 2, proc.stderr[-2000:]

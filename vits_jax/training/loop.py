@@ -378,6 +378,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config.data.speaker_names = {str(k): int(v) for k, v in speakers.items()}
   if jax.process_index() == 0:
     print(records.describe(manifest, config.data.dir), flush=True)
+    in_data = int(manifest.get("n_speakers", 0) or 0)
+    in_model = int(config.model.n_speakers or 0)
+    if in_data > 1 and in_model > in_data:
+      print(f"warning: the model has {in_model} speakers and the data {in_data}: speaker ids "
+            f"{in_data}..{in_model - 1} are never trained (they keep their first weights)",
+            file=sys.stderr, flush=True)
   files.writable_folder(workdir, "--workdir")
   _check_not_someone_elses(workdir)
   lock = (files.lock_folder(workdir, "--workdir", "train.py", LOCK_FILE)
@@ -423,6 +429,23 @@ def _data_changes(saved: dict, config: ml_collections.ConfigDict) -> list:
           if k in old and norm(k, old[k]) != norm(k, new.get(k))]
 
 
+def _speaker_changes(saved: dict, config: ml_collections.ConfigDict) -> list:
+  """How the data's speaker names (`data.speaker_names`) give the run's ids to other
+  speakers: a speaker with another id, or an id the run gave another speaker (speakers
+  added on ids the run left unused are no change)."""
+  old = (saved.get("data") or {}).get("speaker_names") or {}
+  new = config.data.get("speaker_names") or {}
+  if not old or not new:
+    return []
+  new = dict(new.items()) if hasattr(new, "items") else {}
+  had = {int(v): k for k, v in old.items()}
+  out = [f"{k}: id {old[k]} -> {new[k]}" for k in sorted(old) if k in new and
+         int(new[k]) != int(old[k])]
+  out += [f"id {int(v)}: {had[int(v)]} -> {k}" for k, v in sorted(new.items())
+          if k not in old and int(v) in had]
+  return out
+
+
 def _check_not_someone_elses(workdir: str) -> None:
   """ValueError if `workdir` holds a config.json that a run of ours did not write (an
   official VITS voice's, another tool's): the run would overwrite it."""
@@ -466,6 +489,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       print(f"warning: train.batch_size is {int(t.batch_size)} and the run was at {was}: "
             "its data order and epochs (the learning rate's decay) go on from another batch "
             "plan, not as the run would have", file=sys.stderr, flush=True)
+    renamed = _speaker_changes(saved, config) if saved else []
+    if renamed:
+      raise ValueError(
+          f"the data names its speakers otherwise than the run trained them "
+          f"({'; '.join(renamed[:3])}{' ...' if len(renamed) > 3 else ''}): resuming would "
+          "train each speaker's embedding on another speaker's clips; prepare the data with "
+          f"--speaker-map FILE, FILE holding the run's map (data.speaker_names in "
+          f"{os.path.join(workdir, CONFIG_FILE)})")
     changed = _data_changes(saved, config) if saved else []
     if is_main and changed:
       print(f"warning: resuming on other data than the run trained on ({'; '.join(changed)})"

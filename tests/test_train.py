@@ -464,8 +464,13 @@ def test_resume_of_a_workdir_with_damage_around_its_checkpoints(run_a, data_dir,
   (work / "config.json").unlink()
   alias = tmp_path / "alias"   # the same folder by another name: no change
   alias.symlink_to(data_dir)
-  proc = tu.run_train(work, alias, "--config.train.num_steps=5", *EVAL)
+  proc = tu.run_train(work, alias, "--config.train.num_steps=5", *EVAL,
+                      "--config.train.init_from=joe")
   assert "resuming from step 4" in proc.stdout and "other data" not in proc.stderr
+  # init_from on a resume is not used, says so, and the run's config keeps its own start.
+  assert ("note: train.init_from=joe is not used: the run resumes from its step 4 (it "
+          "started from scratch)") in proc.stderr, proc.stderr[-2000:]
+  assert json.loads((work / "config.json").read_text())["train"]["init_from"] == ""
   other = tmp_path / "other"   # a copy: other data, as far as the run can tell
   shutil.copytree(data_dir, other)
   proc = tu.run_train(work, other, "--config.train.num_steps=6", *EVAL)

@@ -497,6 +497,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           "train each speaker's embedding on another speaker's clips; prepare the data with "
           f"--speaker-map FILE, FILE holding the run's map (data.speaker_names in "
           f"{os.path.join(workdir, CONFIG_FILE)})")
+    started = (saved.get("train") or {}).get("init_from", "") if saved else ""
+    if (t.get("init_from") or "") != (started or ""):
+      # A resume goes on from its checkpoint: another init_from is not used, and the run's
+      # config (config.json, the checkpoints) keeps saying what it started from.
+      if is_main and t.get("init_from"):
+        print(f"note: train.init_from={t.init_from} is not used: the run resumes from its "
+              f"step {latest}" + (f" (it started from {started})" if started else
+                                  " (it started from scratch)"), file=sys.stderr, flush=True)
+      config = config.copy_and_resolve_references()
+      config.train.init_from = started or ""
+      t = config.train
     changed = _data_changes(saved, config) if saved else []
     if is_main and changed:
       print(f"warning: resuming on other data than the run trained on ({'; '.join(changed)})"

@@ -48,6 +48,8 @@ def parse_args(argv=None):
   p.add_argument("--output-raw", action="store_true",
                  help="write 16-bit mono PCM to stdout as audio is ready (for aplay/sox)")
   p.add_argument("--voice", default="joe", help="voice name or path (default: joe)")
+  p.add_argument("--step", type=int, default=None,
+                 help="for a training workdir --voice: the checkpoint step (default: latest)")
   p.add_argument("--speaker", default=None, help="speaker id or name (multi-speaker voices)")
   p.add_argument("--source-speaker", default=None,
                  help="speaker id or name of the --convert recording")
@@ -326,7 +328,7 @@ def run(args):
     parallel.initialize_distributed()
   from vits_jax.voice import load_voice
 
-  voice = load_voice(args.voice)
+  voice = load_voice(args.voice, step=args.step)
   if args.list_speakers:
     return _list_speakers(voice)
   if args.convert is not None:

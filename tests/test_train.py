@@ -784,6 +784,19 @@ def test_infer_cli_speaks_with_the_trained_workdir(run_a, tmp_path):
   import soundfile as sf
   wav, sr = sf.read(out, dtype="float32")
   assert sr == 22050 and len(wav) > 256 and np.all(np.isfinite(wav))
+  # --step picks an earlier checkpoint (as export.py's does): its own voice.
+  sys.path.insert(0, str(tu.REPO))
+  import infer
+  from vits_jax import load_voice
+  from vits_jax.files import pcm16
+  args = ["--voice", str(run_a), "--speaker", "1", "--text", "Hello world.", "--seed", "2"]
+  for step in (2, 4):
+    assert infer.main(args + ["--step", str(step), "--out", str(tmp_path / f"{step}.wav")]) == 0
+  at = {step: sf.read(tmp_path / f"{step}.wav", dtype="int16")[0] for step in (2, 4)}
+  np.testing.assert_array_equal(at[2], pcm16(load_voice(str(run_a), step=2).synthesize(
+      "Hello world.", speaker=1, seed=2)))
+  assert at[2].shape != at[4].shape or np.abs(at[2] - at[4]).max() > 0
+  assert infer.main(args + ["--step", "3", "--out", str(tmp_path / "3.wav")]) == 2
   # --convert (a workdir keeps the posterior encoder): the file holds Voice.convert's audio
   # for the same speakers and seed; another target speaker gives other audio.
   converted = {}
@@ -799,7 +812,6 @@ def test_infer_cli_speaks_with_the_trained_workdir(run_a, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     converted[target], rate = sf.read(conv, dtype="float32")
     assert rate == sr
-  from vits_jax import load_voice
   want = load_voice(str(run_a)).convert(wav, sr, 1, 2, seed=3)
   assert converted["2"].shape == want.shape
   np.testing.assert_allclose(converted["2"], np.clip(want, -1, 1), atol=2 / 32768, rtol=0)

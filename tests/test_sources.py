@@ -190,6 +190,17 @@ def test_manifest_mismatch_is_one_error(over, message):
     records.check_manifest(_manifest(**over), tiny.get_config(), "d")
 
 
+def test_a_fine_tune_on_data_read_by_another_frontend_says_how_to_prepare_it():
+  """configs/finetune.py (init_from joe, a Piper voice) on clips prepared with the official
+  frontend: one line that says to prepare them with --frontend piper (the hints led from
+  data.frontend to add_blank to a list of cleaners no flag can set, and could not work)."""
+  from configs import finetune
+  with pytest.raises(ValueError, match=r"prepared with the 'vits' frontend, and "
+                     r"train.init_from=joe reads text with the 'piper' one: prepare them "
+                     r"with data_prep/prepare.py --frontend piper"):
+    records.check_manifest(_manifest(), finetune.get_config(), "d")
+
+
 def test_more_speakers_than_the_table():
   config = tiny.get_config("micro")   # 3 speakers
   records.check_manifest(_manifest(n_speakers=3, frontend={"n_vocab": 256}), config, "d")

@@ -270,6 +270,12 @@ def check_manifest(manifest: dict[str, Any], config, data_dir: str = "") -> None
   front = manifest.get("frontend") or {}
   kind = front.get("kind")
   if kind is not None and kind != d.get("frontend", "vits"):
+    start = config.get("train", {}).get("init_from") if hasattr(config, "get") else None
+    if start:   # the voice it starts from reads text one way: the data must be read so
+      raise ValueError(f"{where}: the clips were prepared with the {kind!r} frontend, and "
+                       f"train.init_from={start} reads text with the "
+                       f"{d.get('frontend', 'vits')!r} one: prepare them with "
+                       f"data_prep/prepare.py --frontend {d.get('frontend', 'vits')}")
     raise ValueError(f"{where}: frontend {kind!r} vs data.frontend "
                      f"{d.get('frontend', 'vits')!r} (set --config.data.frontend={kind})")
   if kind == "vits":

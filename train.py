@@ -132,10 +132,44 @@ def _parse_flags(argv):
                 "ml_collections.ConfigDict, as configs/*.py do)", 2)
     while e.args and isinstance(e.args[0], BaseException):   # AttributeError(KeyError(...))
       e = e.args[0]
+    unknown = _unknown_override(argv)
+    if unknown:
+      _exit_now(f"error: bad --config override: {unknown}", 2)
     detail = str(e.args[0] if e.args else e).strip().replace("\n", "; ")
     _exit_now(f"error: bad --config override: {detail}", 2)
   except Exception as e:  # pylint: disable=broad-except  (the config file itself fails)
     _exit_now(f"error: cannot load --config: {type(e).__name__}: {e}", 2)
+
+
+def _unknown_override(argv) -> str:
+  """'--config.train.steps: train has no field 'steps' (did you mean num_steps?)' for the
+  first override naming no field of the config file's config, or '' (ml_collections
+  suggests by spelling alone: 'eps' for 'steps')."""
+  import difflib
+  import importlib.util
+  path, _, arg = _config_arg(argv).partition(":")
+  try:
+    spec = importlib.util.spec_from_file_location("_config_for_message", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception:  # pylint: disable=broad-except  (then ml_collections' words stand)
+    return ""
+  for item in argv[1:]:
+    if not item.startswith("--config."):
+      continue
+    keys = item[len("--config."):].split("=", 1)[0].split(".")
+    node, where = config, "the config"
+    for key in keys:
+      fields = list(node.keys()) if hasattr(node, "keys") else []
+      if key not in fields:
+        near = sorted((f for f in fields if key in f), key=len)   # (the closest first)
+        near += [f for f in fields if f in key and f not in near]
+        near += [f for f in difflib.get_close_matches(key, fields, n=3) if f not in near]
+        hint = f" (did you mean {' or '.join(near[:3])}?)" if near else ""
+        return f"--config.{'.'.join(keys)}: {where} has no field {key!r}{hint}"
+      node, where = node[key], key
+  return ""
 
 
 if __name__ == "__main__":

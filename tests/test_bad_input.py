@@ -376,7 +376,9 @@ def test_bad_training_input_is_one_line_error(tmp_path):
        ["sample rate 16000 Hz vs data.sampling_rate 22050"]),
       (["--config.train.num_steps=0", f"--config.data.dir={tmp_path}"],
        ["train.num_steps must be positive"]),
-      (["--config.loss.stftt=1"], ["bad --config override", 'Did you mean "stft"']),
+      (["--config.loss.stftt=1"], ["bad --config override", "loss has no field 'stftt' "
+                                   "(did you mean stft"]),
+      (["--config.train.steps=5"], ["train has no field 'steps' (did you mean num_steps "]),
       (["--config.loss.stft=abc"], ["--config.loss.stft=abc", "could not convert"]),
       (["--config.train.learning_rate=nan"], ["train.learning_rate must be a positive"]),
       (["--config.model.dtype=float8"], ["model.dtype must be float32, bfloat16 or"]),

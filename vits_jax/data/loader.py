@@ -21,6 +21,7 @@ Spectrograms are not computed here; the train step computes them on device from 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from typing import Any
 
@@ -60,7 +61,8 @@ class PreparedSplit:
       raise ValueError(_unreadable(lengths_path, e, data_dir)) from None
     if self.lengths.ndim != 2 or self.lengths.shape[1:] != (2,):
       raise ValueError(f"{lengths_path} holds an array of shape {self.lengths.shape}, not "
-                       f"[clips, 2]; re-run data_prep/prepare.py --out {data_dir} --force")
+                       "[clips, 2]; re-run data_prep/prepare.py --out "
+                       f"{shlex.quote(str(data_dir))} --force")
     self.source = self._open(self.paths) if self.paths else None
     n = len(self.source) if self.source is not None else 0
     if n != len(self.lengths):
@@ -112,7 +114,7 @@ def _unreadable(path: str, error: BaseException, data_dir: str, what: str = "") 
   cause = " ".join(str(error).split())[:300] or type(error).__name__
   what = f" ({what})" if what else ""
   return (f"{path}{what}: cannot read the prepared data, the file is corrupt or unreadable "
-          f"({cause}); re-run data_prep/prepare.py --out {data_dir} --force")
+          f"({cause}); re-run data_prep/prepare.py --out {shlex.quote(str(data_dir))} --force")
 
 
 def collate(recs: list[dict[str, Any]], bucket: tuple[int, int],

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 from typing import Any
 
 import msgpack
@@ -148,11 +149,11 @@ def load_manifest(data_dir: str, checksums: bool = False) -> dict[str, Any]:
       os.path.exists(os.path.join(data_dir, n)) for n in CORPUS_MARKERS):
     raise FileNotFoundError(
         f"{data_dir} is a corpus, not prepared data: run data_prep/prepare.py --src "
-        f"{data_dir} --out <a new folder>, and train on that folder")
+        f"{shlex.quote(str(data_dir))} --out <a new folder>, and train on that folder")
   if not os.path.isfile(path):
     raise FileNotFoundError(
-        f"{path} not found: run data_prep/prepare.py --out {data_dir} (an interrupted run "
-        "leaves no manifest)")
+        f"{path} not found: run data_prep/prepare.py --out {shlex.quote(str(data_dir))} (an "
+        "interrupted run leaves no manifest)")
   from vits_jax.files import parse_json  # pylint: disable=import-outside-toplevel
   try:
     with open(path, "rb") as f:
@@ -169,7 +170,7 @@ def load_manifest(data_dir: str, checksums: bool = False) -> dict[str, Any]:
   for entry in manifest_files(manifest):
     problem = check_file(data_dir, entry, checksums)
     if problem:
-      raise ValueError(f"{problem}; re-run data_prep/prepare.py --out {data_dir}")
+      raise ValueError(f"{problem}; re-run data_prep/prepare.py --out {shlex.quote(str(data_dir))}")
   return manifest
 
 

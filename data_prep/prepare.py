@@ -550,9 +550,11 @@ def _prepare_into(args, settings, fp, clips, speakers, workers, n_val, pick, n_v
       add("train", res)
     if not writers["train"].lengths:
       reasons = collections.Counter(s["reason"] for s in skipped).most_common()
+      first = next((s["detail"] for s in skipped if s["detail"]), "")
       raise PrepareError(
           f"no usable clips in {args.src or args.data_dir}: all {rows} skipped ("
-          + ", ".join(f"{r} {n}" for r, n in reasons) + ")")
+          + ", ".join(f"{r} {n}" for r, n in reasons) + ")"
+          + (f"; the first: {first}" if first else ""))
     splits = {s: w.finish() for s, w in writers.items()}
     manifest = _manifest(args, settings, fp, speakers, n_vocab, writers, splits, skipped,
                          rows, workers, start)

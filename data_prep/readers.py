@@ -65,7 +65,8 @@ def _wide_encoding(raw: bytes) -> str | None:
 
 
 def read_ljspeech(src: str) -> list[Clip]:
-  """Reads the LJSpeech-1.1 layout: `metadata.csv` (`id|text|normalized`) and `wavs/ID.wav`.
+  """Reads the LJSpeech-1.1 layout: `metadata.csv` (`id|text|normalized`) and `wavs/ID.wav`
+  (also as Piper's datasets have it: the audio in `wav/`, an id with its `.wav`).
 
   The normalized column is used (numbers and abbreviations spelled out); a two-column file
   (some LJSpeech-style corpora) falls back to the text column.
@@ -84,6 +85,10 @@ def read_ljspeech(src: str) -> list[Clip]:
   if not os.path.isfile(meta):
     raise FileNotFoundError(f"{meta} not found (expected the LJSpeech-1.1 layout)")
   clips = []
+  # Audio in wavs/ (LJSpeech), or wav/ where only that exists (Piper's own datasets); a
+  # metadata id may name its file with its extension ('JOE-0001.wav', as Piper's do).
+  folder = "wavs" if os.path.isdir(os.path.join(src, "wavs")) or not os.path.isdir(
+      os.path.join(src, "wav")) else "wav"
   with open(meta, "rb") as f:
     raw = f.read()
   if raw.startswith(b"\xef\xbb\xbf"):
@@ -120,8 +125,11 @@ def read_ljspeech(src: str) -> list[Clip]:
       continue
     # An empty normalized column falls back to the text column (as the TFDS reader does).
     text = fields[2] if len(fields) > 2 and fields[2].strip() else fields[1]
-    clips.append(Clip(clip_id, SINGLE_SPEAKER, text.strip(),
-                      path=os.path.join(src, "wavs", clip_id + ".wav")))
+    path = os.path.join(src, folder, clip_id + ".wav")
+    if not os.path.isfile(path) and clip_id.lower().endswith(".wav") and clip_id[:-4]:
+      path = os.path.join(src, folder, clip_id)   # (Piper's own metadata names the file)
+      clip_id = clip_id[:-4]
+    clips.append(Clip(clip_id, SINGLE_SPEAKER, text.strip(), path=path))
   return clips
 
 

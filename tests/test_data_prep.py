@@ -209,6 +209,34 @@ def test_metadata_with_bad_bytes_and_unsafe_ids_is_skipped_and_counted(ljs_src, 
   assert "../../secret" not in _all_records(out)
 
 
+def test_a_piper_dataset_prepares_as_it_is(tmp_path, capsys):
+  """Piper's own LJSpeech-style datasets: audio in wav/ and ids that name their file
+  ('JOE-0001.wav|text'): every clip was 'missing audio' before."""
+  src = tmp_path / "piper_ds"
+  (src / "wav").mkdir(parents=True)
+  rows = []
+  for i, text in enumerate(TEXTS[:4], 1):
+    sf.write(src / "wav" / f"JOE-{i:04d}.wav", _tone(0.7, 16000, 200.0 + 50 * i), 16000)
+    rows.append(f"JOE-{i:04d}{'.wav' if i % 2 else ''}|{text}")
+  (src / "metadata.csv").write_text("\n".join(rows + ["JOE-0009.wav|Not there."]) + "\n")
+  out = tmp_path / "o"
+  rc, stdout, _ = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", out,
+                       "--workers", 1, "--val-size", 1)
+  assert rc == 0, stdout
+  recs = _all_records(str(out))
+  assert sorted(recs) == [f"JOE-{i:04d}" for i in range(1, 5)]
+  for cid, (_, rec) in recs.items():
+    peak = np.argmax(np.abs(np.fft.rfft(rec["audio"].astype(np.float64))))
+    assert abs(peak * 22050 / len(rec["audio"]) - (200.0 + 50 * int(cid[-1]))) < 3.0
+  manifest = records.load_manifest(str(out))
+  assert {s["id"]: s["reason"] for s in manifest["skipped"]} == {"JOE-0009": "missing audio"}
+  # None found: the error names the first file it looked for.
+  (src / "wav").rename(src / "elsewhere")
+  rc, _, err = _run(capsys, "--dataset", "ljspeech", "--src", src, "--out", tmp_path / "p",
+                    "--workers", 1, "--val-size", 1)
+  assert rc == 2 and f"the first: {src / 'wavs' / 'JOE-0001.wav'} does not exist" in err, err
+
+
 def test_vctk_layout_speakers_mics_and_missing_text(tmp_path, capsys):
   src = tmp_path / "VCTK-Corpus-0.92"
   for spk, n in (("p226", 3), ("p225", 3), ("p315", 2)):  # p315: audio but no text

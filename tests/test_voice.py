@@ -535,3 +535,17 @@ def test_an_empty_voice_name_is_refused():
   for name in ("", "  "):
     with pytest.raises(ValueError, match="empty"):
       load_voice(name)
+
+
+def test_knobs_may_be_numpy_or_jax_scalars(multi):
+  """0-d numpy and JAX arrays pass as knobs, as numpy scalars do (they were refused:
+  'length_scale must be a number ..., got array(1.2)')."""
+  import jax.numpy as jnp
+  kw = dict(length_scale=1.2, noise_scale=0.5, seed=3, speaker=1, volume=0.8)
+  want = multi.synthesize("Hi there.", **kw)
+  arrays = dict(length_scale=np.array(1.2), noise_scale=jnp.float32(0.5), seed=np.array(3),
+                speaker=jnp.array(1), volume=jnp.array(0.8))
+  np.testing.assert_array_equal(multi.synthesize("Hi there.", **arrays), want)
+  for bad in (np.array([1.2]), np.array(True), jnp.array(float("nan"))):
+    with pytest.raises(ValueError, match="length_scale"):
+      multi.synthesize("Hi there.", length_scale=bad)

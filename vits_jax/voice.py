@@ -61,12 +61,23 @@ MAX_CONVERT_MINUTES = 20
 MAX_CONVERT_PEAK = 100.0
 
 
+def _scalar(v):
+  """A 0-d numpy or JAX array as its numpy scalar (`np.float32(1.0)` passes; so does
+  `np.array(1.0)` or `jnp.float32(1)`, a 0-d array); anything else as it is."""
+  if getattr(v, "shape", None) == () and not isinstance(v, np.generic) and hasattr(
+      v, "dtype"):
+    return np.asarray(v)[()]
+  return v
+
+
 def _is_number(v) -> bool:
+  v = _scalar(v)
   return (isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
           and math.isfinite(v))
 
 
 def _is_integer(v) -> bool:
+  v = _scalar(v)
   return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 

@@ -170,7 +170,8 @@ def load_manifest(data_dir: str, checksums: bool = False) -> dict[str, Any]:
   for entry in manifest_files(manifest):
     problem = check_file(data_dir, entry, checksums)
     if problem:
-      raise ValueError(f"{problem}; re-run data_prep/prepare.py --out {shlex.quote(str(data_dir))}")
+      raise ValueError(f"{problem}; re-run data_prep/prepare.py --out "
+                       f"{shlex.quote(str(data_dir))}")
   return manifest
 
 

@@ -382,6 +382,33 @@ def test_second_load_reads_the_cached_conversion(tmp_path, monkeypatch, multi):
   load_voice(onnx)
   now = list((tmp_path / "cache" / "voices").glob("*.voice"))
   assert len(now) == 1 and now[0] != entries[0]
+  # So does an edited .onnx.json (speaker names, phonemes and knobs come from the entry).
+  config = json.loads(Path(str(onnx) + ".json").read_text(encoding="utf-8"))
+  config["speaker_id_map"] = {f"renamed {k}": v for k, v in config["speaker_id_map"].items()}
+  Path(str(onnx) + ".json").write_text(json.dumps(config), encoding="utf-8")
+  assert sorted(load_voice(onnx).speaker_names) == sorted(config["speaker_id_map"])
+  assert [p for p in (tmp_path / "cache" / "voices").glob("*.voice")] != now
+  # And a change of the converter's code (a new version of vits_jax): a copy of the package
+  # names the same entry, and with one converter file edited another.
+  before = cache.entry_path([onnx])
+  pkg, real = tmp_path / "pkg", Path(cache.__file__).resolve().parents[2]
+  shutil.copytree(real / "vits_jax" / "convert", pkg / "vits_jax" / "convert")
+  for part in ("vits_jax/models/layers.py", "configs/base.py"):
+    (pkg / part).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(real / part, pkg / part)
+  try:
+    monkeypatch.setattr(cache, "__file__", str(pkg / "vits_jax" / "convert" / "cache.py"))
+    cache._code_hash.cache_clear()
+    assert cache.entry_path([onnx]) == before
+    with open(pkg / "vits_jax" / "convert" / "piper.py", "a", encoding="utf-8") as f:
+      f.write("# edited\n")
+    cache._code_hash.cache_clear()
+    assert cache.entry_path([onnx]) != before
+  finally:
+    monkeypatch.undo()
+    monkeypatch.setenv("VITS_JAX_XLA_CACHE", str(tmp_path / "cache"))
+    cache._code_hash.cache_clear()
+  assert cache.entry_path([onnx]) == before
   # Only the most recently used MAX_ENTRIES voices stay (a cache hit counts as a use).
   monkeypatch.setattr(cache, "MAX_ENTRIES", 2)
   copies = []

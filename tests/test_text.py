@@ -291,6 +291,11 @@ def test_piper_ids_match_direct_piper_phonemize_calls(fixture):
     expected = [piper_phonemize.phoneme_ids_espeak(s)
                 for s in piper_phonemize.phonemize_espeak(text, 'en-us')]
     assert frontend.text_to_sentence_ids(text) == expected
+  # A phoneme the map lacks is skipped with no PAD of its own, as piper-phonemize does.
+  id_map = {k: list(v) for k, v in piper_phonemize.get_espeak_map().items()}
+  for phonemes in (['a', '\u2603', 'b'], ['\u2603'], ['a', 'b', '\u2603']):
+    assert piper_phonemes.phonemes_to_ids(phonemes, id_map) == (
+        piper_phonemize.phoneme_ids_espeak(phonemes))
 
 
 def test_piper_joe_voice_config(fixture):

@@ -312,6 +312,28 @@ def test_piper_frontend_and_length_filters(ljs_src, tmp_path, capsys):
     np.testing.assert_array_equal(rec["tokens"], frontend.text_to_ids(rec["text"]))
 
 
+def test_length_filters_keep_clips_exactly_at_their_limits(ljs_src, tmp_path, capsys):
+  """--min-seconds, --max-seconds and --max-tokens keep a clip exactly at the limit (each
+  was off by one unnoticed: no clip sat at a limit)."""
+  rc, stdout, _ = _run(capsys, "--dataset", "ljspeech", "--src", ljs_src, "--out",
+                       tmp_path / "all", "--workers", 1, "--val-size", 0)
+  assert rc == 0, stdout
+  tokens = {cid: len(rec["tokens"])
+            for cid, (_, rec) in _all_records(str(tmp_path / "all")).items()}
+  seconds = {cid: sf.info(os.path.join(ljs_src, "wavs", cid + ".wav")).frames / 16000
+             for cid in tokens}
+  low, high = "LJ-0002", "LJ-0003"   # 0.8 and 0.9 s: at the two limits
+  most = max(tokens[low], tokens[high])   # (one of them at the token limit)
+  limits = ["--min-seconds", repr(seconds[low]), "--max-seconds", repr(seconds[high]),
+            "--max-tokens", most]
+  rc, stdout, _ = _run(capsys, "--dataset", "ljspeech", "--src", ljs_src, "--out",
+                       tmp_path / "at", "--workers", 1, "--val-size", 0, *limits)
+  assert rc == 0, stdout
+  want = sorted(c for c in tokens
+                if seconds[low] <= seconds[c] <= seconds[high] and tokens[c] <= most)
+  assert sorted(_all_records(str(tmp_path / "at"))) == want and {low, high} <= set(want)
+
+
 def test_cli_errors_are_one_line_and_exit_2(tmp_path):
   def cli(*argv):
     return subprocess.run([sys.executable, os.path.join(REPO, "data_prep", "prepare.py"),

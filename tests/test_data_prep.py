@@ -586,6 +586,20 @@ def test_a_changed_corpus_is_prepared_again_and_another_corpus_needs_force(tmp_p
   rc, stdout, _ = _run(capsys, "--src", src, *argv)
   assert rc == 0 and stdout.startswith("prepared") and "the corpus files changed" in stdout
   assert _all_records(str(out))["G-000"][1]["text"] == "An edited transcript."
+  # An edit that keeps the file's size, of the transcript or of a clip's audio, too.
+  with open(meta, "w", encoding="utf-8") as f:
+    f.write(rows.replace("An edited transcript.", "An edited transcripT."))
+  rc, stdout, _ = _run(capsys, "--src", src, *argv)
+  assert rc == 0 and "the corpus files changed" in stdout, stdout
+  assert _all_records(str(out))["G-000"][1]["text"] == "An edited transcripT."
+  wav = os.path.join(src, "wavs", "G-001.wav")
+  size = os.path.getsize(wav)
+  sf.write(wav, _tone(0.6, 16000, 900.0), 16000)
+  assert os.path.getsize(wav) == size
+  rc, stdout, _ = _run(capsys, "--src", src, *argv)
+  assert rc == 0 and "the corpus files changed" in stdout, stdout
+  audio = _all_records(str(out))["G-001"][1]["audio"].astype(np.float64)
+  assert abs(np.argmax(np.abs(np.fft.rfft(audio))) * 22050 / len(audio) - 900.0) < 3.0
   other = _small_corpus(str(tmp_path / "other"), good=3)
   listing = sorted(os.listdir(out))
   rc, _, err = _run(capsys, "--src", other, *argv)

@@ -206,3 +206,15 @@ def test_more_speakers_than_the_table():
   records.check_manifest(_manifest(n_speakers=3, frontend={"n_vocab": 256}), config, "d")
   with pytest.raises(ValueError, match="4 speakers but the model has 3"):
     records.check_manifest(_manifest(n_speakers=4), config, "d")
+
+
+def test_an_official_run_folder_loads_its_latest_checkpoint_by_step(tmp_path):
+  """A folder of G_*.pth loads the highest step, not the last name in string order
+  (G_9000 sorts after G_10000)."""
+  import shutil
+  shutil.copy(OFFICIAL.parent / "config.json", tmp_path / "config.json")
+  for step in (9, 10, 100):
+    shutil.copy(OFFICIAL, tmp_path / f"G_{step}.pth")
+  assert source_lib.load_source(tmp_path).step == 100
+  (tmp_path / "G_100.pth").unlink()
+  assert source_lib.load_source(tmp_path).step == 10

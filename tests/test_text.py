@@ -11,6 +11,7 @@ import pytest
 
 from vits_jax import text as text_lib
 from vits_jax.text import chars, cleaners, espeak, piper_phonemes, sentences, symbols
+from vits_jax.text import frontend as frontend_lib
 
 FIXTURE = pathlib.Path(__file__).parent / 'fixtures' / 'piper_ids.json'
 # Measured: the espeakng-loader fallback gives piper-phonemize's ids on all 77 fixture texts
@@ -93,6 +94,14 @@ def test_add_blank_intersperses_zero(vits):
 def test_abbreviations_are_expanded(vits):
   assert cleaners.expand_abbreviations('Dr. Smith met Mrs. Jones and Capt. Hook, Ltd.') == (
       'doctor Smith met misess Jones and captain Hook, limited')
+  # keithito's whole table (the official cleaners'), each as it is spelled out.
+  table = {'mrs': 'misess', 'mr': 'mister', 'dr': 'doctor', 'st': 'saint', 'co': 'company',
+           'jr': 'junior', 'maj': 'major', 'gen': 'general', 'drs': 'doctors',
+           'rev': 'reverend', 'lt': 'lieutenant', 'hon': 'honorable', 'sgt': 'sergeant',
+           'capt': 'captain', 'esq': 'esquire', 'ltd': 'limited', 'col': 'colonel',
+           'ft': 'fort'}
+  for short, spelled in table.items():
+    assert cleaners.expand_abbreviations(f'x {short}. y') == f'x {spelled} y', short
   assert cleaners.expand_abbreviations('the drum. Mr.Lee') == 'the drum. misterLee'
   assert vits.clean('Mr. Lee') == vits.clean('mister Lee')
   assert vits.clean('Gen. Grant') == vits.clean('general Grant')
@@ -202,6 +211,20 @@ def test_vits_split_sentences(vits):
   long = ', '.join(['word'] * 200) + '.'
   pieces = sentences.split_sentences(long, max_chars=100)
   assert all(len(p) <= 100 for p in pieces) and ' '.join(pieces) == long
+  # A lone initial or an abbreviation does not end a sentence; a clause mark too early in
+  # the window is no place to cut (a 4-character piece), a space later is.
+  assert sentences.split_sentences('J. R. Smith came. He left.') == [
+      'J. R. Smith came.', 'He left.']
+  assert sentences.split_sentences('No. 5 is here. Ft. Knox too.') == [
+      'No. 5 is here.', 'Ft. Knox too.']
+  early = 'Yes, ' + 'word ' * 60
+  pieces = sentences.split_sentences(early, max_chars=100)
+  assert len(pieces[0]) > 25 and all(len(p) <= 100 for p in pieces), pieces
+  assert ' '.join(pieces) == ' '.join(early.split())
+  # Punctuation and spaces alone say nothing.
+  for text in ('. !', ' , ; '):
+    with pytest.raises(ValueError, match='nothing to say'):
+      vits.text_to_ids(text)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
     ids = vits.text_to_sentence_ids('One 😀. Two! ... 🍕')
@@ -433,7 +456,7 @@ def test_fallback_flag_and_sentence_split(fixture):
     ('Really?! Y', False, 'question'), ('Line one\nLine two\n\nP', False, 'paragraph'),
     ('t cost $5.50 (U.S.)', False, 'period'), ('Hello world', True, 'eof'),
     ('answer — s', False, 'semicolon'), ('¿Qué? ¡', False, 'question'),
-    ('a long clause cut for length', False, 'none'),
+    ('a long clause cut for length', False, 'none'), ('there.\nG', False, 'period'),
 ])
 def test_clause_terminator_from_consumed_text(consumed, last, kind):
   assert piper_phonemes._terminator(consumed, last) == kind
@@ -448,6 +471,14 @@ def test_piper_cuts_overlong_sentences(fixture):
   # The cut pieces hold the same phonemes, in order.
   inner = [i for p in pieces for i in p[2:-1:2]]
   assert inner == whole[2:-1:2]
+  # Cuts fall after a space (after ', ' where the window has one late enough), never
+  # before one; a clause mark early in the window is no place to cut.
+  phonemes = list('ab, ' + 'cd ' * 60)
+  cut = frontend_lib._cut_phonemes(phonemes, 40)
+  assert sum(cut, []) == phonemes and all(len(p) <= 40 for p in cut)
+  assert all(p[-1] == ' ' and p[0] != ' ' for p in cut[:-1]) and len(cut[0]) > 10, cut
+  late = list('cd ' * 8 + 'ab, ' + 'cd ' * 20)
+  assert ''.join(frontend_lib._cut_phonemes(late, 40)[0]).endswith('ab, ')
 
 
 def test_an_absurdly_long_word_does_not_crash_espeak():

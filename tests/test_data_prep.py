@@ -609,6 +609,23 @@ def test_a_changed_corpus_is_prepared_again_and_another_corpus_needs_force(tmp_p
   assert rc == 0 and len(_all_records(str(out))) == 3
 
 
+def test_the_older_vctk_layout_pairs_its_wavs(tmp_path, capsys):
+  """VCTK-Corpus 0.80 (wav48/pXXX/pXXX_NNN.wav, no mic suffix) prepares like 0.92."""
+  src = tmp_path / "VCTK-Corpus"
+  for spk in ("p225", "p226"):
+    os.makedirs(src / "wav48" / spk)
+    os.makedirs(src / "txt" / spk)
+    for i in (1, 2):
+      sf.write(src / "wav48" / spk / f"{spk}_{i:03d}.wav", _tone(0.6, 48000), 48000)
+      (src / "txt" / spk / f"{spk}_{i:03d}.txt").write_text(TEXTS[i] + "\n")
+  rc, stdout, _ = _run(capsys, "--dataset", "vctk", "--src", src, "--out", tmp_path / "o",
+                       "--workers", 1, "--val-size", 1)
+  assert rc == 0, stdout
+  recs = _all_records(str(tmp_path / "o"))
+  assert sorted(recs) == ["p225_001", "p225_002", "p226_001", "p226_002"]
+  assert all(rec["text"] == TEXTS[int(cid[-1])] for cid, (_, rec) in recs.items())
+
+
 def test_a_speaker_with_one_clip_keeps_it_in_train(tmp_path, capsys):
   """Whatever the validation draw, a speaker's only clip trains (drawn for validation, the
   speaker was listed by the voice but never trained); the others' clips fill validation."""

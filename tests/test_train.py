@@ -617,6 +617,43 @@ def test_sigterm_while_a_program_compiles_saves_the_steps_within_seconds(run_a, 
   assert max(tu.train_rows(tmp_path / "run")) == 7
 
 
+_SLOW_THIRD_STEP = """
+import sys, time
+from vits_jax.training import programs
+get, calls = programs.AheadCompiler.get, []
+def slow_get(self, key, interrupted=lambda: False, poll_s=0.25):
+  calls.append(key)
+  if isinstance(key, tuple) and sum(isinstance(k, tuple) for k in calls) == 3:
+    while not interrupted():   # a length bucket still compiling when its batch comes
+      time.sleep(0.05)
+    return None
+  return get(self, key, interrupted, poll_s)
+programs.AheadCompiler.get = slow_get
+sys.argv = ["train.py"] + sys.argv[1:]
+import runpy
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_a_stop_while_a_bucket_compiles_saves_the_data_position_before_its_batch(
+    run_a, data_dir, tmp_path):
+  """Steps 5 and 6 run; step 7's batch is drawn and its program still compiles when SIGTERM
+  comes: step 6 is saved with the data position before that batch (it counted the batch,
+  so the resumed run skipped it and trained on other data than an uninterrupted run)."""
+  shutil.copytree(run_a, tmp_path / "run")
+  cmd = [sys.executable, "-c", _SLOW_THIRD_STEP] + tu.train_cmd(
+      tmp_path / "run", data_dir, "--config.train.num_steps=10",
+      "--config.train.eval_every=100", "--config.train.log_every=1",
+      "--config.train.checkpoint_every=100")[2:]
+  proc = subprocess.Popen(cmd, cwd=tu.REPO, env=tu._env(),  # pylint: disable=protected-access
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  out, err, _ = _sigterm_when(proc, lambda: 6 in tu.train_rows(tmp_path / "run"))
+  assert proc.returncode == 0 and "checkpoint saved at step 6" in out + err, err[-3000:]
+  position = lambda step: json.loads((tmp_path / "run" / "checkpoints" / str(step) / "data"
+                                      / "process_0-of-1.json").read_text())["next_index"]
+  assert position(6) == position(4) + 2
+
+
 def test_ctrl_c_saves_the_steps_run_and_exits_130(run_a, data_dir, tmp_path):
   """Ctrl-C (SIGINT) in the middle of training saves the step it stops at, like SIGTERM,
   then exits 130; the checkpoint resumes."""

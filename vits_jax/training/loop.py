@@ -647,6 +647,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       if program is not None:
         evaluator.run_and_log(state.params["generator"], step, writer, program, stopping)
     while step < num_steps:
+      # (a stop while this batch's program compiles saves the position before the batch:
+      # the resumed run trains on it, as an uninterrupted run does)
+      position = train_data.get_state()
       batch = parallel.global_batch(next(train_data), mesh)
       bucket = (batch["text"].shape[1], batch["audio"].shape[1])
       if bucket not in compiler:   # beyond the epochs planned ahead: compile now
@@ -655,7 +658,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       if program is None:          # SIGTERM / Ctrl-C while this bucket compiled: save, stop
         if pending is not None:
           _check_nonfinite(*pending, max_nonfinite, last_saved)
-        if step != last_saved and ckpt.save(step, state, train_data.get_state(), config):
+        if step != last_saved and ckpt.save(step, state, position, config):
           preemption.saved()
         logging.warning("%s while compiling: saved step %d, exiting", preemption.reason, step)
         if is_main:

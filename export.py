@@ -69,7 +69,9 @@ def main(argv=None):
           "runs, e.g. a Piper voice's posterior encoder) were freshly initialized; a vits_jax "
           "load of the export leaves them out again", file=sys.stderr)
   for f in result.files:
-    print(f"wrote {f} ({f.stat().st_size / 2**20:.1f} MiB)")
+    size = f.stat().st_size
+    print(f"wrote {f} ({size / 2**20:.1f} MiB)" if size >= 2**20 // 10 else
+          f"wrote {f} ({max(size, 1) / 2**10:.1f} KiB)")
   return 0
 
 

@@ -585,7 +585,8 @@ def _lines_to_files(args, voice, jobs):
     raise ValueError(f"no line of {_input_name(args.input)} has anything to say for this "
                      f"voice ({len(skipped)} skipped, the first: {jobs[skipped[0]][0][:40]!r}):"
                      " no file written")
-  print(f"wrote {len(mine) - len(skipped) - len(too_long)} files to {args.out_dir}{where}",
+  written = len(mine) - len(skipped) - len(too_long)
+  print(f"wrote {written} file{'' if written == 1 else 's'} to {args.out_dir}{where}",
         file=sys.stderr)
   if skipped:
     skipped.sort()

@@ -623,7 +623,9 @@ def summary(manifest: dict[str, Any], out: str) -> str:
     # Validation takes at most half of the usable clips (see rank_validation).
     validation += f" of --val-size {wanted}: at most half the usable clips"
   return (f"{verb} {c['kept']} clips (train {c['train']}, {validation}, "
-          f"{manifest['hours']:.2f} h at {manifest['sample_rate']} Hz, "
+          + (f"{manifest['hours']:.2f} h" if manifest['hours'] >= 0.1 else
+             f"{manifest['hours'] * 60:.1f} min")
+          + f" at {manifest['sample_rate']} Hz, "
           f"{len(set(manifest['speakers'].values()))} speaker(s)) in {out}; skipped "
           f"{c['skipped']}" + (f" ({reasons})" if reasons else "")
           + f"; {manifest['seconds']:.1f} s"

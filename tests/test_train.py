@@ -996,8 +996,14 @@ def test_a_finished_run_says_there_is_nothing_to_train(run_a, data_dir, tmp_path
   shutil.copytree(run_a, work)
   before = sorted(str(p.relative_to(work)) for p in (work / "checkpoints").rglob("*"))
   config = (work / "config.json").read_bytes()
+  files = sorted(p.name for p in work.iterdir())
+  metrics = (work / "metrics.jsonl").read_bytes()
   proc = tu.run_train(work, data_dir, "--config.train.num_steps=2")
   assert (work / "config.json").read_bytes() == config   # the run's own settings stay
+  # No progress bar, no new TensorBoard event file, metrics.jsonl as it was.
+  assert sorted(p.name for p in work.iterdir()) == files
+  assert (work / "metrics.jsonl").read_bytes() == metrics
+  assert "step/s" not in proc.stderr and "it/s" not in proc.stderr, proc.stderr[-2000:]
   assert f"nothing to train: the run in {work} is at step 4 and train.num_steps is 2" in \
       proc.stdout and "resuming" not in proc.stdout, proc.stdout
   assert sorted(str(p.relative_to(work)) for p in (work / "checkpoints").rglob("*")) == before

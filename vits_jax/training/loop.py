@@ -631,6 +631,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     compiler.close()
     raise
 
+  if latest is not None and latest >= num_steps:   # nothing to train (said above): no
+    compiler.close()                               # progress bar, no new event file
+    ckpt.close()
+    train_data.close()
+    return state
+
   # --- Loop ------------------------------------------------------------------------------
   max_nonfinite = int(t.max_nonfinite_steps)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main,

@@ -594,18 +594,26 @@ runpy.run_path("train.py", run_name="__main__")
 """
 
 
+def _sigterm_at_step_6(script, run_a, data_dir, tmp_path, eval_every):
+  """run_a's copy in tmp_path/run trained on by train.py under `script` (which patches the
+  program compiler) towards step 10; SIGTERM once step 6 is logged. (proc, stdout, stderr,
+  seconds from the signal to the exit)."""
+  shutil.copytree(run_a, tmp_path / "run")
+  cmd = [sys.executable, "-c", script] + tu.train_cmd(
+      tmp_path / "run", data_dir, "--config.train.num_steps=10",
+      f"--config.train.eval_every={eval_every}", "--config.train.log_every=1",
+      "--config.train.checkpoint_every=100")[2:]
+  proc = subprocess.Popen(cmd, cwd=tu.REPO, env=tu._env(),  # pylint: disable=protected-access
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return (proc,) + _sigterm_when(proc, lambda: 6 in tu.train_rows(tmp_path / "run"))
+
+
 def test_sigterm_while_a_program_compiles_saves_the_steps_within_seconds(run_a, data_dir,
                                                                          tmp_path):
   """Steps 5 and 6 run, then the loop waits for the evaluation program: SIGTERM saves step 6
   and exits 0 within seconds instead of waiting for the compilation."""
-  shutil.copytree(run_a, tmp_path / "run")
-  cmd = [sys.executable, "-c", _SLOW_EVAL] + tu.train_cmd(
-      tmp_path / "run", data_dir, "--config.train.num_steps=10",
-      "--config.train.eval_every=6", "--config.train.log_every=1",
-      "--config.train.checkpoint_every=100")[2:]
-  proc = subprocess.Popen(cmd, cwd=tu.REPO, env=tu._env(),  # pylint: disable=protected-access
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  out, err, took = _sigterm_when(proc, lambda: 6 in tu.train_rows(tmp_path / "run"))
+  proc, out, err, took = _sigterm_at_step_6(_SLOW_EVAL, run_a, data_dir, tmp_path,
+                                            eval_every=6)
   assert proc.returncode == 0, err[-3000:]
   assert took < 10, took
   assert "preempted: checkpoint saved at step 6" in out + err
@@ -640,14 +648,8 @@ def test_a_stop_while_a_bucket_compiles_saves_the_data_position_before_its_batch
   """Steps 5 and 6 run; step 7's batch is drawn and its program still compiles when SIGTERM
   comes: step 6 is saved with the data position before that batch (it counted the batch,
   so the resumed run skipped it and trained on other data than an uninterrupted run)."""
-  shutil.copytree(run_a, tmp_path / "run")
-  cmd = [sys.executable, "-c", _SLOW_THIRD_STEP] + tu.train_cmd(
-      tmp_path / "run", data_dir, "--config.train.num_steps=10",
-      "--config.train.eval_every=100", "--config.train.log_every=1",
-      "--config.train.checkpoint_every=100")[2:]
-  proc = subprocess.Popen(cmd, cwd=tu.REPO, env=tu._env(),  # pylint: disable=protected-access
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  out, err, _ = _sigterm_when(proc, lambda: 6 in tu.train_rows(tmp_path / "run"))
+  proc, out, err, _ = _sigterm_at_step_6(_SLOW_THIRD_STEP, run_a, data_dir, tmp_path,
+                                         eval_every=100)
   assert proc.returncode == 0 and "checkpoint saved at step 6" in out + err, err[-3000:]
   position = lambda step: json.loads((tmp_path / "run" / "checkpoints" / str(step) / "data"
                                       / "process_0-of-1.json").read_text())["next_index"]

@@ -8,9 +8,10 @@ Every generator parameter the source has is copied; those it lacks (a Piper expo
 posterior encoder `enc_q` and no `dp.post_*` flows) keep their fresh initialization (but
 speaker conditioning a single-speaker source lacks starts at zero: each speaker speaks as the
 source voice at first), and the discriminator and optimizer states always start fresh. The
-copy happens inside the run's init program (`loop.make_init_state(..., source_name=...)`, the source as an argument), so XLA drops
-the random initialization of every tensor the source replaces: for a Piper medium voice the
-init program compiles in 22 s instead of 59 s here. A parameter with a different shape is an
+copy happens inside the run's init program (`loop.make_init_state(..., source_name=...)`,
+the source as an argument), so XLA drops the random initialization of every tensor the
+source replaces: for a Piper medium voice the init program compiles in 22 s instead of 59 s
+here. A parameter with a different shape is an
 error that names it: the config's model section must describe the source's architecture.
 A source without a posterior encoder gets one fitted to its own latents on the training
 transcripts (`train.fit_posterior_steps`, `vits_jax.training.posterior_fit`).

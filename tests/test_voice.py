@@ -576,3 +576,11 @@ def test_knobs_may_be_numpy_or_jax_scalars(multi):
   for bad in (np.array([1.2]), np.array(True), jnp.array(float("nan"))):
     with pytest.raises(ValueError, match="length_scale"):
       multi.synthesize("Hi there.", length_scale=bad)
+
+
+def test_a_checkpoint_step_for_a_voice_file_is_refused():
+  """`step` (infer.py --step) picks a training workdir's checkpoint: for a Piper voice it is
+  an error, also when the voice comes from the conversion cache (it was ignored)."""
+  load_voice(MULTI)   # (now cached)
+  with pytest.raises(ValueError, match="checkpoint step"):
+    load_voice(MULTI, step=3)

@@ -663,7 +663,7 @@ def load_voice(name_or_path: Optional[Union[str, os.PathLike]] = None,
   from vits_jax.text import get_frontend
   xla_cache.enable()
   from vits_jax.convert.source import piper_files
-  files = piper_files(name_or_path)
+  files = piper_files(name_or_path) if step is None else None   # (a step: load_source says)
   entry = cache.entry_path(files) if files else None
   hit = cache.read(entry)
   if hit is not None and "model" in hit["meta"]:

@@ -543,7 +543,8 @@ def _prepare_into(args, settings, fp, clips, speakers, workers, n_val, pick, n_v
         validation.append(r)
       else:
         rest.append(r)
-    alone = [r for r in drawn if all(r is not v for v in validation)]
+    chosen = {id(r) for r in validation}
+    alone = [r for r in drawn if id(r) not in chosen]
     for res in validation:
       add("validation", res)
     for res in sorted(rest, key=lambda r: r["id"]):

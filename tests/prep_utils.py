@@ -1,5 +1,7 @@
 """Helpers of the data-preparation tests: run prepare.py in-process, read back records."""
 
+import numpy as np
+
 from data_prep import prepare
 from vits_jax.data import loader, records
 
@@ -19,3 +21,9 @@ def all_records(out_dir):
     for rec in data.read(range(len(data))):
       recs[rec["id"]] = (split, rec)
   return recs
+
+
+def peak_hz(samples, rate=22050):
+  """The frequency (Hz) of the strongest bin of `samples`' spectrum (a tone's pitch)."""
+  spectrum = np.abs(np.fft.rfft(np.asarray(samples, np.float64)))
+  return np.argmax(spectrum) * rate / len(samples)

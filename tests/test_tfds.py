@@ -98,9 +98,7 @@ _run = prep_utils.run_prepare
 _all_records = prep_utils.all_records
 
 
-def _peak_hz(samples, rate):
-  spectrum = np.abs(np.fft.rfft(np.asarray(samples, np.float64)))
-  return np.argmax(spectrum) * rate / len(samples)
+_peak_hz = prep_utils.peak_hz
 
 
 def _prepare_mocked(tmp_path, capsys, dataset, *extra, n=N, **mock_kw):

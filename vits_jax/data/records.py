@@ -272,7 +272,7 @@ def check_manifest(manifest: dict[str, Any], config, data_dir: str = "") -> None
   front = manifest.get("frontend") or {}
   kind = front.get("kind")
   if kind is not None and kind != d.get("frontend", "vits"):
-    start = config.get("train", {}).get("init_from") if hasattr(config, "get") else None
+    start = (config.get("train") or {}).get("init_from")
     if start:   # the voice it starts from reads text one way: the data must be read so
       raise ValueError(f"{where}: the clips were prepared with the {kind!r} frontend, and "
                        f"train.init_from={start} reads text with the "

@@ -434,10 +434,9 @@ def _speaker_changes(saved: dict, config: ml_collections.ConfigDict) -> list:
   speakers: a speaker with another id, or an id the run gave another speaker (speakers
   added on ids the run left unused are no change)."""
   old = (saved.get("data") or {}).get("speaker_names") or {}
-  new = config.data.get("speaker_names") or {}
+  new = dict((config.data.get("speaker_names") or {}).items())
   if not old or not new:
     return []
-  new = dict(new.items()) if hasattr(new, "items") else {}
   had = {int(v): k for k, v in old.items()}
   out = [f"{k}: id {old[k]} -> {new[k]}" for k in sorted(old) if k in new and
          int(new[k]) != int(old[k])]

@@ -8,7 +8,8 @@ the Piper frontend (4 clips held out as the validation split), runs
 `train.py --config configs/finetune.py` (init_from=joe) for `--minutes` of wall time, stops it
 with SIGTERM (it saves and exits 0), and prints every evaluation of the run on the held-out
 clips: median F0 of the inferred speech vs the real clips' (the target), mel-cepstral
-distance of teacher-timed speech to the real clips, the recognizer's WER (pocketsphinx),
+distance of teacher-timed speech to the real clips, the recognizer's WER (Moonshine base
+where `moonshine-cpp` is installed, else pocketsphinx),
 and mel L1. The evaluation at step 0 is joe itself (before any update).
 """
 

@@ -16,11 +16,11 @@ For each validation clip:
   - with `train.eval_speech_measures` (`training/speech_measures.py`): `val/f0_median` and
     `val/f0_median_real` (Hz, medians over the clips of the inferred and the real speech's
     median F0), `val/mcd` (mel-cepstral distance in dB of the teacher-timed speech to the
-    real clip) and, when `pocketsphinx` is installed, `val/wer` (word error rate of the
+    real clip) and, when an offline recognizer is installed (`moonshine-cpp`, else
+    `pocketsphinx`: `speech_measures.Recognizer`), `val/wer` (word error rate of the
     recognizer's transcript of the inferred speech against the clip's text) and
     `val/wer_real` (the same for the real clips: the recognizer's score of the speaker's own
-    voice, against which `val/wer` reads; espeak-ng's voices score 0.85-0.93 where a VITS
-    voice scores ~0.3, so a voice that moves to such a speaker cannot keep its WER).
+    voice, against which `val/wer` reads).
 TensorBoard also gets, for clip 0, the real / teacher-timed / inferred mels, both alignments
 and the audio (the real clip once, at the first evaluation).
 """

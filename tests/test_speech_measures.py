@@ -137,3 +137,23 @@ def test_evaluation_measures_read_the_right_audio(monkeypatch):
   assert abs(got["val/f0_median_real"] - 175.0) < 4.0, got   # the median of 150 and 200
   assert got["val/mcd"] < 1e-3, got
   assert got["val/wer"] == 1.0 and got["val/wer_real"] == 0.0, got
+
+
+def test_recognizer_falls_back_when_one_does_not_load(monkeypatch):
+  """An installed recognizer whose library fails to load gives way to the next; with none
+  left, evaluation leaves WER out with a warning instead of failing the run."""
+  if not sm.Recognizer.available("pocketsphinx"):
+    pytest.skip("pocketsphinx not installed")
+
+  def broken():
+    raise OSError("libmoonshine.so: cannot open shared object file")
+  backends = dict(sm.Recognizer.BACKENDS)
+  backends["moonshine"] = ("pocketsphinx", broken)   # "installed", fails to load
+  monkeypatch.setattr(sm.Recognizer, "BACKENDS", backends)
+  assert sm.Recognizer().name == "pocketsphinx"
+  backends["pocketsphinx"] = ("pocketsphinx", broken)
+  with pytest.raises(ImportError, match="cannot open shared object"):
+    sm.Recognizer()
+  monkeypatch.setattr(sm, "_RECOGNIZER", None)
+  with pytest.warns(UserWarning, match="no offline recognizer could be loaded"):
+    assert sm.recognizer() is None

@@ -17,6 +17,7 @@
 
 import ctypes
 import re
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -157,12 +158,21 @@ class Recognizer:
               "pocketsphinx": ("pocketsphinx", _PocketSphinx)}
 
   def __init__(self, backend: Optional[str] = None):
-    if backend is None:
-      backend = next((b for b, (m, _) in self.BACKENDS.items() if _installed(m)), None)
-      if backend is None:
-        raise ImportError("no offline recognizer installed: pip install moonshine-cpp "
-                          "(Linux x86_64) or pocketsphinx")
-    self._backend = self.BACKENDS[backend][1]()
+    if backend is not None:
+      self._backend = self.BACKENDS[backend][1]()
+    else:   # the first installed one that loads (a wheel's library can fail to load)
+      failures = []
+      for module, make in self.BACKENDS.values():
+        if _installed(module):
+          try:
+            self._backend = make()
+            break
+          except (ImportError, OSError) as e:
+            failures.append(f"{module}: {e}")
+      else:
+        raise ImportError("no offline recognizer could be loaded: pip install moonshine-cpp "
+                          "(Linux x86_64) or pocketsphinx" +
+                          (f" ({'; '.join(failures)})" if failures else ""))
     self.name = self._backend.name
 
   @classmethod
@@ -185,5 +195,9 @@ def recognizer() -> Optional[Recognizer]:
   """A shared Recognizer, or None when no recognizer is installed."""
   global _RECOGNIZER
   if _RECOGNIZER is None and Recognizer.available():
-    _RECOGNIZER = Recognizer()
+    try:
+      _RECOGNIZER = Recognizer()
+    except ImportError as e:   # installed but broken: WER is left out, as when absent
+      warnings.warn(str(e))
+      return None
   return _RECOGNIZER

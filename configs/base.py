@@ -122,7 +122,7 @@ def get_config(arg=None):
       freeze='',                   # generator modules that keep their weights, e.g. 'enc_p'
       weight_decay=0.01,           # torch.optim.AdamW's default, as in the official code
       max_nonfinite_steps=10,      # consecutive non-finite losses before training stops
-      eval_speech_measures=True,   # F0, mel-cepstral distance and (pocketsphinx) WER
+      eval_speech_measures=True,   # F0, mel-cepstral distance and (recognizer) WER
       compile_ahead=True,          # compile every bucket's step and the evaluation at start,
                                    # concurrently (False: each when first reached)
   ))

@@ -366,7 +366,7 @@ def test_run_logs_checkpoints_and_learns_nothing_nonfinite(run_a):
     assert np.isfinite(r["val/mcd"]) and r["val/mcd"] > 0
     assert 100 <= r["val/f0_median_real"] <= 230   # the gliding tones of make_corpus
     assert "val/f0_median" in r
-    if "val/wer" in r:   # (pocketsphinx installed) the real clips' score, once per run
+    if "val/wer" in r:   # (a recognizer installed) the real clips' score, once per run
       assert 0 <= r["val/wer_real"] == val[0]["val/wer_real"], r
   p2, p4 = tu.checkpoint_params(run_a, 2), tu.checkpoint_params(run_a, 4)
   for part in ("generator", "discriminator"):

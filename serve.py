@@ -221,21 +221,56 @@ class ClientGone(Exception):
   """The client of a whole-WAV request left before its audio was made."""
 
 
-def client_gone(sock) -> bool:
-  """Whether the peer of connected socket `sock` has closed it (it reads as at its end, or
-  as reset). A request's body is read whole before synthesis, so nothing else is pending
-  there; a pipelined next request reads as data, not as gone."""
+def peer_state(sock) -> str:
+  """What the peer of connected socket `sock` has done: "open", "eof" (it closed, or only
+  half-closed its sending side) or "reset" (or the socket is closed here). A request's body is
+  read whole before synthesis, so nothing else is pending there; a pipelined next request
+  reads as data, that is "open"."""
   import select  # pylint: disable=import-outside-toplevel
   try:
     poll = select.poll()   # (select.select refuses descriptors past 1023)
     poll.register(sock, select.POLLIN)
     if not poll.poll(0):
-      return False
-    return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+      return "open"
+    if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b"":
+      return "open"
+    # (after the peer's FIN, recv reads as at its end even once a reset has come: the
+    # reset shows as the socket's pending error)
+    return "reset" if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) else "eof"
   except BlockingIOError:
-    return False
+    return "open"
   except (OSError, ValueError):   # reset, or closed here
-    return True
+    return "reset"
+
+
+class ClientWatch:
+  """`gone()` for a whole-WAV request: whether its client has left, asked while it waits.
+
+  End of input alone does not say so: HTTP lets a client half-close its side once its
+  request is sent (`nc -N`, socat) and still read the answer. At the first end of input an
+  interim `102 Processing` goes out (an HTTP/1.1 client must accept 1xx answers before the
+  final one); a client that had closed answers it with a reset, seen at the next poll, and
+  one that half-closed reads on and is kept. HTTP/1.0 has no 1xx: there end of input is gone."""
+
+  def __init__(self, handler):
+    self.handler = handler
+    self.probed = False
+
+  def __call__(self) -> bool:
+    state = peer_state(self.handler.connection)
+    if state == "open":
+      return False
+    if state == "reset" or self.handler.request_version != "HTTP/1.1":
+      return True
+    if self.probed:   # half-closed: it took the interim answer without a reset
+      return False
+    try:
+      self.handler.wfile.write(b"HTTP/1.1 102 Processing\r\n\r\n")
+      self.handler.wfile.flush()
+    except OSError:
+      return True
+    self.probed = True
+    return False
 
 
 def stream_header(sample_rate):
@@ -295,7 +330,7 @@ def make_handler(tts):
           chunks = tts.stream(fields)
           header = next(chunks)
         else:
-          wav = tts.synthesize(fields, gone=lambda: client_gone(self.connection))
+          wav = tts.synthesize(fields, gone=ClientWatch(self))
       except ClientGone:   # nobody to answer
         self.close_connection = True
         return None
@@ -392,7 +427,7 @@ def make_handler(tts):
       body = self._body()
       if body is None:
         return None
-      kind = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+      kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
       if url.path == "/" and kind != "application/json":
         return self._speak({"text": body})
       from vits_jax.files import parse_json

@@ -79,6 +79,11 @@ def test_synthesize_equals_the_voice(server):
   status, _, plain = _call(url + "/", "Hi.".encode(), "text/plain")
   assert status == 200
   np.testing.assert_array_equal(_samples(plain)[0], default)
+  # A JSON body to "/" is read as JSON whatever the case of its media type (RFC 9110).
+  status, _, as_json = _call(url + "/", json.dumps({"text": "Hi.", "speaker": "carol"}).encode(),
+                             "Application/JSON; charset=utf-8")
+  assert status == 200
+  np.testing.assert_array_equal(_samples(as_json)[0], _samples(by_name)[0])
   status, _, got = _call(url + "/?text=" + urllib.request.quote("Hi."))
   assert status == 200
   np.testing.assert_array_equal(_samples(got)[0], default)
@@ -106,6 +111,7 @@ def test_synthesize_equals_the_voice(server):
     ("/synthesize", b'{"text": "Hi.", "speaker": "nobody"}', "unknown speaker"),
     ("/synthesize", b'{"text": "Hi.", "speaker_id": 7}', "out of range"),
     ("/synthesize", b'{"text": "Hi.", "speaker": 1.5}', "speaker must be"),
+    ("/synthesize", b'{"text": "Hi.", "seed": 1.0}', "seed must be an integer, got 1.0"),
     ("/synthesize", b'{"text": "Hi.", "volume": -1}', "volume"),
     ("/synthesize", b'{"text": "Hi.", "length_scale": "fast"}', "length_scale"),
     ("/synthesize", b'{"text": "Hi.", "normalize": 1}', "normalize"),
@@ -340,6 +346,33 @@ def test_a_whole_wav_whose_client_left_stops_being_made(server):
     time.sleep(0.05)
   assert tts.abandoned == before + 1
   assert _call(url + "/synthesize", b'{"text": "Still here."}')[0] == 200
+
+
+def test_a_client_that_half_closes_still_gets_its_wav(server, monkeypatch):
+  """HTTP lets a client shut its sending side once its request is out (`nc -N`, socat) and
+  read the answer: the end of input it leaves is no sign it has gone. It gets an interim
+  102 and then its WAV; a client that closes outright still stops its request (the test
+  above)."""
+  voice, url, tts = server
+  monkeypatch.setattr(serve, "GONE_POLL_SECONDS", 0.01)   # polls while the text is made
+  host, port = url.removeprefix("http://").split(":")
+  before = tts.abandoned
+  text = "Here is one more sentence to say. " * 8
+  body = json.dumps({"text": text}).encode()
+  with socket.create_connection((host, int(port)), timeout=300) as s:
+    s.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    s.shutdown(socket.SHUT_WR)
+    reply = b""
+    while chunk := s.recv(65536):
+      reply += chunk
+  interim = b"HTTP/1.1 102 Processing\r\n\r\n"
+  assert reply.startswith(interim), reply[:80]
+  head, wav = reply[len(interim):].split(b"\r\n\r\n", 1)
+  assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+  assert tts.abandoned == before
+  np.testing.assert_array_equal(_samples(wav)[0],
+                                files.pcm16(voice.synthesize(text, speaker=1)))
 
 
 def test_a_client_that_leaves_does_not_stop_its_batch_mates(server):

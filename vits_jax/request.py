@@ -59,7 +59,8 @@ def parse(fields: Any, voice, defaults: Dict[str, Any],
         raise ValueError(f"{name} must be true or false, got {value!r}")
     elif isinstance(value, bool) or not isinstance(value, (int, float) if kind is float
                                                   else int):
-      raise ValueError(f"{name} must be a number, got {value!r}")
+      raise ValueError(f"{name} must be {'a number' if kind is float else 'an integer'}, "
+                       f"got {value!r}")
     knobs[key] = value
   speaker = next((fields[f] for f in SPEAKER_FIELDS if fields.get(f) is not None), None)
   if speaker is not None:   # (the voice checks its type and range)

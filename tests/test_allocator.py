@@ -93,3 +93,18 @@ def test_restart_with_huge_pages_keeps_the_command_and_cuts_the_faults():
   pages = 4 * (96 << 20) // 4096
   assert faults_off > pages // 2      # mapped afresh in 4 KiB pages each round
   assert faults < pages // 50, (faults, faults_off)
+
+
+def test_huge_pages_apply_reads_the_kernel_mode(monkeypatch):
+  """Only the `madvise` mode of transparent huge pages, with glibc >= 2.35, asks for the
+  restart (`always`: the kernel does it unasked; `never`: nothing to gain)."""
+  import io
+  for mode, want in (("always [madvise] never", True), ("[always] madvise never", False),
+                     ("always madvise [never]", False)):
+    monkeypatch.setattr(allocator, "open", lambda *a, mode=mode, **k: io.StringIO(mode),
+                        raising=False)
+    monkeypatch.setattr(allocator.sys, "platform", "linux")
+    monkeypatch.setattr(allocator.os, "confstr", lambda name: "glibc 2.35")
+    assert allocator.huge_pages_apply() is want, mode
+    monkeypatch.setattr(allocator.os, "confstr", lambda name: "glibc 2.34")
+    assert allocator.huge_pages_apply() is False, mode

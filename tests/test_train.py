@@ -878,6 +878,9 @@ def test_bfloat16_step_tracks_float32(run_a, data_dir, tmp_path):
             "loss/g/adv", "loss/g/total"):
     a, b = rows16[1][k], rows32[1][k]
     assert abs(a - b) <= 0.05 * abs(b) + 0.05, (k, a, b)
+  # ... close, but its own program: not run_a's float32 step loaded from the store
+  assert [rows16[1][k] for k in sorted(rows16[1]) if k.startswith("loss/")] != \
+         [rows32[1][k] for k in sorted(rows32[1]) if k.startswith("loss/")]
 
 
 def test_config_file_errors_are_one_line(tmp_path):
@@ -933,6 +936,10 @@ def test_damaged_checkpoints_and_another_model_are_one_line_each(run_a, data_dir
   (work / "checkpoints" / "9").rmdir()
   line = resume("--config.model.hidden_channels=24")
   assert "different model (model.hidden_channels 16 -> 24)" in line, line
+  # filter_length sizes the posterior encoder's input: a different model too, not a damaged
+  # checkpoint to move away
+  line = resume("--config.data.filter_length=512", "--config.data.win_length=512")
+  assert "different model (data.filter_length 1024 -> 512)" in line, line
   for f in (work / "checkpoints" / "4" / "state").rglob("d/*"):   # the same size, garbage
     f.write_bytes(np.random.default_rng(0).bytes(f.stat().st_size))
   line = resume()

@@ -87,6 +87,9 @@ def _process_file() -> str:
 # Config sections that fix the shapes of a checkpoint's state: a run resumed with others
 # cannot read it.
 STATE_SECTIONS = ("model", "discriminator")
+# Settings outside those sections that size a parameter: the posterior encoder reads
+# filter_length // 2 + 1 spectrogram bins.
+STATE_KEYS = ("data.filter_length",)
 
 
 @contextlib.contextmanager
@@ -226,11 +229,18 @@ def saved_config(directory, step: int) -> Optional[Dict[str, Any]]:
 
 
 def state_differences(saved: Dict[str, Any], config: ml_collections.ConfigDict) -> list:
-  """`section.key saved-value -> new-value` for every setting of `STATE_SECTIONS` in which
-  `config` differs from a checkpoint's `saved` config."""
+  """`section.key saved-value -> new-value` for every setting of `STATE_SECTIONS` and
+  `STATE_KEYS` in which `config` differs from a checkpoint's `saved` config."""
   from flax import traverse_util
-  flat = lambda d: traverse_util.flatten_dict(
-      {section: d.get(section) or {} for section in STATE_SECTIONS}, sep=".")
+
+  def flat(d):
+    out = traverse_util.flatten_dict(
+        {section: d.get(section) or {} for section in STATE_SECTIONS}, sep=".")
+    for key in STATE_KEYS:
+      section, name = key.split(".")
+      if name in (d.get(section) or {}):
+        out[key] = d[section][name]
+    return out
   old_flat, new_flat = flat(saved), flat(config.to_dict())
   norm = lambda v: list(v) if isinstance(v, tuple) else v
   return [f"{k} {old_flat.get(k)!r} -> {new_flat.get(k)!r}"

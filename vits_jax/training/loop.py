@@ -414,9 +414,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 LOCK_FILE = ".train.lock"
 # Data settings a resume is told about when they differ from the checkpoint's (what the
-# clips and their ids are; the model's own sizes are `checkpoint.STATE_SECTIONS`, refused).
+# clips and their ids are; what sizes the model is `checkpoint.STATE_SECTIONS` and
+# `STATE_KEYS`, refused).
 RESUME_DATA_KEYS = ("dir", "frontend", "sampling_rate", "text_cleaners", "add_blank",
-                    "n_speakers", "hop_length", "filter_length", "n_mel_channels")
+                    "n_speakers", "hop_length", "n_mel_channels")
 
 
 def _data_changes(saved: dict, config: ml_collections.ConfigDict) -> list:

@@ -129,3 +129,25 @@ def test_a_second_ctrl_c_quits_at_once():
                         timeout=120, cwd=tt.tu.REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 130 and "still alive" not in proc.stdout, proc.stderr
   assert "interrupted again: quitting without saving" in proc.stderr
+
+
+def test_a_source_with_its_own_posterior_encoder_is_not_refitted(monkeypatch, capsys):
+  """The posterior fit is for sources that lack `enc_q` (Piper voices); a source that has
+  one (an official G_*.pth, a workdir) keeps its trained encoder."""
+  from vits_jax.training import warm_start
+  config = tt.tu_config()
+  config.train.fit_posterior_steps = 300
+  params = {"generator": {"enc_q": {"w": np.zeros(2, np.float32)},
+                          "dec": {"w": np.ones(2, np.float32)}}, "discriminator": {}}
+  state = state_lib.TrainState(step=0, params=params, model_state={}, opt_state=None,
+                               rng=None, nonfinite_streak=0, nonfinite_total=0)
+  fits = []
+  monkeypatch.setattr(warm_start, "_fit_posterior", lambda *a: fits.append(a) or a[1])
+  with_enc_q = {"enc_q/w": np.zeros(2), "dec/w": np.ones(2)}
+  assert warm_start.after_init(state, with_enc_q, "G_1.pth", config, None, generator="g") \
+      is state
+  assert not fits
+  warm_start.after_init(state, {"dec/w": np.ones(2)}, "voice.onnx", config, None,
+                        generator="g")
+  assert len(fits) == 1
+  assert "2 generator tensors copied, 0 fresh" in capsys.readouterr().out

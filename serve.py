@@ -99,6 +99,9 @@ class TextToSpeech:
 
   def __init__(self, voice, defaults, max_batch=16, batch_wait=0.01):
     self.voice = voice
+    # What clients see the voice called: a path's last part (the folder or file), so a
+    # server open to the network does not show where its files are.
+    self.name = os.path.basename(voice.name.rstrip("/" + os.sep)) or voice.name
     self.defaults = dict(defaults)
     self.max_batch = max(1, int(max_batch))
     self.batch_wait = float(batch_wait)
@@ -112,7 +115,7 @@ class TextToSpeech:
   def info(self):
     v = self.voice
     speakers = {name: sid for name, sid in v.speaker_names.items()}
-    return {"name": v.name, "sample_rate": v.sample_rate, "num_speakers": v.num_speakers,
+    return {"name": self.name, "sample_rate": v.sample_rate, "num_speakers": v.num_speakers,
             "speaker_id_map": speakers}
 
   def request(self, fields):
@@ -123,8 +126,8 @@ class TextToSpeech:
     if not isinstance(fields.get("stream", False), bool):
       raise ValueError(f"stream must be true or false, got {fields['stream']!r}")
     voice = fields.get("voice")   # Piper's clients name a voice without '.onnx'
-    if voice not in (None, "", self.voice.name, self.voice.name.removesuffix(".onnx")):
-      raise ValueError(f"this server speaks with voice {self.voice.name!r}, not {voice!r}")
+    if voice not in (None, "", self.voice.name, self.name, self.name.removesuffix(".onnx")):
+      raise ValueError(f"this server speaks with voice {self.name!r}, not {voice!r}")
     return text, knobs
 
   def synthesize(self, fields, gone=None):
@@ -334,8 +337,9 @@ def make_handler(tts):
       except ClientGone:   # nobody to answer
         self.close_connection = True
         return None
-      except ValueError as e:
-        return self._json(400, {"error": str(e).splitlines()[0]})
+      except ValueError as e:   # (the voice's messages name it by its path)
+        message = str(e).splitlines()[0].replace(tts.voice.name, tts.name)
+        return self._json(400, {"error": message})
       except Exception as e:  # pylint: disable=broad-except  (a bug of ours: a 500, not a
         # dropped connection; the traceback goes to the log)
         import traceback  # pylint: disable=import-outside-toplevel

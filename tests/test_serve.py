@@ -98,7 +98,11 @@ def test_synthesize_equals_the_voice(server):
   np.testing.assert_array_equal(np.frombuffer(streamed[44:], "<i2"), files.pcm16(expected))
   status, _, info = _call(url + "/voices")
   (name, entry), = json.loads(info).items()
-  assert status == 200 and name == voice.name and entry["num_speakers"] == 3
+  assert status == 200 and name == Path(voice.name).name and entry["num_speakers"] == 3
+  assert str(ROOT) not in info.decode()   # where the server's files are is not shown
+  status, _, body = _call(url + "/synthesize", b'{"text": "Hi.", "speaker": "nobody"}')
+  assert status == 400 and str(ROOT) not in body.decode() and Path(voice.name).name in \
+      body.decode(), body
   assert entry["speaker_id_map"]["carol"] == 2 and entry["sample_rate"] == voice.sample_rate
 
 

@@ -123,6 +123,8 @@ def get_config(arg=None):
       weight_decay=0.01,           # torch.optim.AdamW's default, as in the official code
       max_nonfinite_steps=10,      # consecutive non-finite losses before training stops
       eval_speech_measures=True,   # F0, mel-cepstral distance and (recognizer) WER
+      eval_recognizer='auto',      # the WER's recognizer: 'auto' (moonshine where installed,
+                                   # else pocketsphinx), 'moonshine', 'pocketsphinx', 'none'
       compile_ahead=True,          # compile every bucket's step and the evaluation at start,
                                    # concurrently (False: each when first reached)
   ))

@@ -296,6 +296,8 @@ def test_bucket_count_follows_the_run_length_and_a_resume_keeps_it(tmp_path):
     ({"train.betas": (0.8, 1.0)}, r"train.betas must be two numbers in \[0, 1\)"),
     ({"train.eps": -1.0}, "train.eps must be a number >= 0"),
     ({"train.seed": -1}, "train.seed must be >= 0"),
+    ({"train.eval_recognizer": "whisper"}, "train.eval_recognizer must be one of auto, none, "
+                                           "moonshine, pocketsphinx, got 'whisper'"),
     ({"train.segment_size": 0}, "train.segment_size must be positive"),
     ({"data.hop_length": 0}, "data.hop_length must be positive"),      # ZeroDivisionError
     ({"model.n_heads": 3}, "hidden_channels 16 is not divisible by n_heads 3"),  # assert

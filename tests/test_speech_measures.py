@@ -112,7 +112,8 @@ def test_evaluation_measures_read_the_right_audio(monkeypatch):
   for b, r in enumerate(real):
     audio[b, :len(r)] = np.round(r * scale)
   evaluator = object.__new__(evaluation.Evaluator)
-  evaluator.config = ml_collections.ConfigDict({"data": {"max_wav_value": scale}})
+  evaluator.config = ml_collections.ConfigDict({"data": {"max_wav_value": scale},
+                                                "train": {"eval_recognizer": "auto"}})
   evaluator.sample_rate, evaluator.hop = SR, hop
   evaluator.texts = ["hello world", "good morning"]
   evaluator.batch_np = {"audio": audio, "audio_lengths": np.array([len(r) for r in real])}
@@ -131,12 +132,17 @@ def test_evaluation_measures_read_the_right_audio(monkeypatch):
       matches = [t for t, r in zip(evaluator.texts, real) if len(a) == len(r)]
       return matches[0] if matches else ""
 
-  monkeypatch.setattr(sm, "recognizer", lambda: Recognizer())
+  asked = []
+  monkeypatch.setattr(sm, "recognizer", lambda backend: asked.append(backend) or (
+      Recognizer() if backend != "none" else None))
   got = evaluator.speech_measures(out)
   assert abs(got["val/f0_median"] - 300.0) < 6.0, got
   assert abs(got["val/f0_median_real"] - 175.0) < 4.0, got   # the median of 150 and 200
   assert got["val/mcd"] < 1e-3, got
   assert got["val/wer"] == 1.0 and got["val/wer_real"] == 0.0, got
+  evaluator.config.train.eval_recognizer = "none"   # the config's choice reaches it
+  got = evaluator.speech_measures(out)
+  assert asked == ["auto", "none"] and "val/wer" not in got and "val/mcd" in got, got
 
 
 def test_recognizer_falls_back_when_one_does_not_load(monkeypatch):
@@ -154,6 +160,9 @@ def test_recognizer_falls_back_when_one_does_not_load(monkeypatch):
   backends["pocketsphinx"] = ("pocketsphinx", broken)
   with pytest.raises(ImportError, match="cannot open shared object"):
     sm.Recognizer()
-  monkeypatch.setattr(sm, "_RECOGNIZER", None)
+  monkeypatch.setattr(sm, "_RECOGNIZERS", {})
   with pytest.warns(UserWarning, match="no offline recognizer could be loaded"):
     assert sm.recognizer() is None
+  with pytest.warns(UserWarning, match="cannot open shared object"):
+    assert sm.recognizer("pocketsphinx") is None   # asked for by name: the same
+  assert sm.recognizer("none") is None

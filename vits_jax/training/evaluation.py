@@ -16,8 +16,8 @@ For each validation clip:
   - with `train.eval_speech_measures` (`training/speech_measures.py`): `val/f0_median` and
     `val/f0_median_real` (Hz, medians over the clips of the inferred and the real speech's
     median F0), `val/mcd` (mel-cepstral distance in dB of the teacher-timed speech to the
-    real clip) and, when an offline recognizer is installed (`moonshine-cpp`, else
-    `pocketsphinx`: `speech_measures.Recognizer`), `val/wer` (word error rate of the
+    real clip) and, when an offline recognizer is installed (`train.eval_recognizer`:
+    `moonshine-cpp`, else `pocketsphinx`; `speech_measures.Recognizer`), `val/wer` (word error rate of the
     recognizer's transcript of the inferred speech against the clip's text) and
     `val/wer_real` (the same for the real clips: the recognizer's score of the speaker's own
     voice, against which `val/wer` reads).
@@ -159,7 +159,7 @@ class Evaluator:
     nanmedian = lambda v: float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")
     scalars = {"val/f0_median": nanmedian(f0), "val/f0_median_real": nanmedian(self._real_f0),
                "val/mcd": float(np.mean(mcd))}
-    recognizer = sm.recognizer()
+    recognizer = sm.recognizer(str(self.config.train.get("eval_recognizer", "auto")))
     if recognizer is not None and any(self.texts):
       wer = [sm.word_error_rate(t, recognizer.transcribe(a, sr))
              for t, a in zip(self.texts, inferred) if t]

@@ -27,6 +27,7 @@ from vits_jax.training import evaluation
 from vits_jax.training import input_pipeline
 from vits_jax.training import metrics as metrics_lib
 from vits_jax.training import parallel
+from vits_jax.training import speech_measures
 from vits_jax.training import programs
 from vits_jax.training import state as state_lib
 from vits_jax.training import step as step_lib
@@ -170,6 +171,10 @@ def check_config(config: ml_collections.ConfigDict):
   if not 0 <= float(d.mel_fmin) < fmax <= nyquist:
     raise ValueError(f"data.mel_fmin ({d.mel_fmin}) and mel_fmax ({d.get('mel_fmax')}) must "
                      f"satisfy 0 <= mel_fmin < mel_fmax <= sampling_rate / 2 ({nyquist:g})")
+  recognizers = ("auto", "none", *speech_measures.Recognizer.BACKENDS)
+  if t.get("eval_recognizer", "auto") not in recognizers:
+    raise ValueError(f"train.eval_recognizer must be one of {', '.join(recognizers)}, got "
+                     f"{t.eval_recognizer!r}")
   if int(t.get("max_nonfinite_steps", 1)) < 1:
     raise ValueError(f"train.max_nonfinite_steps must be >= 1, got {t.max_nonfinite_steps}")
   if int(t.get("fit_posterior_steps", 0)) < 0:

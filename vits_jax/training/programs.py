@@ -125,7 +125,8 @@ def wait_ready(tree, interrupted: Callable[[], bool]) -> bool:
 _NOT_IN_PROGRAMS = {"data": ("dir", "num_buckets"),
                     "train": ("num_steps", "eval_every", "checkpoint_every", "log_every",
                               "max_to_keep", "init_from", "compile_ahead", "seed",
-                              "fit_posterior_steps", "eval_speech_measures")}
+                              "fit_posterior_steps", "eval_speech_measures",
+                              "eval_recognizer")}
 # Settings the init program does not see: it initializes in float32 whatever the compute
 # dtype (`loop.init_variables`); `extra` (the epoch length) is a step-program constant too.
 _NOT_IN_INIT = {"model": ("dtype",)}

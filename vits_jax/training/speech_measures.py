@@ -188,16 +188,19 @@ class Recognizer:
     return self._backend.transcribe(audio, self.RATE)
 
 
-_RECOGNIZER: Optional[Recognizer] = None
+_RECOGNIZERS: dict = {}
 
 
-def recognizer() -> Optional[Recognizer]:
-  """A shared Recognizer, or None when no recognizer is installed."""
-  global _RECOGNIZER
-  if _RECOGNIZER is None and Recognizer.available():
+def recognizer(backend: str = "auto") -> Optional[Recognizer]:
+  """A shared Recognizer (`backend`: "auto", one of `Recognizer.BACKENDS`, or "none"), or
+  None when that one is not installed or "none" is asked for."""
+  if backend == "none":
+    return None
+  choice = None if backend == "auto" else backend
+  if backend not in _RECOGNIZERS and Recognizer.available(choice):
     try:
-      _RECOGNIZER = Recognizer()
-    except ImportError as e:   # installed but broken: WER is left out, as when absent
-      warnings.warn(str(e))
+      _RECOGNIZERS[backend] = Recognizer(choice)
+    except (ImportError, OSError) as e:   # installed but broken: WER is left out, as when
+      warnings.warn(str(e))                # absent
       return None
-  return _RECOGNIZER
+  return _RECOGNIZERS.get(backend)

@@ -58,6 +58,10 @@ def main(argv=None):
       print(f"error: {e}", file=sys.stderr)   # a missing voice; an output kept without --force
     elif e.filename and not _names_output(e, args.out):   # reading the voice, not writing
       print(f"error: cannot read {e.filename}: {e.strerror or e}", file=sys.stderr)
+    elif isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename and \
+        os.path.isfile(e.filename):   # --out file.onnx/x: a folder that is a file
+      print(f"error: cannot write {args.out}: {e.filename} is a file, not a folder",
+            file=sys.stderr)
     else:                                     # e.g. --out /proc/x.onnx
       where = f" ({e.filename})" if e.filename else ""
       print(f"error: cannot write {args.out}: {e.strerror or e}{where}", file=sys.stderr)

@@ -445,6 +445,13 @@ def test_failed_exports_leave_outputs_whole(tmp_path):
   assert lines[0].startswith(f"error: cannot write {tmp_path / 'hf'}: File too large")
   assert not (tmp_path / "hf").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
       "v.onnx", "v.onnx.json"]
+  # --out under a file: says the folder is a file (not "File exists")
+  r = subprocess.run([sys.executable, str(REPO / "export.py"), "--voice", str(HIGH), "--to",
+                      "piper", "--out", str(out / "x.onnx")], capture_output=True, text=True,
+                     cwd=REPO, timeout=600, env={"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+                                                 "PATH": "/usr/bin:/bin"})
+  assert r.returncode == 2 and r.stderr.strip() == (
+      f"error: cannot write {out / 'x.onnx'}: {out} is a file, not a folder"), r.stderr[-2000:]
 
 
 def test_force_into_the_current_folder_names_only_its_files(tmp_path, monkeypatch):

@@ -106,10 +106,11 @@ def main():
           f"{r.get('val/wer', float('nan')):.2f} | {r.get('val/wer_real', float('nan')):.2f} | "
           f"{r['val/mel_l1']:.3f} | {r.get('val/len_ratio', float('nan')):.2f} |")
   sys.path.insert(0, REPO)
-  from vits_jax.training.speech_measures import Recognizer
-  backend = next((b for b in Recognizer.BACKENDS if Recognizer.available(b)), None)
-  print(f"(WER: {backend or 'no recognizer installed'}; target WER: the recognizer on the "
-        "speaker's real held-out clips, the score of the voice the run moves to)")
+  from vits_jax.training import speech_measures
+  with open(os.path.join(run, "config.json")) as f:   # the run's choice (an override too)
+    judge = speech_measures.recognizer(json.load(f)["train"].get("eval_recognizer", "auto"))
+  print(f"(WER: {judge.name if judge else 'no recognizer'}; target WER: the recognizer on "
+        "the speaker's real held-out clips, the score of the voice the run moves to)")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ For each validation clip:
     `val/f0_median_real` (Hz, medians over the clips of the inferred and the real speech's
     median F0), `val/mcd` (mel-cepstral distance in dB of the teacher-timed speech to the
     real clip) and, when an offline recognizer is installed (`train.eval_recognizer`:
-    `moonshine-cpp`, else `pocketsphinx`; `speech_measures.Recognizer`), `val/wer` (word error rate of the
-    recognizer's transcript of the inferred speech against the clip's text) and
+    `moonshine-cpp`, else `pocketsphinx`; `speech_measures.Recognizer`), `val/wer` (word
+    error rate of the recognizer's transcript of the inferred speech against the clip's
+    text) and
     `val/wer_real` (the same for the real clips: the recognizer's score of the speaker's own
     voice, against which `val/wer` reads).
 TensorBoard also gets, for clip 0, the real / teacher-timed / inferred mels, both alignments

@@ -27,8 +27,8 @@ from vits_jax.training import evaluation
 from vits_jax.training import input_pipeline
 from vits_jax.training import metrics as metrics_lib
 from vits_jax.training import parallel
-from vits_jax.training import speech_measures
 from vits_jax.training import programs
+from vits_jax.training import speech_measures
 from vits_jax.training import state as state_lib
 from vits_jax.training import step as step_lib
 from vits_jax.training import warm_start

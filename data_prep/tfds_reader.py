@@ -16,12 +16,29 @@ its worker pool has in flight.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from typing import Iterator
 
 from data_prep import readers
 
 MISSING = ("--tfds needs tensorflow-datasets and TensorFlow: "
            "pip install -r requirements-tfds.txt")
+
+
+@contextlib.contextmanager
+def _scratch_tempdir():
+  """Points `tempfile` at a folder of our own that is removed afterwards: building a TFDS
+  builder for a dataset that is not prepared yet makes an empty `tmp*tfds` folder in the
+  system's temporary folder (`DatasetInfo.initialize_from_bucket`) and never removes it, one
+  per run."""
+  saved = tempfile.tempdir
+  with tempfile.TemporaryDirectory(prefix="vits_jax_tfds_") as scratch:
+    tempfile.tempdir = scratch
+    try:
+      yield
+    finally:
+      tempfile.tempdir = saved
 
 
 def _root_cause(e: BaseException) -> str:
@@ -115,11 +132,13 @@ def read_tfds(dataset: str, data_dir: str | None, download: bool = True,
   except ImportError:
     raise ImportError(MISSING) from None
   name = "ljspeech" if dataset == "ljspeech" else f"vctk/{mic}"
-  builder = tfds.builder(name, data_dir=data_dir)
+  with _scratch_tempdir():
+    builder = tfds.builder(name, data_dir=data_dir)
   if download:
     # A no-op when the dataset is there already, in whichever format it was prepared.
     try:
-      builder.download_and_prepare(file_format="array_record")
+      with _scratch_tempdir():
+        builder.download_and_prepare(file_format="array_record")
     except Exception as e:  # pylint: disable=broad-except  # network, permissions, disk...
       raise TfdsError(f"TFDS could not download and prepare {name} in "
                       f"{builder.data_dir_root}: {_root_cause(e)}") from e

@@ -300,9 +300,15 @@ def test_tfrecord_copy_reads_through_tf_data(controlled, tmp_path, capsys, monke
   assert not os.path.exists(os.path.join(out, records.MANIFEST))
 
 
-def test_download_failure_is_one_error_line(tmp_path, capsys):
-  """No copy in --data-dir and no way to make one (here: no write access) is one line."""
+def test_download_failure_is_one_error_line(tmp_path, capsys, monkeypatch):
+  """No copy in --data-dir and no way to make one (here: no write access) is one line, and
+  nothing is left in the system's temporary folder (a builder for data not prepared yet made
+  an empty `tmp*tfds` folder there per run)."""
+  import tempfile  # pylint: disable=import-outside-toplevel
   from unittest import mock  # pylint: disable=import-outside-toplevel
+  system_tmp = tmp_path / "system_tmp"
+  system_tmp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
 
   def refuse(self, **kwargs):
     raise PermissionError(f"403 Forbidden: no write access to {self.data_dir}\nmore detail")
@@ -313,6 +319,7 @@ def test_download_failure_is_one_error_line(tmp_path, capsys):
   assert rc == 2 and err.count("\n") == 1, err
   assert err.startswith("error: TFDS could not download and prepare vctk/mic1 in ")
   assert "PermissionError: 403 Forbidden" in err and "more detail" in err
+  assert not os.listdir(system_tmp) and tempfile.tempdir == str(system_tmp)
 
   def need_module(self, **kwargs):   # as TFDS wraps a missing module while encoding
     try:

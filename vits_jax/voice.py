@@ -575,8 +575,11 @@ class Voice:
                        f"dtype {audio.dtype}")
     if audio.dtype.kind in "iu":   # PCM samples (int16 from a WAV): to [-1, 1]
       info = np.iinfo(audio.dtype)
-      audio = (audio.astype(np.float64) - (info.max + 1 if info.min == 0 else 0)) / (
-          info.max + 1)
+      if info.min == 0:   # unsigned (8-bit WAV): silence at half scale, 128
+        half = (info.max + 1) // 2
+        audio = (audio.astype(np.float64) - half) / half
+      else:
+        audio = audio.astype(np.float64) / (info.max + 1)
     audio = audio.astype(np.float32)
     if audio.ndim not in (1, 2):
       raise ValueError(f"audio must be a mono waveform [T] or channels [T, C], got shape "

@@ -316,7 +316,7 @@ def make_eval_loader(data_dir: str, batch_size: int, *, buckets=None, split: str
     t_need, a_need = lengths[:, 0].max(), lengths[:, 1].max()
     if t_need > bks[-1][0] or a_need > bks[-1][1]:
       bks = bks + [(max(bks[-1][0], buckets_lib.round_up(t_need, text_multiple)),
-                    max(bks[-1][1] + 1, buckets_lib.round_up(a_need, audio_multiple)))]
+                    buckets_lib.round_up(max(bks[-1][1] + 1, a_need), audio_multiple))]
   ids = buckets_lib.assign_buckets(lengths, bks)
   plan, which, weights = [], [], []
   for b in range(len(bks)):

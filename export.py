@@ -32,14 +32,16 @@ def parse_args(argv=None):
 
 
 def _names_output(e: OSError, out: str) -> bool:
-  """Whether the error is about writing `out` (the file, its temp file, its folder or a
-  folder above) rather than about reading the voice."""
+  """Whether the error is about writing `out` (the file, a file in it, a folder above it, or
+  the temporary file or folder `.OUT.*` beside it that the export writes first) rather than
+  about reading the voice (which may sit in the same folder)."""
   if not e.filename:
     return False
   where = os.path.abspath(os.fspath(e.filename))
   out = os.path.abspath(out)
-  return (where == out or out.startswith(where + os.sep)
-          or os.path.dirname(where) in (out, os.path.dirname(out)))
+  temporary = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.")
+  return (where == out or out.startswith(where + os.sep) or where.startswith(out + os.sep)
+          or where.startswith(temporary))
 
 
 def main(argv=None):

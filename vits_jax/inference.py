@@ -648,8 +648,10 @@ def _count_trace(model):
 
 # ------------------------------------------------------------------- programs
 _PROGRAMS: Dict[Any, Callable] = {}
-# id(params) -> (a weak reference to its first leaf, its signature): a voice dropped by its
-# user is freed (holding the params themselves kept every voice ever loaded alive).
+# id(params) -> (weak references to its leaves, its signature): a voice dropped by its user
+# is freed (holding the params themselves kept every voice ever loaded alive). Every leaf is
+# checked, not only the first: a dict freed and another made at its address around some of
+# the same arrays (a voice with its decoder swapped or cast) has another signature.
 _SIGNATURES: Dict[int, Tuple[Any, Any]] = {}
 
 
@@ -660,23 +662,22 @@ def _signature(tree) -> Tuple:
       a, "dtype") else str(a.dtype)) for a in leaves)
 
 
-def _first_leaf(tree):
-  while isinstance(tree, dict) and tree:
-    tree = next(iter(tree.values()))
-  return tree
-
-
 def _params_signature(params) -> Tuple:
-  leaf = _first_leaf(params)
+  import jax
+  leaves = jax.tree_util.tree_leaves(params)
   entry = _SIGNATURES.get(id(params))
-  if entry is not None and entry[0]() is leaf:
+  if entry is not None and len(entry[0]) == len(leaves) and all(
+      ref() is leaf for ref, leaf in zip(entry[0], leaves)):
     return entry[1]
   signature = _signature(params)
-  try:   # (the entry goes with the leaf)
-    ref = weakref.ref(leaf, lambda _, key=id(params): _SIGNATURES.pop(key, None))
+  if not leaves:
+    return signature
+  try:   # (the entry goes with the first leaf)
+    refs = (weakref.ref(leaves[0], lambda _, key=id(params): _SIGNATURES.pop(key, None)),
+            *(weakref.ref(leaf) for leaf in leaves[1:]))
   except TypeError:   # a leaf that cannot be weakly referenced: not cached
     return signature
-  _SIGNATURES[id(params)] = (ref, signature)
+  _SIGNATURES[id(params)] = (refs, signature)
   return signature
 
 

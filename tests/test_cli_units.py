@@ -18,6 +18,7 @@ ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))
 import infer  # noqa: E402
 import serve  # noqa: E402
+from test_infer_cli import _run  # noqa: E402
 from vits_jax import files  # noqa: E402
 from vits_jax.voice import load_voice  # noqa: E402
 
@@ -41,14 +42,6 @@ class _Stdout:
 
   def flush(self):
     pass
-
-
-def _run(argv, capsys, stdin=None, monkeypatch=None):
-  if stdin is not None:
-    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-  code = infer.main(argv)
-  captured = capsys.readouterr()
-  return code, captured.err
 
 
 @pytest.fixture(scope="module")

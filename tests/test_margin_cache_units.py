@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from test_model_properties import random_params
 from vits_jax import inference
 from vits_jax.models import receptive
 from vits_jax.models.synthesizer import SynthesizerTrn, param_shapes
@@ -46,25 +47,10 @@ CONFIGS = {
 }
 
 
-def _random_params(shapes, seed=0):
-  rng = np.random.RandomState(seed)
-
-  def leaf(path, s):
-    name = jax.tree_util.keystr(path[-1:])
-    if len(s.shape) >= 2:
-      return rng.randn(*s.shape) / np.sqrt(np.prod(s.shape[:-1]))
-    if "weight_g" in name:
-      return 1.0 + 0.1 * rng.randn(*s.shape)
-    return 0.1 * rng.randn(*s.shape)
-
-  return jax.tree_util.tree_map_with_path(
-      lambda p, s: jnp.asarray(leaf(p, s), jnp.float32), shapes)
-
-
 @functools.lru_cache(maxsize=None)
 def _model(name):
   model = SynthesizerTrn(**BASE, **CONFIGS[name])
-  return model, _random_params(param_shapes(model))
+  return model, random_params(param_shapes(model))
 
 
 def _decode(model, params, m, mask, flow_margin=0, dec_margin=0):

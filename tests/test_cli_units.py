@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 import infer  # noqa: E402
 import serve  # noqa: E402
 from test_infer_cli import _run  # noqa: E402
+from test_serve import server  # noqa: E402,F401  (its module-scoped server, one per module)
 from vits_jax import files  # noqa: E402
 from vits_jax.voice import load_voice  # noqa: E402
 
@@ -253,21 +254,9 @@ def test_convert_writes_the_voice_conversion(flags, noise, seed, volume, vc_voic
 # ---------------------------------------------------------------------------------- serve.py
 
 
-@pytest.fixture(scope="module")
-def server(tiny):
-  defaults = dict(length_scale=1.0, noise_scale=0.667, noise_scale_w=0.8,
-                  sentence_silence=0.0, volume=1.0, normalize=False, seed=0, speaker=1)
-  tts = serve.TextToSpeech(tiny, defaults)
-  httpd = serve.serve(tts, "127.0.0.1", 0)
-  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-  thread.start()
-  yield tiny, httpd.server_address[1], tts
-  httpd.shutdown()
-  httpd.server_close()
-
-
-def _raw(port, request, timeout=60):
-  """All the server sends back on one connection until it closes it."""
+def _raw(url, request, timeout=60):
+  """All the server at `url` sends back on one connection until it closes it."""
+  port = int(url.rsplit(":", 1)[1])
   with socket.create_connection(("127.0.0.1", port), timeout=timeout) as c:
     c.sendall(request)
     reply = b""
@@ -307,8 +296,8 @@ def test_stream_header_describes_16_bit_mono(server):
 def test_head_sends_no_body_and_get_info(server):
   """HEAD answers the headers alone (a body there would be read as the next response on a
   kept-alive connection); GET /info is {"voice": info}, /voices {name: info}."""
-  voice, port, tts = server
-  reply = _raw(port, b"HEAD /info HTTP/1.1\r\nHost: x\r\n\r\n"
+  voice, url, tts = server
+  reply = _raw(url, b"HEAD /info HTTP/1.1\r\nHost: x\r\n\r\n"
                      b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
   head, _, rest = reply.partition(b"\r\n\r\n")
   assert head.startswith(b"HTTP/1.1 200 ")
@@ -318,7 +307,7 @@ def test_head_sends_no_body_and_get_info(server):
   (status, headers, body), = _responses(rest)
   assert int(headers["content-length"]) == length == len(body)
   assert json.loads(body) == {"voice": tts.info()}
-  reply = _raw(port, b"GET /voices HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+  reply = _raw(url, b"GET /voices HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
   (status, headers, body), = _responses(reply)
   assert headers["content-type"] == "application/json"
   assert json.loads(body) == {tts.name: tts.info()}
@@ -340,9 +329,9 @@ def test_info_names_the_voice_without_its_path(server):
 def test_post_to_an_unknown_endpoint_closes_the_connection(server):
   """Its body is not read, so the connection is closed after the 404 (left open, the body
   was read as a next request: a second answer)."""
-  _, port, _ = server
+  _, url, _ = server
   body = b'{"text": "Hi."}'
-  reply = _raw(port, b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+  reply = _raw(url, b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(body) + body, timeout=20)
   (status, headers, got), = _responses(reply)
   assert status.startswith("HTTP/1.1 404 ") and "no such endpoint: /nope" in got.decode()
@@ -350,8 +339,8 @@ def test_post_to_an_unknown_endpoint_closes_the_connection(server):
 
 @pytest.mark.parametrize("length", [b"abc", b"-5"])
 def test_a_content_length_that_is_no_size_is_400(server, length):
-  _, port, _ = server
-  reply = _raw(port, b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: "
+  _, url, _ = server
+  reply = _raw(url, b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: "
                      b"application/json\r\nContent-Length: " + length + b"\r\n\r\n{}",
                timeout=20)
   (status, headers, body), = _responses(reply)
@@ -365,9 +354,9 @@ def test_503_is_framed_by_its_content_length(server, monkeypatch):
   small = serve.serve(server[2], "127.0.0.1", 0)
   threading.Thread(target=small.serve_forever, daemon=True).start()
   try:
-    port = small.server_address[1]
-    with socket.create_connection(("127.0.0.1", port), timeout=60):
-      reply = _raw(port, b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
+    url = f"http://127.0.0.1:{small.server_address[1]}"
+    with socket.create_connection(("127.0.0.1", small.server_address[1]), timeout=60):
+      reply = _raw(url, b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
   finally:
     small.shutdown()
     small.server_close()
@@ -392,10 +381,10 @@ def test_a_port_taken_is_one_error_line_and_exit_2(capsys):
 def test_text_posted_to_root_in_any_media_type_but_json_is_the_text(server):
   """`curl -d 'Hello' host:5000/` sends form-urlencoded; no Content-Type at all is also
   text: both are spoken with the server's defaults (only JSON is read as fields)."""
-  voice, port, _ = server
+  voice, url, _ = server
   want = files.pcm16(voice.synthesize("Hi.", speaker=1))
   for kind in (b"Content-Type: application/x-www-form-urlencoded\r\n", b""):
-    reply = _raw(port, b"POST / HTTP/1.1\r\nHost: x\r\n" + kind +
+    reply = _raw(url, b"POST / HTTP/1.1\r\nHost: x\r\n" + kind +
                  b"Content-Length: 3\r\nConnection: close\r\n\r\nHi.")
     (status, headers, body), = _responses(reply)
     assert status.startswith("HTTP/1.1 200 ") and headers["content-type"] == "audio/wav"
@@ -405,9 +394,9 @@ def test_text_posted_to_root_in_any_media_type_but_json_is_the_text(server):
 def test_a_streamed_answer_is_chunked_only(server):
   """A streamed WAV is framed by chunks alone (no Content-Length beside Transfer-Encoding,
   which RFC 9112 forbids and proxies refuse), ending with the last-chunk."""
-  voice, port, _ = server
+  voice, url, _ = server
   body = json.dumps({"text": "Hi there.", "stream": True}).encode()
-  reply = _raw(port, b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+  reply = _raw(url, b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                      b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
   head, _, rest = reply.partition(b"\r\n\r\n")
   lines = head.lower().split(b"\r\n")
@@ -482,8 +471,8 @@ def test_export_errors_exit_2_and_say_which_side_failed(error, want, tmp_path, c
 def test_a_chunked_request_gets_the_411_alone(server):
   """Its chunks are not read, so the connection closes after the 411: nothing of the body is
   answered as a request of its own."""
-  _, port, _ = server
-  reply = _raw(port, b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+  _, url, _ = server
+  reply = _raw(url, b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                      b"\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"text\": \"Hi.\"}\r\n"
                      b"0\r\n\r\n", timeout=20)
   (status, headers, body), = _responses(reply)

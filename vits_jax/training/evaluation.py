@@ -19,9 +19,8 @@ For each validation clip:
     real clip) and, when an offline recognizer is installed (`train.eval_recognizer`:
     `moonshine-cpp`, else `pocketsphinx`; `speech_measures.Recognizer`), `val/wer` (word
     error rate of the recognizer's transcript of the inferred speech against the clip's
-    text) and
-    `val/wer_real` (the same for the real clips: the recognizer's score of the speaker's own
-    voice, against which `val/wer` reads).
+    text) and `val/wer_real` (the same for the real clips: the recognizer's score of the
+    speaker's own voice, against which `val/wer` reads).
 TensorBoard also gets, for clip 0, the real / teacher-timed / inferred mels, both alignments
 and the audio (the real clip once, at the first evaluation).
 """

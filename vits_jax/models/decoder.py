@@ -49,11 +49,11 @@ class ResBlock1(nn.Module):
     for j, d in enumerate(self.dilation):
       xt = _mask(nn.leaky_relu(x, LRELU_SLOPE), x_mask)
       xt = Conv1d(self.channels, self.kernel_size, dilation=d,
-                  padding=_padding(self.kernel_size, d), weight_norm=True, init_std=0.01,
+                  padding=_padding(self.kernel_size, d), weight_norm=True,
                   dtype=self.dtype, name=f"convs1_{j}")(xt)
       xt = _mask(nn.leaky_relu(xt, LRELU_SLOPE), x_mask)
       xt = Conv1d(self.channels, self.kernel_size, padding=_padding(self.kernel_size),
-                  weight_norm=True, init_std=0.01, dtype=self.dtype, name=f"convs2_{j}")(xt)
+                  weight_norm=True, dtype=self.dtype, name=f"convs2_{j}")(xt)
       x = xt + x
     return _mask(x, x_mask)
 
@@ -71,7 +71,7 @@ class ResBlock2(nn.Module):
     for j, d in enumerate(self.dilation):
       xt = _mask(nn.leaky_relu(x, LRELU_SLOPE), x_mask)
       xt = Conv1d(self.channels, self.kernel_size, dilation=d,
-                  padding=_padding(self.kernel_size, d), weight_norm=True, init_std=0.01,
+                  padding=_padding(self.kernel_size, d), weight_norm=True,
                   dtype=self.dtype, name=f"convs_{j}")(xt)
       x = xt + x
     return _mask(x, x_mask)
@@ -133,7 +133,7 @@ class Decoder(nn.Module):
       ch = self.upsample_initial_channel // (2 ** (i + 1))
       x = nn.leaky_relu(x, LRELU_SLOPE)
       x = ConvTranspose1d(ch, k, stride=u, padding=(k - u) // 2, weight_norm=True,
-                          init_std=0.01, dtype=dtype, name=f"ups_{i}")(x)
+                          dtype=dtype, name=f"ups_{i}")(x)
       if x_mask is not None:
         x_mask = commons.upsample_mask(x_mask, u, x.shape[1])
       x = _mask(x, x_mask)

@@ -191,11 +191,11 @@ _conv_time.defvjp(_conv_time_fwd, _conv_time_bwd)
 class _WeightMixin:
   """Creates `weight` or (`weight_g`, `weight_v`) and returns the effective kernel."""
 
-  def _kernel(self, shape: Sequence[int], fan_in: int, norm_axis: int, init_std=None):
-    if init_std is None:
-      init = _torch_uniform(fan_in)
-    else:
-      init = nn.initializers.normal(init_std)
+  def _kernel(self, shape: Sequence[int], fan_in: int, norm_axis: int):
+    # torch's default init. The official `init_weights` (N(0, 0.01)) runs on its decoder's
+    # convs after `weight_norm`, so it sets only the derived `weight`, which the next
+    # forward recomputes from `weight_g`, `weight_v`: official training starts from this.
+    init = _torch_uniform(fan_in)
     if not self.weight_norm or self.has_variable("params", "weight"):
       # (a weight-normed conv folded for inference: `torch_names.fold_weight_norm`)
       return self.param("weight", init, tuple(shape))
@@ -214,7 +214,6 @@ class Conv1d(nn.Module, _WeightMixin):
     padding: symmetric zero padding (int) or a `(left, right)` pair.
     use_bias: whether to add `bias`.
     weight_norm: weight-normalized (`weight_g`, `weight_v`) instead of `weight`.
-    init_std: if set, weights are N(0, init_std) (the official `init_weights`).
     dtype: compute dtype (params stay float32).
   """
   features: int
@@ -225,15 +224,13 @@ class Conv1d(nn.Module, _WeightMixin):
   groups: int = 1
   use_bias: bool = True
   weight_norm: bool = False
-  init_std: Optional[float] = None
   dtype: Optional[Dtype] = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cin = x.shape[-1]
     fan_in = cin // self.groups * self.kernel_size
-    w = self._kernel((self.kernel_size, cin // self.groups, self.features), fan_in, -1,
-                     self.init_std)
+    w = self._kernel((self.kernel_size, cin // self.groups, self.features), fan_in, -1)
     pad = self.padding if isinstance(self.padding, tuple) else (self.padding, self.padding)
     dtype = self.dtype or x.dtype
     y = conv_time(x.astype(dtype), w.astype(dtype), self.stride, self.dilation, pad,
@@ -255,7 +252,6 @@ class ConvTranspose1d(nn.Module, _WeightMixin):
   padding: int = 0
   use_bias: bool = True
   weight_norm: bool = False
-  init_std: Optional[float] = None
   dtype: Optional[Dtype] = None
 
   @nn.compact
@@ -264,7 +260,7 @@ class ConvTranspose1d(nn.Module, _WeightMixin):
     # torch computes fan_in of a transposed conv from weight.size(1) * k = Cout * k.
     fan_in = self.features * self.kernel_size
     # weight_norm(dim=0) on a torch ConvTranspose1d normalizes per *input* channel.
-    w = self._kernel((self.kernel_size, cin, self.features), fan_in, 1, self.init_std)
+    w = self._kernel((self.kernel_size, cin, self.features), fan_in, 1)
     dtype = self.dtype or x.dtype
     y = _conv_transpose_polyphase(x.astype(dtype), w.astype(dtype), self.stride, self.padding)
     if self.use_bias:
@@ -312,7 +308,6 @@ class Conv2d(nn.Module, _WeightMixin):
   use_bias: bool = True
   weight_norm: bool = False
   spectral_norm: bool = False
-  init_std: Optional[float] = None
   dtype: Optional[Dtype] = None
 
   @nn.compact
@@ -320,7 +315,7 @@ class Conv2d(nn.Module, _WeightMixin):
     cin = x.shape[-1]
     kh, kw = self.kernel_size
     fan_in = cin // self.groups * kh * kw
-    w = self._kernel((kh, kw, cin // self.groups, self.features), fan_in, -1, self.init_std)
+    w = self._kernel((kh, kw, cin // self.groups, self.features), fan_in, -1)
     if self.spectral_norm:
       w = _spectral_normalize(self, w, update_stats)
     dtype = self.dtype or x.dtype
@@ -350,8 +345,8 @@ def _spectral_normalize(module: nn.Module, w: jax.Array, update_stats: bool) -> 
   u_new = _l2n(mat @ v)
   if update_stats and not module.is_initializing():
     u_var.value = jax.lax.stop_gradient(u_new)
-  u_new = jax.lax.stop_gradient(u_new)
-  v = jax.lax.stop_gradient(_l2n(mat.T @ u_new))
+  # torch's estimate, sigma = u_new . W v with the v that gave u_new (both held constant).
+  u_new, v = jax.lax.stop_gradient(u_new), jax.lax.stop_gradient(v)
   sigma = u_new @ (mat @ v)
   return w / sigma
 

@@ -275,3 +275,20 @@ def test_weight_normed_decoder_convs_start_from_torchs_default_init():
     np.testing.assert_allclose(v.std(), bound / math.sqrt(3), rtol=0.15, err_msg=name)
     checked += 1
   assert checked == 4
+
+
+def test_attention_projections_start_as_the_officials():
+  """The official `MultiHeadAttention` initializes conv_q, conv_k, conv_v with Xavier's
+  uniform, U(+-sqrt(6 / (Cin + Cout))); conv_o keeps torch's default, U(+-1/sqrt(Cin))."""
+  from vits_jax.models.attentions import MultiHeadAttention
+  c = 96
+  att = MultiHeadAttention(c, c, n_heads=2, window_size=4)
+  x = jnp.zeros((1, 6, c))
+  params = att.init(jax.random.PRNGKey(0), x, jnp.ones((1, 1, 6, 6)))["params"]
+  xavier, default = math.sqrt(6 / (2 * c)), 1 / math.sqrt(c)
+  for name, bound in [("conv_q", xavier), ("conv_k", xavier), ("conv_v", xavier),
+                      ("conv_o", default)]:
+    w = np.asarray(params[name]["weight"])
+    assert w.shape == (1, c, c) and np.abs(w).max() <= bound
+    np.testing.assert_allclose(w.std(), bound / math.sqrt(3), rtol=0.05, err_msg=name)
+  assert not np.array_equal(params["conv_q"]["weight"], params["conv_k"]["weight"])

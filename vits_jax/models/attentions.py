@@ -62,9 +62,13 @@ class MultiHeadAttention(nn.Module):
     def heads(y):  # [B, T, C] -> [B, H, T, D]; channel index = head * D + d, as in torch.
       return y.reshape(b, t, self.n_heads, d).transpose(0, 2, 1, 3).astype(jnp.float32)
 
-    q = heads(Conv1d(self.channels, 1, dtype=self.dtype, name="conv_q")(x)) / jnp.sqrt(d)
-    k = heads(Conv1d(self.channels, 1, dtype=self.dtype, name="conv_k")(x))
-    v = heads(Conv1d(self.channels, 1, dtype=self.dtype, name="conv_v")(x))
+    def proj(name):  # the official initializes the q, k, v kernels with Xavier's uniform
+      return Conv1d(self.channels, 1, kernel_init=nn.initializers.xavier_uniform(),
+                    dtype=self.dtype, name=name)(x)
+
+    q = heads(proj("conv_q")) / jnp.sqrt(d)
+    k = heads(proj("conv_k"))
+    v = heads(proj("conv_v"))
 
     scores = jnp.einsum("bhid,bhjd->bhij", q, k)
     if self.window_size is not None:

@@ -21,7 +21,7 @@ counts equal PyTorch's to the unit.
 """
 
 import functools
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -191,11 +191,11 @@ _conv_time.defvjp(_conv_time_fwd, _conv_time_bwd)
 class _WeightMixin:
   """Creates `weight` or (`weight_g`, `weight_v`) and returns the effective kernel."""
 
-  def _kernel(self, shape: Sequence[int], fan_in: int, norm_axis: int):
-    # torch's default init. The official `init_weights` (N(0, 0.01)) runs on its decoder's
-    # convs after `weight_norm`, so it sets only the derived `weight`, which the next
-    # forward recomputes from `weight_g`, `weight_v`: official training starts from this.
-    init = _torch_uniform(fan_in)
+  def _kernel(self, shape: Sequence[int], fan_in: int, norm_axis: int, init=None):
+    # torch's default init unless given. (The official `init_weights`, N(0, 0.01), runs on
+    # its decoder's convs after `weight_norm`, so it sets only the derived `weight`, which
+    # the next forward recomputes from `weight_g`, `weight_v`: training starts from torch's.)
+    init = init or _torch_uniform(fan_in)
     if not self.weight_norm or self.has_variable("params", "weight"):
       # (a weight-normed conv folded for inference: `torch_names.fold_weight_norm`)
       return self.param("weight", init, tuple(shape))
@@ -214,6 +214,7 @@ class Conv1d(nn.Module, _WeightMixin):
     padding: symmetric zero padding (int) or a `(left, right)` pair.
     use_bias: whether to add `bias`.
     weight_norm: weight-normalized (`weight_g`, `weight_v`) instead of `weight`.
+    kernel_init: the kernel's initializer (default torch's, U(+-1/sqrt(fan_in))).
     dtype: compute dtype (params stay float32).
   """
   features: int
@@ -224,13 +225,15 @@ class Conv1d(nn.Module, _WeightMixin):
   groups: int = 1
   use_bias: bool = True
   weight_norm: bool = False
+  kernel_init: Optional[Callable] = None
   dtype: Optional[Dtype] = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cin = x.shape[-1]
     fan_in = cin // self.groups * self.kernel_size
-    w = self._kernel((self.kernel_size, cin // self.groups, self.features), fan_in, -1)
+    w = self._kernel((self.kernel_size, cin // self.groups, self.features), fan_in, -1,
+                     self.kernel_init)
     pad = self.padding if isinstance(self.padding, tuple) else (self.padding, self.padding)
     dtype = self.dtype or x.dtype
     y = conv_time(x.astype(dtype), w.astype(dtype), self.stride, self.dilation, pad,

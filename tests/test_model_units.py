@@ -292,3 +292,35 @@ def test_attention_projections_start_as_the_officials():
     assert w.shape == (1, c, c) and np.abs(w).max() <= bound
     np.testing.assert_allclose(w.std(), bound / math.sqrt(3), rtol=0.05, err_msg=name)
   assert not np.array_equal(params["conv_q"]["weight"], params["conv_k"]["weight"])
+
+
+# ------------------------------------------------------------------ small pieces
+@pytest.mark.parametrize("kernel_size", [2, 4])
+def test_ffn_same_padding_puts_the_extra_frame_on_the_right(kernel_size):
+  """The official FFN's 'same' padding is ((k - 1) // 2 left, k // 2 right): for an even
+  kernel, output frame t of the two convs reads input frames t - 2 * ((k - 1) // 2) ..
+  t + 2 * (k // 2) (the Jacobian's band), not the mirror image."""
+  from vits_jax.models.attentions import FFN
+  t, c = 9, 3
+  ffn = FFN(out_channels=c, filter_channels=5, kernel_size=kernel_size)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, t, c))
+  x_mask = jnp.ones((1, t, 1))
+  variables = perturb(ffn.init(jax.random.PRNGKey(1), x, x_mask), seed=2, scale=0.5)
+  jac = jax.jacfwd(lambda v: ffn.apply(variables, v, x_mask)[0, :, 0])(x)[:, 0, :, 0]
+  reads = np.abs(np.asarray(jac)) > 1e-7                 # [output frame, input frame]
+  left, right = 2 * ((kernel_size - 1) // 2), 2 * (kernel_size // 2)
+  out, inp = np.meshgrid(np.arange(t), np.arange(t), indexing="ij")
+  band = (inp >= out - left) & (inp <= out + right)
+  assert not reads[~band].any()
+  assert reads[4, 4 + right] and (left == 0 or reads[4, 4 - left])
+
+
+def test_lazy_synthesizers_are_equal_exactly_when_their_fields_are():
+  """Programs are keyed by the model: two voices with different fields must not share one."""
+  from vits_jax.models.lazy import LazySynthesizer
+  a = LazySynthesizer({"upsample_rates": [8, 8], "inter_channels": 4})
+  same = LazySynthesizer({"inter_channels": 4, "upsample_rates": (8, 8)})
+  other = LazySynthesizer({"upsample_rates": [8, 8], "inter_channels": 6})
+  assert a == same and hash(a) == hash(same)
+  assert a != other and other != a
+  assert {a: 1}.get(other) is None

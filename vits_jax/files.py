@@ -110,7 +110,8 @@ def one_line(name: str) -> str:
   (a newline, a tab, a terminal escape code), else as it is."""
   import json  # pylint: disable=import-outside-toplevel
   if any(ord(c) < 32 or ord(c) == 127 for c in name):
-    return json.dumps(name, ensure_ascii=False)[1:-1]
+    # (JSON leaves DEL as it is)
+    return json.dumps(name, ensure_ascii=False)[1:-1].replace("\x7f", "\\u007f")
   return name
 
 
@@ -194,7 +195,31 @@ def read_audio(path: str, check: Optional[Callable[[int, float], None]] = None
     # (a cut file decodes fewer samples than its header counts, without an error)
     raise CutShortError(f"{path} is cut short: its header promises {promised} samples, "
                         f"{data.shape[0]} decode")
+  if kind == "OGG" and data.shape[0] == 0 and _ogg_cut_short(source):
+    # (libsndfile finds no length in an Ogg cut before its last page, and decodes nothing)
+    raise CutShortError(f"{path} is cut short: its last Ogg page is missing or incomplete")
   return data, rate
+
+
+def _ogg_cut_short(source) -> bool:
+  """Whether an Ogg file's pages stop early: a page runs past the end of the file, or
+  the last page does not carry the end-of-stream flag."""
+  if isinstance(source, io.BytesIO):
+    size, opened = len(source.getbuffer()), contextlib.nullcontext(source)
+  else:
+    size, opened = os.path.getsize(source), open(source, "rb")
+  flags, pos = None, 0
+  with opened as f:
+    while pos < size:
+      f.seek(pos)
+      head = f.read(27)   # capture pattern, version, flags, ..., segment count
+      if len(head) < 27 or head[:4] != b"OggS":
+        return True
+      lacing = f.read(head[26])
+      if len(lacing) < head[26]:
+        return True
+      flags, pos = head[5], pos + 27 + len(lacing) + sum(lacing)
+  return pos > size or flags is None or not flags & 0x04
 
 
 def _libsndfile_reason(e: BaseException) -> str:

@@ -146,3 +146,20 @@ def test_pcm_values_stored_as_floats_are_refused():
   with pytest.raises(ValueError, match="its peak is 32000"):
     voice.convert(pcm_as_float, rate, 1, 2)
   assert voice.convert(wav / np.abs(wav).max() * 1.2, rate, 1, 2).size > 0
+
+
+def test_request_fields_map_to_their_synthesize_keywords():
+  """Piper's `noise_w_scale` and this project's `noise_scale_w` are the duration noise (not
+  `noise_scale`); giving both is refused, each field alone lands on its own keyword."""
+  from vits_jax import request
+  want = {"length_scale": ("length_scale", 1.3), "noise_scale": ("noise_scale", 0.4),
+          "noise_w_scale": ("noise_scale_w", 0.3), "noise_scale_w": ("noise_scale_w", 0.2),
+          "sentence_silence": ("sentence_silence", 0.5), "volume": ("volume", 0.7),
+          "normalize": ("normalize", False), "seed": ("seed", 9)}
+  for field, (keyword, value) in want.items():
+    text, knobs = request.parse({"text": "Hi.", field: value}, None, {"noise_scale": 0.667})
+    assert text == "Hi."
+    expected = {"noise_scale": 0.667, keyword: value}
+    assert knobs == expected, field
+  with pytest.raises(ValueError, match="give one of noise_w_scale and noise_scale_w"):
+    request.parse({"text": "Hi.", "noise_w_scale": 0.3, "noise_scale_w": 0.3}, None, {})

@@ -279,3 +279,15 @@ def test_weight_norm_checkpoint_into_folded_params():
     with pytest.raises(ValueError, match="checkpoint does not match the model") as e:
       torch_names.torch_to_flax(bad, like=folded)
     assert needle in str(e.value), str(e.value)
+  # Every problem of the tree in one error, not only the first subtree's.
+  bad = {k: v for k, v in sd.items() if k != "dec.ups.0.bias"}
+  bad.update({"dec.conv_post.bias": np.zeros(3), "enc_p.x": np.zeros(2),
+              "dec.cond.bias": np.zeros(2)})
+  like = {"dec": dict(folded["dec"], cond=sds((2,), np.float32))}
+  with pytest.raises(ValueError) as e:
+    torch_names.torch_to_flax(bad, like=like)
+  message = str(e.value)
+  for needle in ("shape of dec/conv_post/bias", "missing dec/ups_0/bias", "unexpected enc_p",
+                 "dec/cond is an array in the model, not in the checkpoint"):
+    assert needle in message, message
+  assert "\n" not in message

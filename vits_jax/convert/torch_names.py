@@ -21,7 +21,7 @@ places) and checks that every name and shape matches.
 """
 
 import re
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -156,9 +156,19 @@ def _as_dict(tree):
 
 
 def _match(ours: Dict, like: Mapping, path) -> Dict:
-  """Reconciles `ours` with the target structure `like` (weight norm), checking shapes."""
+  """Reconciles `ours` with the target structure `like` (weight norm), checking shapes; one
+  ValueError lists the problems of the whole tree."""
+  errors: List[str] = []
+  out = _match_node(ours, like, path, errors)
+  if errors:
+    shown = "; ".join(errors[:8]) + (f"; ... ({len(errors)} problems)" if len(errors) > 8
+                                     else "")
+    raise ValueError(f"checkpoint does not match the model: {shown}")
+  return out
+
+
+def _match_node(ours: Dict, like: Mapping, path, errors: List[str]) -> Dict:
   out = {}
-  errors = []
   leafy = {k for k, v in like.items() if not isinstance(v, Mapping)}
   if leafy and {"weight_g", "weight_v"} <= set(like) and "weight" in ours:
     g, v = unfold_weight(path, ours.pop("weight"))
@@ -171,8 +181,11 @@ def _match(ours: Dict, like: Mapping, path) -> Dict:
     if k not in ours:
       errors.append(f"missing {name}")
       continue
-    if isinstance(target, Mapping):
-      out[k] = _match(ours[k], target, path + (k,))
+    if isinstance(target, Mapping) != isinstance(ours[k], Mapping):
+      what = "a module" if isinstance(target, Mapping) else "an array"
+      errors.append(f"{name} is {what} in the model, not in the checkpoint")
+    elif isinstance(target, Mapping):
+      out[k] = _match_node(ours[k], target, path + (k,), errors)
     else:
       if tuple(ours[k].shape) != tuple(target.shape):
         errors.append(f"shape of {name}: checkpoint {tuple(ours[k].shape)} vs model "
@@ -181,10 +194,6 @@ def _match(ours: Dict, like: Mapping, path) -> Dict:
   for k in ours:
     if k not in like:
       errors.append(f"unexpected {'/'.join(path + (k,))}")
-  if errors:
-    shown = "; ".join(errors[:8]) + (f"; ... ({len(errors)} problems)" if len(errors) > 8
-                                     else "")
-    raise ValueError(f"checkpoint does not match the model: {shown}")
   return out
 
 

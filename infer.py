@@ -429,7 +429,13 @@ def _in_cluster() -> bool:
   env = os.environ
   return bool(env.get("JAX_COORDINATOR_ADDRESS")
               or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-              or int(env.get("SLURM_NTASKS", "1") or 1) > 1)
+              or _slurm_tasks(env.get("SLURM_NTASKS", "")) > 1)
+
+
+def _slurm_tasks(value: str) -> int:
+  """SLURM_NTASKS as a count (SLURM writes a plain integer; anything else is not a job)."""
+  value = value.strip()
+  return int(value) if value.isdecimal() else 1
 
 
 class _NotWritten(Exception):

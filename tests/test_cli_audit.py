@@ -356,3 +356,41 @@ def test_a_refusal_names_the_voice_without_its_path():
     httpd.server_close()
   assert "/srv" not in error and "unknown speaker 'nobody'" in error, error
   assert "en_US-x.onnx" in error, error
+
+
+def test_convert_reads_a_recording_piped_into_stdin(vc_voice, tmp_path, capsys, monkeypatch):
+  """--convert - reads the recording from a pipe on stdin (read once, into memory): the
+  same audio as the file itself gives."""
+  import threading
+  from vits_jax import voice as voice_module
+  voice, wav, rate = vc_voice
+  monkeypatch.setattr(voice_module, "load_voice", lambda *a, **k: voice)
+  sf.write(tmp_path / "in.wav", wav, rate, subtype="PCM_16")
+  data = (tmp_path / "in.wav").read_bytes()
+  flags = ["--voice", "vc", "--source-speaker", "1", "--speaker", "2"]
+  code, err = _run(["--convert", str(tmp_path / "in.wav"), "--out", str(tmp_path / "f.wav")]
+                   + flags, capsys)
+  assert code == 0, err
+  read_end, write_end = os.pipe()
+  saved = os.dup(0)
+
+  def feed():
+    with os.fdopen(write_end, "wb") as w:
+      w.write(data)
+
+  feeder = threading.Thread(target=feed)
+  feeder.start()
+  try:
+    os.dup2(read_end, 0)
+    os.close(read_end)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    code, err = _run(["--convert", "-", "--out", str(tmp_path / "p.wav")] + flags, capsys)
+  finally:
+    os.dup2(saved, 0)
+    os.close(saved)
+    feeder.join()
+  assert code == 0, err
+  piped, _ = sf.read(tmp_path / "p.wav", dtype="int16")
+  whole, _ = sf.read(tmp_path / "f.wav", dtype="int16")
+  assert len(piped) > 0
+  np.testing.assert_array_equal(piped, whole)

@@ -80,8 +80,9 @@ def test_windows_equal_whole_decoding(multi, noise_scale):
     durs.setdefault(i, []).append(dur)
   want = _whole(multi, m, logs, seeds, 2, noise_scale, key)
   for i, n in enumerate(lengths):
-    # Each utterance is complete exactly once, on its last piece (also one that ends on a
-    # window's edge: n = WINDOW), which carries its durations.
+    # Each utterance is complete exactly once, on its last piece, which carries its
+    # durations. (On this shared tape the gaps shift the n = WINDOW one off the window
+    # edges; one alone that ends on an edge: test_short_last_windows_...)
     assert all(d is None for d in durs[i][:-1]), (i, durs[i])
     np.testing.assert_array_equal(durs[i][-1], np.ones(n))
     got = np.concatenate(pieces[i])

@@ -16,28 +16,13 @@ sys.path.insert(0, str(ROOT))
 import infer  # noqa: E402
 import serve  # noqa: E402
 from test_infer_cli import _run  # noqa: E402
-from test_cli_units import vc_voice  # noqa: E402,F401  (module-scoped: the official voice)
+from test_cli_units import _Stdout, vc_voice  # noqa: E402,F401  (vc_voice: module-scoped)
 from vits_jax import files  # noqa: E402
 from vits_jax.voice import load_voice  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 TINY = str(FIXTURES / "piper_tiny_multi.onnx")
 TINY_SINGLE = str(FIXTURES / "piper_tiny_high.onnx")
-
-
-class _Stdout:
-  """Stands in for sys.stdout: a text stream with a bytes `buffer`."""
-
-  def __init__(self, buffer=None):
-    self.buffer = buffer if buffer is not None else io.BytesIO()
-    self.text = []
-
-  def write(self, text):
-    self.text.append(text)
-    return len(text)
-
-  def flush(self):
-    pass
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,8 @@ TEXT = "The birch canoe slid on the smooth planks. Glue the sheet to the dark bl
 class _Stdout:
   """Stands in for sys.stdout: a text stream with a bytes `buffer`."""
 
-  def __init__(self):
-    self.buffer = io.BytesIO()
+  def __init__(self, buffer=None):
+    self.buffer = buffer if buffer is not None else io.BytesIO()
     self.text = []
 
   def write(self, text):

@@ -622,10 +622,8 @@ def test_the_older_vctk_layout_pairs_its_wavs(tmp_path, capsys):
   assert all(rec["text"] == TEXTS[int(cid[-1])] for cid, (_, rec) in recs.items())
 
 
-def test_a_speaker_with_one_clip_keeps_it_in_train(tmp_path, capsys):
-  """Whatever the validation draw, a speaker's only clip trains (drawn for validation, the
-  speaker was listed by the voice but never trained); the others' clips fill validation."""
-  src = tmp_path / "VCTK-Corpus-0.92"
+def _vctk_five_and_one(src):
+  """A VCTK layout under `src`: p225 with 5 clips, p226 with 1 (half-second tones)."""
   for spk, n in (("p225", 5), ("p226", 1)):
     os.makedirs(src / "wav48_silence_trimmed" / spk)
     os.makedirs(src / "txt" / spk)
@@ -634,6 +632,13 @@ def test_a_speaker_with_one_clip_keeps_it_in_train(tmp_path, capsys):
       sf.write(src / "wav48_silence_trimmed" / spk / f"{cid}_mic1.flac", _tone(0.5, 16000),
                16000)
       (src / "txt" / spk / f"{cid}.txt").write_text(TEXTS[i] + "\n")
+
+
+def test_a_speaker_with_one_clip_keeps_it_in_train(tmp_path, capsys):
+  """Whatever the validation draw, a speaker's only clip trains (drawn for validation, the
+  speaker was listed by the voice but never trained); the others' clips fill validation."""
+  src = tmp_path / "VCTK-Corpus-0.92"
+  _vctk_five_and_one(src)
   moved = 0
   for seed in range(6):
     out = tmp_path / f"o{seed}"

@@ -14,7 +14,7 @@ import soundfile as sf
 
 import prep_utils  # noqa: E402  (tests/ is on sys.path)
 from data_prep import prepare, process, readers, tfds_reader
-from test_data_prep import TEXTS, _small_corpus, _tone
+from test_data_prep import TEXTS, _small_corpus, _tone, _vctk_five_and_one
 from vits_jax.data import records
 from vits_jax.text import get_frontend
 
@@ -142,14 +142,7 @@ def test_a_speakers_only_clip_drawn_for_validation_is_counted(tmp_path, capsys):
   seed = next(s for s in range(50)
               if 5 in prepare.rank_validation(list(range(6)), 3, s)[0][:3])
   src = tmp_path / "VCTK-Corpus-0.92"
-  for spk, n in (("p225", 5), ("p226", 1)):
-    os.makedirs(src / "wav48_silence_trimmed" / spk)
-    os.makedirs(src / "txt" / spk)
-    for i in range(1, n + 1):
-      cid = f"{spk}_{i:03d}"
-      sf.write(src / "wav48_silence_trimmed" / spk / f"{cid}_mic1.flac", _tone(0.5, 16000),
-               16000)
-      (src / "txt" / spk / f"{cid}.txt").write_text(TEXTS[i] + "\n")
+  _vctk_five_and_one(src)
   out = str(tmp_path / "o")
   rc, stdout, _ = _run(capsys, "--dataset", "vctk", "--src", src, "--out", out,
                        "--workers", 1, "--val-size", 3, "--seed", seed)

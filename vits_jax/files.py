@@ -183,7 +183,8 @@ def read_audio(path: str, check: Optional[Callable[[int, float], None]] = None
       promised, rate, kind = f.frames, f.samplerate, f.format
       if check is not None:
         check(rate, promised / max(rate, 1))
-      data = f.read(dtype="float32", always_2d=True)
+      data = _read_blocks(f) if promised > _BLOCK_FRAMES else f.read(dtype="float32",
+                                                                       always_2d=True)
   except (RuntimeError, sf.LibsndfileError) as e:  # (LibsndfileError is a RuntimeError)
     raise ValueError(f"cannot read {path}: {_libsndfile_reason(e)}") from None
   short = wav_shortfall(source)
@@ -199,6 +200,23 @@ def read_audio(path: str, check: Optional[Callable[[int, float], None]] = None
     # (libsndfile finds no length in an Ogg cut before its last page, and decodes nothing)
     raise CutShortError(f"{path} is cut short: its last Ogg page is missing or incomplete")
   return data, rate
+
+
+# Frames decoded at a time from a file whose header promises more (soundfile would size one
+# array by the header: a FLAC header can promise 2**36 samples in a file of a few bytes).
+_BLOCK_FRAMES = 1 << 20
+
+
+def _read_blocks(f) -> np.ndarray:
+  """All of an open SoundFile's samples as float32 [T, C], decoded block by block, so
+  memory follows the samples that are there, not the count the header gives."""
+  blocks = []
+  while True:
+    block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+    if not len(block):
+      break
+    blocks.append(block)
+  return np.concatenate(blocks) if blocks else np.zeros((0, f.channels), np.float32)
 
 
 def _ogg_cut_short(source) -> bool:

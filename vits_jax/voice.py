@@ -688,6 +688,9 @@ def load_voice(name_or_path: Optional[Union[str, os.PathLike]] = None,
     meta = {"config": source.config.to_dict(), "frontend": source.frontend,
             "name": source.name, "speaker_names": source.speaker_names, "model": fields}
     cache.write(entry, meta, params)
-  frontend = get_frontend(**meta["frontend"])
+  try:
+    frontend = get_frontend(**meta["frontend"])
+  except ValueError as e:   # (a voice config's phoneme settings: name the voice)
+    raise ValueError(f"voice {meta['name']}: {e}") from None
   return Voice(model, params, frontend, int(config.data.sampling_rate), name=meta["name"],
                speaker_names=meta["speaker_names"], defaults=config.get("infer"))

@@ -146,6 +146,8 @@ def config_from_hparams(model: Mapping[str, Any], data: Optional[Mapping[str, An
   config.data.n_speakers = n_speakers if n_speakers > 1 else 0   # model.n_speakers follows
   check_model_config(config, where)
   config.data.hop_length = math.prod(config.model.upsample_rates)
+  if infer is not None and not isinstance(infer, (Mapping, ml_collections.ConfigDict)):
+    raise ValueError(f"{where}: the inference settings must be an object, got {infer!r:.60}")
   config.infer = ml_collections.ConfigDict(
       {**inference.DEFAULT_KNOBS, **dict(infer or {})})
   return config
@@ -234,6 +236,16 @@ def check_model_config(config: ml_collections.ConfigDict, where: str = "config")
                        f"most {MAX_SIZES[kind]})")
   if int(config.data.n_speakers or 0) > 1 and int(m.gin_channels or 0) < 1:
     raise ValueError(f"{where}: a multi-speaker model needs model.gin_channels > 0")
+  for key in ("enc_q_kernel_size", "flow_kernel_size"):
+    v = m.get(key)   # (WaveNet layers pad to keep the length: an odd kernel)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % 2 != 1):
+      raise ValueError(f"{where}: model.{key} must be an odd positive integer, got {v!r}")
+  if m.inter_channels % 2:   # (the flow's coupling layers split the channels in half)
+    raise ValueError(f"{where}: model.inter_channels must be even, got {m.inter_channels}")
+  infer = config.get("infer")
+  if infer is not None and not isinstance(infer, (Mapping, ml_collections.ConfigDict)):
+    raise ValueError(f"{where}: infer must be an object of inference settings, got "
+                     f"{infer!r:.60}")
   for key in ("sampling_rate", "filter_length"):
     v = config.data[key]
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -232,13 +232,22 @@ class PiperFrontend(Frontend):
     self.phoneme_type = config.get('phoneme_type', 'espeak')
     if self.phoneme_type not in ('espeak', 'text'):
       raise ValueError(f'unsupported Piper phoneme_type {self.phoneme_type!r}')
-    self.voice = (config.get('espeak') or {}).get('voice', 'en-us')
+    espeak = config.get('espeak') or {}
+    if not isinstance(espeak, dict):
+      raise ValueError(f'espeak must be an object (like {{"voice": "en-us"}}), not {espeak!r:.60}')
+    self.voice = espeak.get('voice', 'en-us')
     if self.phoneme_type == 'espeak':   # fail at load, not at the first sentence
       piper_phonemes.check_espeak_voice(self.voice, fallback=fallback)
     elif not isinstance(self.voice, str):
       raise ValueError(f'espeak.voice must be a string, not {self.voice!r}')
     max_id = max(i for ids in self.id_map.values() for i in ids)
-    self.n_vocab = max(int(config.get('num_symbols', 0)), max_id + 1)
+    symbols = config.get('num_symbols')
+    symbols = 0 if symbols is None else symbols
+    if isinstance(symbols, float) and symbols.is_integer():
+      symbols = int(symbols)
+    if isinstance(symbols, bool) or not isinstance(symbols, int) or symbols < 0:
+      raise ValueError(f'num_symbols must be a count of phoneme ids, not {symbols!r:.60}')
+    self.n_vocab = max(symbols, max_id + 1)
     self._can_say = functools.partial(chars.espeak_can_say,
                                       scripts=frozenset(chars.allowed_scripts(self.voice)))
     self.fallback = fallback

@@ -55,7 +55,7 @@ def _free_compiled_programs():
 SLOW_MODULES = ("test_train.py", "test_readme.py", "test_model_properties.py", "test_tfds.py",
                 "test_train_full_size.py", "test_notebook.py", "test_train_multihost.py",
                 "test_synthesis.py", "test_export.py", "test_model_parity.py",
-                "test_infer_cli.py", "test_export_piper.py")
+                "test_infer_cli.py", "test_export_piper.py", "test_train_step_golden.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

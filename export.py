@@ -44,6 +44,12 @@ def _names_output(e: OSError, out: str) -> bool:
           or where.startswith(temporary))
 
 
+def _error(text: str) -> None:
+  """One `error:` line on stderr (a name given with a newline stays on one line)."""
+  from vits_jax.files import one_line
+  print(f"error: {one_line(text)}", file=sys.stderr)
+
+
 def main(argv=None):
   args = parse_args(argv)
   import warnings
@@ -53,20 +59,19 @@ def main(argv=None):
   try:
     result = export_voice(args.voice, args.to, args.out, step=args.step, force=args.force)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
+    _error(f"{e}")
     return 2
   except OSError as e:
     if isinstance(e, (FileNotFoundError, FileExistsError)) and not _names_output(e, args.out):
-      print(f"error: {e}", file=sys.stderr)   # a missing voice; an output kept without --force
+      _error(f"{e}")   # a missing voice; an output kept without --force
     elif e.filename and not _names_output(e, args.out):   # reading the voice, not writing
-      print(f"error: cannot read {e.filename}: {e.strerror or e}", file=sys.stderr)
+      _error(f"cannot read {e.filename}: {e.strerror or e}")
     elif isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename and \
         os.path.isfile(e.filename):   # --out file.onnx/x: a folder that is a file
-      print(f"error: cannot write {args.out}: {e.filename} is a file, not a folder",
-            file=sys.stderr)
+      _error(f"cannot write {args.out}: {e.filename} is a file, not a folder")
     else:                                     # e.g. --out /proc/x.onnx
       where = f" ({e.filename})" if e.filename else ""
-      print(f"error: cannot write {args.out}: {e.strerror or e}{where}", file=sys.stderr)
+      _error(f"cannot write {args.out}: {e.strerror or e}{where}")
     return 2
   for note in result.notes:
     print(f"note: {note}", file=sys.stderr)

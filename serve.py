@@ -323,6 +323,11 @@ def make_handler(tts):
       # an unsupported method): `{"error": ...}` as every other refusal, not an HTML page.
       del explain
       self.close_connection = True
+      if (self.request_version == "HTTP/0.9"
+          and len(str(getattr(self, "requestline", "")).split()) != 2):
+        # (a request line refused before its version was read is taken for HTTP/0.9, whose
+        # answers have no status line: only a real two-word HTTP/0.9 request gets that)
+        self.request_version = "HTTP/1.0"
       text = message or self.responses.get(code, ("",))[0] or f"HTTP {code}"
       self._send(code, json.dumps({"error": text}).encode("utf-8"), "application/json")
 
@@ -518,7 +523,7 @@ def request_defaults(args, voice):
 
 def main(argv=None):
   args = parse_args(argv)
-  from vits_jax.files import warning_line
+  from vits_jax.files import one_line, warning_line
   warnings.showwarning = warning_line
   try:
     if not 0 <= args.port <= 65535:
@@ -537,7 +542,7 @@ def main(argv=None):
     tts.synthesize({"text": "Ready."})   # compiles (or loads) the programs before serving
     server = serve(tts, args.host, args.port)
   except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {one_line(str(e))}", file=sys.stderr)
     return 2
   except OSError as e:   # the port is taken, or not ours to bind
     print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)

@@ -94,6 +94,9 @@ def _exit_now(message: Optional[str], code: int):
   background (minutes for a full-size model); checkpoints in flight were finished by the
   loop before the error came up."""
   if message is not None:
+    if message.startswith("error: "):   # (a name given with a newline stays on one line)
+      from vits_jax.files import one_line
+      message = "error: " + one_line(message[len("error: "):])
     print(message, file=sys.stderr)
   sys.stdout.flush()
   sys.stderr.flush()

@@ -663,7 +663,7 @@ def main(argv=None) -> int:
     print(f"error: interrupted; {kept}", file=sys.stderr)
     return 130
   except PrepareError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {files.one_line(str(e))}", file=sys.stderr)
     return 2
   except (OSError, RuntimeError) as e:   # a full disk, a file-size limit, a read-only folder
     if isinstance(e, RuntimeError):

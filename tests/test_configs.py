@@ -299,6 +299,10 @@ def test_bucket_count_follows_the_run_length_and_a_resume_keeps_it(tmp_path):
     ({"train.eval_recognizer": "whisper"}, "train.eval_recognizer must be one of auto, none, "
                                            "moonshine, pocketsphinx, got 'whisper'"),
     ({"train.segment_size": 0}, "train.segment_size must be positive"),
+    # (from a fuzzing run) 'Maximum allowed dimension exceeded' from XLA
+    ({"train.segment_size": 256 * 10 ** 9}, "is more than 60 s of audio"),
+    ({"model.enc_q_kernel_size": 4}, "model.enc_q_kernel_size must be an odd positive"),
+    ({"model.inter_channels": 15}, "model.inter_channels must be even"),   # assert
     ({"data.hop_length": 0}, "data.hop_length must be positive"),      # ZeroDivisionError
     ({"model.n_heads": 3}, "hidden_channels 16 is not divisible by n_heads 3"),  # assert
     ({"model.upsample_kernel_sizes": (16, 16)}, "upsample_kernel_sizes differ in length"),

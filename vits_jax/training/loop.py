@@ -121,6 +121,11 @@ def init_compiler_options() -> Optional[dict]:
   return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
 
 
+# The longest decoder window a config may train on (the official one is 0.37 s; a window
+# of hours asked XLA for arrays past its dimension limit).
+MAX_SEGMENT_SECONDS = 60
+
+
 def check_config(config: ml_collections.ConfigDict):
   """Raises ValueError on settings that cannot train."""
   from vits_jax.convert import source  # pylint: disable=import-outside-toplevel
@@ -133,6 +138,10 @@ def check_config(config: ml_collections.ConfigDict):
               "segment_size", "max_to_keep"):
     if int(t[key]) <= 0:
       raise ValueError(f"train.{key} must be positive, got {t[key]}")
+  if int(t.segment_size) > MAX_SEGMENT_SECONDS * int(d.sampling_rate):
+    raise ValueError(f"train.segment_size={t.segment_size} is more than "
+                     f"{MAX_SEGMENT_SECONDS} s of audio (the official 8192 samples is 0.37 s "
+                     "at 22.05 kHz)")
   if int(t.segment_size) % int(d.hop_length):
     raise ValueError(f"train.segment_size={t.segment_size} must be a multiple of "
                      f"data.hop_length={d.hop_length}")

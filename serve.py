@@ -323,10 +323,10 @@ def make_handler(tts):
       # an unsupported method): `{"error": ...}` as every other refusal, not an HTML page.
       del explain
       self.close_connection = True
-      if (self.request_version == "HTTP/0.9"
-          and len(str(getattr(self, "requestline", "")).split()) != 2):
+      words = str(getattr(self, "requestline", "")).split()
+      if self.request_version == "HTTP/0.9" and not (len(words) == 2 and words[0] == "GET"):
         # (a request line refused before its version was read is taken for HTTP/0.9, whose
-        # answers have no status line: only a real two-word HTTP/0.9 request gets that)
+        # answers have no status line: only a real HTTP/0.9 request, `GET /path`, gets that)
         self.request_version = "HTTP/1.0"
       text = message or self.responses.get(code, ("",))[0] or f"HTTP {code}"
       self._send(code, json.dumps({"error": text}).encode("utf-8"), "application/json")

@@ -131,7 +131,8 @@ def _check_answer(port, raw, case):
   assert _status(good) == 200, (case, good[:200])
 
 
-@pytest.mark.parametrize("request_line", [b"GET / HTTP/9.9", b"GET / HTTP/1.1 extra"])
+@pytest.mark.parametrize("request_line", [b"GET / HTTP/9.9", b"GET / HTTP/1.1 extra",
+                                          b"POST /synthesize"])
 def test_a_malformed_request_line_is_answered_with_a_status_line(server, request_line):
   """BUG: a request line the standard library refuses (an unknown HTTP version, a fourth
   word) is answered with the JSON error body alone, no status line and no headers: the
@@ -227,10 +228,13 @@ def test_json_input_output_file_with_a_newline_is_one_error_line(tmp_path):
 
 def test_out_with_a_newline_is_one_error_line(tmp_path):
   """BUG: `_check_args` puts --out into its message as it is: `--out 'a<LF>b.txt'` (an
-  unknown format) or a missing folder whose name holds a newline is a two-line error."""
-  for out in ("a\nb.txt", "no\ndir/x.wav"):
+  unknown format) or a missing folder whose name holds a newline (or U+2028, U+0085) is a
+  two-line error."""
+  for out in ("a\nb.txt", "no\ndir/x.wav", "x.wav\u2028", "x\u0085.txt", "y\u2029.ogg\x7f"):
     outcome, text = _infer(["--text", "Hi.", "--voice", MULTI, "--out", tmp_path / out])
     assert outcome == "handled", (out, text)
+    # (str.splitlines also ends a line at NEL, LS and PS: a log reader may do the same)
+    assert len([l for l in text.splitlines() if l.strip()]) == 1, (out, text)
 
 
 def test_fuzz_json_input_fields(tmp_path):

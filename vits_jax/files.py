@@ -109,10 +109,18 @@ def one_line(name: str) -> str:
   """`name` as it can be shown on one line: JSON-escaped where it holds control characters
   (a newline, a tab, a terminal escape code), else as it is."""
   import json  # pylint: disable=import-outside-toplevel
-  if any(ord(c) < 32 or ord(c) == 127 for c in name):
-    # (JSON leaves DEL as it is)
-    return json.dumps(name, ensure_ascii=False)[1:-1].replace("\x7f", "\\u007f")
+  if any(ord(c) < 32 or c in _RAW_IN_JSON for c in name):
+    # (JSON leaves DEL and the line breaks beyond ASCII, which str.splitlines counts, as
+    # they are)
+    shown = json.dumps(name, ensure_ascii=False)[1:-1]
+    for c in _RAW_IN_JSON:
+      shown = shown.replace(c, f"\\u{ord(c):04x}")
+    return shown
   return name
+
+
+# Characters JSON leaves raw that end a line or move the cursor: DEL, NEL, LS, PS.
+_RAW_IN_JSON = "\x7f\x85\u2028\u2029"
 
 
 def parse_json(text: str):

@@ -192,23 +192,8 @@ def test_piper_num_symbols_dict_is_one_error_line_in_infer(tmp_path):
 def workdir(tmp_path_factory):
   """A training workdir (orbax checkpoint of the tiny multi-speaker Piper voice's generator
   + config.json), built as tests/test_export.py builds one: no training run."""
-  import orbax.checkpoint as ocp
-  from configs import presets
-  from vits_jax.convert import piper
-  from vits_jax.convert.source import load_source
-  root = tmp_path_factory.mktemp("fuzz_workdir") / "wd"
-  config = presets.get_config("medium")
-  config.model.update({k: v for k, v in piper.load_piper(MULTI).model.items()
-                       if k in config.model and k != "n_speakers"})
-  config.data.n_speakers = 3
-  config.data.sampling_rate = 16000
-  config.data.piper_config = str(MULTI) + ".json"
-  root.mkdir(parents=True)
-  (root / "config.json").write_text(json.dumps(config.to_dict()))
-  trained = load_source(MULTI).params
-  ocp.PyTreeCheckpointer().save(root / "checkpoints" / "9" / "state",
-                                {"params": {"generator": trained}, "step": 9})
-  return root
+  from test_export import _workdir
+  return _workdir(tmp_path_factory.mktemp("fuzz_workdir") / "wd", None)
 
 
 def _workdir_copy(workdir, dest, edit=None):

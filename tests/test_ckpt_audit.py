@@ -36,7 +36,8 @@ def _state(value=1.0, step=0):
       params={"generator": {"w": jnp.full((3, 2), value, jnp.float32)},
               "discriminator": {"d": jnp.full((6,), value + 0.5, jnp.float32)}},
       model_state={}, opt_state={"mu": jnp.full((3, 2), value * 2, jnp.float32)},
-      rng=jax.random.PRNGKey(int(value) if np.isfinite(value) else 0), nonfinite_streak=jnp.asarray(1, jnp.int32),
+      rng=jax.random.PRNGKey(int(value) if np.isfinite(value) else 0),
+      nonfinite_streak=jnp.asarray(1, jnp.int32),
       nonfinite_total=jnp.asarray(step + 3, jnp.int32))
 
 

@@ -119,7 +119,7 @@ def one_line(name: str) -> str:
   return name
 
 
-# Characters JSON leaves raw that end a line or move the cursor: DEL, NEL, LS, PS.
+# Characters JSON leaves raw: DEL (a control) and NEL, LS, PS (line breaks to str.splitlines).
 _RAW_IN_JSON = "\x7f\x85\u2028\u2029"
 
 

@@ -631,3 +631,15 @@ def test_fuzz_damaged_workdir_is_one_error_line_in_infer(workdir, tmp_path):
   wd = _workdir_copy(workdir, tmp_path / "wd")
   shutil.rmtree(wd / "checkpoints")
   _cli_one_error(wd, tmp_path)
+
+
+@pytest.mark.parametrize("speakers", ["alice", ["alice", "bob"], 3], ids=["str", "list", "int"])
+def test_piper_speaker_id_map_not_an_object_is_a_value_error(speakers, tmp_path):
+  """A multi-speaker voice's `speaker_id_map` that is not an object was ignored without a
+  word (the speakers then known by number only); it is refused as every other malformed
+  field."""
+  meta = _piper_meta()
+  meta["speaker_id_map"] = speakers
+  with pytest.raises(ValueError, match="speaker names must map names to ids") as e:
+    _speak(_piper_copy(tmp_path, meta=meta))
+  assert "\n" not in str(e.value)

@@ -457,7 +457,7 @@ def load_piper(onnx_path: Union[str, os.PathLike]) -> Source:
   speakers = voice.voice_config.get("speaker_id_map") or {}
   return Source("piper", Path(onnx_path), Path(onnx_path).name, config, params,
                 dict(kind="piper", config=voice.voice_config),
-                speaker_names=dict(speakers) if isinstance(speakers, dict) else {},
+                speaker_names=speakers,   # (checked by Source: a map of names to ids)
                 voice_config=voice.voice_config)
 
 

@@ -209,16 +209,15 @@ def _output_name(value):
   path of a known audio format inside it)."""
   if not isinstance(value, str) or not value.strip() or "\0" in value:
     raise ValueError(f"output_file must be a file name, got {value!r}")
-  from vits_jax.files import one_line
-  out, shown = os.path.normpath(value), one_line(value)
+  out = os.path.normpath(value)
   if os.path.isabs(value) or out == os.curdir or out.split(os.sep)[0] == os.pardir:
-    raise ValueError(f"output_file {shown} is not inside --out-dir (give a relative path)")
+    raise ValueError(f"output_file {value} is not inside --out-dir (give a relative path)")
   if out.count(os.sep) >= MAX_FOLDER_DEPTH:
-    raise ValueError(f"output_file {shown[:60]}...: more than {MAX_FOLDER_DEPTH} folders deep")
+    raise ValueError(f"output_file {value[:60]}...: more than {MAX_FOLDER_DEPTH} folders deep")
   suffix = os.path.splitext(out)[1].lower()
   if suffix not in _FORMATS:
-    raise ValueError(f"output_file {shown}: unknown audio format "
-                     f"{one_line(suffix) or '(no suffix)'!r} (use {', '.join(_FORMATS)})")
+    raise ValueError(f"output_file {value}: unknown audio format {suffix or '(no suffix)'!r} "
+                     f"(use {', '.join(_FORMATS)})")
   _check_name_length(out, "output_file")
   return out
 
@@ -284,22 +283,19 @@ def _check_args(args):
     return
   if args.out == "":
     raise ValueError("--out is empty")
-  from vits_jax.files import one_line
   out = args.out or "out.wav"
-  shown = one_line(out)
   suffix = os.path.splitext(out)[1].lower()
   if suffix not in _FORMATS:
-    raise ValueError(f"--out {shown}: unknown audio format "
-                     f"{one_line(suffix) or '(no suffix)'!r} "
+    raise ValueError(f"--out {out}: unknown audio format {suffix or '(no suffix)'!r} "
                      f"(use {', '.join(_FORMATS)})")
   parent = os.path.dirname(os.path.abspath(out))
   if not os.path.isdir(parent):
-    raise FileNotFoundError(f"output folder does not exist: {one_line(parent)}")
+    raise FileNotFoundError(f"output folder does not exist: {parent}")
   if os.path.isdir(out):
-    raise ValueError(f"--out {shown} is a folder")
+    raise ValueError(f"--out {out} is a folder")
   _check_name_length(os.path.basename(out), "--out")
   if os.path.exists(out) and not os.access(out, os.W_OK):
-    raise ValueError(f"--out {shown} cannot be written (permission denied)")
+    raise ValueError(f"--out {out} cannot be written (permission denied)")
   from vits_jax import files   # (a file made and dropped there: `os.access` says yes to root)
   files.writable_folder(parent, "--out's folder")
 

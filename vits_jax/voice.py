@@ -595,7 +595,7 @@ class Voice:
     if peak > MAX_CONVERT_PEAK:   # (its spectrogram overflowed to NaN audio past ~1e17)
       raise ValueError(f"audio must be a waveform in [-1, 1]; its peak is {peak:.6g} "
                        "(PCM sample values stored as floats? scale them to [-1, 1])")
-    self.check_recording(sample_rate, len(audio) / sample_rate)
+    self.check_recording(sample_rate, len(audio) / sample_rate if sample_rate else 0.0)
     if sample_rate != self.sample_rate:
       import librosa
       audio = librosa.resample(audio, orig_sr=sample_rate, target_sr=self.sample_rate,

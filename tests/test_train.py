@@ -432,6 +432,9 @@ def test_resume_continues_bitwise(run_a, data_dir, tmp_path):
   # drops those rows, so metrics.jsonl reads as one run (checked against run_a's below).
   with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
     f.write(json.dumps({"step": 3, "loss/g/total": 1.0}) + '\n{"step": 4, "loss/g/to')
+  # ... and as if stopped while evaluating step 2 (saved, its evaluation never logged): the
+  # resumed run evaluates step 2 before it trains on (the step list below equals run_a's).
+  _drop_evaluation(tmp_path, 2)
   proc = tu.run_train(tmp_path, data_dir, quiet, *EVAL, env=log)
   assert "resuming from step 2" in proc.stdout
   # What the run trains on, as the manifest says (a line before anything else).
@@ -1016,6 +1019,36 @@ def test_a_finished_run_says_there_is_nothing_to_train(run_a, data_dir, tmp_path
   assert f"nothing to train: the run in {work} is at step 4 and train.num_steps is 2" in \
       proc.stdout and "resuming" not in proc.stdout, proc.stdout
   assert sorted(str(p.relative_to(work)) for p in (work / "checkpoints").rglob("*")) == before
+
+
+def _drop_evaluation(workdir, step):
+  """Removes the evaluation row of `step` from metrics.jsonl (as a stop during it leaves)."""
+  path = workdir / "metrics.jsonl"
+  lines = path.read_text().splitlines(keepends=True)
+  keep = [l for l in lines if not (l.startswith(f'{{"step": {step}, ') and '"val/' in l)]
+  assert len(keep) == len(lines) - 1
+  path.write_text("".join(keep))
+
+
+def test_a_finished_run_whose_last_evaluation_was_stopped_evaluates_it(run_a, data_dir,
+                                                                        tmp_path):
+  """A stop during the last step's evaluation saved the step unevaluated; the same command
+  again evaluates it (the values the uninterrupted run logged) and trains nothing."""
+  work = tmp_path / "run"
+  shutil.copytree(run_a, work)
+  _drop_evaluation(work, 4)
+  proc = tu.run_train(work, data_dir, *EVAL)
+  assert "evaluating step 4, whose evaluation was interrupted" in proc.stdout, proc.stdout
+  val = lambda rows: [{k: v for k, v in r.items() if k.startswith("val/")} for r in rows
+                      if any(k.startswith("val/") for k in r)]
+  got, want = val(tu.metrics(work)), val(tu.metrics(run_a))
+  assert [sorted(r) for r in got] == [sorted(r) for r in want] and len(got) == 3
+  for g, w in zip(got, want):
+    for k in w:
+      assert g[k] == (w[k] if isinstance(w[k], str) else pytest.approx(w[k], rel=1e-5,
+                                                                        abs=1e-6)), k
+  assert [r["step"] for r in tu.metrics(work)] == [r["step"] for r in tu.metrics(run_a)]
+  assert "step/s" not in proc.stderr and "it/s" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_a_run_whose_last_steps_are_not_finite_is_an_error(data_dir, tmp_path):

@@ -598,11 +598,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   # A reference point before any update (fresh runs that will evaluate at all).
   eval_at_start = evaluator is not None and step == 0 and latest is None and \
       eval_every <= num_steps
-  will_evaluate = evaluator is not None and (eval_at_start or (
+  # A run stopped while it evaluated its checkpoint's step saved that step unevaluated: the
+  # resumed run evaluates it first (process 0 reads the log; every process runs the program).
+  eval_at_resume = evaluator is not None and latest is not None and step > 0 and \
+      step % eval_every == 0 and \
+      _agreed(is_main and not metrics_lib.logged(workdir, step, "val/"))
+  will_evaluate = evaluator is not None and (eval_at_start or eval_at_resume or (
       num_steps // eval_every > step // eval_every))
   abstract_batch = lambda bucket: _abstract_batch(bucket, int(t.batch_size), batch_sharding)
   compiler = programs.AheadCompiler(ahead=bool(t.compile_ahead), store=store)
-  if eval_at_start:
+  if eval_at_start or eval_at_resume:
     compiler.submit("eval", evaluator.eval_fn,
                     *evaluator.abstract_args(abstract.params["generator"]))
   for bucket in train_data.buckets_in_order(num_steps - step):
@@ -646,9 +651,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     raise
 
   if latest is not None and latest >= num_steps:   # nothing to train (said above): no
-    compiler.close()                               # progress bar, no new event file
-    ckpt.close()
-    train_data.close()
+    try:                                           # progress bar, no new event file
+      if eval_at_resume:
+        _evaluate_saved_step(evaluator, compiler, state, step, workdir, is_main, stopping)
+    finally:
+      compiler.close()
+      ckpt.close()
+      train_data.close()
     return state
 
   # --- Loop ------------------------------------------------------------------------------
@@ -662,7 +671,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   last_streak = 0   # non-finite steps in a row up to the last checkpoint
   interval_start, interval_steps = time.perf_counter(), 0
   try:
-    if eval_at_start:
+    if eval_at_start or eval_at_resume:
       program = compiler.get("eval", stopping)
       if program is not None:
         evaluator.run_and_log(state.params["generator"], step, writer, program, stopping)
@@ -745,6 +754,27 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     # A compilation still running in a worker would hold the exit for its whole length.
     _exit_process(None, preemption.exit_code)
   return state
+
+
+def _agreed(flag: bool) -> bool:
+  """Process 0's `flag`, in every process (a decision every process must take alike)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+def _evaluate_saved_step(evaluator, compiler, state, step, workdir, is_main, stopping):
+  """The evaluation a stop interrupted at the run's last step, logged in place of it."""
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main, resume_step=step)
+  try:
+    program = compiler.get("eval", stopping)
+    if program is not None:
+      if is_main:
+        print(f"evaluating step {step}, whose evaluation was interrupted", flush=True)
+      evaluator.run_and_log(state.params["generator"], step, writer, program, stopping)
+  finally:
+    writer.close()
 
 
 def _abstract_batch(bucket, batch_size: int, sharding) -> dict:

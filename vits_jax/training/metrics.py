@@ -85,27 +85,45 @@ def _to_python(v):
   return f if np.isfinite(f) else str(f)
 
 
+def _rows(data: bytes):
+  """(line, step) of each row of metrics.jsonl bytes; a partial line, bytes that are not
+  JSON or a row without a whole-number step are not rows (step None)."""
+  for line in data.split(b"\n"):
+    try:
+      row = json.loads(line)
+    except ValueError:
+      yield line, None, None
+      continue
+    at = row.get("step") if isinstance(row, dict) else None
+    ok = isinstance(at, int) and not isinstance(at, bool)
+    yield line, (at if ok else None), (row if ok else None)
+
+
 def _truncate_after(path: str, step: int):
   """Keeps the rows up to `step`; drops later ones and any line a kill left half-written
   (the file is replaced atomically, so a second kill here loses nothing)."""
   with open(path, "rb") as f:
-    lines = f.read().split(b"\n")
-  keep = []
-  for line in lines:
-    try:
-      row = json.loads(line)
-    except ValueError:        # a partial line (or bytes that are not JSON): not a row
-      continue
-    at = row.get("step") if isinstance(row, dict) else None
-    if isinstance(at, int) and not isinstance(at, bool) and at <= step:   # (else not ours)
-      keep.append(line + b"\n")
-  if len(keep) != len([l for l in lines if l.strip()]):
+    data = f.read()
+  keep = [line + b"\n" for line, at, _ in _rows(data) if at is not None and at <= step]
+  if len(keep) != len([l for l in data.split(b"\n") if l.strip()]):
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
       f.writelines(keep)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def logged(workdir: str, step: int, prefix: str) -> bool:
+  """Whether metrics.jsonl in `workdir` holds a row of `step` with a key starting with
+  `prefix` ('val/': the evaluation of that step ran to its end and was logged)."""
+  try:
+    with open(os.path.join(workdir, METRICS_FILE), "rb") as f:
+      data = f.read()
+  except OSError:
+    return False
+  return any(at == step and any(str(k).startswith(prefix) for k in row)
+             for _, at, row in _rows(data))
 
 
 def plot_spectrogram(spec: np.ndarray) -> np.ndarray:

@@ -837,6 +837,7 @@ def _build_ahead(fn, model, static, params, args, key):
 
 
 def _build(fn, model, static, params, args, key):
+  import hashlib
   import jax
   jitted = jax.jit(functools.partial(fn, model, *static))
   path = _export_path(key)
@@ -851,8 +852,11 @@ def _build(fn, model, static, params, args, key):
                                  (params,) + tuple(args))
   program = None
   if path.is_file():
-    try:
-      program = jax.jit(export.deserialize(bytearray(path.read_bytes())).call)
+    try:   # (checked: a damaged module otherwise fails at its first call, or runs wrong)
+      header, blob = path.read_bytes().split(b"\n", 1)
+      if header != _EXPORT_MAGIC + b" " + hashlib.sha256(blob).hexdigest().encode():
+        raise ValueError("damaged")
+      program = jax.jit(export.deserialize(bytearray(blob)).call)
     except Exception:  # pylint: disable=broad-except  (unreadable entry: rebuild it)
       program = None
   if program is None:
@@ -861,24 +865,30 @@ def _build(fn, model, static, params, args, key):
       blob = exported.serialize()
     except Exception:  # pylint: disable=broad-except  (not exportable here: plain jit)
       return jitted
-    _write_atomic(path, blob)
+    _write_atomic(path, _EXPORT_MAGIC + b" " + hashlib.sha256(blob).hexdigest().encode()
+                  + b"\n" + blob)
     program = jax.jit(exported.call)
   return _save_executable(exe_path, program, specs) or program
 
 
 def _write_atomic(path: Path, blob: bytes) -> None:
+  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(blob)
     os.replace(tmp, path)
-  except OSError:
-    pass  # a read-only or full cache: run without saving
+  except OSError:   # a read-only or full cache: run without saving (and leave no tmp file)
+    try:
+      tmp.unlink(missing_ok=True)
+    except OSError:
+      pass
 
 
 # Compiled executables: a header line (magic, sha256 of the payload, output arity) and the
 # payload of `jax.experimental.serialize_executable.serialize`.
 _EXE_MAGIC = b"vits_jax-xlaexe-1"
+# Exported programs: a header line (magic, sha256 of the payload) and `Exported.serialize()`.
+_EXPORT_MAGIC = b"vits_jax-jaxexport-1"
 
 
 @functools.lru_cache(maxsize=1)

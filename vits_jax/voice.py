@@ -223,7 +223,8 @@ class Voice:
     split as the voice's own runtime splits it.
 
     A run-on "sentence" of more than MAX_IDS ids (~1000 characters without a sentence end)
-    is cut in halves at spaces until each piece fits.
+    is cut in halves at spaces until each piece fits; a Piper voice's frontend cuts first,
+    at 500 phonemes (its last clause mark or space before them: `frontend._cut_phonemes`).
 
     Raises:
       NothingToSay (a ValueError): empty text, or nothing sayable in it.

@@ -9,9 +9,10 @@ fold_weight_norm`) -- is stored once as one `.voice` file under `<compile cache>
 JSON index (meta, and each array's name, dtype, shape and offset) and the arrays' bytes at
 64-byte aligned offsets, read with one read into one buffer that every array is a view of
 (an `.npz` of the same params took 0.2 s to read, most of it parsing 350 array headers).
-An entry is named by the voice file's path, size and modification time and by the
+An entry is named by the voice file's path, size, mtime, ctime and inode and by the
 converter's code, so an edited voice or a new version of this package never reads a stale
-entry; an unreadable or truncated entry is ignored and rewritten. Only a file this process
+entry; an unreadable, truncated or damaged entry (its arrays' CRC-32 differs) is ignored
+and rewritten. Only a file this process
 wrote completely is ever read (written to a temporary name, then renamed). The cache stays
 small: writing an entry removes the older entries of the same voice path (an edited voice,
 an older version of the converter), and only the `MAX_ENTRIES` most recently used entries
@@ -22,6 +23,7 @@ import functools
 import hashlib
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -45,7 +47,7 @@ def entry_path(files) -> Optional[Path]:
   h = hashlib.sha256(repr((FORMAT, _code_hash())).encode())
   for f in files:
     st = f.stat()
-    h.update(repr((str(f), st.st_size, st.st_mtime_ns)).encode())
+    h.update(repr((str(f), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)).encode())
   # <the voice's paths>-<their sizes, times and the converter>: one voice, one prefix.
   return Path(root) / "voices" / f"{where.hexdigest()[:16]}-{h.hexdigest()[:16]}.voice"
 
@@ -63,8 +65,8 @@ def read(path: Optional[Path]) -> Optional[Dict[str, Any]]:
       start = _round_up(f.tell(), _ALIGN)
       f.seek(start)
       data = np.fromfile(f, np.uint8)
-    if data.size != index["size"]:
-      return None
+    if data.size != index["size"] or index.get("crc32") != zlib.crc32(data):
+      return None   # (cut short, or damaged in place: its weights would be wrong)
     _touch(path)
     params: Dict[str, Any] = {}
     for name, dtype, shape, offset in index["arrays"]:
@@ -103,7 +105,14 @@ def write(path: Optional[Path], meta: Dict[str, Any], params: Dict[str, Any]) ->
   for name, a in flat.items():
     arrays.append([name, a.dtype.str, list(a.shape), offset])
     offset = _round_up(offset + a.nbytes, _ALIGN)
-  index = json.dumps({"meta": meta, "arrays": arrays, "size": offset}).encode()
+  # (a CRC of the arrays' bytes as read back, padding included: 27 ms for joe's 63 MB
+  # where sha256 took 47, on every load)
+  crc = 0
+  for (_, _, _, at), a in zip(arrays, flat.values()):
+    crc = zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1), crc)
+    crc = zlib.crc32(b"\0" * (_round_up(at + a.nbytes, _ALIGN) - at - a.nbytes), crc)
+  index = json.dumps({"meta": meta, "arrays": arrays, "size": offset,
+                      "crc32": crc}).encode()
   head = _MAGIC + b" " + str(len(index)).encode() + b"\n" + index
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   try:

@@ -61,6 +61,21 @@ def test_enable_sets_our_cache_and_an_empty_name_touches_nothing(tmp_path, monke
   assert jax.config.jax_persistent_cache_min_compile_time_secs > 0
 
 
+def test_a_cache_that_cannot_be_made_is_one_warning_and_stays_off(tmp_path, monkeypatch,
+                                                                  jax_cache_config):
+  """A file where the cache should be (or below it): one warning naming it, and JAX's cache
+  stays off (JAX warned "Error reading persistent compilation cache entry" instead)."""
+  jax.config.update("jax_compilation_cache_dir", None)
+  (tmp_path / "f").write_text("x")
+  for where, why in ((tmp_path / "f", "a file is in the way"),
+                     (tmp_path / "f" / "sub", "Not a directory")):
+    monkeypatch.setenv("VITS_JAX_XLA_CACHE", str(where))
+    with pytest.warns(UserWarning, match=f"compile cache {where} cannot be used \\({why}\\)"):
+      xla_cache.enable()
+    assert jax.config.jax_compilation_cache_dir is None
+  assert (tmp_path / "f").read_text() == "x"
+
+
 # -------------------------------------------------------------------------- allocator
 class _FakeMallopt:
   def __init__(self, result):

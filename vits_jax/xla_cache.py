@@ -2,6 +2,7 @@
 
 import os
 import sys
+import warnings
 
 
 def default_dir() -> str:
@@ -32,6 +33,16 @@ def enable() -> None:
   try:
     if jax.config.jax_compilation_cache_dir:
       return  # the user's choice stands
+    try:   # (JAX's own message for a cache it cannot make is "Error reading ... entry")
+      os.makedirs(cache, exist_ok=True)
+      why = None if os.access(cache, os.W_OK | os.X_OK) else "not writable"
+    except OSError as e:
+      why = "a file is in the way" if os.path.isfile(cache) else e.strerror or str(e)
+    if why is not None:
+      warnings.warn(f"the compile cache {cache} cannot be used ({why}): programs compile "
+                    "afresh in every process (set VITS_JAX_XLA_CACHE to a writable folder, "
+                    "or to '' for no cache)")
+      return
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   except Exception:  # an older/newer jax without these options: run uncached

@@ -906,9 +906,12 @@ def _machine_tag() -> str:
   except OSError:
     flags = platform.processor()
   device = jax.devices()[0]
+  # The executable is bound to the devices it was compiled for: in a multi-process run each
+  # process has its own (ids 0, 2048, 4096, ... on CPU), so one process's executable does
+  # not run in another, and sharing one file made them race to replace it.
   parts = (jaxlib.__version__, device.platform, device.client.platform_version,
            getattr(device, "device_kind", ""), platform.machine(), flags,
-           os.environ.get("XLA_FLAGS", ""))
+           os.environ.get("XLA_FLAGS", ""), tuple(d.id for d in jax.local_devices()))
   return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 

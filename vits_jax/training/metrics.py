@@ -86,8 +86,8 @@ def _to_python(v):
 
 
 def _rows(data: bytes):
-  """(line, step) of each row of metrics.jsonl bytes; a partial line, bytes that are not
-  JSON or a row without a whole-number step are not rows (step None)."""
+  """(line, step, row) of each line of metrics.jsonl bytes; a partial line, bytes that are
+  not JSON or a row without a whole-number step are not rows (step and row None)."""
   for line in data.split(b"\n"):
     try:
       row = json.loads(line)

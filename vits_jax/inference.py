@@ -837,7 +837,6 @@ def _build_ahead(fn, model, static, params, args, key):
 
 
 def _build(fn, model, static, params, args, key):
-  import hashlib
   import jax
   jitted = jax.jit(functools.partial(fn, model, *static))
   path = _export_path(key)
@@ -853,9 +852,7 @@ def _build(fn, model, static, params, args, key):
   program = None
   if path.is_file():
     try:   # (checked: a damaged module otherwise fails at its first call, or runs wrong)
-      header, blob = path.read_bytes().split(b"\n", 1)
-      if header != _EXPORT_MAGIC + b" " + hashlib.sha256(blob).hexdigest().encode():
-        raise ValueError("damaged")
+      blob, _ = _unsealed(path.read_bytes(), _EXPORT_MAGIC)
       program = jax.jit(export.deserialize(bytearray(blob)).call)
     except Exception:  # pylint: disable=broad-except  (unreadable entry: rebuild it)
       program = None
@@ -865,8 +862,7 @@ def _build(fn, model, static, params, args, key):
       blob = exported.serialize()
     except Exception:  # pylint: disable=broad-except  (not exportable here: plain jit)
       return jitted
-    _write_atomic(path, _EXPORT_MAGIC + b" " + hashlib.sha256(blob).hexdigest().encode()
-                  + b"\n" + blob)
+    _write_atomic(path, _sealed(_EXPORT_MAGIC, blob))
     program = jax.jit(exported.call)
   return _save_executable(exe_path, program, specs) or program
 
@@ -889,6 +885,25 @@ def _write_atomic(path: Path, blob: bytes) -> None:
 _EXE_MAGIC = b"vits_jax-xlaexe-1"
 # Exported programs: a header line (magic, sha256 of the payload) and `Exported.serialize()`.
 _EXPORT_MAGIC = b"vits_jax-jaxexport-1"
+
+
+def _sealed(magic: bytes, payload: bytes, *fields: bytes) -> bytes:
+  """A stored program's bytes: a header line (`magic`, the sha256 of `payload`, `fields`)
+  and `payload`."""
+  import hashlib
+  return b" ".join([magic, hashlib.sha256(payload).hexdigest().encode(), *fields]) + \
+      b"\n" + payload
+
+
+def _unsealed(data: bytes, magic: bytes):
+  """`(payload, fields)` of `_sealed` bytes; ValueError where they are another format or
+  damaged (the payload's sha256 differs)."""
+  import hashlib
+  header, _, payload = data.partition(b"\n")
+  got, digest, *fields = header.split(b" ") + [b""]
+  if got != magic or digest != hashlib.sha256(payload).hexdigest().encode():
+    raise ValueError("not a whole stored program")
+  return payload, fields[:-1]
 
 
 @functools.lru_cache(maxsize=1)
@@ -921,17 +936,13 @@ def _executable_path(export_path: Path) -> Path:
 
 def _load_executable(path: Path, params, args):
   """The compiled program saved at `path`, or None (absent, damaged, not loadable here)."""
-  import hashlib
   import jax
   try:
     data = path.read_bytes()
   except OSError:
     return None
   try:
-    header, payload = data.split(b"\n", 1)
-    magic, digest, n_out = header.split(b" ")
-    if magic != _EXE_MAGIC or hashlib.sha256(payload).hexdigest().encode() != digest:
-      return None
+    payload, (n_out,) = _unsealed(data, _EXE_MAGIC)
     from jax.experimental import serialize_executable
     in_tree = jax.tree_util.tree_structure(((params,) + tuple(args), {}))
     n_out = int(n_out)
@@ -970,7 +981,6 @@ def _save_executable(path: Path, program, specs):
   """Compiles `program` for `specs` afresh (not from XLA's cache: an executable XLA's cache
   supplied does not serialize into one that loads) and saves it; returns the compiled
   program, or None where this backend cannot serialize one."""
-  import hashlib
   import jax
   try:
     from jax.experimental import serialize_executable
@@ -982,8 +992,7 @@ def _save_executable(path: Path, program, specs):
   n_out = -1 if out_tree == jax.tree_util.tree_structure(0) else leaves
   if n_out >= 0 and out_tree != jax.tree_util.tree_structure((0,) * leaves):
     return compiled  # an output structure the header cannot describe: run, don't save
-  digest = hashlib.sha256(payload).hexdigest().encode()
-  _write_atomic(path, b" ".join([_EXE_MAGIC, digest, str(n_out).encode()]) + b"\n" + payload)
+  _write_atomic(path, _sealed(_EXE_MAGIC, payload, str(n_out).encode()))
   return compiled
 
 

@@ -603,11 +603,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   eval_at_resume = evaluator is not None and latest is not None and step > 0 and \
       step % eval_every == 0 and \
       _agreed(is_main and not metrics_lib.logged(workdir, step, "val/"))
-  will_evaluate = evaluator is not None and (eval_at_start or eval_at_resume or (
+  eval_first = eval_at_start or eval_at_resume
+  will_evaluate = evaluator is not None and (eval_first or (
       num_steps // eval_every > step // eval_every))
   abstract_batch = lambda bucket: _abstract_batch(bucket, int(t.batch_size), batch_sharding)
   compiler = programs.AheadCompiler(ahead=bool(t.compile_ahead), store=store)
-  if eval_at_start or eval_at_resume:
+  if eval_first:
     compiler.submit("eval", evaluator.eval_fn,
                     *evaluator.abstract_args(abstract.params["generator"]))
   for bucket in train_data.buckets_in_order(num_steps - step):
@@ -671,7 +672,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   last_streak = 0   # non-finite steps in a row up to the last checkpoint
   interval_start, interval_steps = time.perf_counter(), 0
   try:
-    if eval_at_start or eval_at_resume:
+    if eval_first:
       program = compiler.get("eval", stopping)
       if program is not None:
         evaluator.run_and_log(state.params["generator"], step, writer, program, stopping)
